@@ -1,0 +1,160 @@
+"""The one adapter interface: translate a Case into a backend call, report raw facts back.
+
+Adapters never judge. They return an :class:`Outcome` — the loss and gradients as float64
+values with the dtype and shape the backend produced, whether the caller's arrays were
+mutated, or the error raised — and :mod:`conformance.compare` decides what is wrong.
+
+A new backend is a subclass of :class:`Adapter` with ``name``, ``capabilities`` and ``run``;
+third-party packages register factories under the entry-point group
+``ce_conformance.adapters``.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+import numpy as np
+
+from conformance.case import FEATURES, Case
+from conformance.dtypes import FLOAT_DTYPES
+from conformance.errors import classify_error
+
+ALL_FEATURES: Final = frozenset(FEATURES)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an adapter claims to implement; cases needing anything else are skipped, not failed.
+
+    >>> Capabilities(features=frozenset({"weights"})).missing(Case.cross_entropy([[0.0, 1.0]], [1], weight=[1, 1]))
+    ()
+    """
+
+    dtypes: frozenset[str] = frozenset(FLOAT_DTYPES)
+    features: frozenset[str] = ALL_FEATURES
+    gradients: bool = True
+    target_gradients: bool = True
+
+    def missing(self, case: Case) -> tuple[str, ...]:
+        """Why this adapter cannot run the case (empty when it can)."""
+        reasons = []
+        if case.is_valid and case.dtype not in self.dtypes:
+            reasons.append(f"dtype:{case.dtype}")
+        reasons.extend(sorted(f for f in case.features - self.features))
+        return tuple(reasons)
+
+    def without(self, *features: str) -> "Capabilities":
+        return replace(self, features=self.features - set(features))
+
+
+@dataclass(frozen=True)
+class RaisedError:
+    """An exception as plain data, so it survives a trip through a worker process."""
+
+    type: str
+    message: str
+    stage: str  # "forward", "backward" or "setup"
+    rule: str | None = None
+    traceback: str = ""
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, stage: str) -> "RaisedError":
+        rule = getattr(exc, "rule", None)
+        rule = rule.value if rule is not None else None
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if rule is None:
+            classified = classify_error(type(exc).__name__, str(exc))
+            rule = classified.value if classified else None
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-4))
+        return cls(type(exc).__name__, message[:500], stage, rule, tb[-4000:])
+
+
+@dataclass
+class Outcome:
+    """What one adapter produced for one case. Arrays are float64 copies of the backend's output."""
+
+    status: str = "ok"  # ok | error | crash | timeout | skipped
+    loss: np.ndarray | None = None
+    loss_dtype: str | None = None
+    loss_shape: tuple[int, ...] | None = None
+    grad_input: np.ndarray | None = None
+    grad_input_dtype: str | None = None
+    grad_input_shape: tuple[int, ...] | None = None
+    grad_target: np.ndarray | None = None
+    grad_target_dtype: str | None = None
+    mutated: tuple[str, ...] = ()
+    error: RaisedError | None = None
+    skip_reason: str = ""
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def failed(cls, exc: BaseException, stage: str, **partial: Any) -> "Outcome":
+        return cls(status="error", error=RaisedError.from_exception(exc, stage), **partial)
+
+    @classmethod
+    def skipped(cls, reason: str) -> "Outcome":
+        return cls(status="skipped", skip_reason=reason)
+
+
+class Adapter(abc.ABC):
+    """A backend under test. Subclasses set ``name`` and ``capabilities`` and implement ``run``."""
+
+    name: str = "adapter"
+    description: str = ""
+    capabilities: Capabilities = Capabilities()
+    #: Whether the runner should isolate this adapter in a worker process by default.
+    isolate_by_default: bool = False
+
+    def availability(self) -> str | None:
+        """None when usable here, else a human-readable reason (missing package, no GPU...)."""
+        return None
+
+    @abc.abstractmethod
+    def run(self, case: Case) -> Outcome:
+        """Run the case (forward and, if supported, backward); never raise for backend errors."""
+
+    def timed_run(self, case: Case) -> Outcome:
+        start = time.perf_counter()
+        try:
+            outcome = self.run(case)
+        except Exception as exc:  # an adapter bug still becomes an outcome, never a lost run
+            outcome = Outcome.failed(exc, "setup")
+        outcome.seconds = time.perf_counter() - start
+        return outcome
+
+    def versions(self) -> dict[str, str]:
+        """Versions of the backend packages, for reports."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        caps = self.capabilities
+        return {
+            "adapter": self.name,
+            "available": self.availability() is None,
+            "reason": self.availability() or "",
+            "dtypes": ",".join(d for d in FLOAT_DTYPES if d in caps.dtypes),
+            "gradients": caps.gradients,
+            "target_gradients": caps.target_gradients,
+            "unsupported": ",".join(sorted(ALL_FEATURES - caps.features)),
+            "description": self.description,
+        }
+
+
+def float64_copy(array: Any) -> np.ndarray:
+    """A float64 NumPy copy of any array-like (bfloat16 included)."""
+    return np.array(np.asarray(array), dtype=np.float64, copy=True)
+
+
+def same_values(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bitwise-level equality of two snapshots (NaN equal to NaN), used for mutation checks."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        return False
+    if a.dtype.kind in "iub" or b.dtype.kind in "iub":
+        return bool(np.array_equal(a, b))
+    return bool(np.array_equal(a.astype(np.float64), b.astype(np.float64), equal_nan=True))

@@ -1,0 +1,157 @@
+"""torch adapters: ``torch.nn.functional.cross_entropy`` on CPU or CUDA, or any function with
+its signature (``--kind torch``). Gradients come from ``torch.autograd.grad`` with the case's
+upstream gradient; non-contiguous layouts are real strided views."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from conformance.case import Case, Tensor
+
+from .base import Adapter, Capabilities, Outcome, float64_copy, same_values
+
+_LEGACY_OPTIONS = ("size_average", "reduce")
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return getattr(torch, name)
+
+
+def to_torch(tensor: Tensor, device: str, memory_layout: str = "contiguous") -> Any:
+    """A torch tensor with the tensor's exact values, laid out as the case asks."""
+    import torch
+
+    dtype = torch_dtype(tensor.dtype)
+    values = torch.from_numpy(np.array(tensor.values, order="C", copy=True))
+    shape = tensor.shape
+    if memory_layout == "transposed" and len(shape) >= 2:
+        order = tuple(reversed(range(len(shape))))
+        storage = values.permute(order).contiguous().to(device=device, dtype=dtype)
+        return storage.permute(order)
+    if memory_layout == "strided":
+        wide = torch.zeros((*shape[:-1], 2 * shape[-1]) if shape else (2,), dtype=dtype, device=device)
+        view = wide[..., ::2] if shape else wide[0]
+        view.copy_(values.to(dtype))
+        return view
+    if memory_layout == "offset":
+        flat = torch.zeros(math.prod(shape) + 3, dtype=dtype, device=device)
+        flat[3:] = values.reshape(-1).to(device=device, dtype=dtype)
+        return flat[3:].view(shape)
+    return values.to(device=device, dtype=dtype)
+
+
+class TorchAdapter(Adapter):
+    """Runs a torch function with the signature of ``F.cross_entropy``."""
+
+    def __init__(self, fn: Callable[..., Any] | None = None, *, name: str = "torch", device: str = "cpu",
+                 capabilities: Capabilities | None = None, description: str = ""):
+        self._fn = fn
+        self.name = name
+        self.device = device
+        self.capabilities = capabilities or Capabilities()
+        self.description = description or (f"torch.nn.functional.cross_entropy on {device}" if fn is None else "")
+        self.isolate_by_default = fn is not None or device != "cpu"
+
+    def availability(self) -> str | None:
+        if importlib.util.find_spec("torch") is None:
+            return "torch is not installed (pip install 'ce-conformance[torch]')"
+        if self.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                built = "built with CUDA" if torch.version.cuda else "a CPU-only build"
+                return f"CUDA is not available (torch {torch.__version__} is {built}; no GPU visible)"
+        return None
+
+    def versions(self) -> dict[str, str]:
+        import torch
+
+        info = {"torch": torch.__version__}
+        if self.device.startswith("cuda") and torch.cuda.is_available():
+            info["cuda"] = str(torch.version.cuda)
+            info["gpu"] = torch.cuda.get_device_name()
+        return info
+
+    @property
+    def fn(self) -> Callable[..., Any]:
+        if self._fn is None:
+            import torch.nn.functional as F
+
+            return F.cross_entropy
+        return self._fn
+
+    def run(self, case: Case) -> Outcome:
+        import torch
+
+        x = to_torch(case.tensors["input"], self.device, case.memory_layout)
+        target = to_torch(case.tensors["target"], self.device)
+        weight = to_torch(case.tensors["weight"], self.device) if "weight" in case.tensors else None
+        float_input = x.is_floating_point()
+        wants_grad = self.capabilities.gradients and float_input
+        if wants_grad:
+            x.requires_grad_(True) if x.is_leaf else x.retain_grad()
+        grad_target_wanted = wants_grad and self.capabilities.target_gradients and case.is_probability_target
+        if grad_target_wanted:
+            target.requires_grad_(True)
+        snapshots = {"input": x.detach().clone(), "target": target.detach().clone()}
+        if weight is not None:
+            snapshots["weight"] = weight.clone()
+        kwargs = {k: v for k, v in case.options.items() if not (k in _LEGACY_OPTIONS and v is None)}
+        kwargs["weight"] = weight
+
+        def mutated() -> tuple[str, ...]:
+            current = {"input": x.detach(), "target": target.detach(), "weight": weight}
+            return tuple(k for k, snap in snapshots.items()
+                         if not same_values(_numpy(current[k]), _numpy(snap)))
+
+        try:
+            loss = self.fn(x, target, **kwargs)
+        except Exception as exc:
+            return Outcome.failed(exc, "forward", mutated=mutated())
+        if not isinstance(loss, torch.Tensor):
+            return Outcome(status="ok", loss=float64_copy(np.asarray(loss, dtype=np.float64)),
+                           loss_dtype=type(loss).__name__, loss_shape=tuple(np.shape(loss)), mutated=mutated())
+        outcome = Outcome(loss=float64_copy(_numpy(loss.detach())), loss_dtype=str(loss.dtype).removeprefix("torch."),
+                          loss_shape=tuple(loss.shape))
+        if wants_grad and case.is_valid and loss.requires_grad:
+            inputs = [x] + ([target] if grad_target_wanted else [])
+            if "grad_output" in case.tensors:
+                upstream = to_torch(case.tensors["grad_output"], self.device)
+                if upstream.shape != loss.shape:  # wrong output shape: seed with ones rather than crash
+                    upstream = torch.ones_like(loss)
+            else:
+                upstream = torch.ones_like(loss)
+            try:
+                grads = torch.autograd.grad(loss, inputs, grad_outputs=upstream.to(loss.dtype), allow_unused=True)
+            except Exception as exc:
+                outcome.status = "error"
+                outcome.error = Outcome.failed(exc, "backward").error
+                outcome.mutated = mutated()
+                return outcome
+            if grads[0] is not None:
+                outcome.grad_input = float64_copy(_numpy(grads[0]))
+                outcome.grad_input_dtype = str(grads[0].dtype).removeprefix("torch.")
+                outcome.grad_input_shape = tuple(grads[0].shape)
+            if grad_target_wanted and grads[1] is not None:
+                outcome.grad_target = float64_copy(_numpy(grads[1]))
+                outcome.grad_target_dtype = str(grads[1].dtype).removeprefix("torch.")
+        outcome.mutated = mutated()
+        return outcome
+
+
+def _numpy(tensor: Any) -> np.ndarray:
+    """float64/int64 NumPy copy of a torch tensor of any dtype (bfloat16 has no NumPy dtype)."""
+    import torch
+
+    if tensor is None:
+        return np.zeros(0)
+    tensor = tensor.detach().cpu()
+    if tensor.is_floating_point():
+        return tensor.to(torch.float64).numpy()
+    return tensor.to(torch.int64).numpy()

@@ -1,0 +1,510 @@
+"""The reference oracle: torch's cross-entropy semantics as independent NumPy code.
+
+This module is the one place where the semantics of ``torch.nn.functional.cross_entropy``
+live (see ``shared/semantics.md`` and the README). It never imports torch.
+
+* Values are computed in float64 from the dtype-rounded inputs, with a log-sum-exp that
+  subtracts the row maximum and computes ``log(sum(exp(x - max)))`` as ``log1p`` of the sum
+  without the maximal term, so confident predictions keep full relative accuracy.
+* Gradients are closed form, not autodiff; ``p - 1`` at the target is ``expm1(log p)``.
+* Work is chunked over rows, so vocabulary-scale inputs (C >= 128k) use bounded temporaries.
+* ``exact=True`` runs the *same* kernel on mpmath numbers (60 significant digits); the
+  tests use it to prove the float64 path accurate to a few ulps on extreme inputs.
+* Alongside each value, :func:`evaluate` returns its *magnitude*: the size of the terms
+  that make it up (the loss with absolute weights, plus one per log-sum-exp). The tolerance
+  model measures errors in ulps of that magnitude, which is what a correct implementation
+  in the dtype under test can actually achieve.
+
+>>> import numpy as np
+>>> float(cross_entropy(np.array([[0.0, 0.0]]), np.array([1])))  # log 2
+0.6931471805599453
+>>> cross_entropy_grad(np.array([[0.0, 0.0]]), np.array([1])).input
+array([[ 0.5, -0.5]])
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple
+
+import mpmath
+import numpy as np
+
+from .dtypes import FLOAT_DTYPES, dtype_name
+from .errors import InvalidInputError, Rule
+
+REDUCTIONS: Final = ("none", "mean", "sum")
+CHUNK_ELEMENTS: Final = 1 << 21
+"""Logit elements per chunk: bounds each float64 temporary to 16 MiB at any class count."""
+
+EXACT_DIGITS: Final = 60
+_TORCH_DTYPE_NAMES: Final = {"int64": "Long", "int32": "Int", "int16": "Short", "int8": "Char", "uint8": "Byte",
+                             "bool": "Bool", "float16": "Half", "bfloat16": "BFloat16", "float32": "Float",
+                             "float64": "Double"}
+
+
+def resolve_reduction(reduction: str, size_average: bool | None, reduce: bool | None) -> str:
+    """torch.nn._reduction: legacy ``size_average``/``reduce`` override ``reduction`` when set."""
+    if size_average is not None or reduce is not None:
+        size_average = True if size_average is None else size_average
+        reduce = True if reduce is None else reduce
+        reduction = "mean" if (size_average and reduce) else ("sum" if reduce else "none")
+    if reduction == "elementwise_mean":  # deprecated alias torch still accepts (with a warning)
+        reduction = "mean"
+    if reduction not in REDUCTIONS:
+        raise InvalidInputError(Rule.REDUCTION_VALUE, f"{reduction} is not a valid value for reduction")
+    return reduction
+
+
+@dataclass(frozen=True)
+class _Call:
+    """A validated call, reduced to what the kernel needs."""
+
+    mode: str  # "index" or "probability"
+    input: np.ndarray  # in its own dtype; converted chunk by chunk
+    target: np.ndarray  # index: int64 positions (M,); probability: the target array
+    weight: np.ndarray | None  # float64
+    ignore_index: int
+    reduction: str
+    smoothing: float  # effective epsilon: label_smoothing if > 0 else 0
+    n_classes: int
+    output_shape: tuple[int, ...]
+
+    @property
+    def positions(self) -> int:
+        return math.prod(self.input.shape) // self.n_classes if self.n_classes else 0
+
+
+def _torch_name(array: np.ndarray) -> str:
+    return _TORCH_DTYPE_NAMES.get(dtype_name(array.dtype), dtype_name(array.dtype))
+
+
+def _validate(input: Any, target: Any, weight: Any, size_average: bool | None, ignore_index: int,
+              reduce: bool | None, reduction: str, label_smoothing: float) -> _Call:
+    """Apply torch's argument checks in torch's order; raise InvalidInputError on the first broken rule."""
+    input = np.asarray(input)
+    target = np.asarray(target)
+    weight = None if weight is None else np.asarray(weight)
+    reduction = resolve_reduction(reduction, size_average, reduce)
+    input_is_float = dtype_name(input.dtype) in FLOAT_DTYPES
+    smoothing = float(label_smoothing) if label_smoothing > 0 else 0.0
+
+    def check_input_dtype() -> None:
+        if not input_is_float:
+            raise InvalidInputError(Rule.INPUT_DTYPE, f'"log_softmax" not implemented for \'{_torch_name(input)}\'')
+
+    def check_smoothing() -> None:
+        if label_smoothing > 0 and label_smoothing > 1.0:
+            raise InvalidInputError(Rule.LABEL_SMOOTHING_RANGE,
+                                    f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+
+    def check_weight(n_classes: int, prefix: str = "") -> np.ndarray | None:
+        if weight is None:
+            return None
+        if weight.ndim != 1 or weight.size != n_classes:
+            raise InvalidInputError(Rule.WEIGHT_SHAPE, f"{prefix}weight tensor should be defined either for all "
+                                    f"{n_classes} classes or no classes but got weight tensor of shape: {list(weight.shape)}")
+        return weight.astype(np.float64)
+
+    if input.shape == target.shape:  # class probabilities
+        if dtype_name(target.dtype) not in FLOAT_DTYPES:
+            raise InvalidInputError(Rule.TARGET_DTYPE, "Expected floating point type for target with class "
+                                    f"probabilities, got {_torch_name(target)}")
+        if ignore_index >= 0:
+            raise InvalidInputError(Rule.IGNORE_INDEX_WITH_PROBABILITIES,
+                                    "ignore_index is not supported for floating point target")
+        if input.ndim == 0:
+            raise InvalidInputError(Rule.INPUT_SHAPE, "Dimension specified as 1 but tensor has no dimensions")
+        class_axis = 0 if input.ndim == 1 else 1
+        n_classes = input.shape[class_axis]
+        w = check_weight(n_classes, "cross_entropy: ")
+        check_input_dtype()
+        check_smoothing()
+        out = input.shape[:class_axis] + input.shape[class_axis + 1:] if reduction == "none" else ()
+        return _Call("probability", input, target, w, ignore_index, reduction, smoothing, n_classes, out)
+
+    # class indices
+    check_smoothing()
+    if input.ndim == 0:
+        raise InvalidInputError(Rule.INPUT_SHAPE, "Dimension out of range (expected to be in range of [-1, 0], but got 1)")
+    check_input_dtype()
+    if input.ndim == 1:
+        if target.ndim > 1:
+            raise InvalidInputError(Rule.TARGET_SHAPE, "0D or 1D target tensor expected, multi-target not supported")
+        if target.ndim == 1 and target.shape[0] != 1:
+            raise InvalidInputError(Rule.TARGET_SHAPE,
+                                    f"For 1D input, 1D target must have size 1, but got target size: {target.shape[0]}")
+        out_shape: tuple[int, ...] = ()
+    else:
+        if target.ndim == 0 or input.shape[0] != target.shape[0]:
+            got = target.shape[0] if target.ndim else "none"
+            raise InvalidInputError(Rule.TARGET_SHAPE,
+                                    f"Expected input batch_size ({input.shape[0]}) to match target batch_size ({got}).")
+        if input.ndim == 2 and target.ndim != 1:
+            raise InvalidInputError(Rule.TARGET_SHAPE, "0D or 1D target tensor expected, multi-target not supported")
+        if input.ndim > 2 and target.shape[1:] != input.shape[2:]:
+            expected = [input.shape[0], *input.shape[2:]]
+            raise InvalidInputError(Rule.TARGET_SHAPE, f"Expected target size {expected}, got {list(target.shape)}")
+        out_shape = target.shape
+    class_axis = 0 if input.ndim == 1 else 1
+    n_classes = input.shape[class_axis]
+    w = check_weight(n_classes)
+    if dtype_name(target.dtype) not in ("int64", "uint8"):
+        raise InvalidInputError(Rule.TARGET_DTYPE, f"expected target dtype to be Long or Byte, but got {_torch_name(target)}")
+    if input.ndim > 2 and dtype_name(target.dtype) != "int64":  # the K-dim kernels take Long only
+        raise InvalidInputError(Rule.TARGET_DTYPE, f"expected scalar type Long but found {_torch_name(target)}")
+    flat = target.astype(np.int64).reshape(-1)
+    counted = flat != ignore_index
+    bad = counted & ((flat < 0) | (flat >= n_classes))
+    if bad.any():
+        raise InvalidInputError(Rule.TARGET_OUT_OF_BOUNDS, f"Target {int(flat[np.argmax(bad)])} is out of bounds.")
+    return _Call("index", input, flat, w, ignore_index, reduction, smoothing, n_classes,
+                 out_shape if reduction == "none" else ())
+
+
+# -- arithmetic: one kernel, two number systems ------------------------------------------------
+class _Float64:
+    exact = False
+    exp = staticmethod(np.exp)
+    log1p = staticmethod(np.log1p)
+    expm1 = staticmethod(np.expm1)
+
+    @staticmethod
+    def convert(values: np.ndarray) -> np.ndarray:
+        return np.asarray(values, dtype=np.float64)
+
+    @staticmethod
+    def divide(numerator: Any, denominator: Any) -> Any:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.float64(numerator) / np.float64(denominator)
+
+    @staticmethod
+    def total(values: np.ndarray) -> Any:
+        return np.float64(np.sum(values))
+
+
+class _Exact:
+    exact = True
+    exp = staticmethod(np.frompyfunc(mpmath.exp, 1, 1))
+    log1p = staticmethod(np.frompyfunc(mpmath.log1p, 1, 1))
+    expm1 = staticmethod(np.frompyfunc(mpmath.expm1, 1, 1))
+    _mpf = np.frompyfunc(mpmath.mpf, 1, 1)
+
+    @classmethod
+    def convert(cls, values: np.ndarray) -> np.ndarray:
+        array = np.asarray(values)
+        if array.dtype == object:
+            return array
+        return np.asarray(cls._mpf(np.asarray(array, dtype=np.float64)), dtype=object)
+
+    @staticmethod
+    def divide(numerator: Any, denominator: Any) -> Any:
+        numerator, denominator = mpmath.mpf(numerator), mpmath.mpf(denominator)
+        if denominator == 0:
+            if numerator == 0 or mpmath.isnan(numerator):
+                return mpmath.mpf("nan")
+            return mpmath.mpf("inf") if numerator > 0 else mpmath.mpf("-inf")
+        return numerator / denominator
+
+    @staticmethod
+    def total(values: np.ndarray) -> Any:
+        return mpmath.fsum(values.tolist()) if values.size else mpmath.mpf(0)
+
+
+def _row_blocks(array: np.ndarray, class_axis: int, n_classes: int):
+    """Yield (position slice, rows as (m, C) float64) chunks in position order."""
+    if array.ndim == 1:
+        yield slice(0, 1), np.asarray(array, dtype=np.float64)[None, :]
+        return
+    per_item = math.prod(array.shape[2:]) if array.ndim > 2 else 1
+    step = max(1, CHUNK_ELEMENTS // max(1, per_item * n_classes))
+    for start in range(0, array.shape[0], step):
+        block = array[start:start + step]
+        rows = np.moveaxis(block, class_axis, -1).reshape(-1, n_classes).astype(np.float64)
+        yield slice(start * per_item, start * per_item + rows.shape[0]), rows
+
+
+def _write_rows(out: np.ndarray, positions: slice, rows: np.ndarray) -> None:
+    """Inverse of :func:`_row_blocks` for one chunk: scatter (m, C) rows back into ``out``."""
+    if out.ndim == 1:
+        out[...] = rows[0]
+        return
+    per_item = math.prod(out.shape[2:]) if out.ndim > 2 else 1
+    start = positions.start // per_item
+    count = rows.shape[0] // per_item
+    shaped = rows.reshape((count, *out.shape[2:], out.shape[1]))
+    out[start:start + count] = np.moveaxis(shaped, -1, 1)
+
+
+class _LogSoftmax(NamedTuple):
+    shifted: np.ndarray  # x - max
+    lse: np.ndarray  # log(sum(exp(x - max))), per row
+    logp: np.ndarray
+    p: np.ndarray  # exp(x - max) / sum: relative accuracy even for tiny probabilities
+    finite_rows: np.ndarray  # False where the row max is +-inf or NaN: the whole row is NaN
+
+
+def _log_softmax(rows: np.ndarray, A: Any) -> _LogSoftmax:
+    with np.errstate(invalid="ignore", over="ignore"):
+        row_max = rows.max(axis=1, keepdims=True)
+        top = rows.argmax(axis=1)
+        finite_max = np.isfinite(row_max[:, 0])
+        shifted = A.convert(rows) - A.convert(row_max)
+        terms = A.exp(shifted)
+        r = np.arange(rows.shape[0])
+        terms[r, top] = 0  # exp(0) == 1 enters through log1p
+        rest = terms.sum(axis=1)
+        lse = A.log1p(rest)
+        terms[r, top] = 1
+        p = terms / (rest + 1)[:, None]
+        if not finite_max.all():  # torch: a row whose max is +-inf or NaN is NaN throughout
+            lse = np.where(finite_max, lse, A.convert(np.full(rows.shape[0], np.nan)))
+        logp = shifted - lse[:, None]
+    return _LogSoftmax(shifted, lse, logp, p, finite_max)
+
+
+@dataclass
+class _Output:
+    loss: Any
+    loss_scale: Any
+    grad_input: np.ndarray | None
+    grad_input_scale: np.ndarray | None
+    grad_target: np.ndarray | None
+    grad_target_scale: np.ndarray | None
+
+
+def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> _Output:
+    """Loss (and closed-form gradients) of a validated call in arithmetic ``A``."""
+    C, eps, M = call.n_classes, call.smoothing, call.positions
+    class_axis = 0 if call.input.ndim == 1 else 1
+    w = None if call.weight is None else A.convert(call.weight)
+    w_abs = None if call.weight is None else np.abs(call.weight)
+    want_scale = not A.exact
+    g = None if grad_output is None else np.asarray(grad_output, dtype=np.float64)
+
+    if call.mode == "index":
+        y = call.target
+        valid = y != call.ignore_index
+        y_safe = np.where(valid, y, 0)
+        wy_all = A.convert(call.weight[y_safe] if call.weight is not None else np.ones(M))
+        wy_all = np.where(valid, wy_all, A.convert(np.zeros(M)))
+        denominator = A.total(wy_all) if call.reduction == "mean" else None
+    else:
+        valid = np.ones(M, dtype=bool)
+        denominator = M if call.reduction == "mean" else None
+
+    # Upstream gradient per position (None: gradients not requested).
+    if call.reduction == "none":
+        upstream = A.convert(np.ones(M) if g is None else g.reshape(-1))
+    else:
+        g_scalar = 1.0 if g is None else float(g)
+        upstream_scalar = A.divide(g_scalar, denominator) if call.reduction == "mean" else A.convert(np.float64(g_scalar))
+        upstream = np.full(M, upstream_scalar, dtype=object if A.exact else np.float64)
+
+    main_terms = A.convert(np.zeros(M))  # weighted NLL or probability cross-entropy per position
+    smooth_terms = A.convert(np.zeros(M))  # the label-smoothing sum per position (index mode)
+    loss_mag = np.zeros(M)
+    grad_input = grad_target = grad_input_scale = grad_target_scale = None
+    if gradients:
+        dtype = object if A.exact else np.float64
+        grad_input = np.zeros(call.input.shape, dtype=dtype)
+        grad_input_scale = np.zeros(M) if want_scale else None
+        if call.mode == "probability":
+            grad_target = np.zeros(call.input.shape, dtype=dtype)
+            grad_target_scale = np.zeros(M) if want_scale else None
+
+    target_blocks = _row_blocks(call.target, class_axis, C) if call.mode == "probability" else None
+    for positions, rows in _row_blocks(call.input, class_axis, C):
+        m = rows.shape[0]
+        r = np.arange(m)
+        ls = _log_softmax(rows, A)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            if call.mode == "index":
+                v = valid[positions]
+                yb = y_safe[positions]
+                wy = wy_all[positions]
+                nll = ls.lse - ls.shifted[r, yb]
+                main_terms[positions] = np.where(v, wy * nll, 0)
+                if eps > 0:
+                    weighted_logp = ls.logp * w if w is not None else ls.logp
+                    smooth_terms[positions] = np.where(v, -weighted_logp.sum(axis=1), 0)
+                if want_scale:
+                    wy_abs = np.abs(np.asarray(wy, dtype=np.float64))
+                    mag = (1 - eps) * wy_abs * (np.asarray(nll, dtype=np.float64) + 1)
+                    if eps > 0:
+                        abs_logp = np.abs(ls.logp) + 1
+                        mag = mag + (eps / C) * (abs_logp * w_abs if w_abs is not None else abs_logp).sum(axis=1)
+                    loss_mag[positions] = np.where(v, mag, 0)
+                if gradients:
+                    scale = upstream[positions]
+                    p = ls.p
+                    grad = p * ((1 - eps) * wy)[:, None]
+                    grad[r, yb] = (1 - eps) * wy * A.expm1(ls.logp[r, yb])
+                    if eps > 0:
+                        total_w = A.total(w) if w is not None else C
+                        grad = grad + (eps / C) * (p * total_w - (w[None, :] if w is not None else 1))
+                    grad = np.where(v[:, None], grad * scale[:, None], 0)
+                    _write_rows(grad_input, positions, _nan_rows(grad, ls.finite_rows, A))
+                    if want_scale:
+                        p64 = np.asarray(p, dtype=np.float64)
+                        onehot = np.zeros_like(p64)
+                        onehot[r, yb] = 1
+                        gmag = (1 - eps) * wy_abs[:, None] * (p64 + onehot)
+                        if eps > 0:
+                            w_row = w_abs if w_abs is not None else np.ones(C)
+                            gmag = gmag + (eps / C) * (p64 * w_row.sum() + w_row[None, :])
+                        grad_input_scale[positions] = np.where(v, np.abs(scale) * gmag.max(axis=1, initial=0), 0)
+            else:
+                _, t_rows = next(target_blocks)
+                t = A.convert(t_rows)
+                if eps > 0:
+                    t = t * (1 - eps) + eps / C
+                wt = t * w if w is not None else t
+                main_terms[positions] = -(wt * ls.logp).sum(axis=1)
+                if want_scale:
+                    abs_wt = np.abs(wt)
+                    loss_mag[positions] = (abs_wt * (np.abs(ls.logp) + 1)).sum(axis=1)
+                if gradients:
+                    scale = upstream[positions]
+                    p = ls.p
+                    grad = p * (wt.sum(axis=1)[:, None] - wt) + wt * A.expm1(ls.logp)
+                    _write_rows(grad_input, positions, _nan_rows(grad * scale[:, None], ls.finite_rows, A))
+                    factor = (1 - eps) if eps > 0 else 1.0
+                    w_full = w[None, :] if w is not None else 1
+                    _write_rows(grad_target, positions, -(w_full * ls.logp) * (factor * scale)[:, None])
+                    if want_scale:
+                        abs_scale = np.abs(scale)
+                        gmag = p * (abs_wt.sum(axis=1)[:, None]) + abs_wt
+                        grad_input_scale[positions] = abs_scale * gmag.max(axis=1, initial=0)
+                        w_row = w_abs if w_abs is not None else np.ones(C)
+                        tmag = w_row[None, :] * (np.abs(ls.logp) + 1) * factor
+                        grad_target_scale[positions] = abs_scale * tmag.max(axis=1, initial=0)
+
+    if call.mode == "probability":
+        eps = 0.0  # smoothing already entered the targets; there is no separate smoothing term
+    combined = (1 - eps) * main_terms + (eps / C) * smooth_terms if eps > 0 else main_terms
+    if call.reduction == "none":
+        loss = combined.reshape(call.output_shape)
+        loss_scale = loss_mag.reshape(call.output_shape) if want_scale else None
+    elif call.reduction == "sum":
+        loss = _combine(A, eps, C, A.total(main_terms), A.total(smooth_terms), 1)
+        loss_scale = np.float64(loss_mag.sum()) if want_scale else None
+    else:
+        loss = _combine(A, eps, C, A.total(main_terms), A.total(smooth_terms), denominator)
+        loss_scale = _Float64.divide(loss_mag.sum(), abs(float(denominator))) if want_scale else None
+    return _Output(loss, loss_scale, grad_input, grad_input_scale, grad_target, grad_target_scale)
+
+
+def _nan_rows(grad: np.ndarray, finite_rows: np.ndarray, A: Any) -> np.ndarray:
+    """torch's log_softmax backward (g - exp(logp) * sum(g)) turns a NaN row of log-probabilities
+    into a NaN gradient row even where g is 0, e.g. at ignored positions."""
+    if finite_rows.all():
+        return grad
+    return np.where(finite_rows[:, None], grad, A.convert(np.full(grad.shape, np.nan)))
+
+
+def _combine(A: Any, eps: float, C: int, main: Any, smooth: Any, denominator: Any) -> Any:
+    """torch's (1 - eps) * NLL_red + (eps / C) * S_red, each term divided on its own (NaN rules)."""
+    value = A.divide(main, denominator)
+    if eps > 0:
+        value = (1 - eps) * value + (eps / C) * A.divide(smooth, denominator)
+    return value
+
+
+def _as_array(value: Any, exact: bool) -> np.ndarray:
+    if exact:
+        return np.asarray(value, dtype=object)
+    return np.asarray(value, dtype=np.float64)
+
+
+# -- public API ----------------------------------------------------------------------------------
+class Gradients(NamedTuple):
+    """Gradients of the loss: w.r.t. the input, and w.r.t. probability targets (else None)."""
+
+    input: np.ndarray
+    target: np.ndarray | None
+
+
+def cross_entropy(input: Any, target: Any, weight: Any = None, size_average: bool | None = None,
+                  ignore_index: int = -100, reduce: bool | None = None, reduction: str = "mean",
+                  label_smoothing: float = 0.0, *, exact: bool = False) -> np.ndarray:
+    """``torch.nn.functional.cross_entropy`` on NumPy arrays, computed in float64.
+
+    The result is float64 (torch would return the input's dtype); with ``exact=True`` it is an
+    object array of mpmath numbers. Invalid calls raise :class:`InvalidInputError`.
+
+    >>> float(cross_entropy(np.zeros((2, 3)), np.array([0, -100]), reduction="sum"))
+    1.0986122886681098
+    """
+    call = _validate(input, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing)
+    A = _Exact if exact else _Float64
+    with mpmath.workdps(EXACT_DIGITS):
+        return _as_array(_solve(call, A, gradients=False).loss, exact)
+
+
+def cross_entropy_grad(input: Any, target: Any, weight: Any = None, size_average: bool | None = None,
+                       ignore_index: int = -100, reduce: bool | None = None, reduction: str = "mean",
+                       label_smoothing: float = 0.0, *, grad_output: Any = None, exact: bool = False) -> Gradients:
+    """Closed-form gradient of :func:`cross_entropy` for the upstream gradient ``grad_output``
+    (default: ones), w.r.t. the input and, for probability targets, w.r.t. the target.
+
+    >>> cross_entropy_grad(np.zeros(2), np.array([0.25, 0.75])).target.round(4)
+    array([0.6931, 0.6931])
+    """
+    call = _validate(input, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing)
+    A = _Exact if exact else _Float64
+    with mpmath.workdps(EXACT_DIGITS):
+        out = _solve(call, A, gradients=True, grad_output=grad_output)
+    return Gradients(out.grad_input, out.grad_target)
+
+
+@dataclass(frozen=True)
+class ReferenceResult:
+    """Everything the comparison needs about one case: float64 values, their magnitudes (the
+    scale an error is measured at) and the output contract (dtype and shape)."""
+
+    loss: np.ndarray
+    loss_scale: np.ndarray
+    grad_input: np.ndarray | None
+    grad_input_scale: np.ndarray | None  # per position; broadcast over the class axis
+    grad_target: np.ndarray | None
+    grad_target_scale: np.ndarray | None
+    output_dtype: str
+    output_shape: tuple[int, ...]
+
+
+def _case_call(case: Any) -> _Call:
+    args, kwargs = case.arguments()
+    return _validate(*args, kwargs["weight"], kwargs["size_average"], kwargs["ignore_index"], kwargs["reduce"],
+                     kwargs["reduction"], kwargs["label_smoothing"])
+
+
+def output_shape(case: Any) -> tuple[int, ...]:
+    """Shape of the loss for a case; raises InvalidInputError for an invalid call."""
+    return _case_call(case).output_shape
+
+
+def evaluate(case: Any, *, gradients: bool = True) -> ReferenceResult:
+    """Reference values, gradients and magnitudes for a case (raises InvalidInputError if invalid)."""
+    call = _case_call(case)
+    out = _solve(call, _Float64, gradients=gradients, grad_output=case.grad_output)
+
+    def per_class(scale: np.ndarray | None) -> np.ndarray | None:
+        if scale is None:
+            return None
+        if call.input.ndim == 1:
+            return scale.copy()
+        shape = (call.input.shape[0], *call.input.shape[2:])
+        return np.expand_dims(scale.reshape(shape), 1)
+
+    return ReferenceResult(
+        loss=np.asarray(out.loss, dtype=np.float64),
+        loss_scale=np.asarray(out.loss_scale, dtype=np.float64),
+        grad_input=out.grad_input,
+        grad_input_scale=per_class(out.grad_input_scale),
+        grad_target=out.grad_target,
+        grad_target_scale=per_class(out.grad_target_scale),
+        output_dtype=case.dtype,
+        output_shape=call.output_shape,
+    )

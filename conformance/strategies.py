@@ -1,0 +1,389 @@
+"""Composable Hypothesis strategies for cross-entropy cases.
+
+Hypothesis draws the *structure* of a case (dtype, shape, target kind, ignore pattern,
+weights, smoothing, reduction, memory layout ...); array *values* come from a seeded NumPy
+generator and a named distribution. That keeps generation fast at vocabulary scale and makes
+shrinking move toward small shapes, simple distributions and default options.
+
+Shapes come from small alphabets (class counts such as 1, 7, 128, 129, 4097, 32000, 128256),
+so backends that compile per shape (JAX, torch.compile, user kernels) compile a bounded
+number of times, while odd sizes still hit partial blocks of blocked kernels.
+
+>>> from hypothesis import given
+>>> @given(cross_entropy_cases(dtypes=["float64"]))
+... def test_mean_is_finite(case): ...
+
+Every public strategy documents one example; :func:`cross_entropy_cases` combines them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final, Sequence
+
+import numpy as np
+from hypothesis import strategies as st
+
+from .case import Case
+from .dtypes import FLOAT_DTYPES, max_finite, round_to, smallest_normal, ulp
+from .errors import Rule
+
+CLASS_COUNTS: Final = (2, 3, 1, 4, 5, 7, 8, 10, 16, 17, 31, 32, 33, 64, 100, 127, 128, 129, 255, 256, 257,
+                       1000, 1024, 1025, 4097)
+"""Class counts drawn for ordinary cases: tiny, powers of two and their neighbours."""
+
+VOCAB_CLASS_COUNTS: Final = (32000, 32768, 50257, 128256)
+"""Vocabulary-scale class counts (Llama-2, GPT-2, Llama-3), drawn rarely."""
+
+BATCH_SIZES: Final = (1, 2, 3, 4, 5, 7, 8, 16, 31, 64, 100, 257, 1024, 2049)
+SPATIAL_SIZES: Final = (1, 2, 3, 4, 5, 7)
+LOGIT_DISTRIBUTIONS: Final = ("small_integers", "standard", "wide", "offset", "ties", "near_ties", "confident",
+                              "neg_inf", "extremes")
+PROBABILITY_KINDS: Final = ("softmax", "one_hot", "sparse", "unnormalised", "negative")
+WEIGHT_KINDS: Final = ("positive", "integers", "with_zeros", "tiny")
+INVALID_RULES: Final = tuple(r for r in Rule if r is not Rule.INPUT_SHAPE)
+
+
+@dataclass(frozen=True)
+class SizeLimits:
+    """How big drawn cases may get; profiles choose these (ci small, nightly large)."""
+
+    max_elements: int = 1 << 16
+    vocab_percent: int = 4
+    max_vocab_rows: int = 4
+
+
+SIZE_LIMITS: Final = {
+    "dev": SizeLimits(max_elements=1 << 14, vocab_percent=2, max_vocab_rows=2),
+    "ci": SizeLimits(),
+    "nightly": SizeLimits(max_elements=1 << 20, vocab_percent=6, max_vocab_rows=1024),
+}
+
+
+def dtypes(allowed: Sequence[str] = FLOAT_DTYPES) -> st.SearchStrategy[str]:
+    """A floating dtype name to test in.
+
+    >>> dtypes(["bfloat16"]).example()
+    'bfloat16'
+    """
+    order = [d for d in ("float32", "float64", "bfloat16", "float16") if d in allowed]
+    return st.sampled_from(order)
+
+
+_dtype_strategy = dtypes
+
+
+def class_counts(limits: SizeLimits = SizeLimits()) -> st.SearchStrategy[int]:
+    """A class count C: usually small, vocabulary scale in ``limits.vocab_percent`` % of draws.
+
+    >>> class_counts(SizeLimits(vocab_percent=100)).example() >= 32000
+    True
+    """
+    return st.integers(0, 99).flatmap(
+        lambda roll: st.sampled_from(VOCAB_CLASS_COUNTS) if roll >= 100 - limits.vocab_percent
+        else st.sampled_from(CLASS_COUNTS))
+
+
+@st.composite
+def input_shapes(draw, n_classes: int | None = None, limits: SizeLimits = SizeLimits(),
+                 allow_empty: bool = True) -> tuple[int, ...]:
+    """An input shape: unbatched ``(C,)``, ``(N, C)`` or K-dim ``(N, C, d1..dK)`` with K <= 3.
+
+    >>> len(input_shapes(n_classes=5).example()) in (1, 2, 3, 4, 5)
+    True
+    """
+    C = draw(class_counts(limits)) if n_classes is None else n_classes
+    kind = draw(st.sampled_from(("batched", "unbatched", "k_dim")))
+    if kind == "unbatched":
+        return (C,)
+    spatial: tuple[int, ...] = ()
+    if kind == "k_dim":
+        k = draw(st.integers(1, 3))
+        spatial = tuple(draw(st.sampled_from(SPATIAL_SIZES)) for _ in range(k))
+    budget = limits.max_vocab_rows * C if C >= VOCAB_CLASS_COUNTS[0] else limits.max_elements
+    per_item = C * math.prod(spatial)
+    if allow_empty and draw(st.integers(0, 19)) == 19:
+        return (0, C, *spatial)
+    fitting = [n for n in BATCH_SIZES if n * per_item <= budget] or [1]
+    return (draw(st.sampled_from(fitting)), C, *spatial)
+
+
+@st.composite
+def logits(draw, shape: tuple[int, ...], dtype: str = "float32",
+           distributions: Sequence[str] = LOGIT_DISTRIBUTIONS) -> np.ndarray:
+    """Logit values (float64, exactly representable in ``dtype``) from a named distribution.
+
+    >>> logits((2, 3), "float16", ["ties"]).example().tolist()[0] in ([0.0] * 3, [1.0] * 3, [-2.5] * 3)
+    True
+    """
+    name = draw(st.sampled_from(tuple(distributions)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    class_axis = 0 if len(shape) == 1 else 1
+    size = math.prod(shape)
+    if name == "small_integers":
+        values = rng.integers(-3, 4, size=shape).astype(np.float64)
+    elif name == "standard":
+        values = rng.standard_normal(shape)
+    elif name == "wide":
+        values = rng.standard_normal(shape) * draw(st.sampled_from((10.0, 30.0, 100.0)))
+    elif name == "offset":
+        offsets = (1e3, -1e3, 1e4) if dtype == "float16" else (1e3, -1e4, 1e8, -1e8)
+        values = rng.standard_normal(shape) + draw(st.sampled_from(offsets))
+    elif name == "ties":
+        values = np.full(shape, draw(st.sampled_from((0.0, 1.0, -2.5))))
+    elif name == "near_ties":  # a common value per row, nudged by a few ulps of the dtype
+        base = round_to(rng.standard_normal(shape[:class_axis] + (1,) + shape[class_axis + 1:]), dtype)
+        values = base + rng.integers(-2, 3, size=shape) * ulp(base, dtype)
+    elif name == "confident":
+        values = rng.standard_normal(shape)
+        gap = draw(st.sampled_from((30.0, 100.0, 1000.0)))
+        if size:
+            hot = rng.integers(0, shape[class_axis], size=np.delete(np.array(shape), class_axis).tolist() or None)
+            np.put_along_axis(values, np.expand_dims(np.asarray(hot), class_axis), gap, axis=class_axis)
+    elif name == "neg_inf":
+        values = rng.standard_normal(shape)
+        values[rng.random(shape) < draw(st.sampled_from((0.1, 0.5, 1.0)))] = -np.inf
+    else:  # extremes
+        big = max_finite(dtype) * 2.0**-12  # exp() overflows in every dtype; sums keep headroom
+        choices = np.array([big, -big, smallest_normal(dtype), 0.0, -1.0])
+        values = rng.choice(choices, size=shape)
+    return round_to(values, dtype)
+
+
+@st.composite
+def index_targets(draw, input_shape: tuple[int, ...], ignore_index: int = -100,
+                  ignore_pattern: str = "none") -> np.ndarray:
+    """Class indices for ``input_shape``; ``ignore_pattern`` is ``none``, ``some`` or ``all``.
+
+    >>> index_targets((4, 3), ignore_pattern="all").example().tolist()
+    [-100, -100, -100, -100]
+    """
+    class_axis = 0 if len(input_shape) == 1 else 1
+    C = input_shape[class_axis]
+    shape = () if len(input_shape) == 1 else (input_shape[0], *input_shape[2:])
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    values = rng.integers(0, C, size=shape)
+    if ignore_pattern == "all":
+        values = np.full(shape, ignore_index)
+    elif ignore_pattern == "some" and values.size:
+        values = np.where(rng.random(shape) < 0.4, ignore_index, values)
+    return np.asarray(values, dtype=np.int64)
+
+
+@st.composite
+def probability_targets(draw, input_shape: tuple[int, ...], dtype: str = "float32",
+                        kinds: Sequence[str] = PROBABILITY_KINDS) -> np.ndarray:
+    """Class-probability targets of the input's shape (normalised or deliberately not).
+
+    >>> probability_targets((2, 4), kinds=["one_hot"]).example().sum(axis=1).tolist()
+    [1.0, 1.0]
+    """
+    kind = draw(st.sampled_from(tuple(kinds)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    class_axis = 0 if len(input_shape) == 1 else 1
+    if kind == "one_hot":
+        hot = rng.integers(0, input_shape[class_axis], size=np.delete(np.array(input_shape), class_axis).tolist() or None)
+        values = (np.arange(input_shape[class_axis]).reshape([-1 if a == class_axis else 1 for a in range(len(input_shape))])
+                  == np.expand_dims(np.asarray(hot), class_axis)).astype(np.float64)
+    elif kind in ("softmax", "sparse"):
+        raw = np.exp(rng.standard_normal(input_shape))
+        if kind == "sparse":
+            raw[rng.random(input_shape) < 0.5] = 0.0
+        total = raw.sum(axis=class_axis, keepdims=True)
+        values = np.divide(raw, total, out=np.zeros_like(raw), where=total > 0)
+    elif kind == "unnormalised":
+        values = rng.uniform(0.0, 2.0, size=input_shape)
+    else:
+        values = rng.standard_normal(input_shape)
+    return round_to(values, dtype)
+
+
+@st.composite
+def weights(draw, n_classes: int, dtype: str = "float32", kinds: Sequence[str] = WEIGHT_KINDS) -> np.ndarray:
+    """Per-class weights: positive reals, small integers, some exact zeros, or tiny values.
+
+    >>> bool((weights(6, kinds=["positive"]).example() > 0).all())
+    True
+    """
+    kind = draw(st.sampled_from(tuple(kinds)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if kind == "positive":
+        values = rng.uniform(0.1, 2.0, n_classes)
+    elif kind == "integers":
+        values = rng.integers(1, 4, n_classes).astype(np.float64)
+    elif kind == "with_zeros":
+        values = np.where(rng.random(n_classes) < 0.3, 0.0, rng.uniform(0.1, 2.0, n_classes))
+    else:
+        values = rng.uniform(1.0, 2.0, n_classes) * (2.0 ** -20 if dtype != "float16" else 2.0 ** -10)
+    return round_to(values, dtype)
+
+
+def label_smoothings(allow_negative: bool = True) -> st.SearchStrategy[float]:
+    """Label smoothing: usually 0, else a value in (0, 1], rarely negative (torch treats it as 0).
+
+    >>> 0.0 <= label_smoothings(allow_negative=False).example() <= 1.0
+    True
+    """
+    def pick(roll: int) -> st.SearchStrategy[float]:
+        if roll < 5:
+            return st.just(0.0)
+        if roll == 9 and allow_negative:
+            return st.sampled_from((-0.1, -0.5))
+        return st.one_of(st.sampled_from((0.1, 0.25, 0.5, 1.0, 0.05)), st.floats(0.0, 1.0, width=32))
+
+    return st.integers(0, 9).flatmap(pick)
+
+
+def reductions() -> st.SearchStrategy[str]:
+    """One of torch's reductions.
+
+    >>> reductions().example() in ("mean", "sum", "none")
+    True
+    """
+    return st.sampled_from(("mean", "sum", "none"))
+
+
+def legacy_reduction_arguments() -> st.SearchStrategy[tuple[bool | None, bool | None]]:
+    """``(size_average, reduce)`` pairs, mostly ``(None, None)``.
+
+    >>> legacy_reduction_arguments().example() in [(None, None), (True, None), (False, None), (None, False), (True, True), (False, False)]
+    True
+    """
+    legacy = ((True, None), (False, None), (None, False), (True, True), (False, False))
+    return st.integers(0, 9).flatmap(lambda roll: st.sampled_from(legacy) if roll == 9 else st.just((None, None)))
+
+
+@st.composite
+def cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limits: SizeLimits = SizeLimits(),
+                        probability_targets_allowed: bool = True, invalid_percent: int = 0) -> Case:
+    """A complete cross-entropy case reaching every parameter of the semantics.
+
+    ``invalid_percent`` of draws break exactly one argument rule (see :func:`invalid_cases`).
+
+    >>> case = cross_entropy_cases(dtypes=["float64"]).example()
+    >>> case.dtype
+    'float64'
+    """
+    dtype = draw(_dtype_strategy(dtypes))
+    shape = draw(input_shapes(limits=limits))
+    class_axis = 0 if len(shape) == 1 else 1
+    C = shape[class_axis]
+    use_probabilities = probability_targets_allowed and draw(st.integers(0, 9)) >= 7
+    ignore_index = -100
+    target_dtype: str | None = None
+    if use_probabilities:
+        target = draw(probability_targets(shape, dtype))
+        ignore_index = draw(st.sampled_from((-100, -1)))
+    else:
+        ignore_choice = draw(st.sampled_from(("default", "in_range", "out_of_range")))
+        ignore_index = {"default": -100, "out_of_range": 255}.get(ignore_choice, draw(st.integers(0, C - 1)))
+        pattern = draw(st.sampled_from(("none", "some", "all")) if draw(st.booleans()) else st.just("none"))
+        target = draw(index_targets(shape, ignore_index, pattern))
+        if C <= 255 and len(shape) <= 2 and ignore_index >= 0 and draw(st.integers(0, 4)) == 0:
+            target_dtype = "uint8"
+    weight = draw(weights(C, dtype)) if draw(st.booleans()) else None
+    smoothing = draw(label_smoothings())
+    reduction = draw(reductions())
+    size_average, reduce = draw(legacy_reduction_arguments())
+    layouts = ["contiguous", "strided", "offset"] + (["transposed"] if len(shape) >= 2 else [])
+    layout = draw(st.sampled_from(layouts)) if draw(st.integers(0, 4)) == 0 else "contiguous"
+    grad_output = None
+    if draw(st.booleans()):
+        effective = _effective_reduction(reduction, size_average, reduce)
+        out_shape = (target.shape if not use_probabilities else shape[:class_axis] + shape[class_axis + 1:]) \
+            if effective == "none" else ()
+        if not use_probabilities and len(shape) == 1:
+            out_shape = ()
+        rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        grad_output = round_to(rng.standard_normal(out_shape) * draw(st.sampled_from((1.0, 0.5, 3.0))), dtype)
+    x = draw(logits(shape, dtype))
+    case = Case.cross_entropy(x, target, dtype=dtype, target_dtype=target_dtype, weight=weight,
+                              ignore_index=ignore_index, reduction=reduction, label_smoothing=smoothing,
+                              size_average=size_average, reduce=reduce, memory_layout=layout, grad_output=grad_output)
+    if invalid_percent and draw(st.integers(0, 99)) < invalid_percent:
+        return draw(invalid_cases(case))
+    return case
+
+
+def _effective_reduction(reduction: str, size_average: bool | None, reduce: bool | None) -> str:
+    from .reference import resolve_reduction
+
+    return resolve_reduction(reduction, size_average, reduce)
+
+
+@st.composite
+def invalid_cases(draw, base: Case | None = None, rules: Sequence[Rule] = INVALID_RULES) -> Case:
+    """A case that breaks exactly one of torch's argument rules, with ``expected_error`` set.
+
+    >>> invalid_cases(rules=[Rule.LABEL_SMOOTHING_RANGE]).example().expected_error.value
+    'label_smoothing_range'
+    """
+    if base is None:
+        base = draw(cross_entropy_cases(limits=SizeLimits(max_elements=1 << 12, vocab_percent=0)))
+    base = base.replace(options={"size_average": None, "reduce": None,
+                                 "label_smoothing": max(0.0, base.label_smoothing),
+                                 "reduction": base.reduction if base.reduction in ("none", "mean", "sum") else "mean"},
+                        tensors={"grad_output": None})
+    x = base.input
+    class_axis = 0 if x.ndim == 1 else 1
+    C = x.shape[class_axis]
+    prob = base.is_probability_target
+    feasible = [r for r in rules if _feasible(r, base, C, prob)]
+    rule = draw(st.sampled_from(feasible))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    changes: dict = {"expected_error": rule}
+    if rule is Rule.TARGET_OUT_OF_BOUNDS:
+        target = base.target.copy().reshape(-1)
+        bad = draw(st.sampled_from(tuple(v for v in (C, -1, C + 7) if v != base.ignore_index)))
+        target[rng.integers(0, target.size)] = bad
+        changes["tensors"] = {"target": _tensor(target.reshape(base.target.shape), "int64")}
+    elif rule is Rule.WEIGHT_SHAPE:
+        n = draw(st.sampled_from(tuple(k for k in (C + 1, C - 1, 2 * C) if k > 0 and k != C)))
+        changes["tensors"] = {"weight": _tensor(np.ones(n), base.dtype)}
+    elif rule is Rule.LABEL_SMOOTHING_RANGE:
+        changes["options"] = {"label_smoothing": draw(st.sampled_from((1.5, 1.0001, 2.0)))}
+    elif rule is Rule.IGNORE_INDEX_WITH_PROBABILITIES:
+        changes["options"] = {"ignore_index": draw(st.integers(0, max(0, C - 1)))}
+    elif rule is Rule.REDUCTION_VALUE:
+        changes["options"] = {"reduction": draw(st.sampled_from(("avg", "average", "", "MEAN")))}
+    elif rule is Rule.TARGET_DTYPE:
+        if prob:
+            changes["tensors"] = {"target": _tensor(np.zeros(x.shape, dtype=np.int64), "int64")}
+        else:
+            changes["tensors"] = {"target": _tensor(np.clip(base.target, 0, C - 1), draw(st.sampled_from(("int32", "int16"))))}
+    elif rule is Rule.INPUT_DTYPE:
+        changes["tensors"] = {"input": _tensor(np.zeros(x.shape, dtype=np.int64), "int64"), "weight": None}
+        if prob:
+            changes["tensors"]["target"] = _tensor(base.target, "float32")
+    else:  # TARGET_SHAPE: a batch-size mismatch, a wrong K-dim extent, or an extra target axis
+        target = np.clip(base.target, 0, C - 1) if base.target.size else base.target
+        if x.ndim == 1:
+            new = np.zeros((draw(st.sampled_from(tuple(k for k in (2, 3, 4) if k != C))),), dtype=np.int64)
+        elif x.ndim == 2 and draw(st.booleans()):
+            new = np.zeros((x.shape[0], C + 1), dtype=np.int64)
+        elif x.ndim > 2 and draw(st.booleans()):
+            new = np.zeros((x.shape[0], *[d + 1 for d in x.shape[2:]]), dtype=np.int64)
+        else:
+            new = np.zeros((x.shape[0] + 1, *target.shape[1:]), dtype=np.int64)
+        changes["tensors"] = {"target": _tensor(new, "int64")}
+        changes["options"] = {"ignore_index": -100}
+    return base.replace(**changes)
+
+
+def _tensor(values: np.ndarray, dtype: str):
+    from .case import Tensor
+
+    return Tensor(np.asarray(values), dtype)
+
+
+def _feasible(rule: Rule, base: Case, C: int, prob: bool) -> bool:
+    if rule is Rule.TARGET_OUT_OF_BOUNDS:
+        return not prob and base.target.size > 0 and base.target_dtype == "int64"
+    if rule is Rule.IGNORE_INDEX_WITH_PROBABILITIES:
+        return prob
+    if rule is Rule.TARGET_SHAPE:
+        return not prob
+    if rule is Rule.INPUT_DTYPE:  # torch skips the dtype check for empty probability-mode input
+        return base.input.size > 0
+    return True
