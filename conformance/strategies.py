@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Final, Sequence
 
 import numpy as np
+from hypothesis import assume
 from hypothesis import strategies as st
 
 from .case import Case
@@ -82,7 +83,7 @@ def class_counts(limits: SizeLimits = SizeLimits()) -> st.SearchStrategy[int]:
     """
     return st.integers(0, 99).flatmap(
         lambda roll: st.sampled_from(VOCAB_CLASS_COUNTS) if roll >= 100 - limits.vocab_percent
-        else st.sampled_from(CLASS_COUNTS))
+        else st.sampled_from([c for c in CLASS_COUNTS if c <= limits.max_elements]))
 
 
 @st.composite
@@ -98,10 +99,11 @@ def input_shapes(draw, n_classes: int | None = None, limits: SizeLimits = SizeLi
     if kind == "unbatched":
         return (C,)
     spatial: tuple[int, ...] = ()
-    if kind == "k_dim":
-        k = draw(st.integers(1, 3))
-        spatial = tuple(draw(st.sampled_from(SPATIAL_SIZES)) for _ in range(k))
     budget = limits.max_vocab_rows * C if C >= VOCAB_CLASS_COUNTS[0] else limits.max_elements
+    if kind == "k_dim":
+        for _ in range(draw(st.integers(1, 3))):
+            room = budget // (C * math.prod(spatial))
+            spatial += (draw(st.sampled_from([d for d in SPATIAL_SIZES if d <= room] or [1])),)
     per_item = C * math.prod(spatial)
     if allow_empty and draw(st.integers(0, 19)) == 19:
         return (0, C, *spatial)
@@ -256,7 +258,7 @@ def legacy_reduction_arguments() -> st.SearchStrategy[tuple[bool | None, bool | 
 
 @st.composite
 def cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limits: SizeLimits = SizeLimits(),
-                        probability_targets_allowed: bool = True, invalid_percent: int = 0) -> Case:
+                        target_kinds: Sequence[str] = ("index", "probability"), invalid_percent: int = 0) -> Case:
     """A complete cross-entropy case reaching every parameter of the semantics.
 
     ``invalid_percent`` of draws break exactly one argument rule (see :func:`invalid_cases`).
@@ -269,7 +271,10 @@ def cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limits: Size
     shape = draw(input_shapes(limits=limits))
     class_axis = 0 if len(shape) == 1 else 1
     C = shape[class_axis]
-    use_probabilities = probability_targets_allowed and draw(st.integers(0, 9)) >= 7
+    if len(target_kinds) == 2:
+        use_probabilities = draw(st.integers(0, 9)) >= 7
+    else:
+        use_probabilities = tuple(target_kinds) == ("probability",)
     ignore_index = -100
     target_dtype: str | None = None
     if use_probabilities:
@@ -320,7 +325,11 @@ def invalid_cases(draw, base: Case | None = None, rules: Sequence[Rule] = INVALI
     'label_smoothing_range'
     """
     if base is None:
-        base = draw(cross_entropy_cases(limits=SizeLimits(max_elements=1 << 12, vocab_percent=0)))
+        needs = {Rule.IGNORE_INDEX_WITH_PROBABILITIES: ("probability",), Rule.TARGET_SHAPE: ("index",),
+                 Rule.TARGET_OUT_OF_BOUNDS: ("index",)}
+        kinds = {k for r in rules for k in needs.get(r, ("index", "probability"))}
+        base = draw(cross_entropy_cases(limits=SizeLimits(max_elements=1 << 12, vocab_percent=0),
+                                        target_kinds=sorted(kinds)))
     base = base.replace(options={"size_average": None, "reduce": None,
                                  "label_smoothing": max(0.0, base.label_smoothing),
                                  "reduction": base.reduction if base.reduction in ("none", "mean", "sum") else "mean"},
@@ -330,6 +339,7 @@ def invalid_cases(draw, base: Case | None = None, rules: Sequence[Rule] = INVALI
     C = x.shape[class_axis]
     prob = base.is_probability_target
     feasible = [r for r in rules if _feasible(r, base, C, prob)]
+    assume(feasible)
     rule = draw(st.sampled_from(feasible))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     changes: dict = {"expected_error": rule}

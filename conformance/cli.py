@@ -1,0 +1,30 @@
+"""Command line: ``ce-conformance fuzz | gate | replay | adapters | report | nightly``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ._version import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ce-conformance",
+        description="Conformance suite and differential fuzzer for cross-entropy loss implementations.")
+    parser.add_argument("--version", action="version", version=f"ce-conformance {__version__}")
+    parser.add_subparsers(dest="command", metavar="COMMAND")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

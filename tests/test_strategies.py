@@ -1,0 +1,67 @@
+"""Meta-tests of the generators: every feature is reachable, invalid cases break their rule."""
+
+import collections
+
+import numpy as np
+import pytest
+from hypothesis import find, given, settings
+
+from conformance import reference
+from conformance.case import FEATURES
+from conformance.dtypes import is_representable
+from conformance.errors import InvalidInputError, Rule
+from conformance.strategies import (INVALID_RULES, SizeLimits, cross_entropy_cases, invalid_cases, logits,
+                                    probability_targets)
+
+
+@pytest.mark.parametrize("feature", sorted(set(FEATURES) - {"invalid_input"}))
+def test_every_feature_is_reachable(feature):
+    find(cross_entropy_cases(), lambda case: feature in case.features, settings=settings(max_examples=3000))
+
+
+@pytest.mark.parametrize("rule", INVALID_RULES, ids=lambda r: r.value)
+def test_every_invalid_rule_is_reachable_and_raises_that_rule(rule):
+    case = find(invalid_cases(rules=[rule]), lambda c: True, settings=settings(max_examples=500))
+    assert case.expected_error is rule
+    with pytest.raises(InvalidInputError) as raised:
+        reference.evaluate(case)
+    assert raised.value.rule is rule
+
+
+@given(cross_entropy_cases(invalid_percent=30))
+def test_cases_are_consistent_with_the_reference(case):
+    if case.is_valid:
+        result = reference.evaluate(case, gradients=False)
+        if case.grad_output is not None:
+            assert case.grad_output.shape == result.output_shape
+    else:
+        with pytest.raises(InvalidInputError) as raised:
+            reference.evaluate(case, gradients=False)
+        assert raised.value.rule == case.expected_error
+
+
+@given(cross_entropy_cases())
+def test_values_are_exact_in_their_dtype(case):
+    assert is_representable(case.input, case.dtype)
+    if case.weight is not None:
+        assert is_representable(case.weight, case.dtype)
+
+
+@given(cross_entropy_cases(limits=SizeLimits(max_elements=1 << 12, vocab_percent=0)))
+def test_size_limits_are_respected(case):
+    assert case.input.size <= 1 << 12
+
+
+def test_distributions_cover_special_values():
+    seen = collections.Counter()
+    for dist in ("neg_inf", "ties", "extremes", "offset"):
+        values = find(logits((4, 8), "float32", [dist]), lambda v: True)
+        seen[dist] = values
+    assert np.isneginf(seen["neg_inf"]).any()
+    assert (seen["ties"] == seen["ties"].flat[0]).all()
+    assert np.abs(seen["offset"]).max() > 100
+
+
+def test_one_hot_probabilities_are_normalised():
+    t = find(probability_targets((3, 5), kinds=["one_hot"]), lambda v: True)
+    np.testing.assert_array_equal(t.sum(axis=1), np.ones(3))
