@@ -1,0 +1,198 @@
+"""Adapters: one small module per backend behind one interface (:class:`adapters.base.Adapter`).
+
+Built in: ``numpy`` (the reference itself), ``torch`` (CPU), ``torch-cuda``, ``jax`` (a port of
+torch's semantics), ``optax``. User functions come in through :func:`user_adapter` (the CLI's
+``--impl SPEC --kind K``); third-party packages register factories under the entry-point
+group ``ce_conformance.adapters`` (a callable returning an :class:`Adapter`).
+
+>>> sorted(BUILTIN)
+['jax', 'numpy', 'optax', 'torch', 'torch-cuda']
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Final
+
+from conformance.errors import ConfigurationError
+
+from .base import ALL_FEATURES, Adapter, Capabilities, Outcome, RaisedError
+
+ENTRY_POINT_GROUP: Final = "ce_conformance.adapters"
+KINDS: Final = ("torch", "jax", "numpy")
+DEFAULT_USER_EXCLUSIONS: Final = frozenset({"legacy_reduction", "uint8_target", "negative_smoothing"})
+"""Features a user implementation is not tested on unless asked (``--features all``): the
+deprecated size_average/reduce arguments, uint8 targets and label_smoothing < 0 are corners
+kernel authors rarely support on purpose."""
+
+DEFAULT_ADAPTERS: Final = ("numpy", "torch", "jax", "optax")
+"""What ``fuzz`` runs when no adapter is named: the built-ins that run on a CPU."""
+
+
+def _torch(**kwargs: Any) -> Adapter:
+    from .torch_adapter import TorchAdapter
+
+    return TorchAdapter(**kwargs)
+
+
+def _numpy() -> Adapter:
+    from .numpy_adapter import NumpyAdapter
+
+    return NumpyAdapter()
+
+
+def _jax() -> Adapter:
+    from .jax_adapter import JaxAdapter
+
+    return JaxAdapter()
+
+
+def _optax() -> Adapter:
+    from .jax_adapter import OptaxAdapter
+
+    return OptaxAdapter()
+
+
+BUILTIN: Final[dict[str, Callable[[], Adapter]]] = {
+    "numpy": _numpy,
+    "torch": _torch,
+    "torch-cuda": lambda: _torch(name="torch-cuda", device="cuda"),
+    "jax": _jax,
+    "optax": _optax,
+}
+
+
+def _entry_points() -> dict[str, Any]:
+    try:
+        return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    except Exception:  # a broken environment must not break the built-ins
+        return {}
+
+
+def available_names() -> list[str]:
+    return sorted(set(BUILTIN) | set(_entry_points()))
+
+
+def load_adapter(name: str) -> Adapter:
+    """A built-in or entry-point adapter by name; unknown names are a ConfigurationError."""
+    if name in BUILTIN:
+        return BUILTIN[name]()
+    entry_points = _entry_points()
+    if name in entry_points:
+        try:
+            factory = entry_points[name].load()
+            adapter = factory() if callable(factory) and not isinstance(factory, Adapter) else factory
+        except Exception as exc:
+            raise ConfigurationError(f"adapter {name!r} from entry point {entry_points[name].value!r} failed to "
+                                     f"load: {type(exc).__name__}: {exc}") from None
+        if not isinstance(adapter, Adapter):
+            raise ConfigurationError(f"entry point {name!r} did not produce an Adapter")
+        return adapter
+    raise ConfigurationError(f"unknown adapter {name!r}; available: {', '.join(available_names())}")
+
+
+def load_adapters(names: str | list[str]) -> list[Adapter]:
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    return [load_adapter(n) for n in names]
+
+
+def resolve_function(spec: str) -> Callable[..., Any]:
+    """``module.path:function`` or ``path/to/file.py:function`` -> the callable.
+
+    Errors (no colon, missing file, import failure, missing attribute, not callable) are
+    ConfigurationErrors carrying the import error's own message.
+    """
+    if ":" not in spec:
+        raise ConfigurationError(f"--impl {spec!r}: expected 'module.path:function' or 'path/to/file.py:function'")
+    target, _, attribute = spec.rpartition(":")
+    if not target or not attribute:
+        raise ConfigurationError(f"--impl {spec!r}: expected 'module.path:function' or 'path/to/file.py:function'")
+    try:
+        if target.endswith(".py") or "/" in target or "\\" in target:
+            path = Path(target).resolve()
+            if not path.is_file():
+                raise ConfigurationError(f"--impl {spec!r}: no such file {str(path)!r}")
+            module_name = f"ce_conformance_user_{abs(hash(str(path)))}"
+            module_spec = importlib.util.spec_from_file_location(module_name, path)
+            if module_spec is None or module_spec.loader is None:
+                raise ConfigurationError(f"--impl {spec!r}: cannot import {str(path)!r}")
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[module_name] = module
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except ConfigurationError:
+        raise
+    except BaseException as exc:  # SystemExit/KeyboardInterrupt in user import code included
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise ConfigurationError(f"--impl {spec!r}: importing {target!r} failed: {type(exc).__name__}: {exc}") from None
+    obj: Any = module
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigurationError(f"--impl {spec!r}: {target!r} has no attribute {attribute!r}") from None
+    if inspect.isclass(obj):
+        obj = _module_loss(obj)
+    if not callable(obj):
+        raise ConfigurationError(f"--impl {spec!r}: {attribute!r} is not callable")
+    return obj
+
+
+def _module_loss(cls: type) -> Callable[..., Any]:
+    """A loss *class* configured at construction (``torch.nn.CrossEntropyLoss(weight=...,
+    ignore_index=..., reduction=..., label_smoothing=...)``) called as a function: each call
+    builds the module with the case's options and applies it."""
+
+    def call(input: Any, target: Any, weight: Any = None, **options: Any) -> Any:
+        return cls(weight=weight, **options)(input, target)
+
+    call.__name__ = call.__qualname__ = f"{cls.__name__}(...)"
+    return call
+
+
+def user_capabilities(features: str | None = None) -> Capabilities:
+    """Capabilities for a user implementation: everything but the rarely-wanted corners, or
+    ``all``, or an explicit comma-separated feature list to restrict to."""
+    if features in (None, "", "default"):
+        return Capabilities(features=ALL_FEATURES - DEFAULT_USER_EXCLUSIONS)
+    if features == "all":
+        return Capabilities()
+    wanted = {f.strip() for f in features.split(",") if f.strip()}
+    unknown = wanted - ALL_FEATURES
+    if unknown:
+        raise ConfigurationError(f"unknown feature(s) {sorted(unknown)}; known: {', '.join(sorted(ALL_FEATURES))}")
+    return Capabilities(features=frozenset(wanted))
+
+
+def user_adapter(spec: str, kind: str = "torch", *, features: str | None = None, name: str | None = None) -> Adapter:
+    """An adapter around a user function with the signature of F.cross_entropy."""
+    if kind not in KINDS:
+        raise ConfigurationError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
+    fn = resolve_function(spec)
+    capabilities = user_capabilities(features)
+    label = name or f"impl:{spec}"
+    if kind == "torch":
+        from .torch_adapter import TorchAdapter
+
+        return TorchAdapter(fn, name=label, capabilities=capabilities, description=f"user function {spec} (torch)")
+    if kind == "jax":
+        from .jax_adapter import JaxFunctionAdapter
+
+        return JaxFunctionAdapter(fn, name=label, capabilities=capabilities)
+    from .numpy_adapter import NumpyAdapter
+
+    return NumpyAdapter(fn, name=label, capabilities=replace(capabilities, gradients=False, target_gradients=False),
+                        description=f"user function {spec} (numpy, forward only)")
+
+
+__all__ = ["Adapter", "Capabilities", "Outcome", "RaisedError", "BUILTIN", "DEFAULT_ADAPTERS", "load_adapter",
+           "load_adapters", "user_adapter", "resolve_function", "available_names", "ENTRY_POINT_GROUP"]

@@ -1,20 +1,225 @@
-"""Command line: ``ce-conformance fuzz | gate | replay | adapters | report | nightly``."""
+"""Command line: ``ce-conformance fuzz | gate | replay | adapters``.
+
+Exit codes (all commands): 0 conformant / success, 1 findings, 2 usage or configuration error
+(unknown adapter, unimportable ``--impl``, malformed case file), 130 interrupted (SIGINT or
+SIGTERM; the tables for what was done are written).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import Any
 
 from ._version import __version__
+from .errors import ConfigurationError
+
+EXIT_OK, EXIT_FINDINGS, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 already; keep the message short
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {message}\n")
+
+
+def _add_run_options(p: argparse.ArgumentParser, *, default_out: str) -> None:
+    p.add_argument("--impl", metavar="SPEC", help="implementation under test: module.path:function or "
+                   "path/to/file.py:function (a loss class such as torch.nn:CrossEntropyLoss works too)")
+    p.add_argument("--kind", choices=("torch", "jax", "numpy"), default="torch",
+                   help="what the --impl function takes: torch tensors (default), jax arrays or numpy arrays")
+    p.add_argument("--features", metavar="LIST", default=None,
+                   help="features to test --impl on: 'default' (all but legacy args, uint8 targets and "
+                        "negative smoothing), 'all', or a comma-separated list")
+    p.add_argument("--max-examples", type=int, metavar="N", help="Hypothesis examples (default: the profile's)")
+    p.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0)")
+    p.add_argument("--profile", choices=("dev", "ci", "nightly"), default="ci", help="settings profile (default ci)")
+    p.add_argument("--out", type=Path, default=Path(default_out), help=f"output directory (default {default_out})")
+    p.add_argument("--cases-dir", type=Path, help="where failing cases are saved (default OUT/cases)")
+    p.add_argument("--database", type=Path, metavar="DIR",
+                   help="persistent Hypothesis example database (default: $CE_CONFORMANCE_DB, else none)")
+    p.add_argument("--no-shrink", action="store_true", help="save failing cases without shrinking them")
+    p.add_argument("--shrink-seconds", type=float, default=60.0, help="time budget for shrinking (default 60)")
+    p.add_argument("--no-curated", action="store_true", help="skip the curated edge cases under cases/curated")
+    p.add_argument("--strict", action="store_true",
+                   help="also flag arguments outside their documented range that are silently accepted")
+    p.add_argument("--oracle", choices=("reference", "torch"), default="reference",
+                   help="'reference' (default): the float64 oracle and per-dtype budgets; 'torch': no worse "
+                        "than torch's own result in the same dtype plus a margin")
+    p.add_argument("--invalid-percent", type=int, default=15, help="share of deliberately invalid cases (default 15)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ce-conformance",
-        description="Conformance suite and differential fuzzer for cross-entropy loss implementations.")
+    parser = _Parser(prog="ce-conformance",
+                     description="Conformance suite and differential fuzzer for cross-entropy loss implementations.",
+                     epilog="exit codes: 0 conformant, 1 findings, 2 configuration error, 130 interrupted")
     parser.add_argument("--version", action="version", version=f"ce-conformance {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    fuzz = sub.add_parser("fuzz", help="differential fuzzing of adapters against the reference")
+    fuzz.add_argument("--adapters", default=None,
+                      help="comma-separated adapters (default: numpy,torch,jax,optax; see 'adapters')")
+    _add_run_options(fuzz, default_out="ce-out/fuzz")
+
+    gate = sub.add_parser("gate", help="CI gate: exit 0 when --impl conforms, 1 on findings, 2 on bad config")
+    _add_run_options(gate, default_out="ce-out/gate")
+    gate.add_argument("--markdown", type=Path, metavar="FILE", help="also write the summary (for CI job summaries)")
+
+    replay = sub.add_parser("replay", help="run saved case files through adapters")
+    replay.add_argument("cases", nargs="+", type=Path, metavar="CASE.json", help="case files or directories")
+    replay.add_argument("--adapters", default=None, help="comma-separated adapters (default: numpy,torch,jax,optax)")
+    replay.add_argument("--impl", metavar="SPEC")
+    replay.add_argument("--kind", choices=("torch", "jax", "numpy"), default="torch")
+    replay.add_argument("--features", default="all")
+    replay.add_argument("--strict", action="store_true")
+
+    sub.add_parser("adapters", help="list adapters, their availability and capabilities")
     return parser
+
+
+def _adapters(args: argparse.Namespace, *, default: bool) -> list[Any]:
+    from adapters import DEFAULT_ADAPTERS, load_adapters, user_adapter
+
+    chosen = []
+    names = getattr(args, "adapters", None)
+    if names:
+        chosen = load_adapters(names)
+    elif default and not args.impl:
+        chosen = load_adapters(list(DEFAULT_ADAPTERS))
+    if args.impl:
+        chosen.append(user_adapter(args.impl, args.kind, features=args.features))
+    if not chosen:
+        raise ConfigurationError("nothing to run: name --adapters or --impl")
+    return chosen
+
+
+def _fuzz_config(args: argparse.Namespace, adapters: list[Any], title: str):
+    from .runner import DEFAULT_CURATED_DIR, FuzzConfig
+
+    if args.max_examples is not None and args.max_examples < 1:
+        raise ConfigurationError("--max-examples must be at least 1")
+    return FuzzConfig(adapters=adapters, profile=args.profile, max_examples=args.max_examples, seed=args.seed,
+                      out_dir=args.out, cases_dir=args.cases_dir, database_dir=args.database,
+                      curated_dirs=[] if args.no_curated else [DEFAULT_CURATED_DIR], shrink=not args.no_shrink,
+                      shrink_seconds=args.shrink_seconds, strict=args.strict, oracle=args.oracle,
+                      invalid_percent=args.invalid_percent, progress=not args.no_progress and sys.stderr.isatty(),
+                      title=title, impl_spec=args.impl, impl_kind=args.kind if args.impl else None)
+
+
+def _failure_table(summary, impl_spec: str | None, impl_kind: str | None) -> str:
+    from .repro import replay_command
+
+    rows = []
+    for (adapter, check), info in sorted(summary.signatures.items()):
+        case = info.get("shrunk_case") or info.get("first_case") or ""
+        rows.append((adapter, check, info["count"], info["message"][:90], case))
+    if not rows:
+        return ""
+    import pandas as pd
+
+    table = pd.DataFrame(rows, columns=["adapter", "check", "findings", "first message", "minimal case"])
+    lines = [table.to_string(index=False), "", "replay:"]
+    for adapter, check, _, _, case in rows:
+        if case:
+            lines.append("  " + replay_command(case, adapter, impl_spec, impl_kind))
+    return "\n".join(lines)
+
+
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    from .runner import FuzzRun
+
+    adapters = _adapters(args, default=True)
+    run = FuzzRun(_fuzz_config(args, adapters, "ce-conformance fuzz"))
+    summary = run.run()
+    print(summary.summary_markdown)
+    print(f"{summary.results} adapter runs, {summary.findings} findings in {summary.seconds:.1f} s; "
+          f"tables in {summary.out_dir} (results/findings .csv/.parquet, summary.md)")
+    if summary.jax_compilations:
+        print("JAX compilations: " + ", ".join(f"{k} {v}" for k, v in summary.jax_compilations.items()))
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if summary.conformant else EXIT_FINDINGS
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    from .runner import FuzzRun
+
+    if not args.impl:
+        raise ConfigurationError("gate needs --impl SPEC (the implementation to gate)")
+    adapters = _adapters(args, default=False)
+    run = FuzzRun(_fuzz_config(args, adapters, f"ce-conformance gate: {args.impl}"))
+    summary = run.run()
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(summary.summary_markdown)
+    if summary.interrupted:
+        print("interrupted; partial tables in", summary.out_dir, file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if summary.conformant:
+        print(f"PASS {args.impl}: {summary.results} adapter runs, no findings ({summary.seconds:.1f} s)")
+        return EXIT_OK
+    print(f"FAIL {args.impl}: {summary.findings} findings ({summary.seconds:.1f} s); tables in {summary.out_dir}")
+    print(_failure_table(summary, args.impl, args.kind))
+    return EXIT_FINDINGS
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .case import Case
+    from .compare import compare
+    from .reference import evaluate
+
+    files: list[Path] = []
+    for target in args.cases:
+        if target.is_dir():
+            files.extend(sorted(target.glob("*.json")))
+        elif target.exists():
+            files.append(target)
+        else:
+            raise ConfigurationError(f"no such case file {str(target)!r}")
+    cases = [(path, Case.load(path)) for path in files]  # refuse bad files before running anything
+    adapters = _adapters(args, default=True)
+    rows = []
+    for path, case in cases:
+        ref = evaluate(case) if case.is_valid else None
+        for adapter in adapters:
+            reason = adapter.availability()
+            missing = adapter.capabilities.missing(case)
+            if reason or missing:
+                rows.append((path.name, case.id, adapter.name, "skipped", reason or ",".join(missing)))
+                continue
+            comparison = compare(case, adapter.timed_run(case), ref, adapter.capabilities, strict=args.strict)
+            if comparison.passed:
+                rows.append((path.name, case.id, adapter.name, "passed", ""))
+            for verdict in comparison.verdicts:
+                rows.append((path.name, case.id, adapter.name, verdict.check, verdict.message[:160]))
+    table = pd.DataFrame(rows, columns=["file", "case", "adapter", "result", "message"])
+    print(table.to_string(index=False))
+    failed = ~table["result"].isin(["passed", "skipped"])
+    return EXIT_FINDINGS if failed.any() else EXIT_OK
+
+
+def cmd_adapters(args: argparse.Namespace) -> int:  # noqa: ARG001
+    import pandas as pd
+
+    from adapters import available_names, load_adapter
+
+    rows = []
+    for name in available_names():
+        try:
+            rows.append(load_adapter(name).describe())
+        except ConfigurationError as exc:
+            rows.append({"adapter": name, "available": False, "reason": str(exc)})
+    frame = pd.DataFrame(rows)
+    columns = ["adapter", "available", "dtypes", "gradients", "unsupported", "reason"]
+    print(frame.reindex(columns=columns).fillna("").to_string(index=False))
+    return EXIT_OK
+
+
+COMMANDS = {"fuzz": cmd_fuzz, "gate": cmd_gate, "replay": cmd_replay, "adapters": cmd_adapters}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,8 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return 0
-    return 0
+        return EXIT_OK
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigurationError as exc:
+        print(f"ce-conformance {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -102,5 +102,9 @@ def max_finite(name: str) -> float:
     return float(info.max)
 
 
+def smallest_subnormal(name: str) -> float:
+    return math.ldexp(1.0, _MIN_NORMAL_EXPONENT[name] - _MANTISSA_BITS[name])
+
+
 def smallest_normal(name: str) -> float:
     return math.ldexp(1.0, _MIN_NORMAL_EXPONENT[name])

@@ -268,6 +268,7 @@ def _log_softmax(rows: np.ndarray, A: Any) -> _LogSoftmax:
 class _Output:
     loss: Any
     loss_scale: Any
+    loss_intermediate: Any
     grad_input: np.ndarray | None
     grad_input_scale: np.ndarray | None
     grad_target: np.ndarray | None
@@ -354,7 +355,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                         if eps > 0:
                             w_row = w_abs if w_abs is not None else np.ones(C)
                             gmag = gmag + (eps / C) * (p64 * w_row.sum() + w_row[None, :])
-                        grad_input_scale[positions] = np.where(v, np.abs(scale) * gmag.max(axis=1, initial=0), 0)
+                        grad_input_scale[positions] = np.where(v, np.abs(scale) * _finite_row_max(gmag), 0)
             else:
                 _, t_rows = next(target_blocks)
                 t = A.convert(t_rows)
@@ -376,14 +377,15 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                     if want_scale:
                         abs_scale = np.abs(scale)
                         gmag = p * (abs_wt.sum(axis=1)[:, None]) + abs_wt
-                        grad_input_scale[positions] = abs_scale * gmag.max(axis=1, initial=0)
+                        grad_input_scale[positions] = abs_scale * _finite_row_max(gmag)
                         w_row = w_abs if w_abs is not None else np.ones(C)
                         tmag = w_row[None, :] * (np.abs(ls.logp) + 1) * factor
-                        grad_target_scale[positions] = abs_scale * tmag.max(axis=1, initial=0)
+                        grad_target_scale[positions] = abs_scale * _finite_row_max(tmag)
 
     if call.mode == "probability":
         eps = 0.0  # smoothing already entered the targets; there is no separate smoothing term
-    combined = (1 - eps) * main_terms + (eps / C) * smooth_terms if eps > 0 else main_terms
+    with np.errstate(invalid="ignore", over="ignore"):
+        combined = (1 - eps) * main_terms + (eps / C) * smooth_terms if eps > 0 else main_terms
     if call.reduction == "none":
         loss = combined.reshape(call.output_shape)
         loss_scale = loss_mag.reshape(call.output_shape) if want_scale else None
@@ -393,7 +395,15 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
     else:
         loss = _combine(A, eps, C, A.total(main_terms), A.total(smooth_terms), denominator)
         loss_scale = _Float64.divide(loss_mag.sum(), abs(float(denominator))) if want_scale else None
-    return _Output(loss, loss_scale, grad_input, grad_input_scale, grad_target, grad_target_scale)
+    intermediate = np.float64(loss_mag.sum()) if call.reduction == "mean" else loss_scale
+    return _Output(loss, loss_scale, intermediate, grad_input, grad_input_scale, grad_target, grad_target_scale)
+
+
+def _finite_row_max(magnitudes: np.ndarray) -> np.ndarray:
+    """Largest finite magnitude per row: an infinite term (a -inf logit's log-probability)
+    must not turn the whole row's error floor into infinity."""
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(magnitudes), magnitudes, 0).max(axis=1, initial=0)
 
 
 def _nan_rows(grad: np.ndarray, finite_rows: np.ndarray, A: Any) -> np.ndarray:
@@ -466,6 +476,7 @@ class ReferenceResult:
 
     loss: np.ndarray
     loss_scale: np.ndarray
+    loss_intermediate: np.ndarray  # magnitude of the undivided sum (equals loss_scale but for 'mean')
     grad_input: np.ndarray | None
     grad_input_scale: np.ndarray | None  # per position; broadcast over the class axis
     grad_target: np.ndarray | None
@@ -501,6 +512,7 @@ def evaluate(case: Any, *, gradients: bool = True) -> ReferenceResult:
     return ReferenceResult(
         loss=np.asarray(out.loss, dtype=np.float64),
         loss_scale=np.asarray(out.loss_scale, dtype=np.float64),
+        loss_intermediate=np.asarray(out.loss_intermediate, dtype=np.float64),
         grad_input=out.grad_input,
         grad_input_scale=per_class(out.grad_input_scale),
         grad_target=out.grad_target,

@@ -1,0 +1,314 @@
+"""JAX adapters: a port of torch's semantics in jax.numpy, optax's own losses, and user
+functions (``--kind jax``).
+
+Compile reuse: the built-in adapters flatten every case to rows ``(M, C)`` and pad M and C up
+to a small alphabet of buckets, masking the padding out. One jitted function
+computes the per-position losses, their sum and their mean, and — through ``jax.vjp`` with a
+cotangent on whichever output the reduction asks for — the gradients, so reduction, weights,
+smoothing and ignore_index are traced values, not recompilation triggers. Compilations are
+bounded by (target mode x dtype x M bucket x C bucket), not by the number of examples;
+``compilations`` counts them (traces) for the fuzz report. JAX's persistent compilation
+cache (``$CE_CONFORMANCE_JAX_CACHE``, default ``~/.cache/ce-conformance/jax``; empty to disable)
+makes a second run reuse the executables of the first.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any, Callable
+
+import numpy as np
+
+from conformance.case import Case
+from conformance.dtypes import FLOAT_DTYPES
+
+from .base import Adapter, Capabilities, Outcome, float64_copy, same_values
+
+ROW_BUCKETS = (16, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
+CLASS_BUCKETS = (8, 128, 1024, 8192, 32768, 65536, 131072, 262144)
+CACHE_ENV = "CE_CONFORMANCE_JAX_CACHE"
+
+
+def _bucket(n: int, buckets: tuple[int, ...]) -> int:
+    for size in buckets:
+        if n <= size:
+            return size
+    return n
+
+
+def _jax():
+    import jax
+
+    if not getattr(_jax, "configured", False):
+        jax.config.update("jax_enable_x64", True)
+        # Compiled buckets persist across runs (CI, repeated gates): a warm run compiles nothing.
+        cache = os.environ.get(CACHE_ENV, os.path.join(os.path.expanduser("~"), ".cache", "ce-conformance", "jax"))
+        if cache:
+            jax.config.update("jax_compilation_cache_dir", cache)
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+            jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        _jax.configured = True
+    return jax
+
+
+def _jnp_dtype(name: str):
+    import jax.numpy as jnp
+
+    return getattr(jnp, name)
+
+
+def _rows(values: np.ndarray, class_axis: int) -> np.ndarray:
+    """(…, C, …) -> (M, C) in position order; unbatched (C,) -> (1, C)."""
+    if values.ndim == 1:
+        return values[None, :]
+    return np.moveaxis(values, class_axis, -1).reshape(-1, values.shape[class_axis])
+
+
+def _unrows(rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if len(shape) == 1:
+        return rows[0]
+    moved = rows.reshape((shape[0], *shape[2:], shape[1]))
+    return np.moveaxis(moved, -1, 1)
+
+
+def _reduction(case: Case) -> str:
+    return "mean" if case.reduction == "elementwise_mean" else case.reduction
+
+
+class _BucketedJaxAdapter(Adapter):
+    """Shared machinery: row flattening, bucketing, one jitted forward+vjp per bucket."""
+
+    package = "jax"
+    pad_classes = True
+
+    def __init__(self) -> None:
+        self.compilations = 0
+        self._jitted: Callable[..., Any] | None = None
+
+    def availability(self) -> str | None:
+        if importlib.util.find_spec(self.package) is None:
+            return f"{self.package} is not installed (pip install 'ce-conformance[jax]')"
+        return None
+
+    def versions(self) -> dict[str, str]:
+        import jax
+        import jaxlib
+
+        info = {"jax": jax.__version__, "jaxlib": jaxlib.__version__}
+        if self.package == "optax":
+            import optax
+
+            info["optax"] = optax.__version__
+        return info
+
+    def variant(self, case: Case) -> Any:
+        """A static (compile-time) choice per case; None where everything is traced."""
+        return None
+
+    def _per_position(self, jnp, x, target, weight, class_mask, n_classes, eps, ignore_index, mode, variant):
+        raise NotImplementedError
+
+    def _compiled(self):
+        if self._jitted is None:
+            jax = _jax()
+            import jax.numpy as jnp
+
+            def forward_backward(x, target, weight, row_mask, class_mask, n_classes, eps, ignore_index,
+                                 cot_none, cot_sum, cot_mean, *, mode, variant):
+                self.compilations += 1  # runs once per trace, i.e. per compilation
+
+                def losses(x, target):
+                    per, denominator_terms = self._per_position(jnp, x, target, weight, class_mask, n_classes, eps,
+                                                                ignore_index, mode, variant)
+                    per = jnp.where(row_mask, per, 0)
+                    acc = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
+                    total = jnp.sum(per.astype(acc))
+                    denominator = jnp.sum(jnp.where(row_mask, denominator_terms, 0).astype(acc))
+                    return per, total.astype(x.dtype), (total / denominator).astype(x.dtype)
+
+                if mode == "probability":
+                    (per, total, mean), vjp = jax.vjp(losses, x, target)
+                    grad_x, grad_t = vjp((cot_none, cot_sum, cot_mean))
+                else:
+                    (per, total, mean), vjp = jax.vjp(lambda x_: losses(x_, target), x)
+                    (grad_x,), grad_t = vjp((cot_none, cot_sum, cot_mean)), jnp.zeros((), x.dtype)
+                return per, total, mean, grad_x, grad_t
+
+            self._jitted = jax.jit(forward_backward, static_argnames=("mode", "variant"))
+        return self._jitted
+
+    def run(self, case: Case) -> Outcome:
+        import jax.numpy as jnp
+
+        dtype = case.dtype
+        x = case.input
+        class_axis = 0 if x.ndim == 1 else 1
+        C = x.shape[class_axis]
+        rows = _rows(x, class_axis)
+        M = rows.shape[0]
+        Mb, Cb = _bucket(M, ROW_BUCKETS), (_bucket(C, CLASS_BUCKETS) if self.pad_classes else C)
+        mode = "probability" if case.is_probability_target else "index"
+        jdt = _jnp_dtype(dtype)
+        x_pad = np.zeros((Mb, Cb))
+        x_pad[:M, :C] = rows
+        if mode == "probability":
+            t_pad = np.zeros((Mb, Cb))
+            t_pad[:M, :C] = _rows(case.target, class_axis)
+            target = jnp.asarray(t_pad, dtype=jdt)
+        else:
+            y_pad = np.zeros(Mb, dtype=np.int64)
+            y_pad[:M] = case.target.reshape(-1)
+            target = jnp.asarray(y_pad, dtype=jnp.int32)
+        w_pad = np.zeros(Cb)
+        w_pad[:C] = case.weight if case.weight is not None else 1.0
+        reduction = _reduction(case)
+        g = case.grad_output
+        cot_none = np.zeros(Mb)
+        cot_sum = cot_mean = 0.0
+        if reduction == "none":
+            cot_none[:M] = 1.0 if g is None else np.asarray(g).reshape(-1)
+        elif reduction == "sum":
+            cot_sum = 1.0 if g is None else float(g)
+        else:
+            cot_mean = 1.0 if g is None else float(g)
+        try:
+            per, total, mean, grad_x, grad_t = self._compiled()(
+                jnp.asarray(x_pad, dtype=jdt), target, jnp.asarray(w_pad, dtype=jdt),
+                jnp.asarray(np.arange(Mb) < M), jnp.asarray(np.arange(Cb) < C), jnp.asarray(C, dtype=jdt),
+                jnp.asarray(case.label_smoothing, dtype=jdt), jnp.asarray(case.ignore_index, dtype=jnp.int32),
+                jnp.asarray(cot_none, dtype=jdt), jnp.asarray(cot_sum, dtype=jdt), jnp.asarray(cot_mean, dtype=jdt),
+                mode=mode, variant=self.variant(case))
+        except Exception as exc:
+            return Outcome.failed(exc, "forward")
+        per64 = float64_copy(per)[:M]
+        if reduction == "none":
+            out_shape = () if x.ndim == 1 else (x.shape[0], *x.shape[2:])
+            loss = per64.reshape(out_shape)
+        else:
+            loss = float64_copy(total if reduction == "sum" else mean).reshape(())
+        outcome = Outcome(loss=loss, loss_dtype=dtype, loss_shape=loss.shape)
+        outcome.grad_input = _unrows(float64_copy(grad_x)[:M, :C], x.shape)
+        outcome.grad_input_dtype = str(grad_x.dtype)
+        outcome.grad_input_shape = x.shape
+        if mode == "probability" and self.capabilities.target_gradients:
+            outcome.grad_target = _unrows(float64_copy(grad_t)[:M, :C], x.shape)
+            outcome.grad_target_dtype = str(grad_t.dtype)
+        return outcome
+
+
+class JaxAdapter(_BucketedJaxAdapter):
+    """torch's cross-entropy semantics written in jax.numpy (log-softmax in float32 for half
+    dtypes, rounded to the input dtype, as torch's CPU kernels do)."""
+
+    name = "jax"
+    description = "torch semantics ported to jax.numpy, jit-compiled with shape buckets"
+    capabilities = Capabilities(features=Capabilities().features - {"invalid_input", "legacy_reduction"})
+
+    def _per_position(self, jnp, x, target, weight, class_mask, n_classes, eps, ignore_index, mode, variant):
+        compute = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
+        xf = jnp.where(class_mask, x.astype(compute), -jnp.inf)
+        row_max = jnp.max(xf, axis=1, keepdims=True)
+        shifted = xf - row_max
+        lse = jnp.log(jnp.sum(jnp.where(class_mask, jnp.exp(shifted), 0), axis=1, keepdims=True))
+        logp = (shifted - lse).astype(x.dtype)
+        smoothing = jnp.where(eps > 0, eps, 0).astype(x.dtype)
+        if mode == "probability":
+            smoothed = jnp.where(eps > 0, target * (1 - smoothing) + smoothing / n_classes, target)
+            terms = jnp.where(class_mask, weight * smoothed * logp, 0)
+            return -jnp.sum(terms.astype(compute), axis=1).astype(x.dtype), jnp.ones(x.shape[0], compute)
+        valid = target != ignore_index
+        safe = jnp.where(valid, target, 0)
+        picked = jnp.take_along_axis(logp, safe[:, None], axis=1)[:, 0]
+        w_target = jnp.where(valid, weight[safe], 0)
+        nll = jnp.where(valid, -w_target * picked, 0)
+        smooth = jnp.where(valid, -jnp.sum(jnp.where(class_mask, weight * logp, 0).astype(compute), axis=1), 0)
+        per = jnp.where(eps > 0, (1 - smoothing) * nll + (smoothing / n_classes) * smooth.astype(x.dtype), nll)
+        return per.astype(x.dtype), w_target.astype(compute)
+
+
+class OptaxAdapter(_BucketedJaxAdapter):
+    """optax's softmax cross-entropy losses. They have no class weights, no ignore_index and no
+    argument validation; label smoothing goes through ``optax.smooth_labels``. Classes are not
+    padded (smooth_labels spreads over the array's width), so compilations follow the class
+    alphabet of the strategies."""
+
+    name = "optax"
+    package = "optax"
+    pad_classes = False
+    description = "optax.softmax_cross_entropy(_with_integer_labels), smoothing via optax.smooth_labels"
+    capabilities = Capabilities(features=Capabilities().features - {
+        "weights", "ignore_index", "ignore_index_in_range", "all_ignored", "invalid_input", "legacy_reduction",
+        "negative_smoothing"})
+
+    def variant(self, case: Case) -> Any:
+        return case.label_smoothing > 0
+
+    def _per_position(self, jnp, x, target, weight, class_mask, n_classes, eps, ignore_index, mode, variant):
+        import optax
+
+        if mode == "index" and not variant:
+            per = optax.softmax_cross_entropy_with_integer_labels(x, target)
+        else:
+            labels = jax_one_hot(jnp, target, x.shape[1], x.dtype) if mode == "index" else target
+            if variant:
+                labels = optax.smooth_labels(labels, eps)
+            per = optax.softmax_cross_entropy(x, labels)
+        return per.astype(x.dtype), jnp.ones(x.shape[0], jnp.float32)
+
+
+def jax_one_hot(jnp, labels, width, dtype):
+    return (labels[:, None] == jnp.arange(width)[None, :]).astype(dtype)
+
+
+class JaxFunctionAdapter(Adapter):
+    """A user function with the keywords of ``F.cross_entropy`` on jax arrays (``--kind jax``).
+    Called at the case's exact shapes (no padding: that would change a user's mean)."""
+
+    isolate_by_default = True
+
+    def __init__(self, fn: Callable[..., Any], *, name: str, capabilities: Capabilities | None = None):
+        self.fn = fn
+        self.name = name
+        self.capabilities = capabilities or Capabilities()
+
+    def availability(self) -> str | None:
+        return None if importlib.util.find_spec("jax") else "jax is not installed"
+
+    def run(self, case: Case) -> Outcome:
+        jax = _jax()
+        import jax.numpy as jnp
+
+        args, kwargs = case.arguments()
+        x = jnp.asarray(args[0])
+        target = jnp.asarray(args[1])
+        weight = None if kwargs["weight"] is None else jnp.asarray(kwargs["weight"])
+        options = {k: v for k, v in kwargs.items() if k != "weight" and not (k in ("size_average", "reduce") and v is None)}
+        float_target = case.is_probability_target and self.capabilities.target_gradients
+        try:
+            if float_target:
+                loss, vjp = jax.vjp(lambda a, b: self.fn(a, b, weight=weight, **options), x, target)
+            else:
+                loss, vjp = jax.vjp(lambda a: self.fn(a, target, weight=weight, **options), x)
+        except Exception as exc:
+            return Outcome.failed(exc, "forward")
+        loss_np = float64_copy(loss)
+        outcome = Outcome(loss=loss_np, loss_dtype=str(loss.dtype), loss_shape=tuple(loss.shape))
+        if case.is_valid and self.capabilities.gradients:
+            upstream = case.grad_output if case.grad_output is not None else np.ones(loss.shape)
+            try:
+                grads = vjp(jnp.asarray(np.broadcast_to(upstream, loss.shape), dtype=loss.dtype))
+            except Exception as exc:
+                outcome.status, outcome.error = "error", Outcome.failed(exc, "backward").error
+                return outcome
+            outcome.grad_input = float64_copy(grads[0])
+            outcome.grad_input_dtype = str(grads[0].dtype)
+            outcome.grad_input_shape = tuple(grads[0].shape)
+            if float_target:
+                outcome.grad_target = float64_copy(grads[1])
+                outcome.grad_target_dtype = str(grads[1].dtype)
+        outcome.mutated = tuple(n for n, a, b in zip(("input", "target"), args, case.arguments()[0])
+                                if not same_values(a, b))
+        return outcome
+
+

@@ -1,0 +1,69 @@
+"""Measure torch's own CPU error against the reference, in the tolerance model's ULPs.
+
+The per-dtype budgets in conformance/tolerance.py are set from this distribution: a budget
+must sit above torch's worst case (torch itself must pass) and below the errors of known
+precision bugs. Run: ``python benchmarks/tolerance_survey.py [--examples N] [--seed S]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import warnings
+
+import numpy as np
+from hypothesis import HealthCheck, given, seed, settings
+
+from adapters.torch_adapter import TorchAdapter
+from conformance import reference
+from conformance.strategies import SizeLimits, cross_entropy_cases
+from conformance.tolerance import budget_for, nonfinite_mismatch, ulp_errors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=3000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    adapter = TorchAdapter()
+    errors: dict[tuple[str, str], list[float]] = collections.defaultdict(list)  # error / budget
+    worst: dict[tuple[str, str], tuple[float, str]] = {}
+
+    @seed(args.seed)
+    @settings(max_examples=args.examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(cross_entropy_cases(limits=SizeLimits(vocab_percent=10)))
+    def survey(case):
+        if case.target_dtype == "uint8" and case.weight is not None and case.label_smoothing > 0:
+            return
+        outcome = adapter.run(case)
+        if outcome.status != "ok":
+            return
+        ref = reference.evaluate(case)
+        for name, got, want, scale in [("loss", outcome.loss, ref.loss, ref.loss_scale),
+                                       ("grad_input", outcome.grad_input, ref.grad_input, ref.grad_input_scale),
+                                       ("grad_target", outcome.grad_target, ref.grad_target, ref.grad_target_scale)]:
+            if got is None or want is None or np.shape(got) != np.shape(want):
+                continue
+            n_classes = case.input.shape[0 if case.input.ndim == 1 else 1]
+            e = ulp_errors(got, want, scale, case.dtype, n_classes)
+            e = np.where(nonfinite_mismatch(got, want, case.dtype, exact_kind=False), 0, e)
+            reduced = case.input.size // max(n_classes, 1) if np.ndim(want) == 0 else 0
+            value = (float(e.max()) if e.size else 0.0) / budget_for(case.dtype, name, n_classes, reduced)
+            errors[(case.dtype, name)].append(value)
+            if value >= worst.get((case.dtype, name), (-1.0, ""))[0]:
+                worst[(case.dtype, name)] = (value, repr(case))
+
+    survey()
+    print(f"torch {__import__('torch').__version__} CPU error vs the reference, as a fraction of the budget "
+          f"(error in ULPs / budget in ULPs; torch passes while max < 1) — {args.examples} examples, seed {args.seed}")
+    print(f"{'dtype':9} {'quantity':12} {'n':>5} {'p50':>8} {'p99':>8} {'max':>8}")
+    for (dtype, name), values in sorted(errors.items()):
+        v = np.array(values)
+        print(f"{dtype:9} {name:12} {v.size:5d} {np.median(v):8.4f} {np.quantile(v, 0.99):8.4f} {v.max():8.4f}")
+    for key, (value, text) in sorted(worst.items()):
+        print(f"worst {key}: {value:.3f} of budget in {text}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Judging one adapter's outcome on one case against the reference: a list of findings.
+
+Checks, by family (the family names the failing feature area in CI output):
+
+============  ===========================================================================
+family        checks
+============  ===========================================================================
+errors        ``error`` (a valid case raised), ``missing_error`` (an invalid case returned a
+              number), ``wrong_error`` (raised, but for another rule), ``crash``, ``timeout``
+contract      ``loss_dtype``, ``loss_shape``, ``grad_input_dtype``, ``grad_input_shape``,
+              ``documented_range`` (strict mode: an argument outside its documented range
+              accepted silently)
+values        ``loss_value``, ``loss_nonfinite``
+gradients     ``grad_input_value``, ``grad_input_nonfinite``, ``grad_input_missing``,
+              ``grad_target_value``, ``grad_target_nonfinite``, ``grad_target_missing``
+mutation      ``mutation`` (the caller's input, target or weight changed)
+============  ===========================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+import numpy as np
+
+from adapters.base import Capabilities, Outcome
+from conformance.case import Case
+from conformance.reference import ReferenceResult
+
+from .errors import Rule
+from .tolerance import RELATIVE_ORACLE_MARGIN, budget_for, nonfinite_mismatch, ulp_errors
+
+CHECK_FAMILIES: Final = {
+    "error": "errors", "missing_error": "errors", "wrong_error": "errors", "crash": "errors", "timeout": "errors",
+    "loss_dtype": "contract", "loss_shape": "contract", "grad_input_dtype": "contract",
+    "grad_input_shape": "contract", "documented_range": "contract",
+    "loss_value": "values", "loss_nonfinite": "values",
+    "grad_input_value": "gradients", "grad_input_nonfinite": "gradients", "grad_input_missing": "gradients",
+    "grad_target_value": "gradients", "grad_target_nonfinite": "gradients", "grad_target_missing": "gradients",
+    "mutation": "mutation",
+}
+
+
+@dataclass
+class Verdict:
+    """One failed check: the raw material of a findings-table row."""
+
+    check: str
+    message: str
+    max_abs_error: float = float("nan")
+    max_ulp_error: float = float("nan")
+    budget: float = float("nan")
+
+
+@dataclass
+class Comparison:
+    """All verdicts for one (case, adapter) plus the worst errors seen (also when passing)."""
+
+    verdicts: list[Verdict] = field(default_factory=list)
+    max_ulp: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not self.verdicts
+
+
+def _value_check(name: str, actual: np.ndarray | None, expected: np.ndarray, magnitude: np.ndarray | None,
+                 dtype: str, comparison: Comparison, *, exact_kind: bool, n_classes: int,
+                 reduced_positions: int = 0, native: np.ndarray | None = None,
+                 intermediate: np.ndarray | None = None) -> None:
+    actual = np.asarray(actual, dtype=np.float64)
+    if actual.shape != expected.shape:
+        try:
+            actual = np.broadcast_to(actual, expected.shape)
+        except ValueError:
+            return  # the shape check reports it
+    mismatch = nonfinite_mismatch(actual, expected, dtype, exact_kind=exact_kind, intermediate=intermediate)
+    if mismatch.any():
+        where = tuple(int(i) for i in np.argwhere(mismatch)[0]) if mismatch.ndim else ()
+        comparison.verdicts.append(Verdict(
+            f"{name}_nonfinite",
+            f"{name} NaN/inf pattern differs at {int(mismatch.sum())} element(s), first at {list(where)}: "
+            f"got {actual[where]!r}, expected {expected[where]!r}"))
+    magnitude = np.abs(expected) if magnitude is None else magnitude
+    errors = ulp_errors(actual, expected, magnitude, dtype, n_classes)
+    errors = np.where(mismatch, 0.0, errors)
+    worst = float(errors.max()) if errors.size else 0.0
+    comparison.max_ulp[name] = worst
+    budget = budget_for(dtype, name, n_classes, reduced_positions if actual.ndim == 0 else 0)
+    if native is not None:  # the relative oracle: no worse than torch's own result plus a margin
+        native_errors = ulp_errors(np.asarray(native, dtype=np.float64), expected, magnitude, dtype, n_classes)
+        native_worst = float(np.nan_to_num(native_errors, nan=0.0).max()) if native_errors.size else 0.0
+        budget = max(budget, native_worst + RELATIVE_ORACLE_MARGIN)
+    if worst > budget:
+        index = np.unravel_index(int(np.argmax(errors)), errors.shape) if errors.ndim else ()
+        abs_err = np.abs(actual - expected)
+        comparison.verdicts.append(Verdict(
+            f"{name}_value",
+            f"{name} off by {worst:.3g} ulp ({dtype}; budget {budget:g}) at {list(map(int, index))}: "
+            f"got {actual[index]!r}, expected {expected[index]!r}",
+            max_abs_error=float(np.nanmax(np.where(np.isfinite(abs_err), abs_err, np.nan))) if np.isfinite(abs_err).any() else float("nan"),
+            max_ulp_error=worst, budget=budget))
+
+
+def compare(case: Case, outcome: Outcome, reference: ReferenceResult | None, capabilities: Capabilities, *,
+            strict: bool = False, native: Outcome | None = None) -> Comparison:
+    """Findings for one outcome. ``reference`` is None exactly when the case is invalid.
+
+    ``native`` (opt-in relative oracle): torch's own outcome on the case, whose error widens
+    the budget to "no worse than torch plus a margin".
+    """
+    comparison = Comparison()
+    verdicts = comparison.verdicts
+    if outcome.status in ("crash", "timeout"):
+        verdicts.append(Verdict(outcome.status, outcome.error.message if outcome.error else outcome.status))
+        return comparison
+    if outcome.mutated:
+        verdicts.append(Verdict("mutation", f"the call modified the caller's {', '.join(outcome.mutated)}"))
+
+    documented_range = strict and case.label_smoothing < 0
+    if not case.is_valid or documented_range:
+        expected_rule = case.expected_error or Rule.LABEL_SMOOTHING_RANGE
+        if outcome.status == "error":
+            raised = outcome.error
+            if raised.rule is not None and raised.rule != expected_rule.value:
+                verdicts.append(Verdict("wrong_error", f"expected a {expected_rule.value} error, got {raised.type} "
+                                                       f"({raised.rule}): {raised.message}"))
+            return comparison
+        if not case.is_valid:
+            verdicts.append(Verdict("missing_error", f"accepted a call torch refuses ({expected_rule.value}); "
+                                                     f"returned {np.asarray(outcome.loss).ravel()[:3]!r}"))
+            return comparison
+        verdicts.append(Verdict("documented_range", f"accepted label_smoothing={case.label_smoothing} outside the "
+                                                    "documented range [0, 1] (torch treats it as 0)"))
+    if outcome.status == "error":
+        if documented_range and outcome.error.rule == Rule.LABEL_SMOOTHING_RANGE.value:
+            return comparison
+        verdicts.append(Verdict("error", f"{outcome.error.type} in {outcome.error.stage}: {outcome.error.message}"))
+        return comparison
+    assert reference is not None
+    dtype = reference.output_dtype
+    n_classes = case.input.shape[0 if case.input.ndim == 1 else 1]
+    if outcome.loss_dtype != dtype:
+        verdicts.append(Verdict("loss_dtype", f"loss dtype {outcome.loss_dtype}, expected {dtype}"))
+    if tuple(outcome.loss_shape or ()) != tuple(reference.output_shape):
+        verdicts.append(Verdict("loss_shape", f"loss shape {list(outcome.loss_shape or ())}, "
+                                              f"expected {list(reference.output_shape)}"))
+    _value_check("loss", outcome.loss, reference.loss, reference.loss_scale, dtype, comparison, exact_kind=True, n_classes=n_classes,
+                 reduced_positions=case.input.size // max(n_classes, 1), intermediate=reference.loss_intermediate,
+                 native=native.loss if native is not None and native.status == "ok" else None)
+    if capabilities.gradients and reference.grad_input is not None:
+        if outcome.grad_input is None:
+            verdicts.append(Verdict("grad_input_missing", "no gradient w.r.t. the input (backward not supported?)"))
+        else:
+            if outcome.grad_input_dtype not in (None, dtype):
+                verdicts.append(Verdict("grad_input_dtype", f"gradient dtype {outcome.grad_input_dtype}, expected {dtype}"))
+            if tuple(outcome.grad_input.shape) != tuple(reference.grad_input.shape):
+                verdicts.append(Verdict("grad_input_shape", f"gradient shape {list(outcome.grad_input.shape)}, "
+                                                            f"expected {list(reference.grad_input.shape)}"))
+            else:
+                _value_check("grad_input", outcome.grad_input, reference.grad_input, reference.grad_input_scale,
+                             dtype, comparison, exact_kind=False, n_classes=n_classes,
+                             native=native.grad_input if native is not None and native.grad_input is not None else None)
+    if capabilities.gradients and capabilities.target_gradients and reference.grad_target is not None:
+        if outcome.grad_target is None:
+            verdicts.append(Verdict("grad_target_missing", "no gradient w.r.t. the probability target"))
+        elif tuple(outcome.grad_target.shape) == tuple(reference.grad_target.shape):
+            _value_check("grad_target", outcome.grad_target, reference.grad_target, reference.grad_target_scale,
+                         dtype, comparison, exact_kind=False, n_classes=n_classes)
+    return comparison

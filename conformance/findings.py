@@ -1,0 +1,228 @@
+"""The findings schema and the run directory: streamed JSON Lines, then pandas tables.
+
+Two tables, one schema each:
+
+* ``results`` — one row per (case, adapter): passed, failed, skipped (with the reason) or
+  errored, with the worst ULP errors seen. Pass rates and the support matrix come from it.
+* ``findings`` — one row per failed check (see :mod:`conformance.compare`).
+
+Rows are appended to ``results.jsonl`` / ``findings.jsonl`` and flushed as they happen, so an
+interrupted or crashed run loses nothing; :func:`finalize` turns a run directory (complete or
+partial) into CSV, Parquet and a Markdown summary.
+
+>>> sorted(FINDING_COLUMNS)[:4]
+['adapter', 'budget', 'case_id', 'case_path']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import threading
+from pathlib import Path
+from typing import Any, Final, Iterable
+
+import pandas as pd
+
+from .case import Case
+from .compare import CHECK_FAMILIES
+
+FINDING_COLUMNS: Final = {
+    "case_id": "string", "adapter": "string", "check": "string", "family": "string", "dtype": "string",
+    "layout": "string", "shape": "string", "memory_layout": "string", "reduction": "string",
+    "features": "string", "max_abs_error": "float64", "max_ulp_error": "float64", "budget": "float64",
+    "message": "string", "case_path": "string", "signature": "string", "phase": "string",
+}
+RESULT_COLUMNS: Final = {
+    "case_id": "string", "adapter": "string", "status": "string", "dtype": "string", "layout": "string",
+    "reduction": "string", "features": "string", "skip_reason": "string", "loss_ulp": "float64",
+    "grad_input_ulp": "float64", "grad_target_ulp": "float64", "seconds": "float64", "phase": "string",
+}
+STATUSES: Final = ("passed", "failed", "skipped")
+
+
+def layout_of(case: Case) -> str:
+    """Shape class of a case: ``(C)``, ``(N,C)`` or ``(N,C,d1..dK)`` with K spelled out."""
+    ndim = case.input.ndim
+    if ndim <= 1:
+        return "(C)"
+    if ndim == 2:
+        return "(N,C)"
+    return "(N,C," + ",".join(f"d{i}" for i in range(1, ndim - 1)) + ")"
+
+
+def case_columns(case: Case) -> dict[str, Any]:
+    from .reference import resolve_reduction
+
+    try:
+        reduction = resolve_reduction(case.reduction, case.size_average, case.reduce)
+    except Exception:
+        reduction = str(case.reduction)
+    return {
+        "case_id": case.id, "dtype": case.dtype, "layout": layout_of(case),
+        "shape": "x".join(map(str, case.input.shape)) or "scalar", "memory_layout": case.memory_layout,
+        "reduction": reduction, "features": ",".join(sorted(case.features)),
+    }
+
+
+def finding_signature(adapter: str, check: str, dtype: str, features: str) -> str:
+    """Stable identity of a finding *kind*, independent of the random case that showed it:
+    used to diff runs (new / fixed / still failing) and to match baselines."""
+    text = "|".join((adapter, check, dtype, features))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+class Recorder:
+    """Appends result and finding rows to a run directory, flushing each line."""
+
+    def __init__(self, out_dir: str | Path):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._results = open(self.out_dir / "results.jsonl", "a", encoding="utf-8")
+        self._findings = open(self.out_dir / "findings.jsonl", "a", encoding="utf-8")
+        self.result_count = 0
+        self.finding_count = 0
+
+    def _write(self, handle, row: dict[str, Any]) -> None:
+        handle.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno()) if os.environ.get("CE_CONFORMANCE_FSYNC") else None
+
+    def result(self, row: dict[str, Any]) -> None:
+        with self._lock:
+            self._write(self._results, row)
+            self.result_count += 1
+
+    def finding(self, row: dict[str, Any]) -> None:
+        with self._lock:
+            self._write(self._findings, row)
+            self.finding_count += 1
+
+    def close(self) -> None:
+        with self._lock:
+            for handle in (self._results, self._findings):
+                if not handle.closed:
+                    handle.close()
+
+
+def _read_jsonl(path: Path, columns: dict[str, str]) -> pd.DataFrame:
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line torn by a hard kill: everything before it is kept
+    frame = pd.DataFrame(rows, columns=list(columns))
+    for name, dtype in columns.items():
+        if dtype == "float64":
+            frame[name] = pd.to_numeric(frame[name].replace({"inf": math.inf, "-inf": -math.inf}), errors="coerce")
+        frame[name] = frame[name].astype(dtype)
+    return frame
+
+
+def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(results, findings) of a run directory, from Parquet if finalized, else from the streams."""
+    run_dir = Path(run_dir)
+    if (run_dir / "findings.parquet").exists() and (run_dir / "results.parquet").exists():
+        return pd.read_parquet(run_dir / "results.parquet"), pd.read_parquet(run_dir / "findings.parquet")
+    return (_read_jsonl(run_dir / "results.jsonl", RESULT_COLUMNS),
+            _read_jsonl(run_dir / "findings.jsonl", FINDING_COLUMNS))
+
+
+def findings_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(list(rows), columns=list(FINDING_COLUMNS))
+    return frame.astype(FINDING_COLUMNS)
+
+
+def pass_rates(results: pd.DataFrame, by: tuple[str, ...] = ("adapter", "dtype")) -> pd.DataFrame:
+    """Pass rate of executed (non-skipped) runs, pivoted adapter x dtype (or any columns)."""
+    ran = results[results["status"] != "skipped"]
+    if ran.empty:
+        return pd.DataFrame()
+    rate = ran.assign(passed=ran["status"] == "passed").groupby(list(by))["passed"].mean()
+    return rate.unstack(by[-1]) if len(by) > 1 else rate.to_frame()
+
+
+def feature_pass_rates(results: pd.DataFrame) -> pd.DataFrame:
+    """Pass rate per adapter x feature (a case counts once for each feature it exercises)."""
+    ran = results[results["status"] != "skipped"]
+    if ran.empty:
+        return pd.DataFrame()
+    exploded = ran.assign(feature=ran["features"].fillna("").str.split(",")).explode("feature")
+    exploded["feature"] = exploded["feature"].replace("", "plain")
+    rate = exploded.assign(passed=exploded["status"] == "passed").groupby(["adapter", "feature"])["passed"].mean()
+    return rate.unstack("feature")
+
+
+def support_matrix(results: pd.DataFrame) -> pd.DataFrame:
+    """Which adapter supports which feature: share of cases with the feature that it ran."""
+    if results.empty:
+        return pd.DataFrame()
+    exploded = results.assign(feature=results["features"].fillna("").str.split(",")).explode("feature")
+    exploded = exploded[exploded["feature"] != ""]
+    ran = exploded.assign(ran=exploded["status"] != "skipped").groupby(["adapter", "feature"])["ran"].mean()
+    return ran.unstack("feature").map(lambda v: "yes" if v == 1 else ("no" if v == 0 else f"{v:.0%}"))
+
+
+def summary_markdown(results: pd.DataFrame, findings: pd.DataFrame, *, title: str = "ce-conformance run",
+                     extra: dict[str, Any] | None = None, top: int = 20) -> str:
+    lines = [f"## {title}", ""]
+    for key, value in (extra or {}).items():
+        lines.append(f"- **{key}**: {value}")
+    if extra:
+        lines.append("")
+    if results.empty:
+        lines.append("No cases were run.")
+        return "\n".join(lines) + "\n"
+    counts = results.groupby(["adapter", "status"]).size().unstack("status").reindex(columns=list(STATUSES)).fillna(0)
+    counts = counts.astype(int)
+    counts["findings"] = findings.groupby("adapter").size().reindex(counts.index).fillna(0).astype(int)
+    lines += ["### Outcomes per adapter", "", counts.to_markdown(), ""]
+    rates = pass_rates(results)
+    if not rates.empty:
+        lines += ["### Pass rate (adapter x dtype)", "", rates.map(lambda v: "" if pd.isna(v) else f"{v:.0%}").to_markdown(), ""]
+    skipped = results[results["status"] == "skipped"]
+    if not skipped.empty:
+        reasons = skipped.assign(reason=skipped["skip_reason"].str.split(",")).explode("reason")
+        table = reasons.groupby(["adapter", "reason"]).size().rename("skipped cases").reset_index()
+        lines += ["### Skipped (unsupported by the adapter, never counted as failures)", "",
+                  table.to_markdown(index=False), ""]
+    if not findings.empty:
+        grouped = (findings.groupby(["adapter", "check"])
+                   .agg(count=("case_id", "size"), dtypes=("dtype", lambda s: ",".join(sorted(set(s)))),
+                        worst_ulp=("max_ulp_error", "max"), example=("message", "first"),
+                        case=("case_path", lambda s: next((p for p in s if isinstance(p, str) and p), "")))
+                   .reset_index().sort_values("count", ascending=False).head(top))
+        grouped["example"] = grouped["example"].str.slice(0, 140)
+        lines += ["### Findings", "", grouped.to_markdown(index=False), ""]
+    else:
+        lines += ["### Findings", "", "None: every executed check passed.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def finalize(run_dir: str | Path, *, title: str = "ce-conformance run", extra: dict[str, Any] | None = None) -> str:
+    """Write CSV, Parquet, pivots and summary.md for a run directory; return the summary."""
+    run_dir = Path(run_dir)
+    results, findings = _read_jsonl(run_dir / "results.jsonl", RESULT_COLUMNS), \
+        _read_jsonl(run_dir / "findings.jsonl", FINDING_COLUMNS)
+    results.to_csv(run_dir / "results.csv", index=False)
+    results.to_parquet(run_dir / "results.parquet", index=False)
+    findings.to_csv(run_dir / "findings.csv", index=False)
+    findings.to_parquet(run_dir / "findings.parquet", index=False)
+    if not results.empty:
+        feature_pass_rates(results).to_csv(run_dir / "pass_rates_feature.csv")
+        pass_rates(results).to_csv(run_dir / "pass_rates_dtype.csv")
+        support_matrix(results).to_csv(run_dir / "support_matrix.csv")
+    summary = summary_markdown(results, findings, title=title, extra=extra)
+    (run_dir / "summary.md").write_text(summary, encoding="utf-8")
+    return summary

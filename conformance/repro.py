@@ -1,0 +1,110 @@
+"""Standalone repro scripts for saved cases: only torch (or jax) needed to see the divergence.
+
+Each saved failing case ``X.json`` gets ``X.py`` beside it. The script rebuilds the tensors
+from exact bytes (base64), calls the implementation under test (``F.cross_entropy`` for the
+built-in torch adapter, the user's function for ``--impl``) and prints its result next to the
+reference value computed by ce-conformance when the case was saved.
+"""
+
+from __future__ import annotations
+
+import base64
+import shlex
+from pathlib import Path
+
+import numpy as np
+
+from .case import Case
+from .dtypes import numpy_dtype
+from .errors import InvalidInputError
+
+
+def replay_command(case_path: str | Path, adapter_name: str, impl_spec: str | None = None,
+                   impl_kind: str | None = None) -> str:
+    """The one-line CLI command that replays a saved case against the same adapter."""
+    parts = ["ce-conformance", "replay", str(case_path)]
+    if impl_spec:
+        parts += ["--impl", impl_spec] + (["--kind", impl_kind] if impl_kind and impl_kind != "torch" else [])
+    else:
+        parts += ["--adapters", adapter_name]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _blob(values: np.ndarray, dtype: str) -> str:
+    raw = np.ascontiguousarray(values.astype(numpy_dtype(dtype).newbyteorder("<")) if dtype != "bfloat16"
+                               else values.astype(np.float32).astype("<f4"))
+    return base64.b64encode(raw.tobytes()).decode("ascii")
+
+
+def _storage_dtype(dtype: str) -> str:
+    return "float32" if dtype == "bfloat16" else dtype
+
+
+def write_repro(path: Path, case: Case, *, adapter_name: str, check: str, message: str, case_path: Path,
+                impl_spec: str | None = None, impl_kind: str | None = None) -> Path:
+    from . import reference
+
+    kind = impl_kind or ("jax" if adapter_name in ("jax", "optax") else "torch")
+    try:
+        expected = repr(reference.evaluate(case, gradients=False).loss.tolist()) if case.is_valid else None
+    except InvalidInputError:
+        expected = None
+    lines = [
+        f"# ce-conformance repro for Case<{case.id}> — adapter {adapter_name!r}, check {check!r}",
+        f"# {message[:300]}",
+        f"# replay: {replay_command(case_path, adapter_name, impl_spec, impl_kind)}",
+        "import base64",
+        "",
+    ]
+    if kind == "jax":
+        lines += ["import numpy as np", "import jax", "jax.config.update('jax_enable_x64', True)", "import jax.numpy as jnp", "",
+                  "def tensor(blob, storage, dtype, shape):",
+                  "    return jnp.asarray(np.frombuffer(base64.b64decode(blob), dtype=storage).reshape(shape), dtype=dtype)", ""]
+    else:
+        lines += ["import torch", "", "def tensor(blob, storage, dtype, shape):",
+                  "    flat = torch.frombuffer(bytearray(base64.b64decode(blob)), dtype=getattr(torch, storage))",
+                  "    return flat.reshape(shape).to(getattr(torch, dtype)) if flat.numel() else "
+                  "torch.zeros(shape, dtype=getattr(torch, dtype))", ""]
+    for name, tensor in case.tensors.items():
+        if name == "grad_output":
+            continue
+        storage = _storage_dtype(tensor.dtype)
+        lines.append(f"{name} = tensor({_blob(tensor.values, tensor.dtype)!r}, {storage!r}, {tensor.dtype!r}, "
+                     f"{list(tensor.shape)!r})")
+    if case.memory_layout != "contiguous" and kind != "jax":
+        lines.append(f"# the failing run used a non-contiguous ({case.memory_layout}) view of the input:")
+        if case.memory_layout == "transposed" and case.input.ndim >= 2:
+            lines.append("input = input.permute(*reversed(range(input.dim()))).contiguous()"
+                         ".permute(*reversed(range(input.dim())))")
+        elif case.memory_layout == "strided":
+            lines.append("wide = torch.zeros(*input.shape[:-1], 2 * input.shape[-1], dtype=input.dtype); "
+                         "wide[..., ::2] = input; input = wide[..., ::2]")
+        else:
+            lines.append("flat = torch.zeros(input.numel() + 3, dtype=input.dtype); flat[3:] = input.reshape(-1); "
+                         "input = flat[3:].view(input.shape)")
+    options = {k: v for k, v in case.options.items() if not (k in ("size_average", "reduce") and v is None)}
+    weight = "weight" if "weight" in case.tensors else "None"
+    if impl_spec:
+        module, _, attr = impl_spec.rpartition(":")
+        if module.endswith(".py"):
+            lines += ["import importlib.util", f"_spec = importlib.util.spec_from_file_location('impl', {module!r})",
+                      "_mod = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(_mod)",
+                      f"fn = _mod.{attr}"]
+        else:
+            lines += [f"from {module} import {attr.split('.')[0]} as fn"]
+    elif kind == "jax":
+        lines += ["from adapters.jax_adapter import JaxAdapter  # the built-in port; needs ce-conformance",
+                  "from conformance import Case",
+                  f"print(JaxAdapter().run(Case.load({str(case_path)!r})).loss)", ""]
+        path.write_text("\n".join(lines) + "\n")
+        return path
+    else:
+        lines += ["fn = torch.nn.functional.cross_entropy"]
+    lines += [f"loss = fn(input, target, weight={weight}, " + ", ".join(f"{k}={v!r}" for k, v in options.items()) + ")",
+              "print('got     ', loss)"]
+    if expected is not None:
+        lines.append(f"print('expected', {expected!r}, '(float64 reference, before rounding to {case.dtype})')")
+    elif case.expected_error is not None:
+        lines.append(f"print('expected an error:', {case.expected_error.value!r})")
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,367 @@
+"""The fuzz loop: curated cases, Hypothesis exploration, then shrinking of each distinct failure.
+
+Data flows one way: case -> adapters -> comparison -> findings (streamed) -> tables.
+
+1. **curated** — every JSON case under the curated directories is replayed first.
+2. **explore** — Hypothesis draws cases with the profile's settings and seed; each case runs
+   through every adapter and is compared; results and findings are streamed to disk. The
+   probe never raises, so one bug does not stop the search for others.
+3. **shrink** — for each distinct (adapter, check) failure, Hypothesis runs again with the same
+   seed and only that adapter, raising when the failure reappears, and shrinks it. The
+   minimal case is saved with a replay command and a standalone repro script. Both phases
+   share one example-database key, so the next run replays minimal failures first.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from hypothesis import Phase, given, seed as hypothesis_seed, settings as hypothesis_settings
+from hypothesis.errors import Flaky, HypothesisException
+
+from adapters.base import Adapter, Outcome
+
+from . import reference
+from ._version import __version__
+from .case import Case
+from .compare import CHECK_FAMILIES, Comparison, compare
+from .errors import ConfigurationError, InvalidInputError
+from .findings import Recorder, case_columns, finalize, finding_signature
+from .profiles import settings_for, size_limits_for
+from .repro import write_repro
+from .strategies import cross_entropy_cases
+
+DEFAULT_CURATED_DIR = Path(__file__).resolve().parent.parent / "cases" / "curated"
+EXIT_INTERRUPTED = 130
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM during a run: tables are still written for what was done."""
+
+
+class _Reproduced(Exception):
+    """Raised by the probe in shrink mode when the sought failure reappears."""
+
+
+class Executor:
+    """Runs one adapter on one case. The in-process executor calls it directly; isolating
+    executors (worker processes with timeouts) implement the same method."""
+
+    def run(self, adapter: Adapter, case: Case) -> Outcome:
+        return adapter.timed_run(case)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class FuzzConfig:
+    adapters: list[Adapter]
+    profile: str = "ci"
+    max_examples: int | None = None
+    seed: int = 0
+    out_dir: Path = Path("ce-out")
+    cases_dir: Path | None = None
+    curated_dirs: list[Path] = field(default_factory=lambda: [DEFAULT_CURATED_DIR])
+    explore: bool = True
+    shrink: bool = True
+    shrink_seconds: float = 60.0
+    strict: bool = False
+    oracle: str = "reference"
+    database_dir: Path | None = None
+    invalid_percent: int = 15
+    progress: bool = True
+    executor: Executor | None = None
+    title: str = "ce-conformance fuzz"
+    extra_cases: list[Case] = field(default_factory=list)
+    impl_spec: str | None = None
+    impl_kind: str | None = None
+
+
+@dataclass
+class RunSummary:
+    out_dir: Path
+    results: int
+    findings: int
+    signatures: dict[tuple[str, str], dict[str, Any]]
+    interrupted: bool
+    summary_markdown: str
+    seconds: float
+    jax_compilations: dict[str, int]
+
+    @property
+    def conformant(self) -> bool:
+        return self.findings == 0
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)[:60]
+
+
+@contextmanager
+def _interrupt_guard() -> Iterator[list[bool]]:
+    """Turn SIGINT/SIGTERM into :class:`Interrupted` at a safe point, restoring handlers after."""
+    flag = [False]
+    previous: dict[int, Any] = {}
+
+    def handler(signum, frame):  # noqa: ARG001
+        flag[0] = True
+        raise Interrupted(signal.Signals(signum).name)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, handler)
+        except ValueError:  # not in the main thread: no signal handling
+            pass
+    try:
+        yield flag
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+class FuzzRun:
+    def __init__(self, config: FuzzConfig):
+        self.config = config
+        unavailable = {a.name: a.availability() for a in config.adapters if a.availability()}
+        self.unavailable = unavailable
+        self.adapters = [a for a in config.adapters if a.name not in unavailable]
+        if not self.adapters:
+            reasons = "; ".join(f"{k}: {v}" for k, v in unavailable.items())
+            raise ConfigurationError(f"no usable adapter ({reasons})")
+        self.out_dir = Path(config.out_dir)
+        self.cases_dir = Path(config.cases_dir) if config.cases_dir else self.out_dir / "cases"
+        self.executor = config.executor or Executor()
+        self.recorder: Recorder | None = None
+        self.first_failures: dict[tuple[str, str], Case] = {}
+        self.first_paths: dict[tuple[str, str], str] = {}
+        self.signatures: dict[tuple[str, str], dict[str, Any]] = {}
+        self._native_cache: dict[str, Outcome] = {}
+        self._torch_reference: Adapter | None = None
+        if config.oracle not in ("reference", "torch"):
+            raise ConfigurationError(f"unknown oracle {config.oracle!r}; expected 'reference' or 'torch'")
+        if config.oracle == "torch":
+            from adapters import load_adapter
+
+            self._torch_reference = load_adapter("torch")
+            if self._torch_reference.availability():
+                raise ConfigurationError(f"--oracle torch needs torch: {self._torch_reference.availability()}")
+        self._progress: Callable[[], None] = lambda: None
+
+    # -- evaluation of one case ----------------------------------------------------------------
+    def _reference(self, case: Case) -> reference.ReferenceResult | None:
+        if not case.is_valid:
+            return None
+        try:
+            return reference.evaluate(case)
+        except InvalidInputError as exc:  # a suite bug: generated "valid" case the reference refuses
+            raise RuntimeError(f"reference refused a case marked valid: {case!r}: {exc}") from exc
+
+    def _native(self, case: Case) -> Outcome | None:
+        if self._torch_reference is None or not case.is_valid:
+            return None
+        if case.id not in self._native_cache:
+            self._native_cache = {case.id: self._torch_reference.timed_run(case)}
+        return self._native_cache[case.id]
+
+    def evaluate(self, case: Case, phase: str, adapters: list[Adapter] | None = None,
+                 record: bool = True, case_path: str = "") -> list[tuple[Adapter, Comparison]]:
+        ref = self._reference(case)
+        columns = case_columns(case)
+        compared = []
+        for adapter in adapters or self.adapters:
+            missing = adapter.capabilities.missing(case)
+            if missing:
+                if record:
+                    self.recorder.result({**_result_base(columns, adapter.name, phase), "status": "skipped",
+                                          "skip_reason": ",".join(missing)})
+                continue
+            outcome = self.executor.run(adapter, case)
+            comparison = compare(case, outcome, ref, adapter.capabilities, strict=self.config.strict,
+                                 native=self._native(case))
+            compared.append((adapter, comparison))
+            if record:
+                self._record(case, columns, adapter, outcome, comparison, phase, case_path)
+        return compared
+
+    def _record(self, case: Case, columns: dict[str, Any], adapter: Adapter, outcome: Outcome,
+                comparison: Comparison, phase: str, case_path: str) -> None:
+        status = "passed" if comparison.passed else "failed"
+        self.recorder.result({**_result_base(columns, adapter.name, phase), "status": status, "skip_reason": "",
+                              "loss_ulp": comparison.max_ulp.get("loss"),
+                              "grad_input_ulp": comparison.max_ulp.get("grad_input"),
+                              "grad_target_ulp": comparison.max_ulp.get("grad_target"),
+                              "seconds": outcome.seconds})
+        for verdict in comparison.verdicts:
+            key = (adapter.name, verdict.check)
+            path = case_path
+            if key not in self.first_failures:
+                self.first_failures[key] = case
+                if not path:
+                    path = str(self._save_case(case, adapter, verdict.check, verdict.message, "first"))
+                self.first_paths[key] = path
+                self.signatures[key] = {"count": 0, "first_case": path, "shrunk_case": "", "message": verdict.message}
+            self.signatures[key]["count"] += 1
+            self.recorder.finding({
+                **columns, "adapter": adapter.name, "check": verdict.check,
+                "family": CHECK_FAMILIES.get(verdict.check, "other"), "max_abs_error": verdict.max_abs_error,
+                "max_ulp_error": verdict.max_ulp_error, "budget": verdict.budget, "message": verdict.message,
+                "case_path": path, "phase": phase,
+                "signature": finding_signature(adapter.name, verdict.check, columns["dtype"], columns["features"]),
+            })
+
+    def _save_case(self, case: Case, adapter: Adapter, check: str, message: str, tag: str) -> Path:
+        name = f"{_slug(adapter.name)}__{check}__{case.id}"
+        path = case.save(self.cases_dir / f"{name}.json")
+        write_repro(path.with_suffix(".py"), case, adapter_name=adapter.name, check=check, message=message,
+                    case_path=path, impl_spec=self.config.impl_spec, impl_kind=self.config.impl_kind)
+        return path
+
+    # -- phases -----------------------------------------------------------------------------
+    def _curated_cases(self) -> list[tuple[Case, str]]:
+        found = [(c, "") for c in self.config.extra_cases]
+        for directory in self.config.curated_dirs:
+            directory = Path(directory)
+            if not directory.is_dir():
+                continue
+            for path in sorted(directory.glob("*.json")):
+                found.append((Case.load(path), str(path)))
+        return found
+
+    def _strategy(self):
+        return cross_entropy_cases(limits=size_limits_for(self.config.profile),
+                                   invalid_percent=self.config.invalid_percent)
+
+    def _settings(self, phases: list[Phase], **overrides: Any):
+        base = settings_for(self.config.profile, database_dir=self.config.database_dir,
+                            max_examples=self.config.max_examples)
+        return hypothesis_settings(base, phases=phases, **overrides)
+
+    def _hypothesis_test(self, probe: Callable[[Case], None], phases: list[Phase], **overrides: Any):
+        test = given(self._strategy())(probe)
+        test = hypothesis_seed(self.config.seed)(test)
+        return self._settings(phases, **overrides)(test)
+
+    def _explore(self, probe_state: dict[str, Any]) -> None:
+        probe_state["mode"] = "explore"
+        test = self._hypothesis_test(_make_probe(self, probe_state), [Phase.explicit, Phase.reuse, Phase.generate])
+        test()
+
+    def _shrink_one(self, key: tuple[str, str], probe_state: dict[str, Any], deadline: float) -> Case | None:
+        adapter = next(a for a in self.adapters if a.name == key[0])
+        probe_state.update(mode="shrink", adapter=adapter, check=key[1], last=None, deadline=deadline)
+        test = self._hypothesis_test(_make_probe(self, probe_state), [Phase.reuse, Phase.generate, Phase.shrink],
+                                     report_multiple_bugs=False)
+        try:
+            test()
+        except _Reproduced:
+            pass
+        except (Flaky, HypothesisException, Exception) as exc:  # flaky adapters: keep what we saw
+            if isinstance(exc, Interrupted):
+                raise
+        return probe_state.get("last")
+
+    def run(self) -> RunSummary:
+        start = time.perf_counter()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.recorder = Recorder(self.out_dir)
+        self._write_config()
+        interrupted = False
+        probe_state: dict[str, Any] = {}
+        try:
+            with _interrupt_guard(), self._progress_bar() as advance:
+                self._progress = advance
+                for case, path in self._curated_cases():
+                    self.evaluate(case, "curated", case_path=path)
+                    advance()
+                if self.config.explore:
+                    self._explore(probe_state)
+                if self.config.shrink and self.config.explore:
+                    deadline = time.monotonic() + self.config.shrink_seconds
+                    for key in list(self.first_failures):
+                        if time.monotonic() > deadline:
+                            break
+                        minimal = self._shrink_one(key, probe_state, deadline)
+                        if minimal is not None:
+                            adapter = next(a for a in self.adapters if a.name == key[0])
+                            path = self._save_case(minimal, adapter, key[1], self.signatures[key]["message"], "shrunk")
+                            self.signatures[key]["shrunk_case"] = str(path)
+                            probe_state["mode"] = "record"
+                            self.evaluate(minimal, "shrunk", adapters=[adapter], case_path=str(path))
+        except Interrupted:
+            interrupted = True
+        finally:
+            self.executor.close()
+            self.recorder.close()
+        compilations = {a.name: a.compilations for a in self.adapters if hasattr(a, "compilations")}
+        extra = {"seed": self.config.seed, "profile": self.config.profile,
+                 "adapters": ", ".join(a.name for a in self.adapters)}
+        if self.unavailable:
+            extra["unavailable"] = "; ".join(f"{k} ({v})" for k, v in self.unavailable.items())
+        if compilations:
+            extra["JAX compilations"] = ", ".join(f"{k}: {v}" for k, v in compilations.items())
+        if interrupted:
+            extra["status"] = "INTERRUPTED — tables hold what was done before the signal"
+        summary = finalize(self.out_dir, title=self.config.title, extra=extra)
+        (self.out_dir / "signatures.json").write_text(json.dumps(
+            [{"adapter": k[0], "check": k[1], **v} for k, v in self.signatures.items()], indent=1))
+        return RunSummary(self.out_dir, self.recorder.result_count, self.recorder.finding_count, self.signatures,
+                          interrupted, summary, time.perf_counter() - start, compilations)
+
+    def _write_config(self) -> None:
+        versions: dict[str, str] = {"ce-conformance": __version__, "python": platform.python_version()}
+        import hypothesis
+        import numpy
+
+        versions.update(numpy=numpy.__version__, hypothesis=hypothesis.__version__)
+        for adapter in self.adapters:
+            try:
+                versions.update(adapter.versions())
+            except Exception:
+                pass
+        config = {"seed": self.config.seed, "profile": self.config.profile, "max_examples": self.config.max_examples,
+                  "adapters": [a.describe() for a in self.config.adapters], "strict": self.config.strict,
+                  "oracle": self.config.oracle, "impl": self.config.impl_spec, "kind": self.config.impl_kind,
+                  "versions": versions, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (self.out_dir / "config.json").write_text(json.dumps(config, indent=1, default=str))
+
+    @contextmanager
+    def _progress_bar(self) -> Iterator[Callable[[], None]]:
+        if not self.config.progress:
+            yield lambda: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        total = settings_for(self.config.profile, max_examples=self.config.max_examples).max_examples
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("findings: {task.fields[findings]}"), TimeElapsedColumn(), transient=True) as bar:
+            task = bar.add_task("fuzzing", total=total + len(self._curated_cases()), findings=0)
+            yield lambda: bar.update(task, advance=1, findings=self.recorder.finding_count if self.recorder else 0)
+
+
+def _result_base(columns: dict[str, Any], adapter: str, phase: str) -> dict[str, Any]:
+    return {"case_id": columns["case_id"], "adapter": adapter, "dtype": columns["dtype"], "layout": columns["layout"],
+            "reduction": columns["reduction"], "features": columns["features"], "phase": phase}
+
+
+def _make_probe(run: FuzzRun, state: dict[str, Any]) -> Callable[[Case], None]:
+    def ce_conformance_probe(case: Case) -> None:
+        if state.get("mode") == "explore":
+            run.evaluate(case, "explore")
+            run._progress()
+            return
+        if time.monotonic() > state["deadline"]:
+            return  # shrink budget spent: stop running adapters, keep the smallest case seen
+        for _, comparison in run.evaluate(case, "shrink", adapters=[state["adapter"]], record=False):
+            if any(v.check == state["check"] for v in comparison.verdicts):
+                state["last"] = case
+                raise _Reproduced(state["check"])
+
+    return ce_conformance_probe
