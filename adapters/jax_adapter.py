@@ -283,7 +283,7 @@ class JaxFunctionAdapter(Adapter):
         x = jnp.asarray(args[0])
         target = jnp.asarray(args[1])
         weight = None if kwargs["weight"] is None else jnp.asarray(kwargs["weight"])
-        options = {k: v for k, v in kwargs.items() if k != "weight" and not (k in ("size_average", "reduce") and v is None)}
+        options = {k: v for k, v in kwargs.items() if k != "weight"}
         float_target = case.is_probability_target and self.capabilities.target_gradients
         try:
             if float_target:

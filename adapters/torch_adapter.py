@@ -14,9 +14,6 @@ from conformance.case import Case, Tensor
 
 from .base import Adapter, Capabilities, Outcome, float64_copy, same_values
 
-_LEGACY_OPTIONS = ("size_average", "reduce")
-
-
 def torch_dtype(name: str) -> Any:
     import torch
 
@@ -102,8 +99,7 @@ class TorchAdapter(Adapter):
         snapshots = {"input": x.detach().clone(), "target": target.detach().clone()}
         if weight is not None:
             snapshots["weight"] = weight.clone()
-        kwargs = {k: v for k, v in case.options.items() if not (k in _LEGACY_OPTIONS and v is None)}
-        kwargs["weight"] = weight
+        kwargs = {**case.call_options(), "weight": weight}
 
         def mutated() -> tuple[str, ...]:
             current = {"input": x.detach(), "target": target.detach(), "weight": weight}

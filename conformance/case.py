@@ -241,13 +241,18 @@ class Case:
     def features(self) -> frozenset[str]:
         return self.spec.features(self)
 
+    def call_options(self) -> dict[str, Any]:
+        """Keyword options for a call. Options left at a ``None`` default (the legacy
+        ``size_average``/``reduce``) are omitted, so implementations without them still work."""
+        return {k: v for k, v in self.options.items() if not (v is None and self.spec.option_defaults.get(k) is None)}
+
     def arguments(self) -> tuple[tuple[np.ndarray, ...], dict[str, Any]]:
         """Positional and keyword arguments for a NumPy call with the torch signature.
 
         Arrays come in their declared dtypes; ``grad_output`` is not an argument of the loss.
         """
         args = (self.tensors["input"].as_numpy(), self.tensors["target"].as_numpy())
-        kwargs: dict[str, Any] = dict(self.options)
+        kwargs: dict[str, Any] = self.call_options()
         kwargs["weight"] = self.tensors["weight"].as_numpy() if "weight" in self.tensors else None
         return args, kwargs
 

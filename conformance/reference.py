@@ -487,8 +487,8 @@ class ReferenceResult:
 
 def _case_call(case: Any) -> _Call:
     args, kwargs = case.arguments()
-    return _validate(*args, kwargs["weight"], kwargs["size_average"], kwargs["ignore_index"], kwargs["reduce"],
-                     kwargs["reduction"], kwargs["label_smoothing"])
+    return _validate(*args, kwargs["weight"], kwargs.get("size_average"), kwargs["ignore_index"],
+                     kwargs.get("reduce"), kwargs["reduction"], kwargs["label_smoothing"])
 
 
 def output_shape(case: Any) -> tuple[int, ...]:

@@ -82,7 +82,7 @@ def write_repro(path: Path, case: Case, *, adapter_name: str, check: str, messag
         else:
             lines.append("flat = torch.zeros(input.numel() + 3, dtype=input.dtype); flat[3:] = input.reshape(-1); "
                          "input = flat[3:].view(input.shape)")
-    options = {k: v for k, v in case.options.items() if not (k in ("size_average", "reduce") and v is None)}
+    options = case.call_options()
     weight = "weight" if "weight" in case.tensors else "None"
     if impl_spec:
         module, _, attr = impl_spec.rpartition(":")

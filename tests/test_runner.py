@@ -1,0 +1,96 @@
+"""The fuzz loop: shrinking, saved cases, replay, determinism, the example database."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import adapters
+from conformance import Case
+from conformance.findings import load_run
+from conformance.runner import FuzzConfig, FuzzRun
+
+HERE = Path(__file__).parent
+
+
+def _run(tmp_path, impl=None, names=("numpy",), **kw):
+    chosen = adapters.load_adapters(list(names)) if names else []
+    if impl:
+        chosen.append(adapters.user_adapter(str(HERE / f"planted_bugs.py:{impl}")))
+    kw.setdefault("max_examples", 60)
+    kw.setdefault("progress", False)
+    return FuzzRun(FuzzConfig(adapters=chosen, out_dir=tmp_path / "out", **kw)).run()
+
+
+def test_reference_adapter_has_no_findings(tmp_path):
+    summary = _run(tmp_path)
+    assert summary.conformant and summary.results > 60  # curated cases + examples
+
+
+def test_a_bug_is_shrunk_saved_and_replays(tmp_path, torch):
+    summary = _run(tmp_path, impl="mean_over_n", names=(), curated_dirs=[], max_examples=150)
+    assert not summary.conformant
+    key = next(k for k in summary.signatures if k[1] == "loss_value")
+    info = summary.signatures[key]
+    shrunk = Path(info["shrunk_case"])
+    assert shrunk.exists() and shrunk.with_suffix(".py").exists()
+    minimal = Case.load(shrunk)
+    first = Case.load(info["first_case"])
+    assert minimal.input.size <= first.input.size
+    assert "ce-conformance replay" in shrunk.with_suffix(".py").read_text()
+    # the saved case reproduces the finding
+    adapter = adapters.user_adapter(str(HERE / "planted_bugs.py:mean_over_n"))
+    run = FuzzRun(FuzzConfig(adapters=[adapter], out_dir=tmp_path / "replay", explore=False, curated_dirs=[],
+                             extra_cases=[minimal], progress=False))
+    replayed = run.run()
+    assert ("loss_value" in {k[1] for k in replayed.signatures})
+
+
+def test_repro_script_runs_standalone(tmp_path, torch):
+    import subprocess
+    import sys
+
+    summary = _run(tmp_path, names=("torch",), impl=None, curated_dirs=[], max_examples=5)
+    assert summary.conformant
+    case = Case.cross_entropy([[1.0, 2.0, 0.5]], [1], dtype="bfloat16", weight=[1, 2, 3], memory_layout="strided")
+    from conformance.repro import write_repro
+
+    script = write_repro(tmp_path / "r.py", case, adapter_name="torch", check="loss_value", message="m",
+                         case_path=tmp_path / "r.json")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "got" in out.stdout and "expected" in out.stdout
+
+
+def test_same_seed_same_findings(tmp_path, torch):
+    a = _run(tmp_path / "a", impl="mean_over_n", names=(), shrink=False, curated_dirs=[], max_examples=150)
+    b = _run(tmp_path / "b", impl="mean_over_n", names=(), shrink=False, curated_dirs=[], max_examples=150)
+    fa, fb = load_run(a.out_dir)[1], load_run(b.out_dir)[1]
+    cols = ["case_id", "adapter", "check", "max_ulp_error"]
+    pd.testing.assert_frame_equal(fa[cols].reset_index(drop=True), fb[cols].reset_index(drop=True))
+    assert len(fa) > 0
+
+
+def test_unsupported_features_are_skipped_and_counted(tmp_path):
+    summary = _run(tmp_path, names=("optax",), max_examples=40, curated_dirs=[])
+    results, _ = load_run(summary.out_dir)
+    skipped = results[results["status"] == "skipped"]
+    assert len(skipped) > 0 and skipped["skip_reason"].str.len().gt(0).all()
+    assert "Skipped" in (summary.out_dir / "summary.md").read_text()
+
+
+def test_database_replays_minimal_failures_first(tmp_path, torch):
+    db = tmp_path / "db"
+    _run(tmp_path / "one", impl="all_ignored_returns_zero", names=(), database_dir=db, curated_dirs=[],
+         max_examples=150)
+    assert any(db.rglob("*")), "the shrink phase saved examples"
+    again = _run(tmp_path / "two", impl="all_ignored_returns_zero", names=(), database_dir=db, curated_dirs=[],
+                 max_examples=1, shrink=False)
+    assert not again.conformant  # one example: only the replayed database entry can find it
+
+
+def test_config_records_versions(tmp_path):
+    summary = _run(tmp_path, max_examples=3)
+    config = json.loads((summary.out_dir / "config.json").read_text())
+    assert config["versions"]["numpy"] and config["seed"] == 0
