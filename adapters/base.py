@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -121,7 +122,9 @@ class Adapter(abc.ABC):
     def timed_run(self, case: Case) -> Outcome:
         start = time.perf_counter()
         try:
-            outcome = self.run(case)
+            with warnings.catch_warnings():  # backend deprecation chatter is not a finding
+                warnings.simplefilter("ignore")
+                outcome = self.run(case)
         except Exception as exc:  # an adapter bug still becomes an outcome, never a lost run
             outcome = Outcome.failed(exc, "setup")
         outcome.seconds = time.perf_counter() - start

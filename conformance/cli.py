@@ -8,6 +8,7 @@ SIGTERM; the tables for what was done are written).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,8 @@ def _add_run_options(p: argparse.ArgumentParser, *, default_out: str) -> None:
     p.add_argument("--shrink-seconds", type=float, default=60.0, help="time budget for shrinking (default 60)")
     p.add_argument("--no-curated", action="store_true", help="skip the curated edge cases under cases/curated")
     p.add_argument("--strict", action="store_true",
-                   help="also flag arguments outside their documented range that are silently accepted")
+                   help="full checks: every feature (implies --features all) and arguments outside their "
+                        "documented range that are silently accepted")
     p.add_argument("--oracle", choices=("reference", "torch"), default="reference",
                    help="'reference' (default): the float64 oracle and per-dtype budgets; 'torch': no worse "
                         "than torch's own result in the same dtype plus a margin")
@@ -66,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     gate = sub.add_parser("gate", help="CI gate: exit 0 when --impl conforms, 1 on findings, 2 on bad config")
     _add_run_options(gate, default_out="ce-out/gate")
     gate.add_argument("--markdown", type=Path, metavar="FILE", help="also write the summary (for CI job summaries)")
+    gate.add_argument("--baseline", type=Path, metavar="FILE",
+                      help="known divergences (TOML), or a shipped one by name (torch-2.13-cpu): only "
+                           "findings it does not cover fail the gate")
+    gate.add_argument("--update-baseline", type=Path, metavar="FILE",
+                      help="write a baseline covering the current findings to FILE (exit 0)")
+    gate.add_argument("--fail-on-stale", action="store_true", help="also fail when a baseline entry matched nothing")
+    gate.add_argument("--junit", type=Path, metavar="FILE", help="JUnit XML: one test case per check family")
 
     replay = sub.add_parser("replay", help="run saved case files through adapters")
     replay.add_argument("cases", nargs="+", type=Path, metavar="CASE.json", help="case files or directories")
@@ -83,6 +92,8 @@ def _adapters(args: argparse.Namespace, *, default: bool) -> list[Any]:
     from adapters import DEFAULT_ADAPTERS, load_adapters, user_adapter
 
     chosen = []
+    if getattr(args, "strict", False) and args.features is None:
+        args.features = "all"  # strict: the full checks, every feature included
     names = getattr(args, "adapters", None)
     if names:
         chosen = load_adapters(names)
@@ -108,20 +119,25 @@ def _fuzz_config(args: argparse.Namespace, adapters: list[Any], title: str):
                       title=title, impl_spec=args.impl, impl_kind=args.kind if args.impl else None)
 
 
-def _failure_table(summary, impl_spec: str | None, impl_kind: str | None) -> str:
+def _failure_table(summary, new, impl_spec: str | None, impl_kind: str | None) -> str:
     from .repro import replay_command
 
+    wanted = set(zip(new["adapter"], new["check"]))
     rows = []
     for (adapter, check), info in sorted(summary.signatures.items()):
+        if (adapter, check) not in wanted:
+            continue
         case = info.get("shrunk_case") or info.get("first_case") or ""
-        rows.append((adapter, check, info["count"], info["message"][:90], case))
+        count = int(((new["adapter"] == adapter) & (new["check"] == check)).sum())
+        rows.append((check, count, info["message"][:100], case))
     if not rows:
         return ""
     import pandas as pd
 
-    table = pd.DataFrame(rows, columns=["adapter", "check", "findings", "first message", "minimal case"])
+    table = pd.DataFrame(rows, columns=["check", "findings", "first message", "minimal case"])
     lines = [table.to_string(index=False), "", "replay:"]
-    for adapter, check, _, _, case in rows:
+    adapter = next(iter(wanted))[0]
+    for _, _, _, case in rows:
         if case:
             lines.append("  " + replay_command(case, adapter, impl_spec, impl_kind))
     return "\n".join(lines)
@@ -144,24 +160,49 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
+    from .baseline import Baseline, baseline_from_findings
+    from .findings import load_run
+    from .junit import write_junit
     from .runner import FuzzRun
 
     if not args.impl:
         raise ConfigurationError("gate needs --impl SPEC (the implementation to gate)")
+    baseline = Baseline.load(args.baseline) if args.baseline else None  # refuse a bad file before running
     adapters = _adapters(args, default=False)
     run = FuzzRun(_fuzz_config(args, adapters, f"ce-conformance gate: {args.impl}"))
     summary = run.run()
+    _, findings = load_run(summary.out_dir)
+    if args.update_baseline:
+        args.update_baseline.parent.mkdir(parents=True, exist_ok=True)
+        args.update_baseline.write_text(baseline_from_findings(findings, implementation=args.impl))
+        print(f"wrote a baseline covering {len(findings)} finding(s) to {args.update_baseline}; edit the reasons")
+        return EXIT_OK
+    if baseline is not None:
+        applied = baseline.apply(findings)
+        new, covered, stale = applied.new, applied.covered, applied.stale
+        baseline_text = applied.describe()
+    else:
+        new, covered, stale, baseline_text = findings, findings.iloc[0:0], [], ""
+    markdown = summary.summary_markdown + (f"\n### Baseline\n\n```\n{baseline_text}\n```\n" if baseline_text else "")
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(summary.summary_markdown)
+        args.markdown.write_text(markdown)
+    if args.junit:
+        write_junit(args.junit, name=args.impl, new=new, covered=covered, seconds=summary.seconds,
+                    runs=summary.results, impl_spec=args.impl, impl_kind=args.kind)
     if summary.interrupted:
         print("interrupted; partial tables in", summary.out_dir, file=sys.stderr)
         return EXIT_INTERRUPTED
-    if summary.conformant:
-        print(f"PASS {args.impl}: {summary.results} adapter runs, no findings ({summary.seconds:.1f} s)")
+    if baseline_text:
+        print(baseline_text)
+    if new.empty and not (args.fail_on_stale and stale):
+        print(f"PASS {args.impl}: {summary.results} adapter runs, no new findings ({summary.seconds:.1f} s)")
         return EXIT_OK
-    print(f"FAIL {args.impl}: {summary.findings} findings ({summary.seconds:.1f} s); tables in {summary.out_dir}")
-    print(_failure_table(summary, args.impl, args.kind))
+    if new.empty:
+        print(f"FAIL {args.impl}: {len(stale)} stale baseline entr{'y' if len(stale) == 1 else 'ies'} (--fail-on-stale)")
+        return EXIT_FINDINGS
+    print(f"FAIL {args.impl}: {len(new)} new finding(s) ({summary.seconds:.1f} s); tables in {summary.out_dir}")
+    print(_failure_table(summary, new, args.impl, args.kind))
     return EXIT_FINDINGS
 
 
@@ -230,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     try:
         return COMMANDS[args.command](args)
+    except BrokenPipeError:  # `ce-conformance ... | head`: stop quietly
+        sys.stdout = open(os.devnull, "w")
+        return EXIT_OK
     except ConfigurationError as exc:
         print(f"ce-conformance {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

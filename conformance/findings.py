@@ -41,6 +41,9 @@ RESULT_COLUMNS: Final = {
     "grad_input_ulp": "float64", "grad_target_ulp": "float64", "seconds": "float64", "phase": "string",
 }
 STATUSES: Final = ("passed", "failed", "skipped")
+RUN_FILES: Final = ("results.jsonl", "findings.jsonl", "results.csv", "results.parquet", "findings.csv",
+                    "findings.parquet", "pass_rates_dtype.csv", "pass_rates_feature.csv", "support_matrix.csv",
+                    "summary.md", "signatures.json")
 
 
 def layout_of(case: Case) -> str:
@@ -83,12 +86,16 @@ def _clean(value: Any) -> Any:
 class Recorder:
     """Appends result and finding rows to a run directory, flushing each line."""
 
-    def __init__(self, out_dir: str | Path):
+    def __init__(self, out_dir: str | Path, *, append: bool = False):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._results = open(self.out_dir / "results.jsonl", "a", encoding="utf-8")
-        self._findings = open(self.out_dir / "findings.jsonl", "a", encoding="utf-8")
+        if not append:  # a new run replaces the tables of an earlier run in the same directory
+            for name in RUN_FILES:
+                (self.out_dir / name).unlink(missing_ok=True)
+        mode = "a" if append else "w"
+        self._results = open(self.out_dir / "results.jsonl", mode, encoding="utf-8")
+        self._findings = open(self.out_dir / "findings.jsonl", mode, encoding="utf-8")
         self.result_count = 0
         self.finding_count = 0
 

@@ -306,6 +306,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
     main_terms = A.convert(np.zeros(M))  # weighted NLL or probability cross-entropy per position
     smooth_terms = A.convert(np.zeros(M))  # the label-smoothing sum per position (index mode)
     loss_mag = np.zeros(M)
+    unscaled_mag = np.zeros(M)  # largest sum an implementation may form before scaling (eps / C, 1 / D)
     grad_input = grad_target = grad_input_scale = grad_target_scale = None
     if gradients:
         dtype = object if A.exact else np.float64
@@ -333,10 +334,14 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                 if want_scale:
                     wy_abs = np.abs(np.asarray(wy, dtype=np.float64))
                     mag = (1 - eps) * wy_abs * (np.asarray(nll, dtype=np.float64) + 1)
+                    unscaled = mag / (1 - eps) if eps < 1 else wy_abs * (np.asarray(nll, dtype=np.float64) + 1)
                     if eps > 0:
                         abs_logp = np.abs(ls.logp) + 1
-                        mag = mag + (eps / C) * (abs_logp * w_abs if w_abs is not None else abs_logp).sum(axis=1)
+                        smooth_mag = (abs_logp * w_abs if w_abs is not None else abs_logp).sum(axis=1)
+                        mag = mag + (eps / C) * smooth_mag
+                        unscaled = np.maximum(unscaled, smooth_mag)
                     loss_mag[positions] = np.where(v, mag, 0)
+                    unscaled_mag[positions] = np.where(v, unscaled, 0)
                 if gradients:
                     scale = upstream[positions]
                     p = ls.p
@@ -366,6 +371,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                 if want_scale:
                     abs_wt = np.abs(wt)
                     loss_mag[positions] = (abs_wt * (np.abs(ls.logp) + 1)).sum(axis=1)
+                    unscaled_mag[positions] = loss_mag[positions]
                 if gradients:
                     scale = upstream[positions]
                     p = ls.p
@@ -395,7 +401,11 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
     else:
         loss = _combine(A, eps, C, A.total(main_terms), A.total(smooth_terms), denominator)
         loss_scale = _Float64.divide(loss_mag.sum(), abs(float(denominator))) if want_scale else None
-    intermediate = np.float64(loss_mag.sum()) if call.reduction == "mean" else loss_scale
+    with np.errstate(invalid="ignore", over="ignore"):
+        if call.reduction == "none":
+            intermediate = unscaled_mag.reshape(call.output_shape) if want_scale else None
+        else:
+            intermediate = np.float64(max(loss_mag.sum(), unscaled_mag.sum())) if want_scale else None
     return _Output(loss, loss_scale, intermediate, grad_input, grad_input_scale, grad_target, grad_target_scale)
 
 
@@ -418,7 +428,8 @@ def _combine(A: Any, eps: float, C: int, main: Any, smooth: Any, denominator: An
     """torch's (1 - eps) * NLL_red + (eps / C) * S_red, each term divided on its own (NaN rules)."""
     value = A.divide(main, denominator)
     if eps > 0:
-        value = (1 - eps) * value + (eps / C) * A.divide(smooth, denominator)
+        with np.errstate(invalid="ignore", over="ignore"):
+            value = (1 - eps) * value + (eps / C) * A.divide(smooth, denominator)
     return value
 
 
@@ -476,7 +487,7 @@ class ReferenceResult:
 
     loss: np.ndarray
     loss_scale: np.ndarray
-    loss_intermediate: np.ndarray  # magnitude of the undivided sum (equals loss_scale but for 'mean')
+    loss_intermediate: np.ndarray  # magnitude of the largest unscaled sum (before eps / C or 1 / D)
     grad_input: np.ndarray | None
     grad_input_scale: np.ndarray | None  # per position; broadcast over the class axis
     grad_target: np.ndarray | None

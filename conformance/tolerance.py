@@ -119,7 +119,8 @@ def nonfinite_mismatch(actual: np.ndarray, expected: np.ndarray, dtype: str, *, 
     ``exact_kind`` (losses): NaN, +inf, -inf and finite must match exactly. Otherwise
     (gradients, undefined at such points) only finite vs non-finite must match.
     An expected value that overflows the dtype may come back as inf or as the largest finite;
-    so may one whose ``intermediate`` (a 'mean' before its division) overflows the dtype.
+    so may one whose ``intermediate`` (an unscaled sum: a 'mean' before its division, the
+    smoothing sum before its eps / C) overflows the dtype.
     """
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)

@@ -62,6 +62,11 @@ def main() -> None:
         "kdim_none_shape": Case.cross_entropy(rng.standard_normal((2, 3, 4, 2)), rng.integers(0, 3, (2, 4, 2)),
                                               dtype="bfloat16", reduction="none"),
         "empty_batch_mean": Case.cross_entropy(np.zeros((0, 4)), np.zeros(0, dtype=np.int64), dtype="float32"),
+        "uint8_weights_smoothing": Case.cross_entropy(
+            x5, np.array([0, 1, 2, 255, 3, 4], dtype=np.uint8), dtype="float32", target_dtype="uint8", weight=w5,
+            ignore_index=255, label_smoothing=0.1, note="torch 2.13 CPU crashes in gather() here (uint8 + weight + smoothing)"),
+        "negative_label_smoothing": Case.cross_entropy(x5, [0, 1, 2, 2, 3, 4], dtype="float32", label_smoothing=-0.25,
+                                                       note="torch treats it as 0; its docs say [0, 1] (--strict)"),
         "out_of_range_target": Case.cross_entropy(x5, [0, 1, 5, 2, 3, 4], dtype="float32",
                                                   expected_error=Rule.TARGET_OUT_OF_BOUNDS),
         "negative_target": Case.cross_entropy(x5, [0, -1, 2, 2, 3, 4], dtype="float32",

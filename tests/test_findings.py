@@ -56,3 +56,14 @@ def test_signature_ignores_the_random_case():
         finding_signature("a", "loss_value", "float32", "weights")
     assert finding_signature("a", "loss_value", "float32", "weights") != \
         finding_signature("a", "loss_value", "float16", "weights")
+
+
+def test_a_new_run_replaces_the_previous_tables(tmp_path):
+    first = Recorder(tmp_path)
+    first.result(_result("a", "passed"))
+    first.close()
+    finalize(tmp_path)
+    second = Recorder(tmp_path)
+    second.close()
+    results, _ = load_run(tmp_path)
+    assert results.empty and not (tmp_path / "results.parquet").exists()

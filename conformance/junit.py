@@ -1,0 +1,58 @@
+"""JUnit XML for the gate: one test case per check family, so CI shows which area broke.
+
+A family fails when any finding of its checks is not covered by the baseline; the failure
+carries the findings table and the replay commands. Covered findings are listed in the test
+case's ``system-out``.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pandas as pd
+
+from .compare import CHECK_FAMILIES
+from .repro import replay_command
+
+FAMILIES = ("errors", "contract", "values", "gradients", "mutation")
+
+
+def _table(findings: pd.DataFrame) -> str:
+    columns = ["check", "dtype", "features", "max_ulp_error", "budget", "message", "case_path"]
+    return findings.reindex(columns=columns).to_string(index=False, max_colwidth=120)
+
+
+def write_junit(path: str | Path, *, name: str, new: pd.DataFrame, covered: pd.DataFrame, seconds: float,
+                runs: int, impl_spec: str | None = None, impl_kind: str | None = None) -> Path:
+    suite = ET.Element("testsuite", name=f"ce-conformance gate: {name}", tests=str(len(FAMILIES)),
+                       failures="0", errors="0", skipped="0", time=f"{seconds:.3f}")
+    failures = 0
+    for family in FAMILIES:
+        checks = {c for c, f in CHECK_FAMILIES.items() if f == family}
+        case = ET.SubElement(suite, "testcase", classname=f"ce-conformance.{name}", name=family,
+                             time=f"{seconds / len(FAMILIES):.3f}")
+        mine = new[new["check"].isin(checks)]
+        known = covered[covered["check"].isin(checks)]
+        if len(mine):
+            failures += 1
+            worst = mine.groupby("check").size().to_dict()
+            failure = ET.SubElement(case, "failure", type="ConformanceFailure",
+                                    message=f"{len(mine)} finding(s): " + ", ".join(f"{k} x{v}" for k, v in worst.items()))
+            replays = sorted({replay_command(p, a, impl_spec, impl_kind)
+                              for p, a in zip(mine["case_path"], mine["adapter"]) if isinstance(p, str) and p})
+            failure.text = _table(mine) + "\n\nreplay:\n" + "\n".join(f"  {r}" for r in replays)
+        if len(known):
+            ET.SubElement(case, "system-out").text = (f"{len(known)} finding(s) covered by the baseline:\n"
+                                                      + _table(known))
+    suite.set("failures", str(failures))
+    properties = ET.SubElement(suite, "properties")
+    ET.SubElement(properties, "property", name="adapter_runs", value=str(runs))
+    ET.SubElement(properties, "property", name="baseline_covered", value=str(len(covered)))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = ET.Element("testsuites", tests=str(len(FAMILIES)), failures=str(failures))
+    root.append(suite)
+    ET.indent(root)
+    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+    return path
