@@ -174,12 +174,22 @@ def user_capabilities(features: str | None = None) -> Capabilities:
 
 
 def user_adapter(spec: str, kind: str = "torch", *, features: str | None = None, name: str | None = None) -> Adapter:
-    """An adapter around a user function with the signature of F.cross_entropy."""
+    """An adapter around a user function (by SPEC) with the signature of F.cross_entropy."""
     if kind not in KINDS:
         raise ConfigurationError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
-    fn = resolve_function(spec)
+    return function_adapter(resolve_function(spec), kind, features=features, name=name or f"impl:{spec}")
+
+
+def function_adapter(fn: Callable[..., Any], kind: str = "torch", *, features: str | None = None,
+                     name: str | None = None) -> Adapter:
+    """An adapter around a function object (``--kind`` semantics as for :func:`user_adapter`)."""
+    if kind not in KINDS:
+        raise ConfigurationError(f"kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if inspect.isclass(fn):
+        fn = _module_loss(fn)
     capabilities = user_capabilities(features)
-    label = name or f"impl:{spec}"
+    label = name or f"impl:{getattr(fn, '__qualname__', repr(fn))}"
+    spec = label.removeprefix("impl:")
     if kind == "torch":
         from .torch_adapter import TorchAdapter
 
@@ -195,4 +205,4 @@ def user_adapter(spec: str, kind: str = "torch", *, features: str | None = None,
 
 
 __all__ = ["Adapter", "Capabilities", "Outcome", "RaisedError", "BUILTIN", "DEFAULT_ADAPTERS", "load_adapter",
-           "load_adapters", "user_adapter", "resolve_function", "available_names", "ENTRY_POINT_GROUP"]
+           "load_adapters", "user_adapter", "function_adapter", "resolve_function", "available_names", "ENTRY_POINT_GROUP"]

@@ -119,30 +119,6 @@ def _fuzz_config(args: argparse.Namespace, adapters: list[Any], title: str):
                       title=title, impl_spec=args.impl, impl_kind=args.kind if args.impl else None)
 
 
-def _failure_table(summary, new, impl_spec: str | None, impl_kind: str | None) -> str:
-    from .repro import replay_command
-
-    wanted = set(zip(new["adapter"], new["check"]))
-    rows = []
-    for (adapter, check), info in sorted(summary.signatures.items()):
-        if (adapter, check) not in wanted:
-            continue
-        case = info.get("shrunk_case") or info.get("first_case") or ""
-        count = int(((new["adapter"] == adapter) & (new["check"] == check)).sum())
-        rows.append((check, count, info["message"][:100], case))
-    if not rows:
-        return ""
-    import pandas as pd
-
-    table = pd.DataFrame(rows, columns=["check", "findings", "first message", "minimal case"])
-    lines = [table.to_string(index=False), "", "replay:"]
-    adapter = next(iter(wanted))[0]
-    for _, _, _, case in rows:
-        if case:
-            lines.append("  " + replay_command(case, adapter, impl_spec, impl_kind))
-    return "\n".join(lines)
-
-
 def cmd_fuzz(args: argparse.Namespace) -> int:
     from .runner import FuzzRun
 
@@ -161,48 +137,41 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
 
 def cmd_gate(args: argparse.Namespace) -> int:
     from .baseline import Baseline, baseline_from_findings
-    from .findings import load_run
+    from .gate import run_gate
     from .junit import write_junit
-    from .runner import FuzzRun
 
     if not args.impl:
         raise ConfigurationError("gate needs --impl SPEC (the implementation to gate)")
     baseline = Baseline.load(args.baseline) if args.baseline else None  # refuse a bad file before running
     adapters = _adapters(args, default=False)
-    run = FuzzRun(_fuzz_config(args, adapters, f"ce-conformance gate: {args.impl}"))
-    summary = run.run()
-    _, findings = load_run(summary.out_dir)
+    result = run_gate(_fuzz_config(args, adapters, f"ce-conformance gate: {args.impl}"), baseline)
+    summary = result.summary
     if args.update_baseline:
         args.update_baseline.parent.mkdir(parents=True, exist_ok=True)
-        args.update_baseline.write_text(baseline_from_findings(findings, implementation=args.impl))
-        print(f"wrote a baseline covering {len(findings)} finding(s) to {args.update_baseline}; edit the reasons")
+        args.update_baseline.write_text(baseline_from_findings(result.findings, implementation=args.impl))
+        print(f"wrote a baseline covering {len(result.findings)} finding(s) to {args.update_baseline}; "
+              "edit the reasons")
         return EXIT_OK
-    if baseline is not None:
-        applied = baseline.apply(findings)
-        new, covered, stale = applied.new, applied.covered, applied.stale
-        baseline_text = applied.describe()
-    else:
-        new, covered, stale, baseline_text = findings, findings.iloc[0:0], [], ""
-    markdown = summary.summary_markdown + (f"\n### Baseline\n\n```\n{baseline_text}\n```\n" if baseline_text else "")
+    text = result.baseline_text
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(markdown)
+        args.markdown.write_text(summary.summary_markdown + (f"\n### Baseline\n\n```\n{text}\n```\n" if text else ""))
     if args.junit:
-        write_junit(args.junit, name=args.impl, new=new, covered=covered, seconds=summary.seconds,
+        write_junit(args.junit, name=args.impl, new=result.new, covered=result.covered, seconds=summary.seconds,
                     runs=summary.results, impl_spec=args.impl, impl_kind=args.kind)
     if summary.interrupted:
         print("interrupted; partial tables in", summary.out_dir, file=sys.stderr)
         return EXIT_INTERRUPTED
-    if baseline_text:
-        print(baseline_text)
-    if new.empty and not (args.fail_on_stale and stale):
+    if text:
+        print(text)
+    if result.passed and not (args.fail_on_stale and result.stale):
         print(f"PASS {args.impl}: {summary.results} adapter runs, no new findings ({summary.seconds:.1f} s)")
         return EXIT_OK
-    if new.empty:
-        print(f"FAIL {args.impl}: {len(stale)} stale baseline entr{'y' if len(stale) == 1 else 'ies'} (--fail-on-stale)")
+    if result.passed:
+        print(f"FAIL {args.impl}: {len(result.stale)} stale baseline entries (--fail-on-stale)")
         return EXIT_FINDINGS
-    print(f"FAIL {args.impl}: {len(new)} new finding(s) ({summary.seconds:.1f} s); tables in {summary.out_dir}")
-    print(_failure_table(summary, new, args.impl, args.kind))
+    print(f"FAIL {args.impl}: {len(result.new)} new finding(s) ({summary.seconds:.1f} s); tables in {summary.out_dir}")
+    print(result.report(args.impl, args.kind))
     return EXIT_FINDINGS
 
 

@@ -404,8 +404,14 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
     with np.errstate(invalid="ignore", over="ignore"):
         if call.reduction == "none":
             intermediate = unscaled_mag.reshape(call.output_shape) if want_scale else None
+        elif want_scale:
+            # torch divides each unscaled sum by the mean's denominator before scaling it by eps / C
+            candidates = [loss_mag.sum(), unscaled_mag.sum()]
+            if call.reduction == "mean" and denominator:
+                candidates.append(unscaled_mag.sum() / abs(float(denominator)))
+            intermediate = np.float64(max(candidates))
         else:
-            intermediate = np.float64(max(loss_mag.sum(), unscaled_mag.sum())) if want_scale else None
+            intermediate = None
     return _Output(loss, loss_scale, intermediate, grad_input, grad_input_scale, grad_target, grad_target_scale)
 
 

@@ -42,6 +42,9 @@ DEFAULT_CURATED_DIR = Path(__file__).resolve().parent.parent / "cases" / "curate
 EXIT_INTERRUPTED = 130
 
 
+_PLAIN_FEATURES = frozenset({"single_class"})
+
+
 class Interrupted(Exception):
     """SIGINT/SIGTERM during a run: tables are still written for what was done."""
 
@@ -83,6 +86,9 @@ class FuzzConfig:
     extra_cases: list[Case] = field(default_factory=list)
     impl_spec: str | None = None
     impl_kind: str | None = None
+    require: frozenset[str] = frozenset()
+    plain: bool = False
+    dtypes: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -233,11 +239,24 @@ class FuzzRun:
                 continue
             for path in sorted(directory.glob("*.json")):
                 found.append((Case.load(path), str(path)))
-        return found
+        return [(case, path) for case, path in found if self._wanted(case)]
+
+    def _wanted(self, case: Case) -> bool:
+        """Curated cases are filtered like drawn ones: required features, allowed dtypes."""
+        required = self.config.require - {"invalid_input"}
+        if "invalid_input" in self.config.require and case.is_valid:
+            return False
+        if self.config.plain and case.features - required - _PLAIN_FEATURES:
+            return False
+        dtypes_ok = self.config.dtypes is None or case.dtype in self.config.dtypes or not case.is_valid
+        return required <= case.features and dtypes_ok
 
     def _strategy(self):
-        return cross_entropy_cases(limits=size_limits_for(self.config.profile),
-                                   invalid_percent=self.config.invalid_percent)
+        from .dtypes import FLOAT_DTYPES
+
+        return cross_entropy_cases(dtypes=self.config.dtypes or FLOAT_DTYPES, limits=size_limits_for(self.config.profile),
+                                   invalid_percent=0 if self.config.plain else self.config.invalid_percent,
+                                   require=self.config.require, plain=self.config.plain)
 
     def _settings(self, phases: list[Phase], **overrides: Any):
         base = settings_for(self.config.profile, database_dir=self.config.database_dir,

@@ -88,14 +88,14 @@ def class_counts(limits: SizeLimits = SizeLimits()) -> st.SearchStrategy[int]:
 
 @st.composite
 def input_shapes(draw, n_classes: int | None = None, limits: SizeLimits = SizeLimits(),
-                 allow_empty: bool = True) -> tuple[int, ...]:
+                 allow_empty: bool = True, kinds: Sequence[str] = ("batched", "unbatched", "k_dim")) -> tuple[int, ...]:
     """An input shape: unbatched ``(C,)``, ``(N, C)`` or K-dim ``(N, C, d1..dK)`` with K <= 3.
 
     >>> len(input_shapes(n_classes=5).example()) in (1, 2, 3, 4, 5)
     True
     """
     C = draw(class_counts(limits)) if n_classes is None else n_classes
-    kind = draw(st.sampled_from(("batched", "unbatched", "k_dim")))
+    kind = draw(st.sampled_from(tuple(kinds)))
     if kind == "unbatched":
         return (C,)
     spatial: tuple[int, ...] = ()
@@ -256,19 +256,53 @@ def legacy_reduction_arguments() -> st.SearchStrategy[tuple[bool | None, bool | 
     return st.integers(0, 9).flatmap(lambda roll: st.sampled_from(legacy) if roll == 9 else st.just((None, None)))
 
 
+REQUIRABLE: Final = frozenset({"weights", "ignore_index", "all_ignored", "label_smoothing", "probability_targets",
+                                "k_dim", "unbatched", "low_precision", "vocab_scale", "upstream_gradient",
+                                "non_contiguous", "nonfinite_logits", "invalid_input"})
+"""Features :func:`cross_entropy_cases` can be asked to exercise in every draw."""
+
+
 @st.composite
 def cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limits: SizeLimits = SizeLimits(),
-                        target_kinds: Sequence[str] = ("index", "probability"), invalid_percent: int = 0) -> Case:
+                        target_kinds: Sequence[str] = ("index", "probability"), invalid_percent: int = 0,
+                        require: frozenset[str] | set[str] = frozenset(), plain: bool = False) -> Case:
     """A complete cross-entropy case reaching every parameter of the semantics.
 
-    ``invalid_percent`` of draws break exactly one argument rule (see :func:`invalid_cases`).
+    ``invalid_percent`` of draws break exactly one argument rule (see :func:`invalid_cases`);
+    ``require`` names features (from :data:`REQUIRABLE`) every draw must exercise; with
+    ``plain=True`` every other optional feature is switched off (a plain fp32/fp64 ``(N, C)``
+    call with index targets), so a failure points at the required feature alone.
+
+    >>> "weights" in cross_entropy_cases(require={"weights"}).example().features
+    True
 
     >>> case = cross_entropy_cases(dtypes=["float64"]).example()
     >>> case.dtype
     'float64'
     """
+    require = frozenset(require)
+    unknown = require - REQUIRABLE
+    if unknown:
+        raise ValueError(f"cannot require {sorted(unknown)}; requirable: {sorted(REQUIRABLE)}")
+    if "low_precision" in require:
+        dtypes = [d for d in dtypes if d in ("float16", "bfloat16")] or ["bfloat16", "float16"]
+    elif plain:
+        dtypes = [d for d in dtypes if d in ("float32", "float64")] or ["float32"]
+    if "vocab_scale" in require:
+        limits = SizeLimits(limits.max_elements, 100, limits.max_vocab_rows)
+    elif plain:
+        limits = SizeLimits(limits.max_elements, 0, limits.max_vocab_rows)
+    if plain and not require & {"probability_targets"}:
+        target_kinds = ("index",)
+    if "probability_targets" in require:
+        target_kinds = ("probability",)
+    elif require & {"ignore_index", "all_ignored"}:
+        target_kinds = ("index",)
+    kinds = ("k_dim",) if "k_dim" in require else ("unbatched",) if "unbatched" in require else \
+        ("batched",) if plain else ("batched", "unbatched", "k_dim")
     dtype = draw(_dtype_strategy(dtypes))
-    shape = draw(input_shapes(limits=limits))
+    shape = draw(input_shapes(limits=limits, kinds=kinds,
+                              allow_empty=not plain and not require & {"all_ignored", "ignore_index"}))
     class_axis = 0 if len(shape) == 1 else 1
     C = shape[class_axis]
     if len(target_kinds) == 2:
@@ -281,20 +315,33 @@ def cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limits: Size
         target = draw(probability_targets(shape, dtype))
         ignore_index = draw(st.sampled_from((-100, -1)))
     else:
-        ignore_choice = draw(st.sampled_from(("default", "in_range", "out_of_range")))
+        ignore_choice = draw(st.sampled_from(("default", "in_range", "out_of_range"))) \
+            if not plain or require & {"ignore_index", "all_ignored"} else "default"
         ignore_index = {"default": -100, "out_of_range": 255}.get(ignore_choice, draw(st.integers(0, C - 1)))
-        pattern = draw(st.sampled_from(("none", "some", "all")) if draw(st.booleans()) else st.just("none"))
+        if "all_ignored" in require:
+            pattern = "all"
+        elif "ignore_index" in require:
+            pattern = draw(st.sampled_from(("some", "all")))
+        elif plain:
+            pattern = "none"
+        else:
+            pattern = draw(st.sampled_from(("none", "some", "all")) if draw(st.booleans()) else st.just("none"))
         target = draw(index_targets(shape, ignore_index, pattern))
-        if C <= 255 and len(shape) <= 2 and ignore_index >= 0 and draw(st.integers(0, 4)) == 0:
+        if not plain and C <= 255 and len(shape) <= 2 and ignore_index >= 0 and draw(st.integers(0, 4)) == 0:
             target_dtype = "uint8"
-    weight = draw(weights(C, dtype)) if draw(st.booleans()) else None
-    smoothing = draw(label_smoothings())
+    weight = draw(weights(C, dtype)) if "weights" in require or (not plain and draw(st.booleans())) else None
+    smoothing = 0.0 if plain else draw(label_smoothings())
+    if "label_smoothing" in require and smoothing <= 0:
+        smoothing = draw(st.sampled_from((0.1, 0.25, 0.5, 1.0, 0.05)))
     reduction = draw(reductions())
-    size_average, reduce = draw(legacy_reduction_arguments())
+    size_average, reduce = (None, None) if plain else draw(legacy_reduction_arguments())
     layouts = ["contiguous", "strided", "offset"] + (["transposed"] if len(shape) >= 2 else [])
-    layout = draw(st.sampled_from(layouts)) if draw(st.integers(0, 4)) == 0 else "contiguous"
+    if "non_contiguous" in require:
+        layouts.remove("contiguous")
+    layout = draw(st.sampled_from(layouts)) if "non_contiguous" in require or \
+        (not plain and draw(st.integers(0, 4)) == 0) else "contiguous"
     grad_output = None
-    if draw(st.booleans()):
+    if "upstream_gradient" in require or (not plain and draw(st.booleans())):
         effective = _effective_reduction(reduction, size_average, reduce)
         out_shape = (target.shape if not use_probabilities else shape[:class_axis] + shape[class_axis + 1:]) \
             if effective == "none" else ()
@@ -302,11 +349,13 @@ def cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limits: Size
             out_shape = ()
         rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
         grad_output = round_to(rng.standard_normal(out_shape) * draw(st.sampled_from((1.0, 0.5, 3.0))), dtype)
-    x = draw(logits(shape, dtype))
+    distributions = ("neg_inf",) if "nonfinite_logits" in require else \
+        tuple(d for d in LOGIT_DISTRIBUTIONS if d != "neg_inf") if plain else LOGIT_DISTRIBUTIONS
+    x = draw(logits(shape, dtype, distributions))
     case = Case.cross_entropy(x, target, dtype=dtype, target_dtype=target_dtype, weight=weight,
                               ignore_index=ignore_index, reduction=reduction, label_smoothing=smoothing,
                               size_average=size_average, reduce=reduce, memory_layout=layout, grad_output=grad_output)
-    if invalid_percent and draw(st.integers(0, 99)) < invalid_percent:
+    if "invalid_input" in require or (invalid_percent and draw(st.integers(0, 99)) < invalid_percent):
         return draw(invalid_cases(case))
     return case
 

@@ -1,0 +1,38 @@
+"""The packaged conformance suite, collected by the pytest plugin when ``--ce-impl`` is given.
+
+One test per feature family: a failing id such as ``test_feature_family[label_smoothing]``
+names the broken feature, and its message holds the minimal case and the replay command.
+"""
+
+import pytest
+
+from conformance.pytest_plugin import FEATURE_FAMILIES
+
+
+@pytest.fixture(scope="module")
+def ce_impl(ce_session):
+    from adapters import user_adapter
+    from conformance.baseline import Baseline
+    from conformance.pytest_plugin import _setting
+
+    config = ce_session.config
+    spec, kind = _setting(config, "impl"), _setting(config, "kind")
+    if not spec:
+        pytest.skip("no implementation given (--ce-impl)")
+    baseline = _setting(config, "baseline")
+    return spec, kind, user_adapter(spec, kind, features=_setting(config, "features")), \
+        Baseline.load(baseline) if baseline else None
+
+
+@pytest.mark.ce_conformance
+@pytest.mark.parametrize("family", list(FEATURE_FAMILIES))
+def test_feature_family(family, ce_impl, ce_session):
+    spec, kind, adapter, baseline = ce_impl
+    require, plain = FEATURE_FAMILIES[family]
+    result = ce_session.run(adapter, name=f"{spec}-{family}", require=require, plain=plain, baseline=baseline,
+                            impl_spec=spec, impl_kind=kind)
+    ran = result.summary.results
+    if not result.passed:
+        pytest.fail(f"{spec}: {family}: {len(result.new)} finding(s)\n\n{result.report(spec, kind)}", pytrace=False)
+    if ran == 0:
+        pytest.skip(f"{spec} supports no case of this family (see --ce-features)")
