@@ -49,7 +49,7 @@ def test_bad_arguments_exit_2(capsys):
 
 def test_fuzz_writes_tables(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["fuzz", "--adapters", "numpy,torch", "--out", str(out), *FAST]) == 0
+    assert main(["fuzz", "--adapters", "numpy,torch", "--out", str(out), "--no-curated", *FAST]) == 0
     assert "Pass rate" in capsys.readouterr().out
     findings = pd.read_parquet(out / "findings.parquet")
     results = pd.read_parquet(out / "results.parquet")
@@ -67,8 +67,12 @@ def test_replay_refuses_a_pickle_with_exit_2(tmp_path, capsys):
 
 def test_replay_curated_cases(capsys, torch):
     curated = HERE.parent / "cases" / "curated"
-    assert main(["replay", str(curated), "--adapters", "numpy,torch"]) == 0
+    assert main(["replay", str(curated), "--adapters", "numpy"]) == 0
     assert "vocab_bf16_mean.json" in capsys.readouterr().out
+    # torch 2.13 fails exactly one curated case: its uint8 + weight + smoothing crash
+    assert main(["replay", str(curated), "--adapters", "torch"]) == 1
+    failing = [line for line in capsys.readouterr().out.splitlines() if " error " in line]
+    assert len(failing) == 1 and "uint8_weights_smoothing.json" in failing[0]
 
 
 def test_adapters_lists_capabilities(capsys):
