@@ -82,7 +82,9 @@ def available_names() -> list[str]:
 def load_adapter(name: str) -> Adapter:
     """A built-in or entry-point adapter by name; unknown names are a ConfigurationError."""
     if name in BUILTIN:
-        return BUILTIN[name]()
+        adapter = BUILTIN[name]()
+        adapter.recipe = ("builtin", name)
+        return adapter
     entry_points = _entry_points()
     if name in entry_points:
         try:
@@ -177,7 +179,9 @@ def user_adapter(spec: str, kind: str = "torch", *, features: str | None = None,
     """An adapter around a user function (by SPEC) with the signature of F.cross_entropy."""
     if kind not in KINDS:
         raise ConfigurationError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
-    return function_adapter(resolve_function(spec), kind, features=features, name=name or f"impl:{spec}")
+    adapter = function_adapter(resolve_function(spec), kind, features=features, name=name or f"impl:{spec}")
+    adapter.recipe = ("user", spec, kind, features, name or f"impl:{spec}")  # how a worker process rebuilds it
+    return adapter
 
 
 def function_adapter(fn: Callable[..., Any], kind: str = "torch", *, features: str | None = None,

@@ -66,7 +66,7 @@ class RaisedError:
     def from_exception(cls, exc: BaseException, stage: str) -> "RaisedError":
         rule = getattr(exc, "rule", None)
         rule = rule.value if rule is not None else None
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else "(no message)"
         if rule is None:
             classified = classify_error(type(exc).__name__, str(exc))
             rule = classified.value if classified else None
@@ -110,6 +110,8 @@ class Adapter(abc.ABC):
     capabilities: Capabilities = Capabilities()
     #: Whether the runner should isolate this adapter in a worker process by default.
     isolate_by_default: bool = False
+    #: How a worker process rebuilds this adapter (see conformance.isolation); None: pickle it.
+    recipe: tuple | None = None
 
     def availability(self) -> str | None:
         """None when usable here, else a human-readable reason (missing package, no GPU...)."""

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from conformance.case import Case
-from conformance.dtypes import FLOAT_DTYPES
+from conformance.dtypes import numpy_dtype
 
 from .base import Adapter, Capabilities, Outcome, float64_copy, same_values
 
@@ -114,9 +114,10 @@ class _BucketedJaxAdapter(Adapter):
             jax = _jax()
             import jax.numpy as jnp
 
-            def forward_backward(x, target, weight, row_mask, class_mask, n_classes, eps, ignore_index,
-                                 cot_none, cot_sum, cot_mean, *, mode, variant):
+            def forward_backward(x, target, weight, row_mask, class_mask, scalars, ignore_index, cot_none, *,
+                                 mode, variant):
                 self.compilations += 1  # runs once per trace, i.e. per compilation
+                n_classes, eps, cot_sum, cot_mean = scalars[0], scalars[1], scalars[2], scalars[3]
 
                 def losses(x, target):
                     per, denominator_terms = self._per_position(jnp, x, target, weight, class_mask, n_classes, eps,
@@ -149,22 +150,20 @@ class _BucketedJaxAdapter(Adapter):
         M = rows.shape[0]
         Mb, Cb = _bucket(M, ROW_BUCKETS), (_bucket(C, CLASS_BUCKETS) if self.pad_classes else C)
         mode = "probability" if case.is_probability_target else "index"
-        jdt = _jnp_dtype(dtype)
-        x_pad = np.zeros((Mb, Cb))
+        np_dtype = numpy_dtype(dtype)  # NumPy arrays go straight into the jitted call: one transfer each
+        x_pad = np.zeros((Mb, Cb), dtype=np_dtype)
         x_pad[:M, :C] = rows
         if mode == "probability":
-            t_pad = np.zeros((Mb, Cb))
-            t_pad[:M, :C] = _rows(case.target, class_axis)
-            target = jnp.asarray(t_pad, dtype=jdt)
+            target = np.zeros((Mb, Cb), dtype=np_dtype)
+            target[:M, :C] = _rows(case.target, class_axis)
         else:
-            y_pad = np.zeros(Mb, dtype=np.int64)
-            y_pad[:M] = case.target.reshape(-1)
-            target = jnp.asarray(y_pad, dtype=jnp.int32)
-        w_pad = np.zeros(Cb)
+            target = np.zeros(Mb, dtype=np.int32)
+            target[:M] = case.target.reshape(-1)
+        w_pad = np.zeros(Cb, dtype=np_dtype)
         w_pad[:C] = case.weight if case.weight is not None else 1.0
         reduction = _reduction(case)
         g = case.grad_output
-        cot_none = np.zeros(Mb)
+        cot_none = np.zeros(Mb, dtype=np_dtype)
         cot_sum = cot_mean = 0.0
         if reduction == "none":
             cot_none[:M] = 1.0 if g is None else np.asarray(g).reshape(-1)
@@ -172,13 +171,11 @@ class _BucketedJaxAdapter(Adapter):
             cot_sum = 1.0 if g is None else float(g)
         else:
             cot_mean = 1.0 if g is None else float(g)
+        scalars = np.array([C, case.label_smoothing, cot_sum, cot_mean], dtype=np_dtype)
         try:
             per, total, mean, grad_x, grad_t = self._compiled()(
-                jnp.asarray(x_pad, dtype=jdt), target, jnp.asarray(w_pad, dtype=jdt),
-                jnp.asarray(np.arange(Mb) < M), jnp.asarray(np.arange(Cb) < C), jnp.asarray(C, dtype=jdt),
-                jnp.asarray(case.label_smoothing, dtype=jdt), jnp.asarray(case.ignore_index, dtype=jnp.int32),
-                jnp.asarray(cot_none, dtype=jdt), jnp.asarray(cot_sum, dtype=jdt), jnp.asarray(cot_mean, dtype=jdt),
-                mode=mode, variant=self.variant(case))
+                x_pad, target, w_pad, np.arange(Mb) < M, np.arange(Cb) < C, scalars,
+                np.int32(case.ignore_index), cot_none, mode=mode, variant=self.variant(case))
         except Exception as exc:
             return Outcome.failed(exc, "forward")
         per64 = float64_copy(per)[:M]

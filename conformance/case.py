@@ -267,6 +267,10 @@ class Case:
             object.__setattr__(self, "_id", cached)
         return cached
 
+    def __reduce__(self):  # for worker processes; case *files* are JSON, never pickles
+        return (Case, (self.family, dict(self.tensors), dict(self.options), self.memory_layout,
+                       self.expected_error, self.note))
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Case) and other.id == self.id
 

@@ -1,8 +1,8 @@
 """Command line: ``ce-conformance fuzz | gate | replay | adapters``.
 
 Exit codes (all commands): 0 conformant / success, 1 findings, 2 usage or configuration error
-(unknown adapter, unimportable ``--impl``, malformed case file), 130 interrupted (SIGINT or
-SIGTERM; the tables for what was done are written).
+(unknown adapter, unimportable ``--impl``, malformed case file), 130 / 143 interrupted by SIGINT /
+SIGTERM (the tables for what was done are written).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 from ._version import __version__
 from .errors import ConfigurationError
 
-EXIT_OK, EXIT_FINDINGS, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FINDINGS, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130  # 143 after SIGTERM
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,6 +51,13 @@ def _add_run_options(p: argparse.ArgumentParser, *, default_out: str) -> None:
                         "than torch's own result in the same dtype plus a margin")
     p.add_argument("--invalid-percent", type=int, default=15, help="share of deliberately invalid cases (default 15)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="per-case time limit for isolated adapters (default 60)")
+    p.add_argument("--in-process", action="store_true",
+                   help="run --impl in this process (trusted code: faster start, no crash/hang protection)")
+    p.add_argument("--isolate-all", action="store_true", help="also run built-in adapters in worker processes")
+    p.add_argument("--worker-memory-mb", type=int, default=8192, metavar="MB",
+                   help="address-space limit of a worker process (default 8192; 0 for none)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,7 +123,9 @@ def _fuzz_config(args: argparse.Namespace, adapters: list[Any], title: str):
                       curated_dirs=[] if args.no_curated else [DEFAULT_CURATED_DIR], shrink=not args.no_shrink,
                       shrink_seconds=args.shrink_seconds, strict=args.strict, oracle=args.oracle,
                       invalid_percent=args.invalid_percent, progress=not args.no_progress and sys.stderr.isatty(),
-                      title=title, impl_spec=args.impl, impl_kind=args.kind if args.impl else None)
+                      title=title, impl_spec=args.impl, impl_kind=args.kind if args.impl else None,
+                      timeout=args.timeout, memory_mb=args.worker_memory_mb or None,
+                      isolate="none" if args.in_process else ("all" if args.isolate_all else "default"))
 
 
 def cmd_fuzz(args: argparse.Namespace) -> int:
@@ -131,7 +140,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     if summary.jax_compilations:
         print("JAX compilations: " + ", ".join(f"{k} {v}" for k, v in summary.jax_compilations.items()))
     if summary.interrupted:
-        return EXIT_INTERRUPTED
+        return _interrupt_code(summary.interrupted)
     return EXIT_OK if summary.conformant else EXIT_FINDINGS
 
 
@@ -160,8 +169,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
         write_junit(args.junit, name=args.impl, new=result.new, covered=result.covered, seconds=summary.seconds,
                     runs=summary.results, impl_spec=args.impl, impl_kind=args.kind)
     if summary.interrupted:
-        print("interrupted; partial tables in", summary.out_dir, file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print(f"interrupted ({summary.interrupted}); partial tables in {summary.out_dir}", file=sys.stderr)
+        return _interrupt_code(summary.interrupted)
     if text:
         print(text)
     if result.passed and not (args.fail_on_stale and result.stale):
@@ -227,6 +236,13 @@ def cmd_adapters(args: argparse.Namespace) -> int:  # noqa: ARG001
     columns = ["adapter", "available", "dtypes", "gradients", "unsupported", "reason"]
     print(frame.reindex(columns=columns).fillna("").to_string(index=False))
     return EXIT_OK
+
+
+def _interrupt_code(signal_name: str) -> int:
+    """130 for SIGINT, 143 for SIGTERM: 128 + the signal number, as shells report it."""
+    import signal
+
+    return 128 + getattr(signal, signal_name, signal.SIGINT).value
 
 
 COMMANDS = {"fuzz": cmd_fuzz, "gate": cmd_gate, "replay": cmd_replay, "adapters": cmd_adapters}

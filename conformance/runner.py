@@ -14,6 +14,7 @@ Data flows one way: case -> adapters -> comparison -> findings (streamed) -> tab
 
 from __future__ import annotations
 
+import collections
 import json
 import platform
 import signal
@@ -45,8 +46,13 @@ EXIT_INTERRUPTED = 130
 _PLAIN_FEATURES = frozenset({"single_class"})
 
 
-class Interrupted(Exception):
-    """SIGINT/SIGTERM during a run: tables are still written for what was done."""
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM during a run: tables are still written for what was done. A BaseException,
+    so that Hypothesis does not take it for a failing example and shrink it."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
 
 
 class _Reproduced(Exception):
@@ -82,6 +88,9 @@ class FuzzConfig:
     invalid_percent: int = 15
     progress: bool = True
     executor: Executor | None = None
+    timeout: float = 60.0
+    memory_mb: int | None = 8192
+    isolate: str = "default"
     title: str = "ce-conformance fuzz"
     extra_cases: list[Case] = field(default_factory=list)
     impl_spec: str | None = None
@@ -97,10 +106,13 @@ class RunSummary:
     results: int
     findings: int
     signatures: dict[tuple[str, str], dict[str, Any]]
-    interrupted: bool
+    interrupted: str | None
     summary_markdown: str
     seconds: float
     jax_compilations: dict[str, int]
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    examples: int = 0
+    first_finding_seconds: float | None = None
 
     @property
     def conformant(self) -> bool:
@@ -144,7 +156,12 @@ class FuzzRun:
             raise ConfigurationError(f"no usable adapter ({reasons})")
         self.out_dir = Path(config.out_dir)
         self.cases_dir = Path(config.cases_dir) if config.cases_dir else self.out_dir / "cases"
-        self.executor = config.executor or Executor()
+        if config.executor is not None:
+            self.executor = config.executor
+        else:
+            from .isolation import WorkerExecutor
+
+            self.executor = WorkerExecutor(timeout=config.timeout, memory_mb=config.memory_mb, isolate=config.isolate)
         self.recorder: Recorder | None = None
         self.first_failures: dict[tuple[str, str], Case] = {}
         self.first_paths: dict[tuple[str, str], str] = {}
@@ -160,6 +177,10 @@ class FuzzRun:
             if self._torch_reference.availability():
                 raise ConfigurationError(f"--oracle torch needs torch: {self._torch_reference.availability()}")
         self._progress: Callable[[], None] = lambda: None
+        self.stage_seconds: collections.Counter[str] = collections.Counter()
+        self.examples = 0
+        self.first_finding_seconds: float | None = None
+        self._started = time.perf_counter()
 
     # -- evaluation of one case ----------------------------------------------------------------
     def _reference(self, case: Case) -> reference.ReferenceResult | None:
@@ -179,8 +200,12 @@ class FuzzRun:
 
     def evaluate(self, case: Case, phase: str, adapters: list[Adapter] | None = None,
                  record: bool = True, case_path: str = "") -> list[tuple[Adapter, Comparison]]:
+        clock = time.perf_counter
+        stages = self.stage_seconds
+        start = clock()
         ref = self._reference(case)
         columns = case_columns(case)
+        stages["reference"] += clock() - start
         compared = []
         for adapter in adapters or self.adapters:
             missing = adapter.capabilities.missing(case)
@@ -189,12 +214,18 @@ class FuzzRun:
                     self.recorder.result({**_result_base(columns, adapter.name, phase), "status": "skipped",
                                           "skip_reason": ",".join(missing)})
                 continue
+            start = clock()
             outcome = self.executor.run(adapter, case)
+            stages[f"adapter:{adapter.name}"] += clock() - start
+            start = clock()
             comparison = compare(case, outcome, ref, adapter.capabilities, strict=self.config.strict,
                                  native=self._native(case))
+            stages["compare"] += clock() - start
             compared.append((adapter, comparison))
             if record:
+                start = clock()
                 self._record(case, columns, adapter, outcome, comparison, phase, case_path)
+                stages["record"] += clock() - start
         return compared
 
     def _record(self, case: Case, columns: dict[str, Any], adapter: Adapter, outcome: Outcome,
@@ -215,6 +246,8 @@ class FuzzRun:
                 self.first_paths[key] = path
                 self.signatures[key] = {"count": 0, "first_case": path, "shrunk_case": "", "message": verdict.message}
             self.signatures[key]["count"] += 1
+            if self.first_finding_seconds is None:
+                self.first_finding_seconds = time.perf_counter() - self._started
             self.recorder.finding({
                 **columns, "adapter": adapter.name, "check": verdict.check,
                 "family": CHECK_FAMILIES.get(verdict.check, "other"), "max_abs_error": verdict.max_abs_error,
@@ -288,11 +321,11 @@ class FuzzRun:
         return probe_state.get("last")
 
     def run(self) -> RunSummary:
-        start = time.perf_counter()
+        start = self._started = time.perf_counter()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.recorder = Recorder(self.out_dir)
         self._write_config()
-        interrupted = False
+        interrupted: str | None = None
         probe_state: dict[str, Any] = {}
         try:
             with _interrupt_guard(), self._progress_bar() as advance:
@@ -314,8 +347,8 @@ class FuzzRun:
                             self.signatures[key]["shrunk_case"] = str(path)
                             probe_state["mode"] = "record"
                             self.evaluate(minimal, "shrunk", adapters=[adapter], case_path=str(path))
-        except Interrupted:
-            interrupted = True
+        except Interrupted as exc:
+            interrupted = exc.signal_name
         finally:
             self.executor.close()
             self.recorder.close()
@@ -327,12 +360,19 @@ class FuzzRun:
         if compilations:
             extra["JAX compilations"] = ", ".join(f"{k}: {v}" for k, v in compilations.items())
         if interrupted:
-            extra["status"] = "INTERRUPTED — tables hold what was done before the signal"
+            extra["status"] = f"INTERRUPTED ({interrupted}) — tables hold what was done before the signal"
+        restarts = getattr(self.executor, "restarts", {})
+        if restarts:
+            extra["worker restarts"] = ", ".join(f"{k}: {v}" for k, v in restarts.items())
+        not_isolated = getattr(self.executor, "not_isolated", {})
+        if not_isolated:
+            extra["ran in-process"] = "; ".join(f"{k} ({v})" for k, v in not_isolated.items())
         summary = finalize(self.out_dir, title=self.config.title, extra=extra)
         (self.out_dir / "signatures.json").write_text(json.dumps(
             [{"adapter": k[0], "check": k[1], **v} for k, v in self.signatures.items()], indent=1))
         return RunSummary(self.out_dir, self.recorder.result_count, self.recorder.finding_count, self.signatures,
-                          interrupted, summary, time.perf_counter() - start, compilations)
+                          interrupted, summary, time.perf_counter() - start, compilations,
+                          dict(self.stage_seconds), self.examples, self.first_finding_seconds)
 
     def _write_config(self) -> None:
         versions: dict[str, str] = {"ce-conformance": __version__, "python": platform.python_version()}
@@ -373,6 +413,7 @@ def _result_base(columns: dict[str, Any], adapter: str, phase: str) -> dict[str,
 def _make_probe(run: FuzzRun, state: dict[str, Any]) -> Callable[[Case], None]:
     def ce_conformance_probe(case: Case) -> None:
         if state.get("mode") == "explore":
+            run.examples += 1
             run.evaluate(case, "explore")
             run._progress()
             return

@@ -1,0 +1,233 @@
+"""Running untrusted adapters in a worker process: timeouts, crashes, memory limits.
+
+A fuzzer exists to meet broken code. :class:`WorkerExecutor` runs each isolated adapter in a
+persistent worker process (spawned once, reused for every case, so the cost per case stays at a
+pipe round trip), under an address-space limit, and waits at most ``timeout`` seconds per case.
+
+* the adapter raises               -> an ``error`` outcome (as in-process)
+* the worker dies (``os.abort()``, segfault, OOM kill) -> a ``crash`` outcome; worker restarted
+* no answer within the timeout     -> a ``timeout`` outcome; worker killed and restarted
+* a CUDA error (device-side assert poisons the context) -> the outcome, then a fresh worker
+
+Workers are rebuilt from a *recipe*, never from data out of a case file: a built-in adapter's
+name, a user implementation's ``--impl`` spec, or (for function objects, e.g. ``ce_check``) the
+pickled adapter passed from this process to its own child.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import re
+import signal
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from adapters.base import Adapter, Outcome, RaisedError
+
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_MEMORY_MB = 8192
+STARTUP_TIMEOUT = 180.0
+_CUDA_POISON = re.compile(r"CUDA error|device-side assert|cudaError|CUBLAS_STATUS|illegal memory access", re.I)
+
+
+def _worker_context() -> Any:
+    """A forkserver with the heavy imports preloaded: a restart after a crash is a fork of a warm
+    server (tens of milliseconds) instead of a fresh interpreter importing torch (seconds). The
+    server itself starts clean (no threads), so forking it is safe; spawn where unavailable."""
+    try:
+        context = multiprocessing.get_context("forkserver")
+    except ValueError:
+        return multiprocessing.get_context("spawn")
+    import importlib.util
+
+    preload = ["conformance.isolation", "adapters.base", "numpy"]
+    preload += [m for m in ("torch",) if importlib.util.find_spec(m) is not None]
+    context.set_forkserver_preload(preload)
+    return context
+
+
+def recipe_of(adapter: Adapter) -> tuple[Any, ...] | None:
+    """How a worker rebuilds the adapter, or None when it cannot be sent to another process."""
+    recipe = getattr(adapter, "recipe", None)
+    if recipe is not None:
+        return tuple(recipe)
+    try:
+        return ("pickle", pickle.dumps(adapter))
+    except Exception:
+        return None
+
+
+def _build(recipe: tuple[Any, ...]) -> Adapter:
+    kind = recipe[0]
+    if kind == "builtin":
+        from adapters import load_adapter
+
+        return load_adapter(recipe[1])
+    if kind == "user":
+        from adapters import user_adapter
+
+        _, spec, impl_kind, features, name = recipe
+        return user_adapter(spec, impl_kind, features=features, name=name)
+    if kind == "pickle":  # produced by recipe_of() in the parent process, never read from a file
+        return pickle.loads(recipe[1])
+    raise ValueError(f"unknown adapter recipe {kind!r}")
+
+
+def _limit_memory(megabytes: int | None) -> None:
+    if not megabytes:
+        return
+    try:
+        import resource
+
+        limit = megabytes * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    except (ImportError, ValueError, OSError):  # not on this platform: run unlimited
+        pass
+
+
+def _worker_main(conn: Any, recipe: tuple[Any, ...], memory_mb: int | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    warnings.simplefilter("ignore")
+    _limit_memory(memory_mb)
+    try:
+        adapter = _build(recipe)
+    except BaseException as exc:  # noqa: BLE001 - report anything, the parent decides
+        conn.send(("init-error", RaisedError.from_exception(exc, "setup")))
+        return
+    conn.send(("ready", None))
+    while True:
+        try:
+            case = conn.recv()
+        except (EOFError, OSError):
+            return
+        if case is None:
+            return
+        try:
+            outcome = adapter.timed_run(case)
+        except MemoryError as exc:
+            outcome = Outcome.failed(exc, "forward")
+        conn.send(("outcome", outcome))
+
+
+@dataclass
+class _Worker:
+    process: Any
+    conn: Any
+
+
+class WorkerExecutor:
+    """Runs isolated adapters in worker processes; others in-process (see ``isolate``)."""
+
+    def __init__(self, *, timeout: float = DEFAULT_TIMEOUT, memory_mb: int | None = DEFAULT_MEMORY_MB,
+                 isolate: str = "default"):
+        if isolate not in ("default", "all", "none"):
+            raise ValueError(f"isolate must be 'default', 'all' or 'none', not {isolate!r}")
+        self.timeout = timeout
+        self.memory_mb = memory_mb
+        self.isolate = isolate
+        self._context = _worker_context()
+        self._workers: dict[str, _Worker] = {}
+        self.restarts: dict[str, int] = {}
+        self.not_isolated: dict[str, str] = {}
+
+    def isolated(self, adapter: Adapter) -> bool:
+        if self.isolate == "none" or adapter.name in self.not_isolated:
+            return False
+        return self.isolate == "all" or adapter.isolate_by_default
+
+    def run(self, adapter: Adapter, case: Any) -> Outcome:
+        if not self.isolated(adapter):
+            return adapter.timed_run(case)
+        worker = self._workers.get(adapter.name) or self._start(adapter)
+        if worker is None:
+            return adapter.timed_run(case)  # could not be sent to a worker: noted in not_isolated
+        if isinstance(worker, Outcome):
+            return worker
+        start = time.perf_counter()
+        try:
+            worker.conn.send(case)
+        except (BrokenPipeError, OSError):
+            return self._crashed(adapter, worker, start)
+        if not worker.conn.poll(self.timeout):
+            self._kill(adapter.name)
+            return Outcome(status="timeout", seconds=time.perf_counter() - start, error=RaisedError(
+                "Timeout", f"no answer within {self.timeout:g} s (worker killed and restarted)", "forward"))
+        try:
+            kind, outcome = worker.conn.recv()
+        except (EOFError, OSError, pickle.UnpicklingError):
+            return self._crashed(adapter, worker, start)
+        outcome.seconds = time.perf_counter() - start
+        if outcome.error is not None and _CUDA_POISON.search(outcome.error.message):
+            self._kill(adapter.name)  # the CUDA context is unusable after a device-side assert
+        return outcome
+
+    def _start(self, adapter: Adapter) -> _Worker | Outcome | None:
+        recipe = recipe_of(adapter)
+        if recipe is None:
+            self.not_isolated[adapter.name] = "the adapter cannot be sent to a worker process (not picklable)"
+            return None
+        parent, child = self._context.Pipe()
+        process = self._context.Process(target=_worker_main, args=(child, recipe, self.memory_mb), daemon=True,
+                                        name=f"ce-conformance worker: {adapter.name}")
+        process.start()
+        child.close()
+        if not parent.poll(STARTUP_TIMEOUT):
+            process.kill()
+            return Outcome(status="timeout", error=RaisedError("Timeout", "worker did not start", "setup"))
+        try:
+            kind, payload = parent.recv()
+        except (EOFError, OSError):
+            process.join(1)
+            return Outcome(status="crash", error=RaisedError("WorkerCrash", f"worker died while starting "
+                                                             f"({_exit_text(process.exitcode)})", "setup"))
+        if kind != "ready":
+            process.join(1)
+            return Outcome.failed(RuntimeError(f"worker could not build the adapter: {payload.message}"), "setup")
+        worker = _Worker(process, parent)
+        self._workers[adapter.name] = worker
+        return worker
+
+    def _crashed(self, adapter: Adapter, worker: _Worker, start: float) -> Outcome:
+        worker.process.join(5)
+        code = worker.process.exitcode
+        self._kill(adapter.name)
+        return Outcome(status="crash", seconds=time.perf_counter() - start, error=RaisedError(
+            "WorkerCrash", f"the implementation killed its worker process ({_exit_text(code)}); "
+                           "worker restarted", "forward"))
+
+    def _kill(self, name: str) -> None:
+        worker = self._workers.pop(name, None)
+        if worker is None:
+            return
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        if worker.process.is_alive():
+            worker.process.kill()
+        worker.process.join(5)
+        worker.conn.close()
+
+    def close(self) -> None:
+        for name, worker in list(self._workers.items()):
+            try:
+                worker.conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+            worker.process.join(2)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(2)
+            worker.conn.close()
+            self._workers.pop(name, None)
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"

@@ -1,0 +1,36 @@
+"""Misbehaving implementations for the robustness tests: each breaks the harness a different way."""
+
+import os
+import time
+
+import torch.nn.functional as F
+
+
+def abort_on_weights(input, target, weight=None, **options):
+    if weight is not None:
+        os.abort()
+    return F.cross_entropy(input, target, weight=weight, **options)
+
+
+def hang_on_kdim(input, target, **options):
+    if input.dim() > 2:
+        time.sleep(600)
+    return F.cross_entropy(input, target, **options)
+
+
+def memory_blowup_unbatched(input, target, **options):
+    if input.dim() == 1:
+        hog = bytearray(64 * 1024**3)  # far over the worker's address-space limit
+        del hog
+    return F.cross_entropy(input, target, **options)
+
+
+def raise_on_smoothing(input, target, label_smoothing=0.0, **options):
+    if label_smoothing > 0:
+        raise RuntimeError("smoothing not implemented in this kernel")
+    return F.cross_entropy(input, target, label_smoothing=label_smoothing, **options)
+
+
+def slow_and_wrong(input, target, **options):
+    time.sleep(0.05)
+    return F.cross_entropy(input, target, **options) * 1.01
