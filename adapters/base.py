@@ -156,10 +156,12 @@ def float64_copy(array: Any) -> np.ndarray:
 
 
 def same_values(a: np.ndarray, b: np.ndarray) -> bool:
-    """Bitwise-level equality of two snapshots (NaN equal to NaN), used for mutation checks."""
+    """Bit-for-bit equality of two snapshots in their own dtype (NaN payloads included), used for
+    mutation checks: any change to the caller's memory is a change."""
     a, b = np.asarray(a), np.asarray(b)
-    if a.shape != b.shape:
+    if a.shape != b.shape or a.dtype != b.dtype:
         return False
-    if a.dtype.kind in "iub" or b.dtype.kind in "iub":
-        return bool(np.array_equal(a, b))
-    return bool(np.array_equal(a.astype(np.float64), b.astype(np.float64), equal_nan=True))
+    if a.dtype.itemsize in (1, 2, 4, 8) and a.dtype.kind in "fVbiu" or a.dtype.kind == "V":
+        unsigned = np.dtype(f"u{a.dtype.itemsize}")
+        return bool(np.array_equal(np.ascontiguousarray(a).view(unsigned), np.ascontiguousarray(b).view(unsigned)))
+    return bool(np.array_equal(a, b))

@@ -25,9 +25,13 @@ from conformance.dtypes import numpy_dtype
 
 from .base import Adapter, Capabilities, Outcome, float64_copy, same_values
 
-ROW_BUCKETS = (16, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
-CLASS_BUCKETS = (8, 128, 1024, 8192, 32768, 65536, 131072, 262144)
+ROW_BUCKETS = tuple(4**k for k in range(1, 11))  # 4 .. 1M rows: padding wastes at most 4x
+CLASS_BUCKETS = tuple(2 * 4**k for k in range(1, 10))  # 8 .. 524288 classes
 CACHE_ENV = "CE_CONFORMANCE_JAX_CACHE"
+
+
+_JITTED: dict[type, Any] = {}
+_TRACES: dict[type, int] = {}
 
 
 def _bucket(n: int, buckets: tuple[int, ...]) -> int:
@@ -83,8 +87,7 @@ class _BucketedJaxAdapter(Adapter):
     pad_classes = True
 
     def __init__(self) -> None:
-        self.compilations = 0
-        self._jitted: Callable[..., Any] | None = None
+        self.compilations = 0  # traces (= compilations) this instance triggered
 
     def availability(self) -> str | None:
         if importlib.util.find_spec(self.package) is None:
@@ -110,13 +113,16 @@ class _BucketedJaxAdapter(Adapter):
         raise NotImplementedError
 
     def _compiled(self):
-        if self._jitted is None:
+        """One jitted function per adapter class and process, shared by all instances, so a new
+        run (or a new adapter object) reuses every bucket already compiled."""
+        cls = type(self)
+        if cls not in _JITTED:
             jax = _jax()
             import jax.numpy as jnp
 
             def forward_backward(x, target, weight, row_mask, class_mask, scalars, ignore_index, cot_none, *,
                                  mode, variant):
-                self.compilations += 1  # runs once per trace, i.e. per compilation
+                _TRACES[cls] = _TRACES.get(cls, 0) + 1  # runs once per trace, i.e. per compilation
                 n_classes, eps, cot_sum, cot_mean = scalars[0], scalars[1], scalars[2], scalars[3]
 
                 def losses(x, target):
@@ -136,8 +142,8 @@ class _BucketedJaxAdapter(Adapter):
                     (grad_x,), grad_t = vjp((cot_none, cot_sum, cot_mean)), jnp.zeros((), x.dtype)
                 return per, total, mean, grad_x, grad_t
 
-            self._jitted = jax.jit(forward_backward, static_argnames=("mode", "variant"))
-        return self._jitted
+            _JITTED[cls] = jax.jit(forward_backward, static_argnames=("mode", "variant"))
+        return _JITTED[cls]
 
     def run(self, case: Case) -> Outcome:
         import jax.numpy as jnp
@@ -172,12 +178,15 @@ class _BucketedJaxAdapter(Adapter):
         else:
             cot_mean = 1.0 if g is None else float(g)
         scalars = np.array([C, case.label_smoothing, cot_sum, cot_mean], dtype=np_dtype)
+        traces_before = _TRACES.get(type(self), 0)
         try:
             per, total, mean, grad_x, grad_t = self._compiled()(
                 x_pad, target, w_pad, np.arange(Mb) < M, np.arange(Cb) < C, scalars,
                 np.int32(case.ignore_index), cot_none, mode=mode, variant=self.variant(case))
         except Exception as exc:
             return Outcome.failed(exc, "forward")
+        finally:
+            self.compilations += _TRACES.get(type(self), 0) - traces_before
         per64 = float64_copy(per)[:M]
         if reduction == "none":
             out_shape = () if x.ndim == 1 else (x.shape[0], *x.shape[2:])

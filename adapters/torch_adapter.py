@@ -12,7 +12,7 @@ import numpy as np
 
 from conformance.case import Case, Tensor
 
-from .base import Adapter, Capabilities, Outcome, float64_copy, same_values
+from .base import Adapter, Capabilities, Outcome, float64_copy
 
 def torch_dtype(name: str) -> Any:
     import torch
@@ -103,8 +103,7 @@ class TorchAdapter(Adapter):
 
         def mutated() -> tuple[str, ...]:
             current = {"input": x.detach(), "target": target.detach(), "weight": weight}
-            return tuple(k for k, snap in snapshots.items()
-                         if not same_values(_numpy(current[k]), _numpy(snap)))
+            return tuple(k for k, snap in snapshots.items() if not _bitwise_equal(current[k], snap))
 
         try:
             loss = self.fn(x, target, **kwargs)
@@ -139,6 +138,18 @@ class TorchAdapter(Adapter):
                 outcome.grad_target_dtype = str(grads[1].dtype).removeprefix("torch.")
         outcome.mutated = mutated()
         return outcome
+
+
+def _bitwise_equal(a: Any, b: Any) -> bool:
+    """Bit-for-bit equality of two tensors (NaN payloads included), without leaving torch."""
+    import torch
+
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point():
+        integer = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+        return bool(torch.equal(a.contiguous().view(integer), b.contiguous().view(integer)))
+    return bool(torch.equal(a, b))
 
 
 def _numpy(tensor: Any) -> np.ndarray:

@@ -239,7 +239,11 @@ class Case:
 
     @property
     def features(self) -> frozenset[str]:
-        return self.spec.features(self)
+        cached = self.__dict__.get("_features")
+        if cached is None:
+            cached = self.spec.features(self)
+            object.__setattr__(self, "_features", cached)
+        return cached
 
     def call_options(self) -> dict[str, Any]:
         """Keyword options for a call. Options left at a ``None`` default (the legacy
@@ -259,11 +263,17 @@ class Case:
     # -- identity ----------------------------------------------------------------------------
     @property
     def id(self) -> str:
-        """Stable content hash (16 hex digits): same values, dtypes and options, same id."""
+        """Stable content hash (16 hex digits) of the schema header, options and each tensor's raw
+    little-endian bytes in its dtype: same values, dtypes and options, same id."""
         cached = self.__dict__.get("_id")
         if cached is None:
-            canonical = json.dumps(self._payload(force_binary=True), sort_keys=True, separators=(",", ":"))
-            cached = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+            header = {key: value for key, value in self._payload(with_data=False).items()}
+            digest = hashlib.sha256(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
+            for name, tensor in sorted(self.tensors.items()):
+                digest.update(name.encode())
+                digest.update(np.ascontiguousarray(tensor.as_numpy()).astype(
+                    numpy_dtype(tensor.dtype).newbyteorder("<")).tobytes())
+            cached = digest.hexdigest()[:16]
             object.__setattr__(self, "_id", cached)
         return cached
 
@@ -285,12 +295,13 @@ class Case:
         return f"Case<{self.id}>({self.family}: {shapes}{', ' + opts if opts else ''}{extra}{err})"
 
     # -- JSON --------------------------------------------------------------------------------
-    def _payload(self, *, force_binary: bool = False) -> dict[str, Any]:
+    def _payload(self, *, with_data: bool = True) -> dict[str, Any]:
+        encode = _encode_tensor if with_data else (lambda t: {"dtype": t.dtype, "shape": list(t.shape)})
         return {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
             "family": self.family,
-            "tensors": {name: _encode_tensor(t, force_binary) for name, t in sorted(self.tensors.items())},
+            "tensors": {name: encode(t) for name, t in sorted(self.tensors.items())},
             "options": dict(self.options),
             "memory_layout": self.memory_layout,
             "expected_error": self.expected_error.value if self.expected_error else None,
@@ -395,9 +406,9 @@ class Case:
 
 
 # -- tensor codec ----------------------------------------------------------------------------
-def _encode_tensor(tensor: Tensor, force_binary: bool) -> dict[str, Any]:
+def _encode_tensor(tensor: Tensor) -> dict[str, Any]:
     shape = list(tensor.shape)
-    if force_binary or tensor.values.size > _LIST_ENCODING_LIMIT:
+    if tensor.values.size > _LIST_ENCODING_LIMIT:
         raw = np.ascontiguousarray(tensor.as_numpy()).astype(numpy_dtype(tensor.dtype).newbyteorder("<")).tobytes()
         return {"dtype": tensor.dtype, "shape": shape, "base64": base64.b64encode(raw).decode("ascii")}
     flat = tensor.values.reshape(-1)

@@ -57,20 +57,25 @@ OPTAX = adapters.load_adapter("optax")
 
 def test_jax_compiles_once_per_shape_bucket():
     pytest.importorskip("jax")
-    from adapters.jax_adapter import CLASS_BUCKETS, ROW_BUCKETS, JaxAdapter, _bucket
+    from adapters.jax_adapter import _TRACES, CLASS_BUCKETS, ROW_BUCKETS, JaxAdapter, _bucket
 
-    adapter = JaxAdapter()
     rng = np.random.default_rng(0)
-    keys = set()
+    cases, keys = [], set()
     for i in range(40):
         C = int(rng.choice([3, 5, 9, 100]))
         N = int(rng.choice([1, 4, 20, 30]))
-        case = Case.cross_entropy(rng.standard_normal((N, C)), rng.integers(0, C, N), dtype="float32",
-                                  reduction=["mean", "sum", "none"][i % 3], label_smoothing=0.1 * (i % 2),
-                                  weight=rng.uniform(0.5, 1, C) if i % 4 == 0 else None)
-        keys.add((_bucket(N, ROW_BUCKETS), _bucket(C, CLASS_BUCKETS)))
-        assert adapter.run(case).status == "ok"
-    assert adapter.compilations == len(keys) <= 4  # reductions, weights and smoothing do not recompile
+        cases.append(Case.cross_entropy(rng.standard_normal((N, C)), rng.integers(0, C, N), dtype="float32",
+                                        reduction=["mean", "sum", "none"][i % 3], label_smoothing=0.1 * (i % 2),
+                                        weight=rng.uniform(0.5, 1, C) if i % 4 == 0 else None))
+        keys.add((_bucket(max(N, 1), ROW_BUCKETS), _bucket(C, CLASS_BUCKETS)))
+    before = _TRACES.get(JaxAdapter, 0)
+    adapter = JaxAdapter()
+    assert all(adapter.run(case).status == "ok" for case in cases)
+    # reductions, weights and smoothing are traced values: at most one compilation per bucket
+    assert _TRACES.get(JaxAdapter, 0) - before <= len(keys) <= 8
+    again = JaxAdapter()  # a new adapter object reuses the compiled buckets of this process
+    assert all(again.run(case).status == "ok" for case in cases)
+    assert again.compilations == 0
 
 
 def test_optax_declares_its_narrow_capabilities():
