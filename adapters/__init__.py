@@ -6,7 +6,7 @@ torch's semantics), ``optax``. User functions come in through :func:`user_adapte
 group ``ce_conformance.adapters`` (a callable returning an :class:`Adapter`).
 
 >>> sorted(BUILTIN)
-['jax', 'numpy', 'optax', 'torch', 'torch-cuda']
+['jax', 'numpy', 'optax', 'torch', 'torch-compile', 'torch-cuda']
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ kernel authors rarely support on purpose."""
 DEFAULT_ADAPTERS: Final = ("numpy", "torch", "jax", "optax")
 """What ``fuzz`` runs when no adapter is named: the built-ins that run on a CPU."""
 
+NIGHTLY_ADAPTERS: Final = ("numpy", "torch", "torch-cuda", "torch-compile", "jax", "optax")
+"""What ``nightly`` runs when no adapter is named (unavailable ones are reported and skipped)."""
+
 
 def _torch(**kwargs: Any) -> Adapter:
     from .torch_adapter import TorchAdapter
@@ -59,7 +62,14 @@ def _optax() -> Adapter:
     return OptaxAdapter()
 
 
+def _torch_compile() -> Adapter:
+    from .torch_adapter import TorchCompileAdapter
+
+    return TorchCompileAdapter()
+
+
 BUILTIN: Final[dict[str, Callable[[], Adapter]]] = {
+    "torch-compile": _torch_compile,
     "numpy": _numpy,
     "torch": _torch,
     "torch-cuda": lambda: _torch(name="torch-cuda", device="cuda"),

@@ -162,3 +162,54 @@ def _numpy(tensor: Any) -> np.ndarray:
     if tensor.is_floating_point():
         return tensor.to(torch.float64).numpy()
     return tensor.to(torch.int64).numpy()
+
+
+class TorchCompileAdapter(TorchAdapter):
+    """``torch.compile(F.cross_entropy, dynamic=True)``: eager vs compiled parity (nightly).
+
+    Shapes are symbolic, so recompilations follow the guards (dtype, weight present, reduction,
+    ...) rather than every shape; ``compilations`` counts the graphs compiled and
+    ``compile_seconds`` the time the first call of each new graph took (the amortised cost).
+    The backend is ``$CE_TORCH_COMPILE_BACKEND`` (default ``inductor``)."""
+
+    def __init__(self, backend: str | None = None):
+        import os
+
+        super().__init__(name="torch-compile", description="torch.compile(F.cross_entropy, dynamic=True)")
+        self.backend = backend or os.environ.get("CE_TORCH_COMPILE_BACKEND", "inductor")
+        self._compiled = None
+        self.compilations = 0
+        self.compile_seconds = 0.0
+
+    def availability(self) -> str | None:
+        reason = super().availability()
+        if reason:
+            return reason
+        import torch
+
+        if not hasattr(torch, "compile"):
+            return f"torch {torch.__version__} has no torch.compile"
+        return None
+
+    @property
+    def fn(self):
+        if self._compiled is None:
+            import torch
+            import torch.nn.functional as F
+
+            self._compiled = torch.compile(F.cross_entropy, dynamic=True, backend=self.backend)
+        return self._compiled
+
+    def run(self, case: Case) -> Outcome:
+        import time
+
+        from torch._dynamo.utils import counters
+
+        before = counters["stats"]["unique_graphs"]
+        start = time.perf_counter()
+        outcome = super().run(case)
+        new = counters["stats"]["unique_graphs"] - before
+        if new:
+            self.compilations += new
+            self.compile_seconds += time.perf_counter() - start
+        return outcome

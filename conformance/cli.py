@@ -1,4 +1,4 @@
-"""Command line: ``ce-conformance fuzz | gate | replay | adapters``.
+"""Command line: ``ce-conformance fuzz | gate | replay | adapters | report | nightly``.
 
 Exit codes (all commands): 0 conformant / success, 1 findings, 2 usage or configuration error
 (unknown adapter, unimportable ``--impl``, malformed case file), 130 / 143 interrupted by SIGINT /
@@ -33,7 +33,8 @@ def _add_run_options(p: argparse.ArgumentParser, *, default_out: str) -> None:
     p.add_argument("--features", metavar="LIST", default=None,
                    help="features to test --impl on: 'default' (all but legacy args, uint8 targets and "
                         "negative smoothing), 'all', or a comma-separated list")
-    p.add_argument("--max-examples", type=int, metavar="N", help="Hypothesis examples (default: the profile's)")
+    p.add_argument("--max-examples", type=int, metavar="N",
+                   help="Hypothesis examples (default: the profile's; gate: 1000 at the ci profile)")
     p.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0)")
     p.add_argument("--profile", choices=("dev", "ci", "nightly"), default="ci", help="settings profile (default ci)")
     p.add_argument("--out", type=Path, default=Path(default_out), help=f"output directory (default {default_out})")
@@ -41,7 +42,8 @@ def _add_run_options(p: argparse.ArgumentParser, *, default_out: str) -> None:
     p.add_argument("--database", type=Path, metavar="DIR",
                    help="persistent Hypothesis example database (default: $CE_CONFORMANCE_DB, else none)")
     p.add_argument("--no-shrink", action="store_true", help="save failing cases without shrinking them")
-    p.add_argument("--shrink-seconds", type=float, default=60.0, help="time budget for shrinking (default 60)")
+    p.add_argument("--shrink-seconds", type=float, default=None,
+                   help="time budget for shrinking (default 60; 30 for gate)")
     p.add_argument("--no-curated", action="store_true", help="skip the curated edge cases under cases/curated")
     p.add_argument("--strict", action="store_true",
                    help="full checks: every feature (implies --features all) and arguments outside their "
@@ -91,6 +93,27 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--features", default="all")
     replay.add_argument("--strict", action="store_true")
 
+    nightly = sub.add_parser("nightly", help="long differential run: dated directory, HTML report, history, diff")
+    nightly.add_argument("--adapters", default=None, help="comma-separated adapters (default: every built-in, "
+                         "torch-cuda and torch-compile included; unavailable ones are reported)")
+    _add_run_options(nightly, default_out="reports")
+    nightly.set_defaults(profile="nightly")
+    budget = nightly.add_mutually_exclusive_group()
+    budget.add_argument("--budget-minutes", type=float, metavar="M", help="run slices of 500 examples until M minutes")
+    nightly.add_argument("--shard", metavar="I/N", help="run shard I of N (disjoint seeds; merge with report --merge)")
+    nightly.add_argument("--slices", type=int, metavar="K", help="seed slices in all (default N, or unbounded "
+                         "with --budget-minutes)")
+    nightly.add_argument("--pair", action="append", default=[], metavar="A,B",
+                         help="pairwise differential: also compare adapter B against adapter A (repeatable)")
+    nightly.add_argument("--name", help="run directory name (default: UTC time and shard)")
+
+    report = sub.add_parser("report", help="rebuild a run's tables and HTML, compare or merge runs")
+    report.add_argument("runs", nargs="*", type=Path, metavar="RUN_DIR")
+    report.add_argument("--compare", nargs=2, type=Path, metavar=("RUN_A", "RUN_B"),
+                        help="diff two runs by finding signature: new, fixed, still failing")
+    report.add_argument("--merge", nargs="+", type=Path, metavar="DIR", help="merge shard run directories")
+    report.add_argument("--out", type=Path, help="where --merge writes the merged run")
+
     sub.add_parser("adapters", help="list adapters, their availability and capabilities")
     return parser
 
@@ -113,11 +136,22 @@ def _adapters(args: argparse.Namespace, *, default: bool) -> list[Any]:
     return chosen
 
 
+DEFAULT_GATE_EXAMPLES = 1000
+DEFAULT_GATE_SHRINK_SECONDS = 30.0
+
+
 def _fuzz_config(args: argparse.Namespace, adapters: list[Any], title: str):
     from .runner import DEFAULT_CURATED_DIR, FuzzConfig
 
     if args.max_examples is not None and args.max_examples < 1:
         raise ConfigurationError("--max-examples must be at least 1")
+    if args.command == "gate":  # the gate's default budget: about 15 s for torch on 2 cores
+        if args.max_examples is None and args.profile == "ci":
+            args.max_examples = DEFAULT_GATE_EXAMPLES
+        if args.shrink_seconds is None:
+            args.shrink_seconds = DEFAULT_GATE_SHRINK_SECONDS
+    if args.shrink_seconds is None:
+        args.shrink_seconds = 60.0
     return FuzzConfig(adapters=adapters, profile=args.profile, max_examples=args.max_examples, seed=args.seed,
                       out_dir=args.out, cases_dir=args.cases_dir, database_dir=args.database,
                       curated_dirs=[] if args.no_curated else [DEFAULT_CURATED_DIR], shrink=not args.no_shrink,
@@ -184,6 +218,64 @@ def cmd_gate(args: argparse.Namespace) -> int:
     return EXIT_FINDINGS
 
 
+def cmd_nightly(args: argparse.Namespace) -> int:
+    from adapters import NIGHTLY_ADAPTERS, load_adapters
+    from .nightly import parse_shard, run_nightly
+
+    shard = parse_shard(args.shard)
+    if args.adapters:
+        chosen = load_adapters(args.adapters)
+    else:
+        chosen = load_adapters(list(NIGHTLY_ADAPTERS))
+    if args.impl:
+        from adapters import user_adapter
+
+        chosen.append(user_adapter(args.impl, args.kind, features=args.features))
+    names = {a.name for a in chosen}
+    pairs = []
+    for text in args.pair:
+        parts = tuple(p.strip() for p in text.split(","))
+        if len(parts) != 2 or not set(parts) <= names:
+            raise ConfigurationError(f"--pair {text!r}: expected two of the run's adapters ({', '.join(sorted(names))})")
+        pairs.append(parts)
+    config = _fuzz_config(args, chosen, "ce-conformance nightly")
+    result = run_nightly(config, out_root=args.out, shard=shard, slices=args.slices,
+                         budget_minutes=args.budget_minutes, pairs=pairs, run_name=args.name)
+    counts = result.diff.groupby("status").size().to_dict() if len(result.diff) else {}
+    print(f"nightly run {result.run_dir.name}: {result.findings} findings in {result.seconds:.0f} s; "
+          f"since {result.previous.name if result.previous else 'nothing (first run)'}: "
+          + ", ".join(f"{k} {counts.get(k, 0)}" for k in ("new", "fixed", "still failing")))
+    print(f"report: {result.report}")
+    if result.interrupted:
+        return _interrupt_code(result.interrupted)
+    return EXIT_FINDINGS if counts.get("new") else EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .findings import finalize
+    from .report import compare_runs, merge_runs, previous_run, write_html, diff_findings, _load
+
+    if args.compare:
+        diff = compare_runs(*args.compare)
+        print(diff.drop(columns=["signature", "case_path"]).to_string(index=False) if len(diff) else "no findings in either run")
+        return EXIT_FINDINGS if (diff["status"] == "new").any() else EXIT_OK
+    if args.merge:
+        if not args.out:
+            raise ConfigurationError("report --merge needs --out DIR")
+        merged = merge_runs(list(args.merge), args.out)
+        print(f"merged {len(args.merge)} run(s) into {merged}; report: {write_html(merged)}")
+        return EXIT_OK
+    if not args.runs:
+        raise ConfigurationError("report needs RUN_DIR, --compare RUN_A RUN_B or --merge DIR...")
+    for run_dir in args.runs:
+        _load(run_dir)  # refuses what is not a run directory
+        print(finalize(run_dir, title=f"ce-conformance report: {run_dir.name}"))
+        previous = previous_run(run_dir.parent, run_dir) if run_dir.parent.is_dir() else None
+        diff = diff_findings(_load(previous)[1], _load(run_dir)[1]) if previous else None
+        print(f"report: {write_html(run_dir, diff=diff, previous=previous)}")
+    return EXIT_OK
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -245,7 +337,8 @@ def _interrupt_code(signal_name: str) -> int:
     return 128 + getattr(signal, signal_name, signal.SIGINT).value
 
 
-COMMANDS = {"fuzz": cmd_fuzz, "gate": cmd_gate, "replay": cmd_replay, "adapters": cmd_adapters}
+COMMANDS = {"fuzz": cmd_fuzz, "gate": cmd_gate, "replay": cmd_replay, "adapters": cmd_adapters,
+            "nightly": cmd_nightly, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

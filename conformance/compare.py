@@ -38,7 +38,7 @@ CHECK_FAMILIES: Final = {
     "loss_value": "values", "loss_nonfinite": "values",
     "grad_input_value": "gradients", "grad_input_nonfinite": "gradients", "grad_input_missing": "gradients",
     "grad_target_value": "gradients", "grad_target_nonfinite": "gradients", "grad_target_missing": "gradients",
-    "mutation": "mutation",
+    "mutation": "mutation", "error_parity": "errors",
 }
 
 
@@ -68,7 +68,7 @@ class Comparison:
 def _value_check(name: str, actual: np.ndarray | None, expected: np.ndarray, magnitude: np.ndarray | None,
                  dtype: str, comparison: Comparison, *, exact_kind: bool, n_classes: int,
                  reduced_positions: int = 0, native: np.ndarray | None = None,
-                 intermediate: np.ndarray | None = None) -> None:
+                 intermediate: np.ndarray | None = None, budget_scale: float = 1.0) -> None:
     actual = np.asarray(actual, dtype=np.float64)
     if actual.shape != expected.shape:
         try:
@@ -87,7 +87,7 @@ def _value_check(name: str, actual: np.ndarray | None, expected: np.ndarray, mag
     errors = np.where(mismatch, 0.0, errors)
     worst = float(errors.max()) if errors.size else 0.0
     comparison.max_ulp[name] = worst
-    budget = budget_for(dtype, name, n_classes, reduced_positions if actual.ndim == 0 else 0)
+    budget = budget_scale * budget_for(dtype, name, n_classes, reduced_positions if actual.ndim == 0 else 0)
     if native is not None:  # the relative oracle: no worse than torch's own result plus a margin
         native_errors = ulp_errors(np.asarray(native, dtype=np.float64), expected, magnitude, dtype, n_classes)
         native_worst = float(np.nan_to_num(native_errors, nan=0.0).max()) if native_errors.size else 0.0
@@ -104,7 +104,7 @@ def _value_check(name: str, actual: np.ndarray | None, expected: np.ndarray, mag
 
 
 def compare(case: Case, outcome: Outcome, reference: ReferenceResult | None, capabilities: Capabilities, *,
-            strict: bool = False, native: Outcome | None = None) -> Comparison:
+            strict: bool = False, native: Outcome | None = None, budget_scale: float = 1.0) -> Comparison:
     """Findings for one outcome. ``reference`` is None exactly when the case is invalid.
 
     ``native`` (opt-in relative oracle): torch's own outcome on the case, whose error widens
@@ -148,6 +148,7 @@ def compare(case: Case, outcome: Outcome, reference: ReferenceResult | None, cap
                                               f"expected {list(reference.output_shape)}"))
     _value_check("loss", outcome.loss, reference.loss, reference.loss_scale, dtype, comparison, exact_kind=True, n_classes=n_classes,
                  reduced_positions=case.input.size // max(n_classes, 1), intermediate=reference.loss_intermediate,
+                 budget_scale=budget_scale,
                  native=native.loss if native is not None and native.status == "ok" else None)
     if capabilities.gradients and reference.grad_input is not None:
         if outcome.grad_input is None:
@@ -160,12 +161,43 @@ def compare(case: Case, outcome: Outcome, reference: ReferenceResult | None, cap
                                                             f"expected {list(reference.grad_input.shape)}"))
             else:
                 _value_check("grad_input", outcome.grad_input, reference.grad_input, reference.grad_input_scale,
-                             dtype, comparison, exact_kind=False, n_classes=n_classes,
+                             dtype, comparison, exact_kind=False, n_classes=n_classes, budget_scale=budget_scale,
                              native=native.grad_input if native is not None and native.grad_input is not None else None)
     if capabilities.gradients and capabilities.target_gradients and reference.grad_target is not None:
         if outcome.grad_target is None:
             verdicts.append(Verdict("grad_target_missing", "no gradient w.r.t. the probability target"))
         elif tuple(outcome.grad_target.shape) == tuple(reference.grad_target.shape):
             _value_check("grad_target", outcome.grad_target, reference.grad_target, reference.grad_target_scale,
-                         dtype, comparison, exact_kind=False, n_classes=n_classes)
+                         dtype, comparison, exact_kind=False, n_classes=n_classes, budget_scale=budget_scale)
     return comparison
+
+
+PAIR_BUDGET_SCALE: Final = 2.0
+"""In pairwise mode both sides carry rounding error, so each may be a full budget off the truth."""
+
+
+def compare_pair(case: Case, expected: Outcome, actual: Outcome, reference: ReferenceResult | None,
+                 capabilities: Capabilities) -> Comparison:
+    """Parity of two adapters on one case: ``actual`` judged against ``expected`` (not against the
+    reference) with the same tolerance model — the reference supplies only the magnitudes — and
+    twice the budget. Used for torch CPU vs CUDA, eager vs compiled, torch vs jax."""
+    comparison = Comparison()
+    failed = {o.status for o in (expected, actual)} - {"ok"}
+    if failed:
+        if expected.status != actual.status:
+            comparison.verdicts.append(Verdict(
+                "error_parity", f"one side {expected.status}, the other {actual.status}: "
+                f"{(expected.error or actual.error).message if (expected.error or actual.error) else ''}"))
+        return comparison
+    if reference is None:  # an invalid call both sides accepted: parity holds, the oracle run reports it
+        return comparison
+    as_reference = ReferenceResult(
+        loss=np.asarray(expected.loss, dtype=np.float64), loss_scale=reference.loss_scale,
+        loss_intermediate=reference.loss_intermediate,
+        grad_input=expected.grad_input if expected.grad_input is not None else None,
+        grad_input_scale=reference.grad_input_scale,
+        grad_target=expected.grad_target if expected.grad_target is not None else None,
+        grad_target_scale=reference.grad_target_scale,
+        output_dtype=expected.loss_dtype or reference.output_dtype,
+        output_shape=tuple(expected.loss_shape or ()))
+    return compare(case, actual, as_reference, capabilities, budget_scale=PAIR_BUDGET_SCALE)

@@ -178,7 +178,12 @@ def support_matrix(results: pd.DataFrame) -> pd.DataFrame:
     exploded = results.assign(feature=results["features"].fillna("").str.split(",")).explode("feature")
     exploded = exploded[exploded["feature"] != ""]
     ran = exploded.assign(ran=exploded["status"] != "skipped").groupby(["adapter", "feature"])["ran"].mean()
-    return ran.unstack("feature").map(lambda v: "yes" if v == 1 else ("no" if v == 0 else f"{v:.0%}"))
+    def label(value: Any) -> str:
+        if pd.isna(value):
+            return ""  # the adapter never met a case with this feature
+        return "yes" if value == 1 else ("no" if value == 0 else f"{value:.0%}")
+
+    return ran.unstack("feature").astype(object).map(label)
 
 
 def summary_markdown(results: pd.DataFrame, findings: pd.DataFrame, *, title: str = "ce-conformance run",

@@ -32,7 +32,7 @@ from adapters.base import Adapter, Outcome
 from . import reference
 from ._version import __version__
 from .case import Case
-from .compare import CHECK_FAMILIES, Comparison, compare
+from .compare import CHECK_FAMILIES, Comparison, compare, compare_pair
 from .errors import ConfigurationError, InvalidInputError
 from .findings import Recorder, case_columns, finalize, finding_signature
 from .profiles import settings_for, size_limits_for
@@ -97,6 +97,7 @@ class FuzzConfig:
     impl_kind: str | None = None
     require: frozenset[str] = frozenset()
     plain: bool = False
+    partition: tuple[int, int] | None = None  # (r, n): evaluate only drawn cases whose id % n == r
     dtypes: tuple[str, ...] | None = None
 
 
@@ -146,8 +147,12 @@ def _interrupt_guard() -> Iterator[list[bool]]:
 
 
 class FuzzRun:
-    def __init__(self, config: FuzzConfig):
+    def __init__(self, config: FuzzConfig, *, append: bool = False, pairs: list[tuple[str, str]] | None = None):
+        """``append``: add to the run directory's streams (nightly slices) instead of replacing them.
+        ``pairs``: adapter name pairs (a, b) also compared with each other (pairwise mode)."""
         self.config = config
+        self.append = append
+        self.pairs = [tuple(p) for p in (pairs or [])]
         unavailable = {a.name: a.availability() for a in config.adapters if a.availability()}
         self.unavailable = unavailable
         self.adapters = [a for a in config.adapters if a.name not in unavailable]
@@ -207,6 +212,7 @@ class FuzzRun:
         columns = case_columns(case)
         stages["reference"] += clock() - start
         compared = []
+        outcomes: dict[str, tuple[Adapter, Outcome]] = {}
         for adapter in adapters or self.adapters:
             missing = adapter.capabilities.missing(case)
             if missing:
@@ -216,6 +222,7 @@ class FuzzRun:
                 continue
             start = clock()
             outcome = self.executor.run(adapter, case)
+            outcomes[adapter.name] = (adapter, outcome)
             stages[f"adapter:{adapter.name}"] += clock() - start
             start = clock()
             comparison = compare(case, outcome, ref, adapter.capabilities, strict=self.config.strict,
@@ -224,42 +231,48 @@ class FuzzRun:
             compared.append((adapter, comparison))
             if record:
                 start = clock()
-                self._record(case, columns, adapter, outcome, comparison, phase, case_path)
+                self._record(case, columns, adapter.name, outcome, comparison, phase, case_path)
                 stages["record"] += clock() - start
+        if record:
+            for a, b in self.pairs:
+                if a in outcomes and b in outcomes:
+                    first, second = outcomes[a][1], outcomes[b][1]
+                    comparison = compare_pair(case, first, second, ref, outcomes[b][0].capabilities)
+                    self._record(case, columns, f"{a}~{b}", second, comparison, phase, case_path)
         return compared
 
-    def _record(self, case: Case, columns: dict[str, Any], adapter: Adapter, outcome: Outcome,
+    def _record(self, case: Case, columns: dict[str, Any], adapter_name: str, outcome: Outcome,
                 comparison: Comparison, phase: str, case_path: str) -> None:
         status = "passed" if comparison.passed else "failed"
-        self.recorder.result({**_result_base(columns, adapter.name, phase), "status": status, "skip_reason": "",
+        self.recorder.result({**_result_base(columns, adapter_name, phase), "status": status, "skip_reason": "",
                               "loss_ulp": comparison.max_ulp.get("loss"),
                               "grad_input_ulp": comparison.max_ulp.get("grad_input"),
                               "grad_target_ulp": comparison.max_ulp.get("grad_target"),
                               "seconds": outcome.seconds})
         for verdict in comparison.verdicts:
-            key = (adapter.name, verdict.check)
+            key = (adapter_name, verdict.check)
             path = case_path
             if key not in self.first_failures:
                 self.first_failures[key] = case
                 if not path:
-                    path = str(self._save_case(case, adapter, verdict.check, verdict.message, "first"))
+                    path = str(self._save_case(case, adapter_name, verdict.check, verdict.message))
                 self.first_paths[key] = path
                 self.signatures[key] = {"count": 0, "first_case": path, "shrunk_case": "", "message": verdict.message}
             self.signatures[key]["count"] += 1
             if self.first_finding_seconds is None:
                 self.first_finding_seconds = time.perf_counter() - self._started
             self.recorder.finding({
-                **columns, "adapter": adapter.name, "check": verdict.check,
+                **columns, "adapter": adapter_name, "check": verdict.check,
                 "family": CHECK_FAMILIES.get(verdict.check, "other"), "max_abs_error": verdict.max_abs_error,
                 "max_ulp_error": verdict.max_ulp_error, "budget": verdict.budget, "message": verdict.message,
                 "case_path": path, "phase": phase,
-                "signature": finding_signature(adapter.name, verdict.check, columns["dtype"], columns["features"]),
+                "signature": finding_signature(adapter_name, verdict.check, columns["dtype"], columns["features"]),
             })
 
-    def _save_case(self, case: Case, adapter: Adapter, check: str, message: str, tag: str) -> Path:
-        name = f"{_slug(adapter.name)}__{check}__{case.id}"
+    def _save_case(self, case: Case, adapter_name: str, check: str, message: str) -> Path:
+        name = f"{_slug(adapter_name)}__{check}__{case.id}"
         path = case.save(self.cases_dir / f"{name}.json")
-        write_repro(path.with_suffix(".py"), case, adapter_name=adapter.name, check=check, message=message,
+        write_repro(path.with_suffix(".py"), case, adapter_name=adapter_name, check=check, message=message,
                     case_path=path, impl_spec=self.config.impl_spec, impl_kind=self.config.impl_kind)
         return path
 
@@ -323,7 +336,7 @@ class FuzzRun:
     def run(self) -> RunSummary:
         start = self._started = time.perf_counter()
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.recorder = Recorder(self.out_dir)
+        self.recorder = Recorder(self.out_dir, append=self.append)
         self._write_config()
         interrupted: str | None = None
         probe_state: dict[str, Any] = {}
@@ -340,10 +353,12 @@ class FuzzRun:
                     for key in list(self.first_failures):
                         if time.monotonic() > deadline:
                             break
+                        if not any(a.name == key[0] for a in self.adapters):
+                            continue  # pairwise findings are not shrunk (two adapters in play)
                         minimal = self._shrink_one(key, probe_state, deadline)
                         if minimal is not None:
                             adapter = next(a for a in self.adapters if a.name == key[0])
-                            path = self._save_case(minimal, adapter, key[1], self.signatures[key]["message"], "shrunk")
+                            path = self._save_case(minimal, adapter.name, key[1], self.signatures[key]["message"])
                             self.signatures[key]["shrunk_case"] = str(path)
                             probe_state["mode"] = "record"
                             self.evaluate(minimal, "shrunk", adapters=[adapter], case_path=str(path))
@@ -413,6 +428,9 @@ def _result_base(columns: dict[str, Any], adapter: str, phase: str) -> dict[str,
 def _make_probe(run: FuzzRun, state: dict[str, Any]) -> Callable[[Case], None]:
     def ce_conformance_probe(case: Case) -> None:
         if state.get("mode") == "explore":
+            partition = run.config.partition
+            if partition and int(case.id, 16) % partition[1] != partition[0]:
+                return  # another shard's case: shards are disjoint by case id
             run.examples += 1
             run.evaluate(case, "explore")
             run._progress()
