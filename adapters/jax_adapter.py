@@ -146,7 +146,6 @@ class _BucketedJaxAdapter(Adapter):
         return _JITTED[cls]
 
     def run(self, case: Case) -> Outcome:
-        import jax.numpy as jnp
 
         dtype = case.dtype
         x = case.input

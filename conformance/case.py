@@ -30,7 +30,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from .dtypes import FLOAT_DTYPES, INTEGER_DTYPES, dtype_name, is_float, numpy_dtype, round_to
+from .dtypes import FLOAT_DTYPES, INTEGER_DTYPES, is_float, numpy_dtype, round_to
 from .errors import CaseFormatError, InvalidInputError, Rule
 
 SCHEMA: Final = "ce-conformance/case"
@@ -518,11 +518,6 @@ def _check_consistency(case: Case, fail: Callable[..., CaseFormatError]) -> None
     if grad_output is not None and grad_output.shape != output_shape:
         raise fail(f"shape {list(grad_output.shape)} does not match the output shape {list(output_shape)}",
                    "tensors.grad_output.shape")
-
-
-def dtype_of(array: np.ndarray) -> str:
-    """Dtype name of a NumPy array (re-exported for adapters)."""
-    return dtype_name(array.dtype)
 
 
 # -- the cross-entropy family ----------------------------------------------------------------

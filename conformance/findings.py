@@ -27,7 +27,6 @@ from typing import Any, Final, Iterable
 import pandas as pd
 
 from .case import Case
-from .compare import CHECK_FAMILIES
 
 FINDING_COLUMNS: Final = {
     "case_id": "string", "adapter": "string", "check": "string", "family": "string", "dtype": "string",

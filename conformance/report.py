@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import ConfigurationError
-from .findings import RESULT_COLUMNS, feature_pass_rates, finalize, load_run, pass_rates, support_matrix
+from .findings import feature_pass_rates, finalize, load_run, pass_rates, support_matrix
 
 HISTORY_FILE = "history.parquet"
 DIFF_STATUSES = ("new", "fixed", "still failing")
@@ -225,8 +225,10 @@ def _image(data: str | None, alt: str) -> str:
 
 def write_html(run_dir: Path, *, diff: pd.DataFrame | None = None, previous: Path | None = None,
                history: pd.DataFrame | None = None, top: int = 15) -> Path:
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise ConfigurationError("HTML reports need matplotlib: pip install 'ce-conformance[report]'") from None
     matplotlib.use("Agg")
     results, findings = _load(run_dir)
     config = _config(run_dir)
@@ -282,5 +284,4 @@ def write_html(run_dir: Path, *, diff: pd.DataFrame | None = None, previous: Pat
     return path
 
 
-__all__ = ["diff_findings", "compare_runs", "merge_runs", "append_history", "write_html", "previous_run",
-           "RESULT_COLUMNS"]
+__all__ = ["diff_findings", "compare_runs", "merge_runs", "append_history", "write_html", "previous_run"]

@@ -5,7 +5,6 @@ from pathlib import Path
 import base64
 
 import pandas as pd
-import pytest
 
 from conformance.cli import main
 from conformance.findings import load_run

@@ -9,7 +9,7 @@ from hypothesis import find, given, settings
 from conformance import reference
 from conformance.case import FEATURES
 from conformance.dtypes import is_representable
-from conformance.errors import InvalidInputError, Rule
+from conformance.errors import InvalidInputError
 from conformance.strategies import (INVALID_RULES, SizeLimits, cross_entropy_cases, invalid_cases, logits,
                                     probability_targets)
 
