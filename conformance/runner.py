@@ -182,6 +182,7 @@ class FuzzRun:
                 raise ConfigurationError(f"--oracle torch needs torch: {self._torch_reference.availability()}")
         self._progress: Callable[[], None] = lambda: None
         self.stage_seconds: collections.Counter[str] = collections.Counter()
+        self._curated: list[tuple[Case, str]] | None = None
         self.examples = 0
         self.first_finding_seconds: float | None = None
         self._started = time.perf_counter()
@@ -256,7 +257,8 @@ class FuzzRun:
                 if not path:
                     path = str(self._save_case(case, adapter_name, verdict.check, verdict.message))
                 self.first_paths[key] = path
-                self.signatures[key] = {"count": 0, "first_case": path, "shrunk_case": "", "message": verdict.message}
+                self.signatures[key] = {"count": 0, "first_case": path, "shrunk_case": "", "message": verdict.message,
+                                        "first_phase": phase}
             self.signatures[key]["count"] += 1
             if self.first_finding_seconds is None:
                 self.first_finding_seconds = time.perf_counter() - self._started
@@ -277,6 +279,11 @@ class FuzzRun:
 
     # -- phases -----------------------------------------------------------------------------
     def _curated_cases(self) -> list[tuple[Case, str]]:
+        if self._curated is None:
+            self._curated = self._load_curated()
+        return self._curated
+
+    def _load_curated(self) -> list[tuple[Case, str]]:
         found = [(c, "") for c in self.config.extra_cases]
         for directory in self.config.curated_dirs:
             directory = Path(directory)
@@ -353,6 +360,8 @@ class FuzzRun:
                             break
                         if not any(a.name == key[0] for a in self.adapters):
                             continue  # pairwise findings are not shrunk (two adapters in play)
+                        if self.signatures[key]["first_phase"] != "explore":
+                            continue  # first seen on a curated case: already small, saved, and not drawable
                         minimal = self._shrink_one(key, probe_state, deadline)
                         if minimal is not None:
                             adapter = next(a for a in self.adapters if a.name == key[0])

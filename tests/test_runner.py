@@ -50,8 +50,6 @@ def test_repro_script_runs_standalone(tmp_path, torch):
     import subprocess
     import sys
 
-    summary = _run(tmp_path, names=("torch",), impl=None, curated_dirs=[], max_examples=5)
-    assert summary.conformant
     case = Case.cross_entropy([[1.0, 2.0, 0.5]], [1], dtype="bfloat16", weight=[1, 2, 3], memory_layout="strided")
     from conformance.repro import write_repro
 
