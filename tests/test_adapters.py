@@ -156,3 +156,36 @@ def test_adapter_bugs_become_outcomes_not_crashes():
 
     outcome = Broken().timed_run(Case.cross_entropy([[1.0, 2.0]], [1]))
     assert outcome.status == "error" and outcome.error.stage == "setup"
+
+
+def test_entry_point_adapters_are_loaded(monkeypatch):
+    class FakeEntryPoint:
+        name, value = "vendor-ce", "vendor.module:factory"
+
+        def load(self):
+            return lambda: adapters.load_adapter("numpy")
+
+    monkeypatch.setattr(adapters, "_entry_points", lambda: {"vendor-ce": FakeEntryPoint()})
+    assert "vendor-ce" in adapters.available_names()
+    assert adapters.load_adapter("vendor-ce").name == "numpy"
+
+
+def test_broken_entry_point_is_a_configuration_error(monkeypatch):
+    class Broken:
+        name, value = "broken", "vendor:nope"
+
+        def load(self):
+            raise ImportError("vendor missing")
+
+    monkeypatch.setattr(adapters, "_entry_points", lambda: {"broken": Broken()})
+    with pytest.raises(ConfigurationError, match="vendor missing"):
+        adapters.load_adapter("broken")
+
+
+def test_torch_compile_adapter_matches_eager(torch, monkeypatch):
+    monkeypatch.setenv("CE_TORCH_COMPILE_BACKEND", "aot_eager")  # graph capture without a C++ build
+    compiled = adapters.load_adapter("torch-compile")
+    case = Case.cross_entropy([[1.0, 2.0, 0.5], [0.0, 1.0, 3.0]], [1, 2], weight=[1.0, 2.0, 0.5],
+                              label_smoothing=0.1, reduction="none", grad_output=[1.0, -2.0])
+    _assert_conforms(compiled, case)
+    assert compiled.compilations >= 1 and compiled.compile_seconds > 0

@@ -79,3 +79,10 @@ def test_adapters_lists_capabilities(capsys):
     assert main(["adapters"]) == 0
     out = capsys.readouterr().out
     assert "optax" in out and "weights" in out and "torch-cuda" in out
+
+
+def test_torch_oracle_mode(tmp_path, torch):
+    common = ["gate", "--oracle", "torch", "--no-progress", "--max-examples", "40", "--no-shrink"]
+    assert main([*common, "--impl", "torch.nn.functional:cross_entropy", "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--impl", f"{HERE / 'planted_bugs.py'}:offset_cancellation",
+                 "--out", str(tmp_path / "b")]) == 1
