@@ -112,7 +112,7 @@ class TorchAdapter(Adapter):
         if not isinstance(loss, torch.Tensor):
             return Outcome(status="ok", loss=float64_copy(np.asarray(loss, dtype=np.float64)),
                            loss_dtype=type(loss).__name__, loss_shape=tuple(np.shape(loss)), mutated=mutated())
-        outcome = Outcome(loss=float64_copy(_numpy(loss.detach())), loss_dtype=str(loss.dtype).removeprefix("torch."),
+        outcome = Outcome(loss=_numpy(loss.detach()), loss_dtype=str(loss.dtype).removeprefix("torch."),
                           loss_shape=tuple(loss.shape))
         if wants_grad and case.is_valid and loss.requires_grad:
             inputs = [x] + ([target] if grad_target_wanted else [])
@@ -130,11 +130,11 @@ class TorchAdapter(Adapter):
                 outcome.mutated = mutated()
                 return outcome
             if grads[0] is not None:
-                outcome.grad_input = float64_copy(_numpy(grads[0]))
+                outcome.grad_input = _numpy(grads[0])
                 outcome.grad_input_dtype = str(grads[0].dtype).removeprefix("torch.")
                 outcome.grad_input_shape = tuple(grads[0].shape)
             if grad_target_wanted and grads[1] is not None:
-                outcome.grad_target = float64_copy(_numpy(grads[1]))
+                outcome.grad_target = _numpy(grads[1])
                 outcome.grad_target_dtype = str(grads[1].dtype).removeprefix("torch.")
         outcome.mutated = mutated()
         return outcome
@@ -153,7 +153,9 @@ def _bitwise_equal(a: Any, b: Any) -> bool:
 
 
 def _numpy(tensor: Any) -> np.ndarray:
-    """float64/int64 NumPy copy of a torch tensor of any dtype (bfloat16 has no NumPy dtype)."""
+    """float64/int64 NumPy array of a torch tensor of any dtype (bfloat16 has no NumPy dtype); a
+    copy unless the tensor already is float64 on the CPU, which only ever happens for outputs
+    this adapter owns."""
     import torch
 
     if tensor is None:

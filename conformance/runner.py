@@ -258,8 +258,10 @@ class FuzzRun:
                     path = str(self._save_case(case, adapter_name, verdict.check, verdict.message))
                 self.first_paths[key] = path
                 self.signatures[key] = {"count": 0, "first_case": path, "shrunk_case": "", "message": verdict.message,
-                                        "first_phase": phase}
+                                        "explored": False}
             self.signatures[key]["count"] += 1
+            if phase == "explore":
+                self.signatures[key]["explored"] = True
             if self.first_finding_seconds is None:
                 self.first_finding_seconds = time.perf_counter() - self._started
             self.recorder.finding({
@@ -360,8 +362,8 @@ class FuzzRun:
                             break
                         if not any(a.name == key[0] for a in self.adapters):
                             continue  # pairwise findings are not shrunk (two adapters in play)
-                        if self.signatures[key]["first_phase"] != "explore":
-                            continue  # first seen on a curated case: already small, saved, and not drawable
+                        if not self.signatures[key]["explored"]:
+                            continue  # only a curated case shows it: exploration would not find it again
                         minimal = self._shrink_one(key, probe_state, deadline)
                         if minimal is not None:
                             adapter = next(a for a in self.adapters if a.name == key[0])
