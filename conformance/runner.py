@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from hypothesis import Phase, given, seed as hypothesis_seed, settings as hypothesis_settings
-from hypothesis.errors import Flaky, HypothesisException
 
 from adapters.base import Adapter, Outcome
 
@@ -167,9 +166,7 @@ class FuzzRun:
 
             self.executor = WorkerExecutor(timeout=config.timeout, memory_mb=config.memory_mb, isolate=config.isolate)
         self.recorder: Recorder | None = None
-        self.first_failures: dict[tuple[str, str], Case] = {}
-        self.first_paths: dict[tuple[str, str], str] = {}
-        self.signatures: dict[tuple[str, str], dict[str, Any]] = {}
+        self.signatures: dict[tuple[str, str], dict[str, Any]] = {}  # (adapter, check) -> first case, counts
         self._native_cache: dict[str, Outcome] = {}
         self._torch_reference: Adapter | None = None
         if config.oracle not in ("reference", "torch"):
@@ -252,11 +249,9 @@ class FuzzRun:
         for verdict in comparison.verdicts:
             key = (adapter_name, verdict.check)
             path = case_path
-            if key not in self.first_failures:
-                self.first_failures[key] = case
+            if key not in self.signatures:
                 if not path:
                     path = str(self._save_case(case, adapter_name, verdict.check, verdict.message))
-                self.first_paths[key] = path
                 self.signatures[key] = {"count": 0, "first_case": path, "shrunk_case": "", "message": verdict.message,
                                         "explored": False}
             self.signatures[key]["count"] += 1
@@ -327,16 +322,15 @@ class FuzzRun:
         test = self._hypothesis_test(_make_probe(self, probe_state), [Phase.explicit, Phase.reuse, Phase.generate])
         test()
 
-    def _shrink_one(self, key: tuple[str, str], probe_state: dict[str, Any], deadline: float) -> Case | None:
-        adapter = next(a for a in self.adapters if a.name == key[0])
-        probe_state.update(mode="shrink", adapter=adapter, check=key[1], last=None, deadline=deadline)
+    def _shrink_one(self, adapter: Adapter, check: str, probe_state: dict[str, Any], deadline: float) -> Case | None:
+        probe_state.update(mode="shrink", adapter=adapter, check=check, last=None, deadline=deadline)
         test = self._hypothesis_test(_make_probe(self, probe_state), [Phase.reuse, Phase.generate, Phase.shrink],
                                      report_multiple_bugs=False)
         try:
             test()
         except _Reproduced:
             pass
-        except (Flaky, HypothesisException, Exception):  # a flaky adapter or a spent budget: keep what we saw
+        except Exception:  # Flaky, a spent budget, an adapter gone wrong: keep the smallest case seen
             pass
         return probe_state.get("last")
 
@@ -357,19 +351,18 @@ class FuzzRun:
                     self._explore(probe_state)
                 if self.config.shrink and self.config.explore:
                     deadline = time.monotonic() + self.config.shrink_seconds
-                    for key in list(self.first_failures):
+                    by_name = {a.name: a for a in self.adapters}
+                    for (name, check), info in list(self.signatures.items()):
                         if time.monotonic() > deadline:
                             break
-                        if not any(a.name == key[0] for a in self.adapters):
-                            continue  # pairwise findings are not shrunk (two adapters in play)
-                        if not self.signatures[key]["explored"]:
-                            continue  # only a curated case shows it: exploration would not find it again
-                        minimal = self._shrink_one(key, probe_state, deadline)
+                        adapter = by_name.get(name)
+                        if adapter is None or not info["explored"]:
+                            # pairwise findings (two adapters in play), or only a curated case shows it
+                            continue
+                        minimal = self._shrink_one(adapter, check, probe_state, deadline)
                         if minimal is not None:
-                            adapter = next(a for a in self.adapters if a.name == key[0])
-                            path = self._save_case(minimal, adapter.name, key[1], self.signatures[key]["message"])
-                            self.signatures[key]["shrunk_case"] = str(path)
-                            probe_state["mode"] = "record"
+                            path = self._save_case(minimal, name, check, info["message"])
+                            info["shrunk_case"] = str(path)
                             self.evaluate(minimal, "shrunk", adapters=[adapter], case_path=str(path))
         except Interrupted as exc:
             interrupted = exc.signal_name
