@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from adapters import DEFAULT_ADAPTERS
+
 from ._version import __version__
 from .errors import ConfigurationError
 
@@ -118,17 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _adapters(args: argparse.Namespace, *, default: bool) -> list[Any]:
-    from adapters import DEFAULT_ADAPTERS, load_adapters, user_adapter
+def _adapters(args: argparse.Namespace, defaults: tuple[str, ...] = ()) -> list[Any]:
+    """--adapters (else ``defaults``), plus the --impl adapter."""
+    from adapters import load_adapters, user_adapter
 
-    chosen = []
     if getattr(args, "strict", False) and args.features is None:
         args.features = "all"  # strict: the full checks, every feature included
     names = getattr(args, "adapters", None)
-    if names:
-        chosen = load_adapters(names)
-    elif default and not args.impl:
-        chosen = load_adapters(list(DEFAULT_ADAPTERS))
+    chosen = load_adapters(names) if names else load_adapters(list(defaults))
     if args.impl:
         chosen.append(user_adapter(args.impl, args.kind, features=args.features))
     if not chosen:
@@ -165,7 +164,7 @@ def _fuzz_config(args: argparse.Namespace, adapters: list[Any], title: str):
 def cmd_fuzz(args: argparse.Namespace) -> int:
     from .runner import FuzzRun
 
-    adapters = _adapters(args, default=True)
+    adapters = _adapters(args, () if args.impl else DEFAULT_ADAPTERS)
     run = FuzzRun(_fuzz_config(args, adapters, "ce-conformance fuzz"))
     summary = run.run()
     print(summary.summary_markdown)
@@ -186,7 +185,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     if not args.impl:
         raise ConfigurationError("gate needs --impl SPEC (the implementation to gate)")
     baseline = Baseline.load(args.baseline) if args.baseline else None  # refuse a bad file before running
-    adapters = _adapters(args, default=False)
+    adapters = _adapters(args)
     result = run_gate(_fuzz_config(args, adapters, f"ce-conformance gate: {args.impl}"), baseline)
     summary = result.summary
     if args.update_baseline:
@@ -219,18 +218,11 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:
-    from adapters import NIGHTLY_ADAPTERS, load_adapters
+    from adapters import NIGHTLY_ADAPTERS
     from .nightly import parse_shard, run_nightly
 
     shard = parse_shard(args.shard)
-    if args.adapters:
-        chosen = load_adapters(args.adapters)
-    else:
-        chosen = load_adapters(list(NIGHTLY_ADAPTERS))
-    if args.impl:
-        from adapters import user_adapter
-
-        chosen.append(user_adapter(args.impl, args.kind, features=args.features))
+    chosen = _adapters(args, NIGHTLY_ADAPTERS)  # the built-ins stay beside --impl: the diff compares nights
     names = {a.name for a in chosen}
     pairs = []
     for text in args.pair:
@@ -292,7 +284,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         else:
             raise ConfigurationError(f"no such case file {str(target)!r}")
     cases = [(path, Case.load(path)) for path in files]  # refuse bad files before running anything
-    adapters = _adapters(args, default=True)
+    adapters = _adapters(args, () if args.impl else DEFAULT_ADAPTERS)
     rows = []
     for path, case in cases:
         ref = evaluate(case) if case.is_valid else None
