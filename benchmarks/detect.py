@@ -28,8 +28,8 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     import planted_bugs
 
-    from adapters import user_adapter
-    from conformance.runner import FuzzConfig, FuzzRun
+    from ce_conformance.adapters import user_adapter
+    from ce_conformance.runner import FuzzConfig, FuzzRun
 
     names = [b for b in args.bugs.split(",") if b] or sorted(planted_bugs.BUGS)
     detect, totals, missed = [], [], []

@@ -22,8 +22,8 @@ RUNNER = r"""
 import json, resource, sys, time, warnings
 warnings.filterwarnings("ignore")
 import numpy as np
-from conformance import Case
-import adapters
+from ce_conformance import Case
+import ce_conformance.adapters as adapters
 name, rows, classes, dtype = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 rng = np.random.default_rng(0)
 case = Case.cross_entropy(rng.standard_normal((rows, classes)), rng.integers(0, classes, rows), dtype=dtype)
@@ -39,8 +39,8 @@ print(json.dumps({"status": outcome.status, "seconds": seconds, "peak_rss_mb": p
 
 
 def reference_figures(rows: int, classes: int, dtype: str) -> dict:
-    from conformance.dtypes import numpy_dtype, round_to
-    from conformance.reference import cross_entropy, cross_entropy_grad
+    from ce_conformance.dtypes import numpy_dtype, round_to
+    from ce_conformance.reference import cross_entropy, cross_entropy_grad
 
     rng = np.random.default_rng(0)
     logits = round_to(rng.standard_normal((rows, classes)), dtype).astype(numpy_dtype(dtype))

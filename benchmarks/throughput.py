@@ -17,10 +17,10 @@ import warnings
 
 from hypothesis import HealthCheck, given, seed, settings
 
-import adapters
-from conformance.profiles import size_limits_for
-from conformance.runner import FuzzConfig, FuzzRun
-from conformance.strategies import cross_entropy_cases
+import ce_conformance.adapters as adapters
+from ce_conformance.profiles import size_limits_for
+from ce_conformance.runner import FuzzConfig, FuzzRun
+from ce_conformance.strategies import cross_entropy_cases
 
 
 def bare_rate(examples: int, seed_value: int) -> float:
@@ -71,7 +71,7 @@ def main() -> None:
     for stage, seconds in sorted(stages.items(), key=lambda kv: -kv[1]):
         print(f"  {stage:24} {seconds:7.2f}  {seconds / summary.seconds:6.1%}")
     if "jax" in names:
-        from adapters.jax_adapter import _TRACES, CLASS_BUCKETS, ROW_BUCKETS, JaxAdapter
+        from ce_conformance.adapters.jax_adapter import _TRACES, CLASS_BUCKETS, ROW_BUCKETS, JaxAdapter
 
         bound = 2 * 4 * len(ROW_BUCKETS) * len(CLASS_BUCKETS)
         print(f"JAX compilations   : {warm.jax_compilations.get('jax', 0)} in the warm-up "

@@ -1,6 +1,6 @@
 """Measure torch's own CPU error against the reference, in the tolerance model's ULPs.
 
-The per-dtype budgets in conformance/tolerance.py are set from this distribution: a budget
+The per-dtype budgets in ce_conformance/tolerance.py are set from this distribution: a budget
 must sit above torch's worst case (torch itself must pass) and below the errors of known
 precision bugs. Run: ``python benchmarks/tolerance_survey.py [--examples N] [--seed S]``.
 """
@@ -14,10 +14,10 @@ import warnings
 import numpy as np
 from hypothesis import HealthCheck, given, seed, settings
 
-from adapters.torch_adapter import TorchAdapter
-from conformance import reference
-from conformance.strategies import SizeLimits, cross_entropy_cases
-from conformance.tolerance import budget_for, nonfinite_mismatch, ulp_errors
+from ce_conformance.adapters.torch_adapter import TorchAdapter
+from ce_conformance import reference
+from ce_conformance.strategies import SizeLimits, cross_entropy_cases
+from ce_conformance.tolerance import budget_for, nonfinite_mismatch, ulp_errors
 
 
 def main() -> None:

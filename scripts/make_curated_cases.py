@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conformance import Case, Rule
+from ce_conformance import Case, Rule
 
 OUT = Path(__file__).resolve().parent.parent / "cases" / "curated"
 

@@ -6,7 +6,7 @@ import warnings
 import pytest
 from hypothesis import settings
 
-import conformance.profiles  # noqa: F401 - registers the ce-* profiles
+import ce_conformance.profiles  # noqa: F401 - registers the ce-* profiles
 
 PROFILE = os.environ.get("CE_PROFILE", "ci")
 settings.load_profile(f"ce-{PROFILE}")

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-import adapters
-from adapters.base import Capabilities
-from conformance import Case, ConfigurationError, reference
-from conformance.compare import compare
-from conformance.strategies import SizeLimits, cross_entropy_cases
+import ce_conformance.adapters as adapters
+from ce_conformance.adapters.base import Capabilities
+from ce_conformance import Case, ConfigurationError, reference
+from ce_conformance.compare import compare
+from ce_conformance.strategies import SizeLimits, cross_entropy_cases
 
 SMALL = SizeLimits(max_elements=1 << 12, vocab_percent=0)
 
@@ -57,7 +57,7 @@ OPTAX = adapters.load_adapter("optax")
 
 def test_jax_compiles_once_per_shape_bucket():
     pytest.importorskip("jax")
-    from adapters.jax_adapter import _TRACES, CLASS_BUCKETS, ROW_BUCKETS, JaxAdapter, _bucket
+    from ce_conformance.adapters.jax_adapter import _TRACES, CLASS_BUCKETS, ROW_BUCKETS, JaxAdapter, _bucket
 
     rng = np.random.default_rng(0)
     cases, keys = [], set()

@@ -6,9 +6,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conformance import CaseFormatError
-from conformance.baseline import Baseline, Divergence, baseline_from_findings, shipped_baselines
-from conformance.cli import main
+from ce_conformance import CaseFormatError
+from ce_conformance.baseline import Baseline, Divergence, baseline_from_findings, shipped_baselines
+from ce_conformance.cli import main
 
 HERE = Path(__file__).parent
 FINDINGS = pd.DataFrame([

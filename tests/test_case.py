@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from hypothesis import given
 
-from conformance import Case, CaseFormatError
-from conformance.case import SCHEMA_VERSION
-from conformance.errors import Rule
-from conformance.strategies import cross_entropy_cases
+from ce_conformance import Case, CaseFormatError
+from ce_conformance.case import SCHEMA_VERSION
+from ce_conformance.errors import Rule
+from ce_conformance.strategies import cross_entropy_cases
 
 BASE = Case.cross_entropy([[0.1, -2.0, 3.5], [1e-3, 7.0, -np.inf]], [2, -100], dtype="bfloat16",
                           weight=[1.0, 0.5, 2.0], label_smoothing=0.2, reduction="none", grad_output=[1.0, -0.5])

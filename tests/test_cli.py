@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conformance.cli import main
+from ce_conformance.cli import main
 
 HERE = Path(__file__).parent
 FAST = ["--max-examples", "40", "--no-shrink", "--no-progress"]

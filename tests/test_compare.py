@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from adapters.base import Capabilities, Outcome, RaisedError
-from conformance import Case, reference
-from conformance.compare import CHECK_FAMILIES, compare
-from conformance.errors import Rule
+from ce_conformance.adapters.base import Capabilities, Outcome, RaisedError
+from ce_conformance import Case, reference
+from ce_conformance.compare import CHECK_FAMILIES, compare
+from ce_conformance.errors import Rule
 
 CASE = Case.cross_entropy([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]], [1, 2], dtype="float32", weight=[1.0, 2.0, 0.5])
 PROB = Case.cross_entropy([[1.0, 2.0, 0.5]], [[0.2, 0.3, 0.5]], dtype="float32")

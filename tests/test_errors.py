@@ -2,7 +2,7 @@
 
 import pytest
 
-from conformance.errors import Rule, classify_error
+from ce_conformance.errors import Rule, classify_error
 
 TORCH_MESSAGES = [
     ("IndexError", "Target 7 is out of bounds.", Rule.TARGET_OUT_OF_BOUNDS),

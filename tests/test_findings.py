@@ -4,8 +4,8 @@ import json
 
 import pandas as pd
 
-from conformance import Case
-from conformance.findings import (FINDING_COLUMNS, Recorder, case_columns, feature_pass_rates, finalize,
+from ce_conformance import Case
+from ce_conformance.findings import (FINDING_COLUMNS, Recorder, case_columns, feature_pass_rates, finalize,
                                   finding_signature, load_run, pass_rates, support_matrix)
 
 CASE = Case.cross_entropy([[1.0, 2.0]], [1], dtype="bfloat16", weight=[1.0, 2.0])

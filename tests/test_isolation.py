@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conformance.cli import main
-from conformance.findings import load_run
+from ce_conformance.cli import main
+from ce_conformance.findings import load_run
 
 HERE = Path(__file__).parent
 MISBEHAVING = HERE / "misbehaving.py"
@@ -62,7 +62,7 @@ def test_in_process_is_an_explicit_opt_in(tmp_path, torch):
 @pytest.mark.parametrize("signum,expected", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupt_keeps_the_findings(tmp_path, signum, expected, torch):
     out = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "-m", "conformance", "fuzz", "--impl",
+    process = subprocess.Popen([sys.executable, "-m", "ce_conformance", "fuzz", "--impl",
                                 f"{MISBEHAVING}:slow_and_wrong", "--out", str(out), "--no-progress",
                                 "--max-examples", "5000", "--in-process"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -108,7 +108,7 @@ def test_hostile_case_files_exit_2(tmp_path, capsys, content, message):
 
 
 def test_huge_case_files_are_refused(tmp_path, capsys, monkeypatch):
-    import conformance.case as case_module
+    import ce_conformance.case as case_module
 
     monkeypatch.setattr(case_module, "MAX_CASE_FILE_BYTES", 1000)
     path = tmp_path / "big.json"

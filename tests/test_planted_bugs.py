@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-import adapters
-from conformance.runner import FuzzConfig, FuzzRun
+import ce_conformance.adapters as adapters
+from ce_conformance.runner import FuzzConfig, FuzzRun
 
 from .planted_bugs import BUGS, CORRECT
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from conformance import Case, reference
-from conformance.errors import InvalidInputError, Rule
-from conformance.reference import cross_entropy, cross_entropy_grad
-from conformance.strategies import cross_entropy_cases
+from ce_conformance import Case, reference
+from ce_conformance.errors import InvalidInputError, Rule
+from ce_conformance.reference import cross_entropy, cross_entropy_grad
+from ce_conformance.strategies import cross_entropy_cases
 
 RTOL = 1e-10
 
@@ -39,7 +39,7 @@ def assert_close_to_scale(actual, expected, scale, what):
 
 @given(cross_entropy_cases(dtypes=["float64"], invalid_percent=25))
 def test_matches_torch_float64(torch, case):
-    from adapters.torch_adapter import TorchAdapter
+    from ce_conformance.adapters.torch_adapter import TorchAdapter
 
     if _torch_bug(case):
         return
@@ -254,6 +254,9 @@ def test_elementwise_mean_alias_is_accepted():
 
 
 # -- exact mode: the float64 path is within a few ulps of 60-digit arithmetic --------------------
+EXACT_MODE_ULPS = 12
+"""The float64 path's promise: 4.5 ulps measured worst with a correctly rounded libm, 8.5 with every
+exp/log1p/expm1 one ulp low (tests/test_portability.py), so 12 holds on any CPU."""
 EXTREME_INPUTS = {
     "offset_1e8": (np.array([[1e8, 1e8 + 1, 1e8 - 2.5], [1e8 + 3, 1e8, 1e8]]), np.array([0, 2])),
     "gap_1e3": (np.array([[1000.0, 0.0, -3.0], [0.0, 1000.0, 1.0]]), np.array([0, 1])),
@@ -291,7 +294,7 @@ def _ulps(approx, exact):
 
 @pytest.mark.parametrize("option", sorted(OPTIONS))
 @pytest.mark.parametrize("name", sorted(EXTREME_INPUTS))
-def test_float64_reference_within_8_ulps_of_mpmath(name, option):
+def test_float64_reference_within_12_ulps_of_mpmath(name, option):
     x, t = EXTREME_INPUTS[name]
     kwargs = dict(OPTIONS[option])
     C = x.shape[1]
@@ -299,11 +302,11 @@ def test_float64_reference_within_8_ulps_of_mpmath(name, option):
         kwargs["weight"] = np.array([1e-30, 2e-30, 3e-30][:C])
     elif kwargs.get("weight") == "mixed":
         kwargs["weight"] = np.array([0.5, 1.0, 2.0][:C])
-    assert _ulps(cross_entropy(x, t, **kwargs), cross_entropy(x, t, exact=True, **kwargs)) <= 8
+    assert _ulps(cross_entropy(x, t, **kwargs), cross_entropy(x, t, exact=True, **kwargs)) <= EXACT_MODE_ULPS
     approx, exact = cross_entropy_grad(x, t, **kwargs), cross_entropy_grad(x, t, exact=True, **kwargs)
-    assert _ulps(approx.input, exact.input) <= 8
+    assert _ulps(approx.input, exact.input) <= EXACT_MODE_ULPS
     if approx.target is not None:
-        assert _ulps(approx.target, exact.target) <= 8
+        assert _ulps(approx.target, exact.target) <= EXACT_MODE_ULPS
 
 
 def test_exact_mode_returns_mpmath_numbers():

@@ -6,9 +6,9 @@ import base64
 
 import pandas as pd
 
-from conformance.cli import main
-from conformance.findings import load_run
-from conformance.report import diff_findings
+from ce_conformance.cli import main
+from ce_conformance.findings import load_run
+from ce_conformance.report import diff_findings
 
 HERE = Path(__file__).parent
 SMALL = ["--profile", "ci", "--max-examples", "60", "--no-progress", "--no-shrink"]

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pandas as pd
 
-import adapters
-from conformance import Case
-from conformance.findings import load_run
-from conformance.runner import FuzzConfig, FuzzRun
+import ce_conformance.adapters as adapters
+from ce_conformance import Case
+from ce_conformance.findings import load_run
+from ce_conformance.runner import FuzzConfig, FuzzRun
 
 HERE = Path(__file__).parent
 
@@ -51,7 +51,7 @@ def test_repro_script_runs_standalone(tmp_path, torch):
     import sys
 
     case = Case.cross_entropy([[1.0, 2.0, 0.5]], [1], dtype="bfloat16", weight=[1, 2, 3], memory_layout="strided")
-    from conformance.repro import write_repro
+    from ce_conformance.repro import write_repro
 
     script = write_repro(tmp_path / "r.py", case, adapter_name="torch", check="loss_value", message="m",
                          case_path=tmp_path / "r.json")

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from hypothesis import find, given, settings
 
-from conformance import reference
-from conformance.case import FEATURES
-from conformance.dtypes import is_representable
-from conformance.errors import InvalidInputError
-from conformance.strategies import (INVALID_RULES, SizeLimits, cross_entropy_cases, invalid_cases, logits,
+from ce_conformance import reference
+from ce_conformance.case import FEATURES
+from ce_conformance.dtypes import is_representable
+from ce_conformance.errors import InvalidInputError
+from ce_conformance.strategies import (INVALID_RULES, SizeLimits, cross_entropy_cases, invalid_cases, logits,
                                     probability_targets)
 
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from conformance.dtypes import max_finite, ulp
-from conformance.tolerance import BUDGETS, budget_for, nonfinite_mismatch, ulp_errors, underflow_floor
+from ce_conformance.dtypes import max_finite, ulp
+from ce_conformance.tolerance import BUDGETS, budget_for, nonfinite_mismatch, ulp_errors, underflow_floor
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])

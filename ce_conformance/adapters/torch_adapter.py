@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from conformance.case import Case, Tensor
+from ce_conformance.case import Case, Tensor
 
 from .base import Adapter, Capabilities, Outcome, float64_copy
 

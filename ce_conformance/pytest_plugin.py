@@ -138,7 +138,7 @@ def ce_check(ce_session: ConformanceSession, request: pytest.FixtureRequest) -> 
 
     ``features`` restricts the features ``fn`` is tested on ("default", "all", a list); ``dtypes``
     restricts the dtypes."""
-    from adapters import function_adapter
+    from ce_conformance.adapters import function_adapter
     from .baseline import Baseline
 
     def check(fn: Callable[..., Any], *, kind: str = "torch", features: str | Sequence[str] | None = None,

@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Final
 
-from conformance.errors import ConfigurationError
+from ce_conformance.errors import ConfigurationError
 
 from .base import ALL_FEATURES, Adapter, Capabilities, Outcome, RaisedError
 

@@ -25,7 +25,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.base import Adapter, Outcome, RaisedError
+from ce_conformance.adapters.base import Adapter, Outcome, RaisedError
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MEMORY_MB = 8192
@@ -43,7 +43,7 @@ def _worker_context() -> Any:
         return multiprocessing.get_context("spawn")
     import importlib.util
 
-    preload = ["conformance.isolation", "adapters.base", "numpy"]
+    preload = ["ce_conformance.isolation", "ce_conformance.adapters.base", "numpy"]
     preload += [m for m in ("torch",) if importlib.util.find_spec(m) is not None]
     context.set_forkserver_preload(preload)
     return context
@@ -63,11 +63,11 @@ def recipe_of(adapter: Adapter) -> tuple[Any, ...] | None:
 def _build(recipe: tuple[Any, ...]) -> Adapter:
     kind = recipe[0]
     if kind == "builtin":
-        from adapters import load_adapter
+        from ce_conformance.adapters import load_adapter
 
         return load_adapter(recipe[1])
     if kind == "user":
-        from adapters import user_adapter
+        from ce_conformance.adapters import user_adapter
 
         _, spec, impl_kind, features, name = recipe
         return user_adapter(spec, impl_kind, features=features, name=name)

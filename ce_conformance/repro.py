@@ -93,8 +93,8 @@ def write_repro(path: Path, case: Case, *, adapter_name: str, check: str, messag
         else:
             lines += [f"from {module} import {attr.split('.')[0]} as fn"]
     elif kind == "jax":
-        lines += ["from adapters.jax_adapter import JaxAdapter  # the built-in port; needs ce-conformance",
-                  "from conformance import Case",
+        lines += ["from ce_conformance.adapters.jax_adapter import JaxAdapter  # the built-in port; needs ce-conformance",
+                  "from ce_conformance import Case",
                   f"print(JaxAdapter().run(Case.load({str(case_path)!r})).loss)", ""]
         path.write_text("\n".join(lines) + "\n")
         return path

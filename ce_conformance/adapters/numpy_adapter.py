@@ -8,9 +8,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from conformance import reference
-from conformance.case import Case
-from conformance.dtypes import dtype_name, round_to
+from ce_conformance import reference
+from ce_conformance.case import Case
+from ce_conformance.dtypes import dtype_name, round_to
 
 from .base import Adapter, Capabilities, Outcome, float64_copy, same_values
 

@@ -24,9 +24,9 @@ from typing import Final
 
 import numpy as np
 
-from adapters.base import Capabilities, Outcome
-from conformance.case import Case
-from conformance.reference import ReferenceResult
+from ce_conformance.adapters.base import Capabilities, Outcome
+from ce_conformance.case import Case
+from ce_conformance.reference import ReferenceResult
 
 from .errors import Rule
 from .tolerance import RELATIVE_ORACLE_MARGIN, budget_for, nonfinite_mismatch, ulp_errors

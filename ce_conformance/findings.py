@@ -4,7 +4,7 @@ Two tables, one schema each:
 
 * ``results`` — one row per (case, adapter): passed, failed, skipped (with the reason) or
   errored, with the worst ULP errors seen. Pass rates and the support matrix come from it.
-* ``findings`` — one row per failed check (see :mod:`conformance.compare`).
+* ``findings`` — one row per failed check (see :mod:`ce_conformance.compare`).
 
 Rows are appended to ``results.jsonl`` / ``findings.jsonl`` and flushed as they happen, so an
 interrupted or crashed run loses nothing; :func:`finalize` turns a run directory (complete or

@@ -2,7 +2,7 @@
 
 Adapters never judge. They return an :class:`Outcome` — the loss and gradients as float64
 values with the dtype and shape the backend produced, whether the caller's arrays were
-mutated, or the error raised — and :mod:`conformance.compare` decides what is wrong.
+mutated, or the error raised — and :mod:`ce_conformance.compare` decides what is wrong.
 
 A new backend is a subclass of :class:`Adapter` with ``name``, ``capabilities`` and ``run``;
 third-party packages register factories under the entry-point group
@@ -20,9 +20,9 @@ from typing import Any, Final
 
 import numpy as np
 
-from conformance.case import FEATURES, Case
-from conformance.dtypes import FLOAT_DTYPES
-from conformance.errors import classify_error
+from ce_conformance.case import FEATURES, Case
+from ce_conformance.dtypes import FLOAT_DTYPES
+from ce_conformance.errors import classify_error
 
 ALL_FEATURES: Final = frozenset(FEATURES)
 

@@ -6,14 +6,14 @@ names the broken feature, and its message holds the minimal case and the replay 
 
 import pytest
 
-from conformance.pytest_plugin import FEATURE_FAMILIES
+from ce_conformance.pytest_plugin import FEATURE_FAMILIES
 
 
 @pytest.fixture(scope="module")
 def ce_impl(ce_session):
-    from adapters import user_adapter
-    from conformance.baseline import Baseline
-    from conformance.pytest_plugin import _setting
+    from ce_conformance.adapters import user_adapter
+    from ce_conformance.baseline import Baseline
+    from ce_conformance.pytest_plugin import _setting
 
     config = ce_session.config
     spec, kind = _setting(config, "impl"), _setting(config, "kind")

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 from hypothesis import Phase, given, seed as hypothesis_seed, settings as hypothesis_settings
 
-from adapters.base import Adapter, Outcome
+from ce_conformance.adapters.base import Adapter, Outcome
 
 from . import reference
 from ._version import __version__
@@ -172,7 +172,7 @@ class FuzzRun:
         if config.oracle not in ("reference", "torch"):
             raise ConfigurationError(f"unknown oracle {config.oracle!r}; expected 'reference' or 'torch'")
         if config.oracle == "torch":
-            from adapters import load_adapter
+            from ce_conformance.adapters import load_adapter
 
             self._torch_reference = load_adapter("torch")
             if self._torch_reference.availability():

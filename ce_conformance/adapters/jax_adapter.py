@@ -20,8 +20,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from conformance.case import Case
-from conformance.dtypes import numpy_dtype
+from ce_conformance.case import Case
+from ce_conformance.dtypes import numpy_dtype
 
 from .base import Adapter, Capabilities, Outcome, float64_copy, same_values
 

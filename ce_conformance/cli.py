@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from adapters import DEFAULT_ADAPTERS
+from ce_conformance.adapters import DEFAULT_ADAPTERS
 
 from ._version import __version__
 from .errors import ConfigurationError
@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _adapters(args: argparse.Namespace, defaults: tuple[str, ...] = ()) -> list[Any]:
     """--adapters (else ``defaults``), plus the --impl adapter."""
-    from adapters import load_adapters, user_adapter
+    from ce_conformance.adapters import load_adapters, user_adapter
 
     if getattr(args, "strict", False) and args.features is None:
         args.features = "all"  # strict: the full checks, every feature included
@@ -218,7 +218,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:
-    from adapters import NIGHTLY_ADAPTERS
+    from ce_conformance.adapters import NIGHTLY_ADAPTERS
     from .nightly import parse_shard, run_nightly
 
     shard = parse_shard(args.shard)
@@ -308,7 +308,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_adapters(args: argparse.Namespace) -> int:  # noqa: ARG001
     import pandas as pd
 
-    from adapters import available_names, load_adapter
+    from ce_conformance.adapters import available_names, load_adapter
 
     rows = []
     for name in available_names():
