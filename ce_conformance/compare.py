@@ -29,7 +29,7 @@ from ce_conformance.case import Case
 from ce_conformance.reference import ReferenceResult
 
 from .errors import Rule
-from .tolerance import RELATIVE_ORACLE_MARGIN, budget_for, nonfinite_mismatch, ulp_errors
+from .tolerance import RELATIVE_ORACLE_MARGIN, absolute_errors, allowed_errors, nonfinite_mismatch, ulp_units
 
 CHECK_FAMILIES: Final = {
     "error": "errors", "missing_error": "errors", "wrong_error": "errors", "crash": "errors", "timeout": "errors",
@@ -59,6 +59,7 @@ class Comparison:
 
     verdicts: list[Verdict] = field(default_factory=list)
     max_ulp: dict[str, float] = field(default_factory=dict)
+    max_ratio: dict[str, float] = field(default_factory=dict)  # worst error / allowed error
 
     @property
     def passed(self) -> bool:
@@ -67,7 +68,7 @@ class Comparison:
 
 def _value_check(name: str, actual: np.ndarray | None, expected: np.ndarray, magnitude: np.ndarray | None,
                  dtype: str, comparison: Comparison, *, exact_kind: bool, n_classes: int,
-                 reduced_positions: int = 0, native: np.ndarray | None = None,
+                 sigma: np.ndarray | None = None, native: np.ndarray | None = None,
                  intermediate: np.ndarray | None = None, budget_scale: float = 1.0) -> None:
     actual = np.asarray(actual, dtype=np.float64)
     if actual.shape != expected.shape:
@@ -83,24 +84,24 @@ def _value_check(name: str, actual: np.ndarray | None, expected: np.ndarray, mag
             f"{name} NaN/inf pattern differs at {int(mismatch.sum())} element(s), first at {list(where)}: "
             f"got {actual[where]!r}, expected {expected[where]!r}"))
     magnitude = np.abs(expected) if magnitude is None else magnitude
-    errors = ulp_errors(actual, expected, magnitude, dtype, n_classes)
-    errors = np.where(mismatch, 0.0, errors)
-    worst = float(errors.max()) if errors.size else 0.0
-    comparison.max_ulp[name] = worst
-    budget = budget_scale * budget_for(dtype, name, n_classes, reduced_positions if actual.ndim == 0 else 0)
+    unit = ulp_units(expected, magnitude, dtype, n_classes)
+    errors = np.where(mismatch, 0.0, absolute_errors(actual, expected))
+    allowed = allowed_errors(unit, sigma, dtype, name, budget_scale)
     if native is not None:  # the relative oracle: no worse than torch's own result plus a margin
-        native_errors = ulp_errors(np.asarray(native, dtype=np.float64), expected, magnitude, dtype, n_classes)
-        native_worst = float(np.nan_to_num(native_errors, nan=0.0).max()) if native_errors.size else 0.0
-        budget = max(budget, native_worst + RELATIVE_ORACLE_MARGIN)
-    if worst > budget:
-        index = np.unravel_index(int(np.argmax(errors)), errors.shape) if errors.ndim else ()
-        abs_err = np.abs(actual - expected)
+        native_errors = absolute_errors(np.asarray(native, dtype=np.float64), expected)
+        allowed = np.maximum(allowed, native_errors + RELATIVE_ORACLE_MARGIN * unit)
+    ulps = errors / unit
+    ratio = errors / allowed
+    comparison.max_ulp[name] = float(ulps.max()) if ulps.size else 0.0
+    comparison.max_ratio[name] = float(ratio.max()) if ratio.size else 0.0
+    if comparison.max_ratio[name] > 1.0:
+        index = np.unravel_index(int(np.argmax(ratio)), ratio.shape) if ratio.ndim else ()
+        worst, budget = float(ulps[index]), float(allowed[index] / unit[index])
         comparison.verdicts.append(Verdict(
             f"{name}_value",
-            f"{name} off by {worst:.3g} ulp ({dtype}; budget {budget:g}) at {list(map(int, index))}: "
+            f"{name} off by {worst:.3g} ulp ({dtype}; budget {budget:.3g}) at {list(map(int, index))}: "
             f"got {actual[index]!r}, expected {expected[index]!r}",
-            max_abs_error=float(np.nanmax(np.where(np.isfinite(abs_err), abs_err, np.nan))) if np.isfinite(abs_err).any() else float("nan"),
-            max_ulp_error=worst, budget=budget))
+            max_abs_error=float(errors.max()), max_ulp_error=worst, budget=budget))
 
 
 def compare(case: Case, outcome: Outcome, reference: ReferenceResult | None, capabilities: Capabilities, *,
@@ -145,7 +146,7 @@ def compare(case: Case, outcome: Outcome, reference: ReferenceResult | None, cap
         verdicts.append(Verdict("loss_shape", f"loss shape {list(outcome.loss_shape or ())}, "
                                               f"expected {list(reference.output_shape)}"))
     _value_check("loss", outcome.loss, reference.loss, reference.loss_scale, dtype, comparison, exact_kind=True, n_classes=n_classes,
-                 reduced_positions=case.input.size // max(n_classes, 1), intermediate=reference.loss_intermediate,
+                 sigma=reference.loss_sigma, intermediate=reference.loss_intermediate,
                  budget_scale=budget_scale,
                  native=native.loss if native is not None and native.status == "ok" else None)
     if capabilities.gradients and reference.grad_input is not None:
@@ -160,13 +161,15 @@ def compare(case: Case, outcome: Outcome, reference: ReferenceResult | None, cap
             else:
                 _value_check("grad_input", outcome.grad_input, reference.grad_input, reference.grad_input_scale,
                              dtype, comparison, exact_kind=False, n_classes=n_classes, budget_scale=budget_scale,
+                             sigma=reference.grad_input_sigma,
                              native=native.grad_input if native is not None and native.grad_input is not None else None)
     if capabilities.gradients and capabilities.target_gradients and reference.grad_target is not None:
         if outcome.grad_target is None:
             verdicts.append(Verdict("grad_target_missing", "no gradient w.r.t. the probability target"))
         elif tuple(outcome.grad_target.shape) == tuple(reference.grad_target.shape):
             _value_check("grad_target", outcome.grad_target, reference.grad_target, reference.grad_target_scale,
-                         dtype, comparison, exact_kind=False, n_classes=n_classes, budget_scale=budget_scale)
+                         dtype, comparison, exact_kind=False, n_classes=n_classes, budget_scale=budget_scale,
+                         sigma=reference.grad_target_sigma)
     return comparison
 
 
@@ -197,5 +200,6 @@ def compare_pair(case: Case, expected: Outcome, actual: Outcome, reference: Refe
         grad_target=expected.grad_target if expected.grad_target is not None else None,
         grad_target_scale=reference.grad_target_scale,
         output_dtype=expected.loss_dtype or reference.output_dtype,
-        output_shape=tuple(expected.loss_shape or ()))
+        output_shape=tuple(expected.loss_shape or ()), loss_sigma=reference.loss_sigma,
+        grad_input_sigma=reference.grad_input_sigma, grad_target_sigma=reference.grad_target_sigma)
     return compare(case, actual, as_reference, capabilities, budget_scale=PAIR_BUDGET_SCALE)

@@ -37,7 +37,7 @@ FINDING_COLUMNS: Final = {
 RESULT_COLUMNS: Final = {
     "case_id": "string", "adapter": "string", "status": "string", "dtype": "string", "layout": "string",
     "reduction": "string", "features": "string", "skip_reason": "string", "loss_ulp": "float64",
-    "grad_input_ulp": "float64", "grad_target_ulp": "float64", "seconds": "float64", "phase": "string",
+    "grad_input_ulp": "float64", "grad_target_ulp": "float64", "budget_ratio": "float64", "seconds": "float64", "phase": "string",
 }
 STATUSES: Final = ("passed", "failed", "skipped")
 RUN_FILES: Final = ("results.jsonl", "findings.jsonl", "results.csv", "results.parquet", "findings.csv",

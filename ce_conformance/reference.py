@@ -277,6 +277,7 @@ class _Output:
     grad_input_scale: np.ndarray | None
     grad_target: np.ndarray | None
     grad_target_scale: np.ndarray | None
+    sigmas: "Sigmas | None" = None
 
 
 def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> _Output:
@@ -310,7 +311,16 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
     main_terms = A.convert(np.zeros(M))  # weighted NLL or probability cross-entropy per position
     smooth_terms = A.convert(np.zeros(M))  # the label-smoothing sum per position (index mode)
     loss_mag = np.zeros(M)
-    unscaled_mag = np.zeros(M)  # largest sum an implementation may form before scaling (eps / C, 1 / D)
+    unscaled_mag = np.zeros(M)
+    # tolerance model v2: standard deviation of a correct implementation's error, per position
+    # (see conformance.tolerance): u_c is the unit roundoff of the precision the kernel computes in
+    u_c = _unit_roundoff(call.input.dtype)
+    u_t = _unit_roundoff(call.input.dtype, internal=False)
+    lse_sigma = np.zeros(M)  # absolute error of log-sum-exp (= relative error of the exp sum)
+    repetitive = np.zeros(M, dtype=bool)  # rows of few distinct values: their errors add up linearly
+    loss_sigma = np.zeros(M)
+    grad_target_coefficient = np.zeros(M)  # |d grad_target / d lse| per position
+    backward_sigma = np.zeros(M)  # error of the backward's sum of upstream terms over classes, times max p  # largest sum an implementation may form before scaling (eps / C, 1 / D)
     grad_input = grad_target = grad_input_scale = grad_target_scale = None
     if gradients:
         dtype = object if A.exact else np.float64
@@ -325,6 +335,12 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
         m = rows.shape[0]
         r = np.arange(m)
         ls = _log_softmax(rows, A)
+        if want_scale:
+            with np.errstate(invalid="ignore", over="ignore"):
+                p64 = np.where(ls.finite_rows[:, None], ls.p, 0.0)
+                lse_sigma[positions] = u_c * np.hypot(_summation_root(p64, u_c, repetitive[positions]),
+                                                      _root_sum_squares(p64)) / np.sqrt(3.0)
+                abs_logp = np.abs(np.where(np.isfinite(ls.logp), ls.logp, 0.0))
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             if call.mode == "index":
                 v = valid[positions]
@@ -346,6 +362,16 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                         unscaled = np.maximum(unscaled, smooth_mag)
                     loss_mag[positions] = np.where(v, mag, 0)
                     unscaled_mag[positions] = np.where(v, unscaled, 0)
+                    coefficient = (1 - eps) * wy_abs
+                    if eps > 0:
+                        w_row = w_abs if w_abs is not None else np.ones(C)
+                        coefficient = coefficient + (eps / C) * w_row.sum()
+                        smooth_terms_abs = abs_logp * w_row
+                        sigma_smooth = (eps / C * u_c / np.sqrt(3.0)) * np.hypot(_summation_root(smooth_terms_abs, u_c),
+                                                                                 _root_sum_squares(smooth_terms_abs))
+                    else:
+                        sigma_smooth = np.zeros(m)
+                    loss_sigma[positions] = np.where(v, np.hypot(sigma_smooth, coefficient * lse_sigma[positions]), 0)
                 if gradients:
                     scale = upstream[positions]
                     p = ls.p
@@ -365,6 +391,11 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                             w_row = w_abs if w_abs is not None else np.ones(C)
                             gmag = gmag + (eps / C) * (p64 * w_row.sum() + w_row[None, :])
                         grad_input_scale[positions] = np.where(v, np.abs(scale) * _finite_row_max(gmag), 0)
+                        if eps > 0:  # log-softmax backward sums the upstream terms over classes
+                            upstream_terms = np.broadcast_to((eps / C) * (w_abs if w_abs is not None else np.ones(C)), p64.shape).copy()
+                            upstream_terms[r, yb] += (1 - eps) * wy_abs
+                            backward_sigma[positions] = np.where(v, np.abs(scale) * p64.max(axis=1, initial=0) * u_c
+                                                                 * _summation_root(upstream_terms, u_c) / np.sqrt(3.0), 0)
             else:
                 _, t_rows = next(target_blocks)
                 t = A.convert(t_rows)
@@ -376,6 +407,11 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                     abs_wt = np.abs(wt)
                     loss_mag[positions] = (abs_wt * (np.abs(ls.logp) + 1)).sum(axis=1)
                     unscaled_mag[positions] = loss_mag[positions]
+                    term_abs = np.asarray(abs_wt, dtype=np.float64) * abs_logp
+                    # half dtypes: torch rounds log-probabilities and products to the dtype (u_t) per term
+                    loss_sigma[positions] = np.hypot(np.hypot(u_c * _summation_root(term_abs, u_c) / np.sqrt(3.0),
+                                                              u_t * _root_sum_squares(term_abs)),
+                                                     np.asarray(abs_wt, dtype=np.float64).sum(axis=1) * lse_sigma[positions])
                 if gradients:
                     scale = upstream[positions]
                     p = ls.p
@@ -388,9 +424,12 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                         abs_scale = np.abs(scale)
                         gmag = p * (abs_wt.sum(axis=1)[:, None]) + abs_wt
                         grad_input_scale[positions] = abs_scale * _finite_row_max(gmag)
+                        backward_sigma[positions] = abs_scale * np.nan_to_num(np.asarray(p, dtype=np.float64)).max(axis=1, initial=0) \
+                            * u_c * _summation_root(np.asarray(abs_wt, dtype=np.float64), u_c) / np.sqrt(3.0)
                         w_row = w_abs if w_abs is not None else np.ones(C)
                         tmag = w_row[None, :] * (np.abs(ls.logp) + 1) * factor
                         grad_target_scale[positions] = abs_scale * _finite_row_max(tmag)
+                        grad_target_coefficient[positions] = abs_scale * factor * w_row.max(initial=0)
 
     if call.mode == "probability":
         eps = 0.0  # smoothing already entered the targets; there is no separate smoothing term
@@ -416,7 +455,125 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
             intermediate = np.float64(max(candidates))
         else:
             intermediate = None
-    return _Output(loss, loss_scale, intermediate, grad_input, grad_input_scale, grad_target, grad_target_scale)
+    sigmas = _reduced_sigmas(call, A, eps, C, u_c, u_t, main_terms, smooth_terms, loss, wy_all if call.mode == "index" else None,
+                             denominator, lse_sigma, loss_sigma, grad_input_scale, grad_target_coefficient,
+                             grad_target_scale, repetitive, backward_sigma) if want_scale else None
+    return _Output(loss, loss_scale, intermediate, grad_input, grad_input_scale, grad_target, grad_target_scale, sigmas)
+
+
+def _unit_roundoff(dtype: Any, internal: bool = True) -> float:
+    """u = eps / 2 of the precision a faithful kernel computes in: float32 for half dtypes
+    (torch computes their log-softmax in float32) unless ``internal`` is False."""
+    name = dtype_name(np.dtype(dtype))
+    if internal and name in ("float16", "bfloat16"):
+        name = "float32"
+    from .dtypes import machine_epsilon
+
+    return machine_epsilon(name) / 2
+
+
+class Sigmas(NamedTuple):
+    """Standard deviations of a correct implementation's rounding error (tolerance model v2):
+    of the loss (per output element), and of each position's gradient row."""
+
+    loss: np.ndarray
+    grad_input: np.ndarray | None
+    grad_target: np.ndarray | None
+
+
+def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: float, main_terms: np.ndarray,
+                    smooth_terms: np.ndarray, loss: Any, wy: np.ndarray | None, denominator: Any,
+                    lse_sigma: np.ndarray, loss_sigma: np.ndarray, grad_input_scale: np.ndarray | None,
+                    grad_target_coefficient: np.ndarray, grad_target_scale: np.ndarray | None,
+                    repetitive: np.ndarray, backward_sigma: np.ndarray) -> Sigmas:
+    """Propagate the per-position error scales through the reduction over positions.
+
+    torch's CPU nll kernel accumulates positions (and the total weight) in the input dtype, so for
+    half dtypes with index targets the position sums carry the dtype's own unit roundoff; with
+    probability targets torch forms the products ``w * t * log p`` and their gradients in the
+    dtype, one rounding of the dtype per term."""
+    u_r = u_t if call.mode == "index" else u_c
+    term_unit = u_t if call.mode == "probability" and u_t > u_c else 0.0
+    relative_denominator = 0.0
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        if call.reduction == "none":
+            loss_out = loss_sigma.reshape(call.output_shape)
+        else:
+            parts = [np.abs(np.asarray(main_terms, dtype=np.float64)) * (1 - eps)]
+            if eps > 0:
+                parts.append(np.abs(np.asarray(smooth_terms, dtype=np.float64)) * (eps / C))
+            reduction_root = float(np.hypot.reduce([_summation_root(part[None, :], u_r)[0] for part in parts]))
+            rows_sigma = np.hypot(_root_sum_squares(np.where(repetitive, 0.0, loss_sigma)[None, :])[0],
+                                  float(np.sum(np.where(repetitive, loss_sigma, 0.0))))
+            total_sigma = float(np.hypot(rows_sigma, u_r * reduction_root / math.sqrt(3)))
+            if call.reduction == "mean":
+                d = abs(float(denominator)) if denominator is not None else 0.0
+                weights = None if wy is None else np.abs(np.asarray(wy, dtype=np.float64))
+                exact_count = weights is not None and d < 2 / u_r and bool(np.all(weights == np.round(weights)))
+                if weights is not None and d > 0 and not exact_count:  # integer totals below 2**p are exact
+                    relative_denominator = u_r * float(_summation_root(weights[None, :], u_r)[0]) / math.sqrt(3) / d
+                value = abs(float(loss)) if np.isfinite(float(loss)) else 0.0
+                total_sigma = total_sigma / d + value * relative_denominator if d > 0 else 0.0
+            loss_out = np.asarray(total_sigma)
+        relative = np.sqrt(lse_sigma ** 2 + relative_denominator ** 2)
+        grad_input = None if grad_input_scale is None else \
+            np.hypot(grad_input_scale * np.hypot(relative, term_unit), backward_sigma)
+        grad_target = None
+        if call.mode == "probability" and grad_target_scale is not None:
+            grad_target = np.hypot(grad_target_coefficient * relative, term_unit * grad_target_scale)
+
+    def finite(sigma: Any) -> np.ndarray | None:  # an overflowing scale means an overflowing value: no limit
+        return None if sigma is None else np.nan_to_num(np.asarray(sigma, dtype=np.float64), nan=0.0,
+                                                        posinf=np.finfo(np.float64).max)
+
+    return Sigmas(finite(loss_out), finite(grad_input), finite(grad_target))
+
+
+def _summation_root(magnitudes: np.ndarray, u: float, repetitive: np.ndarray | None = None) -> np.ndarray:
+    """Per row, ``sqrt(V)`` where ``(u**2 / 3) * V`` is the rounding variance of a sequential sum of
+    the (finite, non-negative) magnitudes, for the worse of the forward and the reverse order.
+
+    Each addition k errs by at most min(u * s_k, t_k): a term below the partial sum's rounding
+    unit is lost, not more. Additions of *different*
+    values err independently (V = sum_k s_k**2); additions of the *same* value err alike
+    (within a binade the rounding of s + t repeats), so the partial sums of equal terms add up
+    before squaring: (sum_{k: t_k = v} s_k)**2 per distinct value v. All terms distinct gives the
+    random-rounding model, all equal the worst-case linear bound. Tree, blocked, compensated
+    and strided orders stay below the sequential ones. Computed on magnitudes scaled by their
+    row maximum, so values near the dtype's top do not overflow. ``repetitive`` (optional, one
+    flag per row) is set where a row holds fewer distinct values than half its length: such rows
+    round alike, also across rows, and the reduction over positions adds their errors linearly."""
+    finite = np.where(np.isfinite(magnitudes), magnitudes, 0.0)
+    if finite.shape[-1] == 0 or finite.size == 0:
+        return np.zeros(finite.shape[:-1])
+    top = finite.max(axis=-1, keepdims=True)
+    finite = finite / np.where(top > 0, top, 1.0)
+    forward = np.cumsum(finite, axis=-1)
+    backward = forward[..., -1:] - forward + finite
+    forward = np.minimum(forward, finite / u)
+    backward = np.minimum(backward, finite / u)
+    values, inverse = np.unique(finite, return_inverse=True)
+    rows = finite.reshape(-1, finite.shape[-1]).shape[0]
+    keys = (np.arange(rows)[:, None] * len(values) + inverse.reshape(rows, -1)).ravel()
+
+    def grouped(partial: np.ndarray) -> np.ndarray:
+        sums = np.bincount(keys, weights=partial.ravel(), minlength=rows * len(values)).reshape(rows, -1)
+        return np.einsum("ij,ij->i", sums, sums).reshape(finite.shape[:-1])
+
+    if repetitive is not None:
+        present = np.bincount(keys, minlength=rows * len(values)).reshape(rows, -1) > 0
+        repetitive[...] = (present.sum(axis=1) < finite.shape[-1] / 2).reshape(repetitive.shape)
+    return np.sqrt(np.maximum(grouped(forward), grouped(backward))) * top[..., 0]
+
+
+def _root_sum_squares(magnitudes: np.ndarray) -> np.ndarray:
+    """Per row, sqrt(sum_k t_k**2) without overflow: independent roundings of each term."""
+    finite = np.where(np.isfinite(magnitudes), magnitudes, 0.0)
+    if finite.shape[-1] == 0 or finite.size == 0:
+        return np.zeros(finite.shape[:-1])
+    top = finite.max(axis=-1, keepdims=True)
+    scaled = finite / np.where(top > 0, top, 1.0)
+    return np.sqrt(np.einsum("...k,...k->...", scaled, scaled)) * top[..., 0]
 
 
 def _finite_row_max(magnitudes: np.ndarray) -> np.ndarray:
@@ -505,6 +662,9 @@ class ReferenceResult:
     grad_target_scale: np.ndarray | None
     output_dtype: str
     output_shape: tuple[int, ...]
+    loss_sigma: np.ndarray | None = None  # tolerance model v2: error scale of a correct implementation
+    grad_input_sigma: np.ndarray | None = None  # per position; broadcast over the class axis
+    grad_target_sigma: np.ndarray | None = None
 
 
 def _case_call(case: Any) -> _Call:
@@ -541,4 +701,7 @@ def evaluate(case: Any, *, gradients: bool = True) -> ReferenceResult:
         grad_target_scale=per_class(out.grad_target_scale),
         output_dtype=case.dtype,
         output_shape=call.output_shape,
+        loss_sigma=out.sigmas.loss,
+        grad_input_sigma=per_class(out.sigmas.grad_input) if gradients else None,
+        grad_target_sigma=per_class(out.sigmas.grad_target) if gradients else None,
     )

@@ -166,10 +166,10 @@ def _heatmap(frame: pd.DataFrame, title: str) -> str | None:
 
 
 def _error_ecdfs(results: pd.DataFrame) -> str | None:
-    """ECDF of each adapter's worst error per case, as a fraction of the budget, by dtype."""
-    from .tolerance import budget_for
-
-    ran = results[(results["status"] != "skipped") & results["loss_ulp"].notna()]
+    """ECDF of each adapter's worst error per case, as a fraction of its budget, by dtype."""
+    if "budget_ratio" not in results:
+        return None
+    ran = results[(results["status"] != "skipped") & results["budget_ratio"].notna()]
     if ran.empty:
         return None
     import matplotlib.pyplot as plt
@@ -180,17 +180,16 @@ def _error_ecdfs(results: pd.DataFrame) -> str | None:
     for axis, dtype in zip(axes[0], dtypes):
         subset = ran[ran["dtype"] == dtype]
         for adapter, group in subset.groupby("adapter"):
-            worst = group[["loss_ulp", "grad_input_ulp"]].max(axis=1).to_numpy(dtype=float)
-            ratio = np.sort(worst / budget_for(dtype, "loss"))
+            ratio = np.sort(group["budget_ratio"].to_numpy(dtype=float))
             ratio = np.maximum(ratio, 1e-4)
             axis.step(ratio, np.arange(1, len(ratio) + 1) / len(ratio), where="post", label=adapter)
         axis.axvline(1.0, color="red", linestyle="--", linewidth=1)
         axis.set_xscale("log")
         axis.set_title(f"{dtype}", fontsize=9)
-        axis.set_xlabel("worst error / base budget (log)", fontsize=8)
+        axis.set_xlabel("worst error / budget (log)", fontsize=8)
     axes[0][0].set_ylabel("share of cases", fontsize=8)
     axes[0][-1].legend(fontsize=7, loc="lower right")
-    figure.suptitle("Error distributions in ULPs against the budget (red: the base budget)", fontsize=10)
+    figure.suptitle("Worst error per case against its budget (red: the budget)", fontsize=10)
     return _png(figure)
 
 

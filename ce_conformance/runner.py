@@ -245,6 +245,7 @@ class FuzzRun:
                               "loss_ulp": comparison.max_ulp.get("loss"),
                               "grad_input_ulp": comparison.max_ulp.get("grad_input"),
                               "grad_target_ulp": comparison.max_ulp.get("grad_target"),
+                              "budget_ratio": max(comparison.max_ratio.values(), default=None),
                               "seconds": outcome.seconds})
         for verdict in comparison.verdicts:
             key = (adapter_name, verdict.check)

@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 
 from ce_conformance.dtypes import max_finite, ulp
-from ce_conformance.tolerance import BUDGETS, budget_for, nonfinite_mismatch, ulp_errors, underflow_floor
+from ce_conformance import Case, reference
+from ce_conformance.reference import _summation_root
+from ce_conformance.tolerance import (BUDGETS, SIGMAS, allowed_errors, base_budget, nonfinite_mismatch, ulp_errors,
+                                      ulp_units, underflow_floor)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
@@ -26,11 +29,62 @@ def test_underflow_floor_only_matters_for_float16():
     assert underflow_floor("float32", 128256) < 1e-38
 
 
-def test_budgets_grow_with_classes_in_compute_precision():
-    assert budget_for("float32", "loss", 1) == pytest.approx(BUDGETS["float32"].loss + 0.5)
-    assert budget_for("float32", "loss", 32000) == pytest.approx(8 + 16000)
-    assert budget_for("bfloat16", "loss", 32000) < BUDGETS["bfloat16"].loss + 0.25  # fp32 internals
-    assert budget_for("bfloat16", "loss", 1, reduced_positions=400) == pytest.approx(4 + 0.5 * 2**-16 + 10)
+def test_allowed_error_is_base_ulps_plus_sigmas():
+    unit = np.array([2.0**-23])
+    assert allowed_errors(unit, None, "float32", "loss")[0] == BUDGETS["float32"].loss * 2.0**-23
+    assert allowed_errors(unit, np.array([1e-6]), "float32", "loss", scale=2.0)[0] == pytest.approx(
+        2 * (base_budget("float32", "loss") * 2.0**-23 + SIGMAS * 1e-6))
+
+
+def test_summation_root_is_random_model_for_distinct_terms_and_linear_for_equal_ones():
+    rng = np.random.default_rng(0)
+    distinct = rng.uniform(0.5, 1.5, (1, 10000))
+    partial = np.cumsum(distinct)
+    assert _summation_root(distinct, 2.0**-24)[0] == pytest.approx(max(np.sqrt((partial ** 2).sum()),
+                                                              np.sqrt((np.cumsum(distinct[0, ::-1]) ** 2).sum())))
+    equal = np.full((1, 10000), 0.7)
+    assert _summation_root(equal, 2.0**-24)[0] == pytest.approx(np.cumsum(equal).sum())  # all alike: the worst-case bound
+    flags = np.zeros(2, dtype=bool)
+    _summation_root(np.vstack([distinct, equal]), 2.0**-24, flags)
+    assert flags.tolist() == [False, True]
+
+
+def _loss_budget_ulps(case):
+    result = reference.evaluate(case)
+    unit = ulp_units(result.loss, result.loss_scale, case.dtype, case.input.shape[1])
+    return float(allowed_errors(unit, result.loss_sigma, case.dtype, "loss") / unit)
+
+
+def test_loss_budget_grows_like_sqrt_classes_not_linearly():
+    rng = np.random.default_rng(1)
+    budgets = {C: _loss_budget_ulps(Case.cross_entropy(rng.standard_normal((8, C)), np.arange(8) % C, dtype="float32"))
+               for C in (128, 32000)}
+    assert budgets[128] < 10
+    assert budgets[32000] < 40  # v1: 8 + 0.5 * 32000 = 16008 ulps
+    assert budgets[32000] > budgets[128]
+
+
+def test_confident_rows_get_no_growth():
+    x = np.zeros((4, 32000))
+    x[np.arange(4), [1, 2, 3, 4]] = 100.0  # one term dominates each exp sum
+    assert _loss_budget_ulps(Case.cross_entropy(x, [1, 2, 3, 4], dtype="float32")) < 2 * BUDGETS["float32"].loss
+
+
+def test_mean_over_independent_rows_averages_their_errors():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((64, 4097))
+    one = reference.evaluate(Case.cross_entropy(x[:1], [3], dtype="float32"))
+    many = reference.evaluate(Case.cross_entropy(x, np.arange(64), dtype="float32"))
+    # the rows' log-sum-exp errors average out; what is left is the sum over 64 positions itself
+    assert many.loss_sigma < 1.5 * one.loss_sigma
+    assert many.loss_sigma < 64 * one.loss_sigma / 16
+
+
+def test_sigmas_survive_values_near_the_top_of_float64():
+    big = max_finite("float64") * 2.0**-12
+    case = Case.cross_entropy([[big, -big, 1.0]], [[0.5, 0.25, 0.25]], dtype="float64", reduction="sum")
+    result = reference.evaluate(case)
+    assert np.isfinite(result.loss_sigma) and result.loss_sigma > 0
 
 
 def test_nonfinite_kinds_must_match_for_losses():

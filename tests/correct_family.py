@@ -1,0 +1,283 @@
+"""A family of *correct* cross-entropy implementations that differ only in their arithmetic.
+
+Each member computes torch's semantics from scratch (log-softmax, smoothing, weights,
+ignore_index, probability targets, reductions, closed-form gradients) in NumPy, with its own
+summation order and accumulator precision — the choices real kernels make:
+
+=====================  ============================================================================
+member                 arithmetic
+=====================  ============================================================================
+``sequential``         left-to-right sums over classes and over positions in the compute precision
+                       (float32 for half dtypes)
+``reversed_order``     the same, classes and positions summed right-to-left
+``pairwise``           recursive halving (a tree reduction, as ``tl.sum`` does inside a block)
+``blocked_1024``       online softmax over chunks of 1024 classes: running max and rescaled running
+                       sum across chunks, tree sums inside a chunk (flash-attention style)
+``blocked_4096``       the same with chunks of 4096
+``kahan``              compensated (Kahan) sequential sums
+``fp32_accumulate``    NumPy's own ``np.sum`` (eight interleaved accumulators, pairwise blocks of 128)
+                       in the compute precision: float32 for half dtypes
+``fp64_upcast``        everything in float64, rounded once at the end (more accurate than torch)
+``compiled``           ``torch.compile(F.cross_entropy)`` (aot_eager: no C compiler needed)
+=====================  ============================================================================
+
+Argument validation is delegated to ``F.cross_entropy`` (called first, its value discarded):
+the family varies arithmetic, not semantics. Their errors define what "correct arithmetic" may
+cost on a case; ``tests/test_correct_family.py`` gates every member and
+``benchmarks/sensitivity.py`` measures detection thresholds against their worst error.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+HALF = (torch.float16, torch.bfloat16)
+SUMMATIONS = ("sequential", "reversed", "pairwise", "blocked_1024", "blocked_4096", "kahan")
+
+
+# -- summation orders over the last axis, in the array's own dtype ------------------------------
+def sequential_sum(values: np.ndarray) -> np.ndarray:
+    """Left to right, rounding after every addition (NumPy's cumsum is strictly sequential)."""
+    if values.shape[-1] == 0:
+        return np.zeros(values.shape[:-1], dtype=values.dtype)
+    return np.cumsum(values, axis=-1, dtype=values.dtype)[..., -1]
+
+
+def reversed_sum(values: np.ndarray) -> np.ndarray:
+    return sequential_sum(values[..., ::-1])
+
+
+def pairwise_sum(values: np.ndarray) -> np.ndarray:
+    """Recursive halving: add the two halves elementwise until one column is left."""
+    dtype = values.dtype
+    while values.shape[-1] > 1:
+        n = values.shape[-1]
+        half = n // 2
+        paired = (values[..., :half] + values[..., half:2 * half]).astype(dtype)
+        values = np.concatenate([paired, values[..., 2 * half:]], axis=-1) if n % 2 else paired
+    return values[..., 0] if values.shape[-1] else np.zeros(values.shape[:-1], dtype=dtype)
+
+
+def kahan_sum(values: np.ndarray) -> np.ndarray:
+    dtype = values.dtype
+    total = np.zeros(values.shape[:-1], dtype=dtype)
+    carry = np.zeros_like(total)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for k in range(values.shape[-1]):
+            y = (values[..., k] - carry).astype(dtype)
+            t = (total + y).astype(dtype)
+            carry = ((t - total).astype(dtype) - y).astype(dtype)
+            carry = np.where(np.isfinite(carry), carry, 0).astype(dtype)
+            total = t
+    return total
+
+
+def numpy_sum(values: np.ndarray) -> np.ndarray:
+    return values.sum(axis=-1, dtype=values.dtype)
+
+
+SUMS = {"sequential": sequential_sum, "reversed": reversed_sum, "pairwise": pairwise_sum, "kahan": kahan_sum,
+        "blocked_1024": pairwise_sum, "blocked_4096": pairwise_sum, "fp32_accumulate": numpy_sum,
+        "fp64_upcast": pairwise_sum}
+
+
+def _block(summation: str) -> int | None:
+    return int(summation.split("_")[1]) if summation.startswith("blocked_") else None
+
+
+# -- log-softmax with a chosen summation -------------------------------------------------------
+def log_softmax_rows(rows: np.ndarray, summation: str) -> tuple[np.ndarray, np.ndarray]:
+    """(log-probabilities, probabilities) of (M, C) rows in ``rows.dtype``."""
+    dtype = rows.dtype
+    block = _block(summation)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        if block is None or rows.shape[-1] <= block:
+            top = rows.max(axis=-1, keepdims=True) if rows.shape[-1] else np.zeros(rows.shape[:-1] + (1,), dtype)
+            shifted = (rows - top).astype(dtype)
+            log_total = np.log(SUMS[summation](np.exp(shifted).astype(dtype))).astype(dtype)
+        else:  # online softmax: a running max and a running sum rescaled when the max grows
+            run_max = np.full(rows.shape[:-1], -np.inf, dtype=dtype)
+            run_sum = np.zeros(rows.shape[:-1], dtype=dtype)
+            for start in range(0, rows.shape[-1], block):
+                chunk = rows[..., start:start + block]
+                new_max = np.maximum(run_max, chunk.max(axis=-1))
+                rescale = np.where(run_max == new_max, 1, np.exp((run_max - new_max).astype(dtype))).astype(dtype)
+                local = pairwise_sum(np.exp((chunk - new_max[..., None]).astype(dtype)).astype(dtype))
+                run_sum = (run_sum * rescale + local).astype(dtype)
+                run_max = new_max
+            top = run_max[..., None]
+            shifted = (rows - top).astype(dtype)
+            log_total = np.log(run_sum).astype(dtype)
+        logp = (shifted - log_total[..., None]).astype(dtype)
+        # torch: a row whose max is +-inf or NaN is NaN throughout
+        logp = np.where(np.isfinite(top), logp, np.nan).astype(dtype)
+        p = np.exp(logp).astype(dtype)
+    return logp, p
+
+
+def _legacy(reduction, size_average, reduce):
+    if size_average is not None or reduce is not None:
+        size_average = True if size_average is None else size_average
+        reduce = True if reduce is None else reduce
+        return "mean" if (size_average and reduce) else ("sum" if reduce else "none")
+    return "mean" if reduction == "elementwise_mean" else reduction
+
+
+def _numpy(tensor: torch.Tensor, dtype) -> np.ndarray:
+    return tensor.detach().to(torch.float64).cpu().numpy().astype(dtype)
+
+
+def _rows(array: np.ndarray) -> np.ndarray:
+    """(N, C, d...) or (C,) -> (M, C) with positions in torch's order."""
+    if array.ndim == 1:
+        return array[None, :]
+    return np.moveaxis(array, 1, -1).reshape(-1, array.shape[1])
+
+
+def _unrows(rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if len(shape) == 1:
+        return rows[0]
+    moved = rows.reshape((shape[0], *shape[2:], shape[1]))
+    return np.moveaxis(moved, -1, 1)
+
+
+class _FamilyCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input, target, weight, ignore_index, reduction, eps, summation):
+        dtype = input.dtype
+        compute = np.float64 if (summation == "fp64_upcast" or dtype == torch.float64) else np.float32
+        reduce_dtype = compute  # position sums in the compute precision (float32 for half dtypes)
+        add = SUMS[summation]
+        position_add = add if _block(summation) is None else pairwise_sum
+        shape = tuple(input.shape)
+        C = shape[0] if len(shape) == 1 else shape[1]
+        rows = _rows(_numpy(input, compute))
+        M = rows.shape[0]
+        logp, p = log_softmax_rows(rows, summation)
+        w = np.ones(C, dtype=compute) if weight is None else _numpy(weight, compute)
+        probability = target.is_floating_point()
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            if probability:
+                t = _rows(_numpy(target, compute))
+                if eps > 0:
+                    t = (t * compute(1 - eps) + compute(eps / C)).astype(compute)
+                wt = (t * w).astype(compute)
+                losses = -add((wt * logp).astype(compute))
+                valid = np.ones(M, dtype=bool)
+                weights_of_rows = np.ones(M, dtype=compute)
+                denominator = compute(M)
+            else:
+                y = target.detach().cpu().numpy().astype(np.int64).reshape(-1)
+                valid = y != ignore_index
+                y_safe = np.where(valid, y, 0)
+                weights_of_rows = np.where(valid, w[y_safe], 0).astype(compute)
+                nll = -logp[np.arange(M), y_safe] if M else np.zeros(0, compute)
+                losses = np.where(valid, (weights_of_rows * nll).astype(compute), 0).astype(compute)
+                smooth = np.where(valid, -add((logp * w).astype(compute)), 0).astype(compute) if eps > 0 else None
+                denominator = None
+            if probability or smooth is None:
+                parts = [(compute(1), losses)]
+            else:  # torch reduces (and divides) the NLL and the smoothing sums separately: NaN rules
+                parts = [(compute(1 - eps), losses), (compute(eps / C), smooth)]
+            if reduction == "none":
+                out = sum(coefficient * part for coefficient, part in parts).astype(compute)
+            else:
+                if reduction == "mean" and denominator is None:
+                    denominator = position_add(weights_of_rows.astype(reduce_dtype)[None, :])[0]
+                out = compute(0)
+                for coefficient, part in parts:
+                    total = compute(position_add(part.astype(reduce_dtype)[None, :])[0])
+                    out = compute(out + coefficient * (total / compute(denominator) if reduction == "mean" else total))
+            ctx.save_for_backward(input)
+            ctx.state = (logp, p, w, weights_of_rows, valid, eps, C, shape, probability, reduction,
+                         denominator, compute, t if probability else y_safe)
+        value = np.asarray(out, dtype=np.float64)
+        if reduction == "none":
+            value = value.reshape(() if len(shape) == 1 else (shape[0], *shape[2:]))
+        return torch.from_numpy(np.array(value)).to(dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (input,) = ctx.saved_tensors
+        logp, p, w, weights_of_rows, valid, eps, C, shape, probability, reduction, denominator, compute, tgt = ctx.state
+        M = p.shape[0]
+        g = grad_output.detach().to(torch.float64).cpu().numpy()
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            if reduction == "none":
+                scale = g.reshape(-1).astype(compute) if g.ndim else np.full(M, g, dtype=compute)
+            elif reduction == "sum":
+                scale = np.full(M, float(g), dtype=compute)
+            else:
+                scale = np.full(M, compute(float(g)) / compute(denominator), dtype=compute)
+            grad_target = None
+            if probability:
+                wt = (tgt * w).astype(compute)
+                grad = (p * wt.sum(axis=-1, keepdims=True) - wt).astype(compute)
+                factor = compute(1 - eps) if eps > 0 else compute(1)
+                grad_target = _unrows((-(w * logp) * factor * scale[:, None]).astype(compute), shape)
+            else:
+                onehot = np.zeros_like(p)
+                if M:
+                    onehot[np.arange(M), tgt] = 1
+                grad = (compute(1 - eps) * weights_of_rows[:, None] * (p - onehot)).astype(compute)
+                if eps > 0:
+                    grad = (grad + compute(eps / C) * (p * w.sum() - w)).astype(compute)
+            # ignored positions get exactly 0 (also when the total weight is 0); NaN rows stay NaN, as in torch
+            grad = np.where(valid[:, None], grad * scale[:, None], grad * 0)
+            grad = _unrows(grad.astype(compute), shape)
+        to = input.dtype
+        grad_input = torch.from_numpy(np.array(grad, dtype=np.float64)).to(to)
+        grad_t = None if grad_target is None else torch.from_numpy(np.array(grad_target, dtype=np.float64)).to(to)
+        return grad_input, grad_t, None, None, None, None, None
+
+
+def family_cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                         reduction="mean", label_smoothing=0.0, *, summation="sequential"):
+    """Correct cross-entropy with the arithmetic named by ``summation`` (see the module table)."""
+    # validation and the error contract are torch's: the family varies only the arithmetic
+    F.cross_entropy(input.detach(), target.detach(), weight, size_average, ignore_index, reduce, reduction,
+                    label_smoothing)
+    reduction = _legacy(reduction, size_average, reduce)
+    eps = float(label_smoothing) if label_smoothing > 0 else 0.0
+    return _FamilyCrossEntropy.apply(input, target, weight, ignore_index, reduction, eps, summation)
+
+
+def _member(summation: str):
+    fn = functools.partial(family_cross_entropy, summation=summation)
+    fn.__name__ = summation
+    return fn
+
+
+sequential = _member("sequential")
+reversed_order = _member("reversed")
+pairwise = _member("pairwise")
+blocked_1024 = _member("blocked_1024")
+blocked_4096 = _member("blocked_4096")
+kahan = _member("kahan")
+fp32_accumulate = _member("fp32_accumulate")
+fp64_upcast = _member("fp64_upcast")
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled():
+    return torch.compile(F.cross_entropy, backend="aot_eager", dynamic=True)
+
+
+def compiled(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
+             label_smoothing=0.0):
+    """``torch.compile`` of ``F.cross_entropy`` (the aot_eager backend: graphs traced by dynamo and
+    AOTAutograd, kernels from eager ATen)."""
+    return _compiled()(input, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing)
+
+
+MEMBERS = {"sequential": sequential, "reversed_order": reversed_order, "pairwise": pairwise, "blocked_1024": blocked_1024,
+           "blocked_4096": blocked_4096, "kahan": kahan, "fp32_accumulate": fp32_accumulate,
+           "fp64_upcast": fp64_upcast, "compiled": compiled}
+"""Every member by name: ``tests/correct_family.py:NAME`` is a valid ``--impl``."""
+
+NUMPY_MEMBERS = tuple(m for m in MEMBERS if m != "compiled")
