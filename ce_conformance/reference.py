@@ -35,7 +35,7 @@ from typing import Any, Final, NamedTuple
 import mpmath
 import numpy as np
 
-from .dtypes import FLOAT_DTYPES, dtype_name
+from .dtypes import FLOAT_DTYPES, dtype_name, machine_epsilon
 from .errors import InvalidInputError, Rule
 
 REDUCTIONS: Final = ("none", "mean", "sum")
@@ -467,8 +467,6 @@ def _unit_roundoff(dtype: Any, internal: bool = True) -> float:
     name = dtype_name(np.dtype(dtype))
     if internal and name in ("float16", "bfloat16"):
         name = "float32"
-    from .dtypes import machine_epsilon
-
     return machine_epsilon(name) / 2
 
 

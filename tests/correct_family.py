@@ -36,6 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ce_conformance.reference import resolve_reduction
+
 HALF = (torch.float16, torch.bfloat16)
 SUMMATIONS = ("sequential", "reversed", "pairwise", "blocked_1024", "blocked_4096", "kahan")
 
@@ -118,14 +120,6 @@ def log_softmax_rows(rows: np.ndarray, summation: str) -> tuple[np.ndarray, np.n
         logp = np.where(np.isfinite(top), logp, np.nan).astype(dtype)
         p = np.exp(logp).astype(dtype)
     return logp, p
-
-
-def _legacy(reduction, size_average, reduce):
-    if size_average is not None or reduce is not None:
-        size_average = True if size_average is None else size_average
-        reduce = True if reduce is None else reduce
-        return "mean" if (size_average and reduce) else ("sum" if reduce else "none")
-    return "mean" if reduction == "elementwise_mean" else reduction
 
 
 def _numpy(tensor: torch.Tensor, dtype) -> np.ndarray:
@@ -242,7 +236,7 @@ def family_cross_entropy(input, target, weight=None, size_average=None, ignore_i
     # validation and the error contract are torch's: the family varies only the arithmetic
     F.cross_entropy(input.detach(), target.detach(), weight, size_average, ignore_index, reduce, reduction,
                     label_smoothing)
-    reduction = _legacy(reduction, size_average, reduce)
+    reduction = resolve_reduction(reduction, size_average, reduce)  # torch has validated the call already
     eps = float(label_smoothing) if label_smoothing > 0 else 0.0
     return _FamilyCrossEntropy.apply(input, target, weight, ignore_index, reduction, eps, summation)
 
