@@ -30,7 +30,6 @@ cost on a case; ``tests/test_correct_family.py`` gates every member and
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 import torch
