@@ -38,6 +38,9 @@ def _add_run_options(p: argparse.ArgumentParser, *, default_out: str) -> None:
     p.add_argument("--max-examples", type=int, metavar="N",
                    help="Hypothesis examples (default: the profile's; gate: 1000 at the ci profile)")
     p.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0)")
+    p.add_argument("--covering", type=int, metavar="T", default=None,
+                   help="covering phase: every T-tuple of option values in a valid case before exploration "
+                        "(default: the profile's, 3 for ci and nightly, 2 for dev; 0 turns it off)")
     p.add_argument("--profile", choices=("dev", "ci", "nightly"), default="ci", help="settings profile (default ci)")
     p.add_argument("--out", type=Path, default=Path(default_out), help=f"output directory (default {default_out})")
     p.add_argument("--cases-dir", type=Path, help="where failing cases are saved (default OUT/cases)")
@@ -144,6 +147,8 @@ def _fuzz_config(args: argparse.Namespace, adapters: list[Any], title: str):
 
     if args.max_examples is not None and args.max_examples < 1:
         raise ConfigurationError("--max-examples must be at least 1")
+    if args.covering is not None and not 0 <= args.covering <= 4:
+        raise ConfigurationError(f"--covering must be 0 (off) or a strength from 1 to 4, got {args.covering}")
     if args.command == "gate":  # the gate's default budget: about 15 s for torch on 2 cores
         if args.max_examples is None and args.profile == "ci":
             args.max_examples = DEFAULT_GATE_EXAMPLES
@@ -156,7 +161,7 @@ def _fuzz_config(args: argparse.Namespace, adapters: list[Any], title: str):
                       curated_dirs=[] if args.no_curated else [DEFAULT_CURATED_DIR], shrink=not args.no_shrink,
                       shrink_seconds=args.shrink_seconds, strict=args.strict, oracle=args.oracle,
                       invalid_percent=args.invalid_percent, progress=not args.no_progress and sys.stderr.isatty(),
-                      title=title, impl_spec=args.impl, impl_kind=args.kind if args.impl else None,
+                      covering=args.covering, title=title, impl_spec=args.impl, impl_kind=args.kind if args.impl else None,
                       timeout=args.timeout, memory_mb=args.worker_memory_mb or None,
                       isolate="none" if args.in_process else ("all" if args.isolate_all else "default"))
 
@@ -178,6 +183,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
+    from .covering import coverage_text
     from .baseline import Baseline, baseline_from_findings
     from .gate import run_gate
     from .junit import write_junit
@@ -198,9 +204,10 @@ def cmd_gate(args: argparse.Namespace) -> int:
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(summary.summary_markdown + (f"\n### Baseline\n\n```\n{text}\n```\n" if text else ""))
+    coverage = _read_coverage(summary.out_dir)
     if args.junit:
         write_junit(args.junit, name=args.impl, new=result.new, covered=result.covered, seconds=summary.seconds,
-                    runs=summary.results, impl_spec=args.impl, impl_kind=args.kind)
+                    runs=summary.results, impl_spec=args.impl, impl_kind=args.kind, coverage=coverage)
     if summary.interrupted:
         print(f"interrupted ({summary.interrupted}); partial tables in {summary.out_dir}", file=sys.stderr)
         return _interrupt_code(summary.interrupted)
@@ -208,13 +215,22 @@ def cmd_gate(args: argparse.Namespace) -> int:
         print(text)
     if result.passed and not (args.fail_on_stale and result.stale):
         print(f"PASS {args.impl}: {summary.results} adapter runs, no new findings ({summary.seconds:.1f} s)")
+        print(coverage_text(coverage))
         return EXIT_OK
     if result.passed:
         print(f"FAIL {args.impl}: {len(result.stale)} stale baseline entries (--fail-on-stale)")
         return EXIT_FINDINGS
     print(f"FAIL {args.impl}: {len(result.new)} new finding(s) ({summary.seconds:.1f} s); tables in {summary.out_dir}")
     print(result.report(args.impl, args.kind))
+    print(coverage_text(coverage))
     return EXIT_FINDINGS
+
+
+def _read_coverage(run_dir: Path) -> dict[str, Any]:
+    import json
+
+    path = Path(run_dir) / "coverage.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:

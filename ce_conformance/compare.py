@@ -169,7 +169,8 @@ def compare(case: Case, outcome: Outcome, reference: ReferenceResult | None, cap
         elif tuple(outcome.grad_target.shape) == tuple(reference.grad_target.shape):
             _value_check("grad_target", outcome.grad_target, reference.grad_target, reference.grad_target_scale,
                          dtype, comparison, exact_kind=False, n_classes=n_classes, budget_scale=budget_scale,
-                         sigma=reference.grad_target_sigma)
+                         sigma=reference.grad_target_sigma,
+                         intermediate=reference.grad_target_intermediate)  # w * log p may overflow before scaling
     return comparison
 
 
@@ -201,5 +202,6 @@ def compare_pair(case: Case, expected: Outcome, actual: Outcome, reference: Refe
         grad_target_scale=reference.grad_target_scale,
         output_dtype=expected.loss_dtype or reference.output_dtype,
         output_shape=tuple(expected.loss_shape or ()), loss_sigma=reference.loss_sigma,
-        grad_input_sigma=reference.grad_input_sigma, grad_target_sigma=reference.grad_target_sigma)
+        grad_input_sigma=reference.grad_input_sigma, grad_target_sigma=reference.grad_target_sigma,
+        grad_target_intermediate=reference.grad_target_intermediate)
     return compare(case, actual, as_reference, capabilities, budget_scale=PAIR_BUDGET_SCALE)

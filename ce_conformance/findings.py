@@ -27,22 +27,24 @@ from typing import Any, Final, Iterable
 import pandas as pd
 
 from .case import Case
+from .covering import cell_key, classify, coverage_markdown, coverage_report
 
 FINDING_COLUMNS: Final = {
     "case_id": "string", "adapter": "string", "check": "string", "family": "string", "dtype": "string",
     "layout": "string", "shape": "string", "memory_layout": "string", "reduction": "string",
     "features": "string", "max_abs_error": "float64", "max_ulp_error": "float64", "budget": "float64",
-    "message": "string", "case_path": "string", "signature": "string", "phase": "string",
+    "message": "string", "case_path": "string", "signature": "string", "phase": "string", "cell": "string",
 }
 RESULT_COLUMNS: Final = {
     "case_id": "string", "adapter": "string", "status": "string", "dtype": "string", "layout": "string",
     "reduction": "string", "features": "string", "skip_reason": "string", "loss_ulp": "float64",
     "grad_input_ulp": "float64", "grad_target_ulp": "float64", "budget_ratio": "float64", "seconds": "float64", "phase": "string",
+    "cell": "string",
 }
 STATUSES: Final = ("passed", "failed", "skipped")
 RUN_FILES: Final = ("results.jsonl", "findings.jsonl", "results.csv", "results.parquet", "findings.csv",
                     "findings.parquet", "pass_rates_dtype.csv", "pass_rates_feature.csv", "support_matrix.csv",
-                    "summary.md", "signatures.json")
+                    "summary.md", "signatures.json", "coverage.json")
 
 
 def layout_of(case: Case) -> str:
@@ -66,6 +68,7 @@ def case_columns(case: Case) -> dict[str, Any]:
         "case_id": case.id, "dtype": case.dtype, "layout": layout_of(case),
         "shape": "x".join(map(str, case.input.shape)) or "scalar", "memory_layout": case.memory_layout,
         "reduction": reduction, "features": ",".join(sorted(case.features)),
+        "cell": cell_key(classify(case)),  # the case's levels of the coverage factors (ce_conformance.covering)
     }
 
 
@@ -221,7 +224,8 @@ def summary_markdown(results: pd.DataFrame, findings: pd.DataFrame, *, title: st
     return "\n".join(lines) + "\n"
 
 
-def finalize(run_dir: str | Path, *, title: str = "ce-conformance run", extra: dict[str, Any] | None = None) -> str:
+def finalize(run_dir: str | Path, *, title: str = "ce-conformance run", extra: dict[str, Any] | None = None,
+             not_applicable: Iterable[tuple[str, str]] | None = None) -> str:
     """Write CSV, Parquet, pivots and summary.md for a run directory; return the summary."""
     run_dir = Path(run_dir)
     results, findings = _read_jsonl(run_dir / "results.jsonl", RESULT_COLUMNS), \
@@ -235,5 +239,19 @@ def finalize(run_dir: str | Path, *, title: str = "ce-conformance run", extra: d
         pass_rates(results).to_csv(run_dir / "pass_rates_dtype.csv")
         support_matrix(results).to_csv(run_dir / "support_matrix.csv")
     summary = summary_markdown(results, findings, title=title, extra=extra)
+    coverage_file = run_dir / "coverage.json"
+    if not_applicable is None and coverage_file.exists():  # re-finalized later: keep the run's own
+        not_applicable = [tuple(item.split("=", 1)) for item in json.loads(coverage_file.read_text()).get("not_applicable", [])]
+    coverage = run_coverage(results, not_applicable or ())
+    (run_dir / "coverage.json").write_text(json.dumps(coverage, indent=1), encoding="utf-8")
+    summary += "\n" + coverage_markdown(coverage)
     (run_dir / "summary.md").write_text(summary, encoding="utf-8")
     return summary
+
+
+def run_coverage(results: pd.DataFrame, not_applicable: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
+    """The coverage matrix of the valid cases some adapter actually ran (skips do not count)."""
+    if results.empty or "cell" not in results:
+        return coverage_report([], excluded=not_applicable)
+    ran = results[(results["status"] != "skipped") & results["cell"].notna()]
+    return coverage_report(ran["cell"].astype(str), excluded=not_applicable)

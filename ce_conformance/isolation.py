@@ -91,12 +91,15 @@ def _limit_memory(megabytes: int | None) -> None:
 def _worker_main(conn: Any, recipe: tuple[Any, ...], memory_mb: int | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     warnings.simplefilter("ignore")
-    _limit_memory(memory_mb)
     try:
         adapter = _build(recipe)
     except BaseException as exc:  # noqa: BLE001 - report anything, the parent decides
         conn.send(("init-error", RaisedError.from_exception(exc, "setup")))
         return
+    if not str(getattr(adapter, "device", "cpu")).startswith("cuda"):
+        # CUDA reserves far more virtual address space than any limit on it could allow
+        # (cudaGetDeviceCount fails under RLIMIT_AS); device memory is bounded by the GPU anyway
+        _limit_memory(memory_mb)
     conn.send(("ready", None))
     while True:
         try:

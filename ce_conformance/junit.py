@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from .compare import CHECK_FAMILIES
+from .covering import coverage_markdown
 from .repro import replay_command
 
 FAMILIES = ("errors", "contract", "values", "gradients", "mutation")
@@ -24,7 +25,10 @@ def _table(findings: pd.DataFrame) -> str:
 
 
 def write_junit(path: str | Path, *, name: str, new: pd.DataFrame, covered: pd.DataFrame, seconds: float,
-                runs: int, impl_spec: str | None = None, impl_kind: str | None = None) -> Path:
+                runs: int, impl_spec: str | None = None, impl_kind: str | None = None,
+                coverage: dict | None = None) -> Path:
+    """``coverage`` (a run's coverage.json) adds a ``coverage`` test case, passing, whose output
+    is the coverage matrix with the unreached cells named, and pairs/triples properties."""
     suite = ET.Element("testsuite", name=f"ce-conformance gate: {name}", tests=str(len(FAMILIES)),
                        failures="0", errors="0", skipped="0", time=f"{seconds:.3f}")
     failures = 0
@@ -49,9 +53,18 @@ def write_junit(path: str | Path, *, name: str, new: pd.DataFrame, covered: pd.D
     properties = ET.SubElement(suite, "properties")
     ET.SubElement(properties, "property", name="adapter_runs", value=str(runs))
     ET.SubElement(properties, "property", name="baseline_covered", value=str(len(covered)))
+    tests = len(FAMILIES)
+    if coverage:
+        tests += 1
+        case = ET.SubElement(suite, "testcase", classname=f"ce-conformance.{name}", name="coverage", time="0.000")
+        ET.SubElement(case, "system-out").text = coverage_markdown(coverage, limit=10**6)
+        for key in sorted(k for k in coverage if k.startswith("strength_")):
+            ET.SubElement(properties, "property", name=f"coverage_{key}",
+                          value=f"{coverage[key]['reached']}/{coverage[key]['feasible']}")
+        suite.set("tests", str(tests))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    root = ET.Element("testsuites", tests=str(len(FAMILIES)), failures=str(failures))
+    root = ET.Element("testsuites", tests=str(tests), failures=str(failures))
     root.append(suite)
     ET.indent(root)
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)

@@ -19,6 +19,8 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from .strategies import SIZE_LIMITS, SizeLimits
 
 PROFILES: Final = {"dev": 40, "ci": 200, "nightly": 5000}
+COVERING_STRENGTHS: Final = {"dev": 2, "ci": 3, "nightly": 3}
+"""Strength of each profile's covering phase: every pair (dev) or every triple of option values."""
 DEFAULT_PROFILE: Final = "ci"
 DATABASE_ENV: Final = "CE_CONFORMANCE_DB"
 
@@ -51,3 +53,7 @@ def settings_for(profile: str = DEFAULT_PROFILE, *, database_dir: str | Path | N
 
 def size_limits_for(profile: str) -> SizeLimits:
     return SIZE_LIMITS.get(profile, SIZE_LIMITS[DEFAULT_PROFILE])
+
+
+def covering_strength_for(profile: str) -> int:
+    return COVERING_STRENGTHS.get(profile, COVERING_STRENGTHS[DEFAULT_PROFILE])

@@ -35,7 +35,7 @@ from typing import Any, Final, NamedTuple
 import mpmath
 import numpy as np
 
-from .dtypes import FLOAT_DTYPES, dtype_name, machine_epsilon
+from .dtypes import FLOAT_DTYPES, dtype_name, machine_epsilon, ulp
 from .errors import InvalidInputError, Rule
 
 REDUCTIONS: Final = ("none", "mean", "sum")
@@ -278,6 +278,7 @@ class _Output:
     grad_target: np.ndarray | None
     grad_target_scale: np.ndarray | None
     sigmas: "Sigmas | None" = None
+    grad_target_intermediate: np.ndarray | None = None
 
 
 def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> _Output:
@@ -329,6 +330,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
         if call.mode == "probability":
             grad_target = np.zeros(call.input.shape, dtype=dtype)
             grad_target_scale = np.zeros(M) if want_scale else None
+            grad_target_unscaled = np.zeros(M) if want_scale else None
 
     target_blocks = _row_blocks(call.target, class_axis, C) if call.mode == "probability" else None
     for positions, rows in _row_blocks(call.input, class_axis, C):
@@ -367,8 +369,9 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                         w_row = w_abs if w_abs is not None else np.ones(C)
                         coefficient = coefficient + (eps / C) * w_row.sum()
                         smooth_terms_abs = abs_logp * w_row
-                        sigma_smooth = (eps / C * u_c / np.sqrt(3.0)) * np.hypot(_summation_root(smooth_terms_abs, u_c),
-                                                                                 _root_sum_squares(smooth_terms_abs))
+                        aligned = _grid_aligned(rows, smooth_terms_abs, call.input.dtype, u_c)
+                        sigma_smooth = (eps / C * u_c / np.sqrt(3.0)) * np.hypot(
+                            _summation_root(smooth_terms_abs, u_c, linear=aligned), _root_sum_squares(smooth_terms_abs))
                     else:
                         sigma_smooth = np.zeros(m)
                     loss_sigma[positions] = np.where(v, np.hypot(sigma_smooth, coefficient * lse_sigma[positions]), 0)
@@ -406,10 +409,17 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                 if want_scale:
                     abs_wt = np.abs(wt)
                     loss_mag[positions] = (abs_wt * (np.abs(ls.logp) + 1)).sum(axis=1)
-                    unscaled_mag[positions] = loss_mag[positions]
+                    # torch forms t * logp (and w * logp) elementwise before the weighted sum: such a
+                    # product may overflow the dtype although the weighted result does not
+                    partial = np.abs(np.asarray(t, dtype=np.float64))
+                    if w_abs is not None:
+                        partial = np.maximum(partial, w_abs[None, :])
+                    unscaled_mag[positions] = np.maximum(loss_mag[positions],
+                                                         _finite_row_max(partial * (np.abs(ls.logp) + 1)))
                     term_abs = np.asarray(abs_wt, dtype=np.float64) * abs_logp
                     # half dtypes: torch rounds log-probabilities and products to the dtype (u_t) per term
-                    loss_sigma[positions] = np.hypot(np.hypot(u_c * _summation_root(term_abs, u_c) / np.sqrt(3.0),
+                    aligned = _grid_aligned(rows, term_abs, call.input.dtype, u_c)
+                    loss_sigma[positions] = np.hypot(np.hypot(u_c * _summation_root(term_abs, u_c, linear=aligned) / np.sqrt(3.0),
                                                               u_t * _root_sum_squares(term_abs)),
                                                      np.asarray(abs_wt, dtype=np.float64).sum(axis=1) * lse_sigma[positions])
                 if gradients:
@@ -429,6 +439,9 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                         w_row = w_abs if w_abs is not None else np.ones(C)
                         tmag = w_row[None, :] * (np.abs(ls.logp) + 1) * factor
                         grad_target_scale[positions] = abs_scale * _finite_row_max(tmag)
+                        # the backward multiplies log p by w and by the upstream scale, in either order
+                        grad_target_unscaled[positions] = _finite_row_max(
+                            np.maximum(w_row[None, :], np.reshape(abs_scale, (-1, 1))) * (np.abs(ls.logp) + 1))
                         grad_target_coefficient[positions] = abs_scale * factor * w_row.max(initial=0)
 
     if call.mode == "probability":
@@ -458,7 +471,8 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
     sigmas = _reduced_sigmas(call, A, eps, C, u_c, u_t, main_terms, smooth_terms, loss, wy_all if call.mode == "index" else None,
                              denominator, lse_sigma, loss_sigma, grad_input_scale, grad_target_coefficient,
                              grad_target_scale, repetitive, backward_sigma) if want_scale else None
-    return _Output(loss, loss_scale, intermediate, grad_input, grad_input_scale, grad_target, grad_target_scale, sigmas)
+    return _Output(loss, loss_scale, intermediate, grad_input, grad_input_scale, grad_target, grad_target_scale, sigmas,
+                   grad_target_unscaled if call.mode == "probability" and gradients else None)
 
 
 def _unit_roundoff(dtype: Any, internal: bool = True) -> float:
@@ -527,7 +541,21 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
     return Sigmas(finite(loss_out), finite(grad_input), finite(grad_target))
 
 
-def _summation_root(magnitudes: np.ndarray, u: float, repetitive: np.ndarray | None = None) -> np.ndarray:
+def _grid_aligned(rows: np.ndarray, terms: np.ndarray, dtype: np.dtype, u: float) -> np.ndarray:
+    """Rows whose logits lie on a grid at least as coarse as the ulp of the sum of ``terms``
+    (large offsets; half dtypes summed in float32): every log-probability is then a grid value
+    minus the same log-sum-exp, each addition rounds away the same residue, and the errors of
+    a sequential sum add up linearly instead of as a random walk."""
+    x = np.abs(np.asarray(rows, dtype=np.float64))
+    quantum = ulp(np.where(np.isfinite(x), x, 0).max(axis=1, initial=0), dtype_name(dtype))
+    total = np.where(np.isfinite(terms), terms, 0).sum(axis=1)
+    with np.errstate(divide="ignore"):
+        sum_ulp = 2 * u * np.exp2(np.floor(np.log2(np.where(total > 0, total, 1.0))))
+    return quantum >= sum_ulp
+
+
+def _summation_root(magnitudes: np.ndarray, u: float, repetitive: np.ndarray | None = None,
+                    linear: np.ndarray | None = None) -> np.ndarray:
     """Per row, ``sqrt(V)`` where ``(u**2 / 3) * V`` is the rounding variance of a sequential sum of
     the (finite, non-negative) magnitudes, for the worse of the forward and the reverse order.
 
@@ -548,20 +576,30 @@ def _summation_root(magnitudes: np.ndarray, u: float, repetitive: np.ndarray | N
     finite = finite / np.where(top > 0, top, 1.0)
     forward = np.cumsum(finite, axis=-1)
     backward = forward[..., -1:] - forward + finite
-    forward = np.minimum(forward, finite / u)
-    backward = np.minimum(backward, finite / u)
+    # a term below u * (partial sum) is lost whole, always toward zero: such errors add up
+    # linearly (a long tail of tiny probabilities after a dominant one), not as a random walk
+    lost_forward, lost_backward = finite / u < forward, finite / u < backward
+    lost = np.maximum(np.where(lost_forward, finite / u, 0).sum(axis=-1),
+                      np.where(lost_backward, finite / u, 0).sum(axis=-1))
+    forward = np.where(lost_forward, 0.0, forward)
+    backward = np.where(lost_backward, 0.0, backward)
     values, inverse = np.unique(finite, return_inverse=True)
     rows = finite.reshape(-1, finite.shape[-1]).shape[0]
-    keys = (np.arange(rows)[:, None] * len(values) + inverse.reshape(rows, -1)).ravel()
+    keys = (np.arange(rows, dtype=np.int64)[:, None] * len(values) + inverse.reshape(rows, -1)).ravel()
+    groups, group_of = np.unique(keys, return_inverse=True)  # (row, distinct value) pairs present
+    group_row = groups // len(values)
 
     def grouped(partial: np.ndarray) -> np.ndarray:
-        sums = np.bincount(keys, weights=partial.ravel(), minlength=rows * len(values)).reshape(rows, -1)
-        return np.einsum("ij,ij->i", sums, sums).reshape(finite.shape[:-1])
+        sums = np.bincount(group_of, weights=partial.ravel(), minlength=len(groups))
+        return np.bincount(group_row, weights=sums * sums, minlength=rows).reshape(finite.shape[:-1])
 
     if repetitive is not None:
-        present = np.bincount(keys, minlength=rows * len(values)).reshape(rows, -1) > 0
-        repetitive[...] = (present.sum(axis=1) < finite.shape[-1] / 2).reshape(repetitive.shape)
-    return np.sqrt(np.maximum(grouped(forward), grouped(backward))) * top[..., 0]
+        distinct = np.bincount(group_row, minlength=rows)
+        repetitive[...] = (distinct < finite.shape[-1] / 2).reshape(repetitive.shape)
+    root = np.sqrt(np.maximum(grouped(forward), grouped(backward)))
+    if linear is not None and np.any(linear):  # correlated roundings: one group per row
+        root = np.where(linear, np.maximum(forward.sum(axis=-1), backward.sum(axis=-1)), root)
+    return (root + lost) * top[..., 0]
 
 
 def _root_sum_squares(magnitudes: np.ndarray) -> np.ndarray:
@@ -663,6 +701,7 @@ class ReferenceResult:
     loss_sigma: np.ndarray | None = None  # tolerance model v2: error scale of a correct implementation
     grad_input_sigma: np.ndarray | None = None  # per position; broadcast over the class axis
     grad_target_sigma: np.ndarray | None = None
+    grad_target_intermediate: np.ndarray | None = None  # per position: largest w * log p before scaling
 
 
 def _case_call(case: Any) -> _Call:
@@ -702,4 +741,5 @@ def evaluate(case: Any, *, gradients: bool = True) -> ReferenceResult:
         loss_sigma=out.sigmas.loss,
         grad_input_sigma=per_class(out.sigmas.grad_input) if gradients else None,
         grad_target_sigma=per_class(out.sigmas.grad_target) if gradients else None,
+        grad_target_intermediate=per_class(out.grad_target_intermediate),
     )

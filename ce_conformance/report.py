@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import ConfigurationError
-from .findings import feature_pass_rates, finalize, load_run, pass_rates, support_matrix
+from .findings import feature_pass_rates, finalize, load_run, pass_rates, run_coverage, support_matrix
 
 HISTORY_FILE = "history.parquet"
 DIFF_STATUSES = ("new", "fixed", "still failing")
@@ -255,6 +255,9 @@ def write_html(run_dir: Path, *, diff: pd.DataFrame | None = None, previous: Pat
             parts.append(f"<h3>{html.escape(dtype)}</h3>" + _image(image, f"pass rate {dtype}"))
     parts += ["<h2>Error distributions</h2>", _image(_error_ecdfs(results), "ULP error ECDFs")]
     parts += ["<h2>Support matrix</h2>", _table(support_matrix(results))]
+    coverage_file = Path(run_dir) / "coverage.json"
+    coverage = json.loads(coverage_file.read_text()) if coverage_file.exists() else run_coverage(results)
+    parts += ["<h2>Coverage</h2>", _coverage_html(coverage)]
     parts.append("<h2>Top findings</h2>")
     if findings.empty:
         parts.append("<p>No findings.</p>")
@@ -284,3 +287,20 @@ def write_html(run_dir: Path, *, diff: pd.DataFrame | None = None, previous: Pat
 
 
 __all__ = ["diff_findings", "compare_runs", "merge_runs", "append_history", "write_html", "previous_run"]
+
+
+def _coverage_html(report: dict) -> str:
+    """Factor x level counts of the valid cases run, then every unreached pair and triple."""
+    if not report.get("cases"):
+        return "<p>No valid case was run.</p>"
+    levels = pd.DataFrame({f: pd.Series(counts) for f, counts in report["levels"].items()}).T
+    parts = [f"<p>{report['cases']} distinct valid cases; valid cases per factor level (empty: not a level "
+             "of that factor, 0: never reached).</p>", _table(levels.astype("Int64"))]
+    for key in sorted(k for k in report if k.startswith("strength_")):
+        info = report[key]
+        name = {"strength_2": "pairs", "strength_3": "triples"}.get(key, key)
+        parts.append(f"<p><b>{name}</b>: {info['reached']}/{info['feasible']} feasible combinations reached</p>")
+        if info["unreached"]:
+            parts.append("<details><summary>not reached</summary><ul>"
+                         + "".join(f"<li>{html.escape(cell)}</li>" for cell in info["unreached"]) + "</ul></details>")
+    return "\n".join(parts)

@@ -1,15 +1,8 @@
-"""The fuzz loop: curated cases, Hypothesis exploration, then shrinking of each distinct failure.
+"""The fuzz loop: one case at a time through every adapter, compared, recorded.
 
-Data flows one way: case -> adapters -> comparison -> findings (streamed) -> tables.
-
-1. **curated** — every JSON case under the curated directories is replayed first.
-2. **explore** — Hypothesis draws cases with the profile's settings and seed; each case runs
-   through every adapter and is compared; results and findings are streamed to disk. The
-   probe never raises, so one bug does not stop the search for others.
-3. **shrink** — for each distinct (adapter, check) failure, Hypothesis runs again with the same
-   seed and only that adapter, raising when the failure reappears, and shrinks it. The
-   minimal case is saved with a replay command and a standalone repro script. Both phases
-   share one example-database key, so the next run replays minimal failures first.
+Data flows one way: case -> adapters -> comparison -> findings (streamed) -> tables. The
+phases that choose the cases (curated, covering, explore, shrink) live in
+:mod:`ce_conformance.phases`; this module owns evaluation, recording and the run's summary.
 """
 
 from __future__ import annotations
@@ -19,29 +12,25 @@ import json
 import platform
 import signal
 import time
+
+import numpy as np
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from hypothesis import Phase, given, seed as hypothesis_seed, settings as hypothesis_settings
-
 from ce_conformance.adapters.base import Adapter, Outcome
 
-from . import reference
+from . import phases, reference
 from ._version import __version__
 from .case import Case
 from .compare import CHECK_FAMILIES, Comparison, compare, compare_pair
 from .errors import ConfigurationError, InvalidInputError
 from .findings import Recorder, case_columns, finalize, finding_signature
-from .profiles import settings_for, size_limits_for
+from .profiles import settings_for
 from .repro import write_repro
-from .strategies import cross_entropy_cases
 
 DEFAULT_CURATED_DIR = Path(__file__).resolve().parent.parent / "cases" / "curated"
-
-
-_PLAIN_FEATURES = frozenset({"single_class"})
 
 
 class Interrupted(BaseException):
@@ -51,10 +40,6 @@ class Interrupted(BaseException):
     def __init__(self, signal_name: str):
         super().__init__(signal_name)
         self.signal_name = signal_name
-
-
-class _Reproduced(Exception):
-    """Raised by the probe in shrink mode when the sought failure reappears."""
 
 
 class Executor:
@@ -97,6 +82,7 @@ class FuzzConfig:
     plain: bool = False
     partition: tuple[int, int] | None = None  # (r, n): evaluate only drawn cases whose id % n == r
     dtypes: tuple[str, ...] | None = None
+    covering: int | None = None  # strength of the covering phase; None: the profile's, 0: off
 
 
 @dataclass
@@ -180,6 +166,7 @@ class FuzzRun:
         self._progress: Callable[[], None] = lambda: None
         self.stage_seconds: collections.Counter[str] = collections.Counter()
         self._curated: list[tuple[Case, str]] | None = None
+        self._covering: list[Case] | None = None
         self.examples = 0
         self.first_finding_seconds: float | None = None
         self._started = time.perf_counter()
@@ -205,7 +192,8 @@ class FuzzRun:
         clock = time.perf_counter
         stages = self.stage_seconds
         start = clock()
-        ref = self._reference(case)
+        with np.errstate(all="ignore"):  # overflow in magnitudes is expected at the dtype's edges
+            ref = self._reference(case)
         columns = case_columns(case)
         stages["reference"] += clock() - start
         compared = []
@@ -222,8 +210,9 @@ class FuzzRun:
             outcomes[adapter.name] = (adapter, outcome)
             stages[f"adapter:{adapter.name}"] += clock() - start
             start = clock()
-            comparison = compare(case, outcome, ref, adapter.capabilities, strict=self.config.strict,
-                                 native=self._native(case))
+            with np.errstate(all="ignore"):
+                comparison = compare(case, outcome, ref, adapter.capabilities, strict=self.config.strict,
+                                     native=self._native(case))
             stages["compare"] += clock() - start
             compared.append((adapter, comparison))
             if record:
@@ -275,65 +264,16 @@ class FuzzRun:
                     case_path=path, impl_spec=self.config.impl_spec, impl_kind=self.config.impl_kind)
         return path
 
-    # -- phases -----------------------------------------------------------------------------
+    # -- phases (ce_conformance.phases) ------------------------------------------------------
     def _curated_cases(self) -> list[tuple[Case, str]]:
         if self._curated is None:
-            self._curated = self._load_curated()
+            self._curated = phases.load_curated(self.config)
         return self._curated
 
-    def _load_curated(self) -> list[tuple[Case, str]]:
-        found = [(c, "") for c in self.config.extra_cases]
-        for directory in self.config.curated_dirs:
-            directory = Path(directory)
-            if not directory.is_dir():
-                continue
-            for path in sorted(directory.glob("*.json")):
-                found.append((Case.load(path), str(path)))
-        return [(case, path) for case, path in found if self._wanted(case)]
-
-    def _wanted(self, case: Case) -> bool:
-        """Curated cases are filtered like drawn ones: required features, allowed dtypes."""
-        required = self.config.require - {"invalid_input"}
-        if "invalid_input" in self.config.require and case.is_valid:
-            return False
-        if self.config.plain and case.features - required - _PLAIN_FEATURES:
-            return False
-        dtypes_ok = self.config.dtypes is None or case.dtype in self.config.dtypes or not case.is_valid
-        return required <= case.features and dtypes_ok
-
-    def _strategy(self):
-        from .dtypes import FLOAT_DTYPES
-
-        return cross_entropy_cases(dtypes=self.config.dtypes or FLOAT_DTYPES, limits=size_limits_for(self.config.profile),
-                                   invalid_percent=0 if self.config.plain else self.config.invalid_percent,
-                                   require=self.config.require, plain=self.config.plain)
-
-    def _settings(self, phases: list[Phase], **overrides: Any):
-        base = settings_for(self.config.profile, database_dir=self.config.database_dir,
-                            max_examples=self.config.max_examples)
-        return hypothesis_settings(base, phases=phases, **overrides)
-
-    def _hypothesis_test(self, probe: Callable[[Case], None], phases: list[Phase], **overrides: Any):
-        test = given(self._strategy())(probe)
-        test = hypothesis_seed(self.config.seed)(test)
-        return self._settings(phases, **overrides)(test)
-
-    def _explore(self, probe_state: dict[str, Any]) -> None:
-        probe_state["mode"] = "explore"
-        test = self._hypothesis_test(_make_probe(self, probe_state), [Phase.explicit, Phase.reuse, Phase.generate])
-        test()
-
-    def _shrink_one(self, adapter: Adapter, check: str, probe_state: dict[str, Any], deadline: float) -> Case | None:
-        probe_state.update(mode="shrink", adapter=adapter, check=check, last=None, deadline=deadline)
-        test = self._hypothesis_test(_make_probe(self, probe_state), [Phase.reuse, Phase.generate, Phase.shrink],
-                                     report_multiple_bugs=False)
-        try:
-            test()
-        except _Reproduced:
-            pass
-        except Exception:  # Flaky, a spent budget, an adapter gone wrong: keep the smallest case seen
-            pass
-        return probe_state.get("last")
+    def _covering_cases(self) -> list[Case]:
+        if self._covering is None:
+            self._covering = phases.covering_cases(self.config, self.adapters)
+        return self._covering
 
     def run(self) -> RunSummary:
         start = self._started = time.perf_counter()
@@ -348,23 +288,13 @@ class FuzzRun:
                 for case, path in self._curated_cases():
                     self.evaluate(case, "curated", case_path=path)
                     advance()
+                for case in self._covering_cases():
+                    self.evaluate(case, "covering")
+                    advance()
                 if self.config.explore:
-                    self._explore(probe_state)
+                    phases.explore(self, probe_state)
                 if self.config.shrink and self.config.explore:
-                    deadline = time.monotonic() + self.config.shrink_seconds
-                    by_name = {a.name: a for a in self.adapters}
-                    for (name, check), info in list(self.signatures.items()):
-                        if time.monotonic() > deadline:
-                            break
-                        adapter = by_name.get(name)
-                        if adapter is None or not info["explored"]:
-                            # pairwise findings (two adapters in play), or only a curated case shows it
-                            continue
-                        minimal = self._shrink_one(adapter, check, probe_state, deadline)
-                        if minimal is not None:
-                            path = self._save_case(minimal, name, check, info["message"])
-                            info["shrunk_case"] = str(path)
-                            self.evaluate(minimal, "shrunk", adapters=[adapter], case_path=str(path))
+                    phases.shrink_all(self, probe_state)
         except Interrupted as exc:
             interrupted = exc.signal_name
         finally:
@@ -385,7 +315,8 @@ class FuzzRun:
         not_isolated = getattr(self.executor, "not_isolated", {})
         if not_isolated:
             extra["ran in-process"] = "; ".join(f"{k} ({v})" for k, v in not_isolated.items())
-        summary = finalize(self.out_dir, title=self.config.title, extra=extra)
+        summary = finalize(self.out_dir, title=self.config.title, extra=extra,
+                           not_applicable=phases.excluded(self.config, self.adapters))
         (self.out_dir / "signatures.json").write_text(json.dumps(
             [{"adapter": k[0], "check": k[1], **v} for k, v in self.signatures.items()], indent=1))
         return RunSummary(self.out_dir, self.recorder.result_count, self.recorder.finding_count, self.signatures,
@@ -419,30 +350,12 @@ class FuzzRun:
         total = settings_for(self.config.profile, max_examples=self.config.max_examples).max_examples
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("findings: {task.fields[findings]}"), TimeElapsedColumn(), transient=True) as bar:
-            task = bar.add_task("fuzzing", total=total + len(self._curated_cases()), findings=0)
+            task = bar.add_task("fuzzing", total=total + len(self._curated_cases()) + len(self._covering_cases()),
+                                findings=0)
             yield lambda: bar.update(task, advance=1, findings=self.recorder.finding_count if self.recorder else 0)
 
 
 def _result_base(columns: dict[str, Any], adapter: str, phase: str) -> dict[str, Any]:
     return {"case_id": columns["case_id"], "adapter": adapter, "dtype": columns["dtype"], "layout": columns["layout"],
-            "reduction": columns["reduction"], "features": columns["features"], "phase": phase}
-
-
-def _make_probe(run: FuzzRun, state: dict[str, Any]) -> Callable[[Case], None]:
-    def ce_conformance_probe(case: Case) -> None:
-        if state.get("mode") == "explore":
-            partition = run.config.partition
-            if partition and int(case.id, 16) % partition[1] != partition[0]:
-                return  # another shard's case: shards are disjoint by case id
-            run.examples += 1
-            run.evaluate(case, "explore")
-            run._progress()
-            return
-        if time.monotonic() > state["deadline"]:
-            return  # shrink budget spent: stop running adapters, keep the smallest case seen
-        for _, comparison in run.evaluate(case, "shrink", adapters=[state["adapter"]], record=False):
-            if any(v.check == state["check"] for v in comparison.verdicts):
-                state["last"] = case
-                raise _Reproduced(state["check"])
-
-    return ce_conformance_probe
+            "reduction": columns["reduction"], "features": columns["features"], "phase": phase,
+            "cell": columns["cell"]}

@@ -27,22 +27,22 @@ from hypothesis import assume
 from hypothesis import strategies as st
 
 from .case import Case
-from .dtypes import FLOAT_DTYPES, max_finite, round_to, smallest_normal, ulp
+from .dtypes import FLOAT_DTYPES
 from .errors import Rule
+from .values import (IGNORE_INDEX_KINDS, LOGIT_DISTRIBUTIONS, NONFINITE_DISTRIBUTIONS, PROBABILITY_KINDS,
+                     SMOOTHINGS, TINY_SMOOTHINGS, WEIGHT_KINDS, grad_output_values, ignore_index_value,
+                     index_target_values, logit_distributions_for, logit_values, output_shape, probability_values,
+                     weight_values)
 
 CLASS_COUNTS: Final = (2, 3, 1, 4, 5, 7, 8, 10, 16, 17, 31, 32, 33, 64, 100, 127, 128, 129, 255, 256, 257,
                        1000, 1024, 1025, 4097)
 """Class counts drawn for ordinary cases: tiny, powers of two and their neighbours."""
 
-VOCAB_CLASS_COUNTS: Final = (32000, 32768, 50257, 128256)
-"""Vocabulary-scale class counts (Llama-2, GPT-2, Llama-3), drawn rarely."""
+VOCAB_CLASS_COUNTS: Final = (32000, 32768, 50257, 128256, 262144)
+"""Vocabulary-scale class counts (Llama-2, GPT-2, Llama-3, Gemma-3), drawn rarely."""
 
 BATCH_SIZES: Final = (1, 2, 3, 4, 5, 7, 8, 16, 31, 64, 100, 257, 1024, 2049)
 SPATIAL_SIZES: Final = (1, 2, 3, 4, 5, 7)
-LOGIT_DISTRIBUTIONS: Final = ("small_integers", "standard", "wide", "offset", "ties", "near_ties", "confident",
-                              "neg_inf", "extremes")
-PROBABILITY_KINDS: Final = ("softmax", "one_hot", "sparse", "unnormalised", "negative")
-WEIGHT_KINDS: Final = ("positive", "integers", "with_zeros", "tiny")
 INVALID_RULES: Final = tuple(r for r in Rule if r is not Rule.INPUT_SHAPE)
 
 
@@ -111,6 +111,10 @@ def input_shapes(draw, n_classes: int | None = None, limits: SizeLimits = SizeLi
     return (draw(st.sampled_from(fitting)), C, *spatial)
 
 
+def _picker(draw):
+    return lambda options: draw(st.sampled_from(tuple(options)))
+
+
 @st.composite
 def logits(draw, shape: tuple[int, ...], dtype: str = "float32",
            distributions: Sequence[str] = LOGIT_DISTRIBUTIONS) -> np.ndarray:
@@ -121,36 +125,7 @@ def logits(draw, shape: tuple[int, ...], dtype: str = "float32",
     """
     name = draw(st.sampled_from(tuple(distributions)))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    class_axis = 0 if len(shape) == 1 else 1
-    size = math.prod(shape)
-    if name == "small_integers":
-        values = rng.integers(-3, 4, size=shape).astype(np.float64)
-    elif name == "standard":
-        values = rng.standard_normal(shape)
-    elif name == "wide":
-        values = rng.standard_normal(shape) * draw(st.sampled_from((10.0, 30.0, 100.0)))
-    elif name == "offset":
-        offsets = (1e3, -1e3, 1e4) if dtype == "float16" else (1e3, -1e4, 1e8, -1e8)
-        values = rng.standard_normal(shape) + draw(st.sampled_from(offsets))
-    elif name == "ties":
-        values = np.full(shape, draw(st.sampled_from((0.0, 1.0, -2.5))))
-    elif name == "near_ties":  # a common value per row, nudged by a few ulps of the dtype
-        base = round_to(rng.standard_normal(shape[:class_axis] + (1,) + shape[class_axis + 1:]), dtype)
-        values = base + rng.integers(-2, 3, size=shape) * ulp(base, dtype)
-    elif name == "confident":
-        values = rng.standard_normal(shape)
-        gap = draw(st.sampled_from((30.0, 100.0, 1000.0)))
-        if size:
-            hot = rng.integers(0, shape[class_axis], size=np.delete(np.array(shape), class_axis).tolist() or None)
-            np.put_along_axis(values, np.expand_dims(np.asarray(hot), class_axis), gap, axis=class_axis)
-    elif name == "neg_inf":
-        values = rng.standard_normal(shape)
-        values[rng.random(shape) < draw(st.sampled_from((0.1, 0.5, 1.0)))] = -np.inf
-    else:  # extremes
-        big = max_finite(dtype) * 2.0**-12  # exp() overflows in every dtype; sums keep headroom
-        choices = np.array([big, -big, smallest_normal(dtype), 0.0, -1.0])
-        values = rng.choice(choices, size=shape)
-    return round_to(values, dtype)
+    return logit_values(name, rng, shape, dtype, _picker(draw))
 
 
 @st.composite
@@ -161,16 +136,24 @@ def index_targets(draw, input_shape: tuple[int, ...], ignore_index: int = -100,
     >>> index_targets((4, 3), ignore_pattern="all").example().tolist()
     [-100, -100, -100, -100]
     """
-    class_axis = 0 if len(input_shape) == 1 else 1
-    C = input_shape[class_axis]
-    shape = () if len(input_shape) == 1 else (input_shape[0], *input_shape[2:])
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    values = rng.integers(0, C, size=shape)
-    if ignore_pattern == "all":
-        values = np.full(shape, ignore_index)
-    elif ignore_pattern == "some" and values.size:
-        values = np.where(rng.random(shape) < 0.4, ignore_index, values)
-    return np.asarray(values, dtype=np.int64)
+    return index_target_values(rng, input_shape, ignore_index, ignore_pattern)
+
+
+def ignore_indices(n_classes: int, kinds: Sequence[str] = IGNORE_INDEX_KINDS,
+                   target_dtype: str = "int64") -> st.SearchStrategy[int]:
+    """An ``ignore_index`` over the int64 domain: -100, other negatives, in-range, >= C.
+
+    >>> ignore_indices(10, ["out_of_range"]).example() >= 10
+    True
+    """
+    @st.composite
+    def build(draw):
+        kind = draw(st.sampled_from(tuple(kinds)))
+        rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        return ignore_index_value(kind, n_classes, _picker(draw), rng, target_dtype)
+
+    return build()
 
 
 @st.composite
@@ -183,46 +166,24 @@ def probability_targets(draw, input_shape: tuple[int, ...], dtype: str = "float3
     """
     kind = draw(st.sampled_from(tuple(kinds)))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    class_axis = 0 if len(input_shape) == 1 else 1
-    if kind == "one_hot":
-        hot = rng.integers(0, input_shape[class_axis], size=np.delete(np.array(input_shape), class_axis).tolist() or None)
-        values = (np.arange(input_shape[class_axis]).reshape([-1 if a == class_axis else 1 for a in range(len(input_shape))])
-                  == np.expand_dims(np.asarray(hot), class_axis)).astype(np.float64)
-    elif kind in ("softmax", "sparse"):
-        raw = np.exp(rng.standard_normal(input_shape))
-        if kind == "sparse":
-            raw[rng.random(input_shape) < 0.5] = 0.0
-        total = raw.sum(axis=class_axis, keepdims=True)
-        values = np.divide(raw, total, out=np.zeros_like(raw), where=total > 0)
-    elif kind == "unnormalised":
-        values = rng.uniform(0.0, 2.0, size=input_shape)
-    else:
-        values = rng.standard_normal(input_shape)
-    return round_to(values, dtype)
+    return probability_values(kind, rng, input_shape, dtype)
 
 
 @st.composite
 def weights(draw, n_classes: int, dtype: str = "float32", kinds: Sequence[str] = WEIGHT_KINDS) -> np.ndarray:
-    """Per-class weights: positive reals, small integers, some exact zeros, or tiny values.
+    """Per-class weights: positive reals, small integers, exact zeros, tiny (to subnormal) or huge.
 
     >>> bool((weights(6, kinds=["positive"]).example() > 0).all())
     True
     """
     kind = draw(st.sampled_from(tuple(kinds)))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    if kind == "positive":
-        values = rng.uniform(0.1, 2.0, n_classes)
-    elif kind == "integers":
-        values = rng.integers(1, 4, n_classes).astype(np.float64)
-    elif kind == "with_zeros":
-        values = np.where(rng.random(n_classes) < 0.3, 0.0, rng.uniform(0.1, 2.0, n_classes))
-    else:
-        values = rng.uniform(1.0, 2.0, n_classes) * (2.0 ** -20 if dtype != "float16" else 2.0 ** -10)
-    return round_to(values, dtype)
+    return weight_values(kind, rng, n_classes, dtype, _picker(draw))
 
 
 def label_smoothings(allow_negative: bool = True) -> st.SearchStrategy[float]:
-    """Label smoothing: usually 0, else a value in (0, 1], rarely negative (torch treats it as 0).
+    """Label smoothing: usually 0, else exactly 1, tiny (down to 1e-12), a value in (0, 1), or
+    rarely negative (torch treats it as 0).
 
     >>> 0.0 <= label_smoothings(allow_negative=False).example() <= 1.0
     True
@@ -232,7 +193,7 @@ def label_smoothings(allow_negative: bool = True) -> st.SearchStrategy[float]:
             return st.just(0.0)
         if roll == 9 and allow_negative:
             return st.sampled_from((-0.1, -0.5))
-        return st.one_of(st.sampled_from((0.1, 0.25, 0.5, 1.0, 0.05)), st.floats(0.0, 1.0, width=32))
+        return st.one_of(st.sampled_from(SMOOTHINGS + (1.0,) + TINY_SMOOTHINGS), st.floats(0.0, 1.0, width=32))
 
     return st.integers(0, 9).flatmap(pick)
 
@@ -313,11 +274,10 @@ def cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limits: Size
     target_dtype: str | None = None
     if use_probabilities:
         target = draw(probability_targets(shape, dtype))
-        ignore_index = draw(st.sampled_from((-100, -1)))
+        ignore_index = draw(ignore_indices(C, ("default", "negative")))
     else:
-        ignore_choice = draw(st.sampled_from(("default", "in_range", "out_of_range"))) \
-            if not plain or require & {"ignore_index", "all_ignored"} else "default"
-        ignore_index = {"default": -100, "out_of_range": 255}.get(ignore_choice, draw(st.integers(0, C - 1)))
+        if not plain or require & {"ignore_index", "all_ignored"}:
+            ignore_index = draw(ignore_indices(C))
         if "all_ignored" in require:
             pattern = "all"
         elif "ignore_index" in require:
@@ -327,12 +287,12 @@ def cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limits: Size
         else:
             pattern = draw(st.sampled_from(("none", "some", "all")) if draw(st.booleans()) else st.just("none"))
         target = draw(index_targets(shape, ignore_index, pattern))
-        if not plain and C <= 255 and len(shape) <= 2 and ignore_index >= 0 and draw(st.integers(0, 4)) == 0:
+        if not plain and C <= 255 and len(shape) <= 2 and 0 <= ignore_index <= 255 and draw(st.integers(0, 4)) == 0:
             target_dtype = "uint8"
     weight = draw(weights(C, dtype)) if "weights" in require or (not plain and draw(st.booleans())) else None
     smoothing = 0.0 if plain else draw(label_smoothings())
     if "label_smoothing" in require and smoothing <= 0:
-        smoothing = draw(st.sampled_from((0.1, 0.25, 0.5, 1.0, 0.05)))
+        smoothing = draw(st.sampled_from(SMOOTHINGS + (1.0,)))
     reduction = draw(reductions())
     size_average, reduce = (None, None) if plain else draw(legacy_reduction_arguments())
     layouts = ["contiguous", "strided", "offset"] + (["transposed"] if len(shape) >= 2 else [])
@@ -342,16 +302,13 @@ def cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limits: Size
         (not plain and draw(st.integers(0, 4)) == 0) else "contiguous"
     grad_output = None
     if "upstream_gradient" in require or (not plain and draw(st.booleans())):
-        effective = _effective_reduction(reduction, size_average, reduce)
-        out_shape = (target.shape if not use_probabilities else shape[:class_axis] + shape[class_axis + 1:]) \
-            if effective == "none" else ()
-        if not use_probabilities and len(shape) == 1:
-            out_shape = ()
+        out_shape = output_shape(shape, target.shape, use_probabilities,
+                                 _effective_reduction(reduction, size_average, reduce))
         rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-        grad_output = round_to(rng.standard_normal(out_shape) * draw(st.sampled_from((1.0, 0.5, 3.0))), dtype)
-    distributions = ("neg_inf",) if "nonfinite_logits" in require else \
-        tuple(d for d in LOGIT_DISTRIBUTIONS if d != "neg_inf") if plain else LOGIT_DISTRIBUTIONS
-    x = draw(logits(shape, dtype, distributions))
+        grad_output = grad_output_values(rng, out_shape, dtype, _picker(draw))
+    distributions = tuple(sorted(NONFINITE_DISTRIBUTIONS)) if "nonfinite_logits" in require else \
+        tuple(d for d in LOGIT_DISTRIBUTIONS if d not in NONFINITE_DISTRIBUTIONS) if plain else LOGIT_DISTRIBUTIONS
+    x = draw(logits(shape, dtype, logit_distributions_for(weight, dtype, distributions)))
     case = Case.cross_entropy(x, target, dtype=dtype, target_dtype=target_dtype, weight=weight,
                               ignore_index=ignore_index, reduction=reduction, label_smoothing=smoothing,
                               size_average=size_average, reduce=reduce, memory_layout=layout, grad_output=grad_output)

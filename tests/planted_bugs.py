@@ -87,8 +87,17 @@ def scratch_cross_entropy(input, target, weight=None, size_average=None, ignore_
     elif bug == "partial_block_dropped" and C > 128 and C % 128:
         kept = (C // 128) * 128
         logp = x - torch.logsumexp(x[..., :kept], -1, keepdim=True)
+    elif bug == "vocab_fast_exp" and compute == torch.float32 and C >= 16384:
+        # a "fast" exp keeping 13 mantissa bits, switched on for large vocabularies only
+        m = x.max(-1, keepdim=True).values.detach()
+        e = torch.exp(x - m)
+        truncated = (e.view(torch.int32) & ~0x3FF).view(torch.float32)
+        e = e + (truncated - e).detach()
+        logp = x - m - torch.log(e.sum(-1, keepdim=True))
     else:
         logp = torch.log_softmax(x, -1)
+    if bug == "log_prob_floor":
+        logp = logp.clamp(min=-100.0)  # "saturated" losses, as binary cross-entropy clamps its logs
     if bug == "low_precision_accumulation" and input.dtype in HALF:
         m = x.max(-1, keepdim=True).values
         bad_lse = m + torch.log(_sequential_half_sum(torch.exp(x - m), input.dtype).unsqueeze(-1).to(compute))
@@ -130,6 +139,8 @@ def scratch_cross_entropy(input, target, weight=None, size_average=None, ignore_
         valid = (y != ignore_index) if ignore_index >= 0 else torch.ones_like(y, dtype=torch.bool)
     elif bug == "ignore_hardcoded":
         valid = y != -100
+    elif bug == "negative_ignore_means_none" and ignore_index < 0 and ignore_index != -100:
+        valid = torch.ones_like(y, dtype=torch.bool)  # "-1 means no ignore index"
     else:
         valid = y != ignore_index
     out_of_range = valid & ((y < 0) | (y >= C))
@@ -154,8 +165,11 @@ def scratch_cross_entropy(input, target, weight=None, size_average=None, ignore_
             smooth = -(logp.sum(-1)) * w_target
         else:
             smooth = -(logp * w).sum(-1)
+        # the fused 'mean' path masks its smoothing sum with target >= 0 (right for -100 only);
+        # it needs four options at once: mean, smoothing, ignore_index >= 0, some rows ignored
+        interaction = (bug == "mean_smoothing_in_range_ignore" and reduction == "mean" and 0 <= ignore_index < C)
         if bug != "smoothing_counts_ignored_rows":
-            smooth = torch.where(valid, smooth, torch.zeros((), dtype=compute))
+            smooth = torch.where((y >= 0) if interaction else valid, smooth, torch.zeros((), dtype=compute))
     if bug == "smoothing_over_c_minus_1" and eps > 0 and C > 1:
         # eps/(C-1) on the other classes, 1 - eps on the target
         other = -(logp * w).sum(-1) + w[y_safe] * logp.gather(-1, y_safe.unsqueeze(-1)).squeeze(-1)
@@ -233,6 +247,10 @@ BUGS = {
     "fp32_output": (14, {"loss_dtype"}),
     "wrong_none_shape": (14, {"loss_shape"}),
     "smoothing_range_unchecked": (14, {"missing_error"}),
+    "vocab_fast_exp": (15, {"loss_value", "grad_input_value"}),
+    "mean_smoothing_in_range_ignore": (16, {"loss_value", "grad_input_value", "loss_nonfinite"}),
+    "negative_ignore_means_none": (17, {"error", "loss_value"}),
+    "log_prob_floor": (17, {"loss_value", "grad_input_value", "loss_nonfinite"}),
 }
 
 for _name in BUGS:

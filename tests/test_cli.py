@@ -5,10 +5,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ce_conformance.baseline import Baseline
 from ce_conformance.cli import main
 
 HERE = Path(__file__).parent
-FAST = ["--max-examples", "40", "--no-shrink", "--no-progress"]
+FAST = ["--max-examples", "40", "--no-shrink", "--no-progress", "--covering", "0"]
 
 
 def test_version_and_help(capsys):
@@ -49,11 +50,12 @@ def test_bad_arguments_exit_2(capsys):
 
 def test_fuzz_writes_tables(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["fuzz", "--adapters", "numpy,torch", "--out", str(out), "--no-curated", *FAST]) == 0
+    assert main(["fuzz", "--adapters", "numpy,torch", "--out", str(out), "--no-curated", *FAST]) in (0, 1)
     assert "Pass rate" in capsys.readouterr().out
     findings = pd.read_parquet(out / "findings.parquet")
     results = pd.read_parquet(out / "results.parquet")
-    assert findings.empty and set(results["adapter"]) == {"numpy", "torch"}
+    assert set(results["adapter"]) == {"numpy", "torch"}
+    assert Baseline.load("torch-2.13-cpu").apply(findings).new.empty  # only torch's known divergences
     for name in ("summary.md", "results.csv", "findings.csv", "support_matrix.csv", "config.json"):
         assert (out / name).exists()
 

@@ -26,7 +26,8 @@ def test_magnitude_sets_the_unit_for_small_values():
 
 def test_underflow_floor_only_matters_for_float16():
     assert underflow_floor("float16", 1000) == pytest.approx(1000 * 2**-24)
-    assert underflow_floor("float32", 128256) < 1e-38
+    assert underflow_floor("float32", 3) == pytest.approx(3 * 2**-126)  # flush-to-zero in float32
+    assert underflow_floor("float32", 128256) < 1e-32
 
 
 def test_allowed_error_is_base_ulps_plus_sigmas():

@@ -132,7 +132,10 @@ class _BucketedJaxAdapter(Adapter):
                     acc = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
                     total = jnp.sum(per.astype(acc))
                     denominator = jnp.sum(jnp.where(row_mask, denominator_terms, 0).astype(acc))
-                    return per, total.astype(x.dtype), (total / denominator).astype(x.dtype)
+                    # torch divides the NLL and smoothing sums separately: a zero total weight
+                    # makes the NLL term 0/0 = NaN even where the smoothing term alone is inf
+                    mean = total / denominator + jnp.where(denominator == 0, jnp.nan, 0).astype(acc)
+                    return per, total.astype(x.dtype), mean.astype(x.dtype)
 
                 if mode == "probability":
                     (per, total, mean), vjp = jax.vjp(losses, x, target)
@@ -163,7 +166,7 @@ class _BucketedJaxAdapter(Adapter):
             target[:M, :C] = _rows(case.target, class_axis)
         else:
             target = np.zeros(Mb, dtype=np.int32)
-            target[:M] = case.target.reshape(-1)
+            target[:M] = _as_int32(case.target.reshape(-1))
         w_pad = np.zeros(Cb, dtype=np_dtype)
         w_pad[:C] = case.weight if case.weight is not None else 1.0
         reduction = _reduction(case)
@@ -181,7 +184,7 @@ class _BucketedJaxAdapter(Adapter):
         try:
             per, total, mean, grad_x, grad_t = self._compiled()(
                 x_pad, target, w_pad, np.arange(Mb) < M, np.arange(Cb) < C, scalars,
-                np.int32(case.ignore_index), cot_none, mode=mode, variant=self.variant(case))
+                _as_int32(np.int64(case.ignore_index)), cot_none, mode=mode, variant=self.variant(case))
         except Exception as exc:
             return Outcome.failed(exc, "forward")
         finally:
@@ -213,7 +216,9 @@ class JaxAdapter(_BucketedJaxAdapter):
     def _per_position(self, jnp, x, target, weight, class_mask, n_classes, eps, ignore_index, mode, variant):
         compute = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
         xf = jnp.where(class_mask, x.astype(compute), -jnp.inf)
-        row_max = jnp.max(xf, axis=1, keepdims=True)
+        # as jax.nn.log_softmax: no gradient through the max, whose rounding would otherwise leak
+        # (1 - sum p) into the argmax element's gradient
+        row_max = _jax().lax.stop_gradient(jnp.max(xf, axis=1, keepdims=True))
         shifted = xf - row_max
         lse = jnp.log(jnp.sum(jnp.where(class_mask, jnp.exp(shifted), 0), axis=1, keepdims=True))
         logp = (shifted - lse).astype(x.dtype)
@@ -317,3 +322,9 @@ class JaxFunctionAdapter(Adapter):
         return outcome
 
 
+def _as_int32(values: np.ndarray) -> np.ndarray:
+    """Indices as int32 (one compiled signature): an int64 sentinel beyond int32 (ignore_index at
+    the int64 extremes, and the targets equal to it) saturates to the int32 extreme of its sign,
+    which keeps it equal to itself, negative or past every class."""
+    info = np.iinfo(np.int32)
+    return np.clip(values, info.min, info.max).astype(np.int32)

@@ -1,0 +1,202 @@
+"""Sensitivity of the tolerance model: the smallest error the gate detects, against what correct
+arithmetic costs on the same cases.
+
+For each dtype, class count C and layout it builds cases (index targets with 'mean' and label
+smoothing, probability targets with 'none'; standard-normal logits), runs the correct family
+(tests/correct_family.py: sequential, reversed, pairwise, blocked 1024/4096, Kahan, np.sum,
+fp64 upcast) and torch, and records each one's largest error in ulps of the dtype. Then it
+injects a relative error d into one stage of an otherwise float64-exact implementation, rounds
+its outputs to the dtype and asks the comparison whether it fails:
+
+- ``lse``        the log-sum-exp (shifts the loss and, through p = exp(x - lse), the gradient)
+- ``softmax``    the probabilities of the backward pass
+- ``gradient``   the gradient w.r.t. the input
+- ``reduction``  the reduced loss (or each element of a 'none' loss)
+
+The smallest detected d (bisection over d = 2**-k, k in quarter steps) is printed with the
+error, in ulps, that the injected implementation makes at that d, and that error as a multiple
+of the correct family's largest error on the same quantity and cases ("x family"; target: at
+most 4). torch's own error is printed beside it.
+
+    python benchmarks/sensitivity.py [--dtypes float32,...] [--classes 2,127,...] [--layouts nc,c,kdim]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+CLASSES = (2, 127, 4097, 32000, 128256, 262144)
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+LAYOUTS = ("nc", "c", "kdim")
+STAGES = ("lse", "softmax", "gradient", "reduction")
+FAMILY = ("sequential", "reversed_order", "pairwise", "blocked_1024", "blocked_4096", "kahan", "fp32_accumulate",
+          "fp64_upcast")
+MAX_ELEMENTS = 1 << 19
+
+
+def cases_for(dtype: str, C: int, layout: str, seed: int = 0):
+    from ce_conformance.case import Case
+
+    rng = np.random.default_rng([seed, C, LAYOUTS.index(layout), DTYPES.index(dtype)])
+    rows = max(1, min(8, MAX_ELEMENTS // C))
+    shape = {"nc": (rows, C), "c": (C,), "kdim": (max(1, rows // 2), C, 2)}[layout]
+    x = rng.standard_normal(shape) * 2.0
+    class_axis = 0 if len(shape) == 1 else 1
+    index_shape = () if len(shape) == 1 else (shape[0], *shape[2:])
+    y = rng.integers(0, C, size=index_shape)
+    t = np.exp(rng.standard_normal(shape))
+    t /= t.sum(axis=class_axis, keepdims=True)
+    return [Case.cross_entropy(x, y, dtype=dtype, reduction="mean", label_smoothing=0.1),
+            Case.cross_entropy(x, t, dtype=dtype, reduction="none")]
+
+
+def injected_outcome(case, stage: str, d: float):
+    """Outputs of a float64-exact implementation with a relative error d in one stage, rounded
+    to the case's dtype."""
+    from ce_conformance.adapters.base import Outcome
+    from ce_conformance.dtypes import round_to
+
+    x = case.input
+    class_axis = 0 if x.ndim == 1 else 1
+    rows = np.moveaxis(x, class_axis, -1).reshape(-1, x.shape[class_axis])
+    top = rows.max(axis=1, keepdims=True)
+    lse = top + np.log(np.exp(rows - top).sum(axis=1, keepdims=True))
+    if stage == "lse":
+        lse = lse * (1 + d)
+    logp = rows - lse
+    p = np.exp(logp) * ((1 + d) if stage == "softmax" else 1.0)
+    eps, C = case.label_smoothing, rows.shape[1]
+    if case.is_probability_target:
+        t = np.moveaxis(case.target, class_axis, -1).reshape(rows.shape)
+        t = t * (1 - eps) + eps / C if eps > 0 else t
+        per = -(t * logp).sum(axis=1)
+        grad_rows = p * t.sum(axis=1, keepdims=True) - t
+        scale = np.ones(len(per))
+    else:
+        y = case.target.reshape(-1)
+        r = np.arange(len(y))
+        per = (1 - eps) * -logp[r, y] + eps / C * -logp.sum(axis=1)
+        grad_rows = p.copy()
+        grad_rows[r, y] -= 1 - eps
+        grad_rows -= eps / C
+        scale = np.full(len(per), 1.0 / len(per))
+    if case.reduction == "none":
+        loss = per.reshape(x.shape[:class_axis] + x.shape[class_axis + 1:]) * ((1 + d) if stage == "reduction" else 1)
+    else:
+        loss = np.float64(per.mean() if case.reduction == "mean" else per.sum()) * ((1 + d) if stage == "reduction" else 1)
+    grad_rows = grad_rows * scale[:, None] * ((1 + d) if stage == "gradient" else 1)
+    moved = grad_rows.reshape(tuple(np.delete(np.array(x.shape), class_axis)) + (C,))
+    grad = np.moveaxis(moved, -1, class_axis) if x.ndim > 1 else moved.reshape(x.shape)
+    grad_target = None
+    if case.is_probability_target:
+        gt = -logp * (1 - eps)
+        grad_target = np.moveaxis(gt.reshape(moved.shape), -1, class_axis) if x.ndim > 1 else gt.reshape(x.shape)
+        grad_target = round_to(grad_target, case.dtype)
+    return Outcome(status="ok", loss=round_to(loss, case.dtype), loss_dtype=case.dtype,
+                   loss_shape=tuple(np.shape(loss)), grad_input=round_to(grad, case.dtype),
+                   grad_input_dtype=case.dtype, grad_target=grad_target)
+
+
+def quantity_errors(comparison) -> dict[str, float]:
+    return dict(comparison.max_ulp)
+
+
+def smallest_detected(cases, refs, capabilities, stage: str) -> tuple[float, dict[str, float]]:
+    """Bisection over k (d = 2**-k, quarter steps): the smallest d any case fails at, and the
+    worst per-quantity ulp errors the injected implementation makes there."""
+    from ce_conformance.compare import compare
+
+    def detected(k: float):
+        d = 2.0 ** -k
+        errors: dict[str, float] = {}
+        ratios: dict[str, float] = {}
+        failed = False
+        for case, ref in zip(cases, refs):
+            comparison = compare(case, injected_outcome(case, stage, d), ref, capabilities)
+            failed = failed or bool(comparison.verdicts)
+            for q, e in quantity_errors(comparison).items():
+                errors[q] = max(errors.get(q, 0.0), e)
+                ratios[q] = max(ratios.get(q, 0.0), comparison.max_ratio.get(q, 0.0))
+        errors["_failing"] = max(ratios, key=ratios.get) if ratios else "loss"
+        return failed, errors
+
+    low, high = 1.0, 64.0  # detected at 2**-1; assume undetected at 2**-64
+    ok, errors = detected(low)
+    if not ok:
+        return float("nan"), errors
+    while high - low > 0.25:
+        mid = (low + high) / 2
+        if detected(mid)[0]:
+            low = mid
+        else:
+            high = mid
+    return 2.0 ** -low, detected(low)[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtypes", default=",".join(DTYPES))
+    parser.add_argument("--classes", default=",".join(map(str, CLASSES)))
+    parser.add_argument("--layouts", default=",".join(LAYOUTS))
+    parser.add_argument("--stages", default=",".join(STAGES))
+    parser.add_argument("--csv", type=Path, help="also write the table here")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    np.seterr(all="ignore")
+    from ce_conformance import reference
+    from ce_conformance.adapters import load_adapter, user_adapter
+    from ce_conformance.compare import compare
+
+    family = {name: user_adapter(f"{ROOT / 'tests' / 'correct_family.py'}:{name}") for name in FAMILY}
+    torch_adapter = load_adapter("torch")
+    rows = []
+    started = time.perf_counter()
+    for dtype in args.dtypes.split(","):
+        for C in map(int, args.classes.split(",")):
+            for layout in args.layouts.split(","):
+                for case in cases_for(dtype, C, layout):
+                    ref = reference.evaluate(case)
+                    kind = f"{'probability' if case.is_probability_target else 'index'}/{case.reduction}"
+
+                    def worst(adapter) -> dict[str, float]:
+                        return quantity_errors(compare(case, adapter.timed_run(case), ref, adapter.capabilities))
+
+                    fam: dict[str, float] = {}
+                    for adapter in family.values():
+                        for q, e in worst(adapter).items():
+                            fam[q] = max(fam.get(q, 0.0), e)
+                    native = worst(torch_adapter)
+                    first = len(rows)
+                    for stage in args.stages.split(","):
+                        d, errors = smallest_detected([case], [ref], torch_adapter.capabilities, stage)
+                        # the quantity whose budget the injection breaks first; the family's error on
+                        # it is floored at half an ulp (a correctly rounded result's error)
+                        quantity = errors.pop("_failing", "loss")
+                        error = errors.get(quantity, np.nan)
+                        rows.append({"dtype": dtype, "C": C, "layout": layout, "case": kind, "stage": stage,
+                                     "smallest d": d, "quantity": quantity, "detected at (ulp)": error,
+                                     "family max (ulp)": fam.get(quantity, np.nan),
+                                     "x family": error / max(fam.get(quantity, 0.0), 0.5),
+                                     "torch (ulp)": native.get(quantity, np.nan)})
+                    print(pd.DataFrame(rows[first:]).to_string(index=False, header=first == 0,
+                                                               float_format=lambda v: f"{v:.3g}"), flush=True)
+    table = pd.DataFrame(rows)
+    print()
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    worst_multiple = table["x family"].max()
+    print(f"\nworst detection threshold: {worst_multiple:.2f}x the correct family's largest error "
+          f"(target <= 4); median {table['x family'].median():.2f}x; {len(table)} cells in "
+          f"{time.perf_counter() - started:.0f} s")
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""The phases of a fuzz run, in order: curated, covering, explore, shrink.
+
+1. **curated** — every JSON case under the curated directories is replayed first.
+2. **covering** — a constrained covering array (:mod:`ce_conformance.covering`): every pair
+   and, in the ci and nightly profiles, every triple of option values occurs in a valid case;
+   the first rows are the fp32/bf16 vocabulary-scale configurations of LLM training.
+3. **explore** — Hypothesis draws cases with the profile's settings and seed, steered with
+   ``hypothesis.target`` toward the worst error-to-budget ratio; the probe never raises, so
+   one bug does not stop the search for others.
+4. **shrink** — for each distinct (adapter, check) failure, Hypothesis runs again with the same
+   seed and only that adapter, raising when the failure reappears, and shrinks it. Both phases
+   share one example-database key, so the next run replays minimal failures first.
+
+Each phase is a function of the :class:`~ce_conformance.runner.FuzzRun` (or its config), which
+owns evaluation, recording and the run's bookkeeping.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from hypothesis import Phase, given, seed as hypothesis_seed, settings as hypothesis_settings, target
+
+from .case import Case
+from .covering import ANCHORS, build_case, covering_rows, excluded_levels
+from .profiles import covering_strength_for, settings_for, size_limits_for
+from .strategies import cross_entropy_cases
+
+if TYPE_CHECKING:
+    from ce_conformance.adapters.base import Adapter
+
+    from .runner import FuzzConfig, FuzzRun
+
+_PLAIN_FEATURES = frozenset({"single_class"})
+TARGET_LABEL = "worst error / budget"
+
+
+class Reproduced(Exception):
+    """Raised by the probe in shrink mode when the sought failure reappears."""
+
+
+# -- curated ------------------------------------------------------------------------------------
+def load_curated(config: "FuzzConfig") -> list[tuple[Case, str]]:
+    found = [(c, "") for c in config.extra_cases]
+    for directory in config.curated_dirs:
+        directory = Path(directory)
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.glob("*.json")):
+            found.append((Case.load(path), str(path)))
+    return [(case, path) for case, path in found if wanted(config, case)]
+
+
+def wanted(config: "FuzzConfig", case: Case) -> bool:
+    """Curated and covering cases are filtered like drawn ones: required features, allowed dtypes."""
+    required = config.require - {"invalid_input"}
+    if "invalid_input" in config.require and case.is_valid:
+        return False
+    if config.plain and case.features - required - _PLAIN_FEATURES:
+        return False
+    dtypes_ok = config.dtypes is None or case.dtype in config.dtypes or not case.is_valid
+    return required <= case.features and dtypes_ok
+
+
+# -- covering -----------------------------------------------------------------------------------
+def excluded(config: "FuzzConfig", adapters: "list[Adapter]") -> frozenset[tuple[str, str]]:
+    """Factor levels no adapter of the run supports, and dtypes not asked for."""
+    from ce_conformance.adapters.base import ALL_FEATURES
+
+    unsupported = set(ALL_FEATURES)
+    for adapter in adapters:
+        unsupported &= set(ALL_FEATURES) - set(adapter.capabilities.features)
+    return excluded_levels(unsupported, config.dtypes)
+
+
+def covering_cases(config: "FuzzConfig", adapters: "list[Adapter]") -> list[Case]:
+    """The covering array's cases for this run (empty when the strength is 0 or with ``plain``:
+    a plain run isolates one feature, a covering array mixes them all). Levels no adapter
+    supports are left out, so that every row runs."""
+    strength = config.covering if config.covering is not None else covering_strength_for(config.profile)
+    if strength <= 0 or config.plain:
+        return []
+    limits = size_limits_for(config.profile)
+    cases = [build_case(row, seed=config.seed, max_elements=limits.max_elements,
+                        max_vocab_rows=min(max(limits.max_vocab_rows, 2), 16),
+                        distribution="standard" if index < len(ANCHORS) else None)
+             for index, row in enumerate(covering_rows(strength, seed=config.seed,
+                                                       excluded=excluded(config, adapters)))]
+    return [case for case in cases if wanted(config, case)]
+
+
+# -- explore and shrink (Hypothesis) -----------------------------------------------------------
+def _strategy(config: "FuzzConfig"):
+    from .dtypes import FLOAT_DTYPES
+
+    return cross_entropy_cases(dtypes=config.dtypes or FLOAT_DTYPES, limits=size_limits_for(config.profile),
+                               invalid_percent=0 if config.plain else config.invalid_percent,
+                               require=config.require, plain=config.plain)
+
+
+def _hypothesis_test(config: "FuzzConfig", probe: Callable[[Case], None], phases: list[Phase], **overrides: Any):
+    base = settings_for(config.profile, database_dir=config.database_dir, max_examples=config.max_examples)
+    test = given(_strategy(config))(probe)
+    test = hypothesis_seed(config.seed)(test)
+    return hypothesis_settings(base, phases=phases, **overrides)(test)
+
+
+def explore(run: "FuzzRun", state: dict[str, Any]) -> None:
+    state["mode"] = "explore"
+    _hypothesis_test(run.config, _make_probe(run, state), [Phase.explicit, Phase.reuse, Phase.generate, Phase.target])()
+
+
+def shrink_one(run: "FuzzRun", adapter: "Adapter", check: str, state: dict[str, Any], deadline: float) -> Case | None:
+    state.update(mode="shrink", adapter=adapter, check=check, last=None, deadline=deadline)
+    test = _hypothesis_test(run.config, _make_probe(run, state), [Phase.reuse, Phase.generate, Phase.shrink],
+                            report_multiple_bugs=False)
+    try:
+        test()
+    except Reproduced:
+        pass
+    except Exception:  # Flaky, a spent budget, an adapter gone wrong: keep the smallest case seen
+        pass
+    return state.get("last")
+
+
+def shrink_all(run: "FuzzRun", state: dict[str, Any]) -> None:
+    """Shrink every failure signature explored this run, within the run's shrink budget."""
+    deadline = time.monotonic() + run.config.shrink_seconds
+    by_name = {a.name: a for a in run.adapters}
+    for (name, check), info in list(run.signatures.items()):
+        if time.monotonic() > deadline:
+            break
+        adapter = by_name.get(name)
+        if adapter is None or not info["explored"]:
+            continue  # pairwise findings (two adapters in play), or only a curated/covering case shows it
+        minimal = shrink_one(run, adapter, check, state, deadline)
+        if minimal is not None:
+            path = run._save_case(minimal, name, check, info["message"])
+            info["shrunk_case"] = str(path)
+            run.evaluate(minimal, "shrunk", adapters=[adapter], case_path=str(path))
+
+
+def _make_probe(run: "FuzzRun", state: dict[str, Any]) -> Callable[[Case], None]:
+    def ce_conformance_probe(case: Case) -> None:
+        if state.get("mode") == "explore":
+            partition = run.config.partition
+            if partition and int(case.id, 16) % partition[1] != partition[0]:
+                return  # another shard's case: shards are disjoint by case id
+            run.examples += 1
+            compared = run.evaluate(case, "explore")
+            ratios = [r for _, c in compared for r in c.max_ratio.values() if math.isfinite(r)]
+            if ratios:  # steer toward the cases where an implementation comes closest to its budget
+                target(min(max(ratios), 1e6), label=TARGET_LABEL)
+            run._progress()
+            return
+        if time.monotonic() > state["deadline"]:
+            return  # shrink budget spent: stop running adapters, keep the smallest case seen
+        for _, comparison in run.evaluate(case, "shrink", adapters=[state["adapter"]], record=False):
+            if any(v.check == state["check"] for v in comparison.verdicts):
+                state["last"] = case
+                raise Reproduced(state["check"])
+
+    return ce_conformance_probe
