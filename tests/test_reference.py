@@ -25,6 +25,16 @@ def _torch_bug(case):
     return case.target_dtype == "uint8" and case.weight is not None and case.label_smoothing > 0
 
 
+def _at_range_limit(case):
+    """Logits or weights near float64's top: sums overflow float64 itself, in the reference as in
+    torch, in order-dependent ways (inf or NaN); compare.py judges those with its overflow rules."""
+    from ce_conformance.dtypes import max_finite
+
+    x = case.input[np.isfinite(case.input)]
+    w = case.weight if case.weight is not None else np.ones(1)
+    return bool((x.size and np.abs(x).max() * np.abs(w).max() > max_finite("float64") / 2**16))
+
+
 def assert_close_to_scale(actual, expected, scale, what):
     actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
     assert actual.shape == expected.shape, what
@@ -41,7 +51,7 @@ def assert_close_to_scale(actual, expected, scale, what):
 def test_matches_torch_float64(torch, case):
     from ce_conformance.adapters.torch_adapter import TorchAdapter
 
-    if _torch_bug(case):
+    if _torch_bug(case) or (case.is_valid and _at_range_limit(case)):
         return
     outcome = TorchAdapter().run(case)
     if not case.is_valid:
