@@ -519,7 +519,7 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
             if eps > 0:
                 parts.append(np.abs(np.asarray(smooth_terms, dtype=np.float64)) * (eps / C))
             # positions with nearly equal losses (near-tied or repeated rows) round alike as a sequential
-            # sum grows: group them at 7 significant bits, so that their errors add up linearly
+            # sum grows: group them at 16 significant bits, so that their errors add up linearly
             reduction_root = float(np.hypot.reduce([_summation_root(_near_equal(part)[None, :], u_r)[0]
                                                     for part in parts]))
             rows_sigma = np.hypot(_root_sum_squares(np.where(repetitive, 0.0, loss_sigma)[None, :])[0],
@@ -548,7 +548,7 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
     return Sigmas(finite(loss_out), finite(grad_input), finite(grad_target))
 
 
-def _near_equal(values: np.ndarray, bits: int = 7) -> np.ndarray:
+def _near_equal(values: np.ndarray, bits: int = 16) -> np.ndarray:
     """Values rounded to ``bits`` significant bits (upward, so no magnitude shrinks): equal
     results mark terms whose roundings in a growing sequential sum are correlated."""
     with np.errstate(divide="ignore", invalid="ignore"):
