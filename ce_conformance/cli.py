@@ -34,7 +34,11 @@ def _add_run_options(p: argparse.ArgumentParser, *, default_out: str) -> None:
                    help="what the --impl function takes: torch tensors (default), jax arrays or numpy arrays")
     p.add_argument("--features", metavar="LIST", default=None,
                    help="features to test --impl on: 'default' (all but legacy args, uint8 targets and "
-                        "negative smoothing), 'all', or a comma-separated list")
+                        "negative smoothing), 'all', or a comma-separated list; '-name' takes one away "
+                        "('default,-invalid_input,-weights')")
+    p.add_argument("--dtypes", metavar="LIST", default=None,
+                   help="dtypes to draw cases in (default all: float16,bfloat16,float32,float64); '-name' "
+                        "takes one away ('-float64' for a kernel without float64)")
     p.add_argument("--max-examples", type=int, metavar="N",
                    help="Hypothesis examples (default: the profile's; gate: 1000 at the ci profile)")
     p.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0)")
@@ -59,7 +63,11 @@ def _add_run_options(p: argparse.ArgumentParser, *, default_out: str) -> None:
     p.add_argument("--invalid-percent", type=int, default=15, help="share of deliberately invalid cases (default 15)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                   help="per-case time limit for isolated adapters (default 60)")
+                   help="per-case time limit for isolated adapters (default 60); after 2 timeouts (or crashes) "
+                        "whose cases share features, cases with those features are quarantined (skipped)")
+    p.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
+                   help="bound the whole run: stop choosing cases after SECONDS, then write every table "
+                        "(shrinking gets what is left)")
     p.add_argument("--in-process", action="store_true",
                    help="run --impl in this process (trusted code: faster start, no crash/hang protection)")
     p.add_argument("--isolate-all", action="store_true", help="also run built-in adapters in worker processes")
@@ -89,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="write a baseline covering the current findings to FILE (exit 0)")
     gate.add_argument("--fail-on-stale", action="store_true", help="also fail when a baseline entry matched nothing")
     gate.add_argument("--junit", type=Path, metavar="FILE", help="JUnit XML: one test case per check family")
+    gate.add_argument("--checks", metavar="FAMILIES", default=None,
+                      help="check families that fail the gate (default all: errors,contract,values,gradients,"
+                           "mutation); the others still run and are reported. E.g. 'values,gradients' or "
+                           "'all,-errors' to gate on numerics alone")
 
     replay = sub.add_parser("replay", help="run saved case files through adapters")
     replay.add_argument("cases", nargs="+", type=Path, metavar="CASE.json", help="case files or directories")
@@ -97,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--kind", choices=("torch", "jax", "numpy"), default="torch")
     replay.add_argument("--features", default="all")
     replay.add_argument("--strict", action="store_true")
+    replay.add_argument("--oracle", choices=("reference", "torch"), default="reference",
+                        help="judge as the run that saved the case did: the float64 reference (default) or "
+                             "torch's own result in the same dtype plus a margin")
 
     nightly = sub.add_parser("nightly", help="long differential run: dated directory, HTML report, history, diff")
     nightly.add_argument("--adapters", default=None, help="comma-separated adapters (default: every built-in, "
@@ -144,9 +159,12 @@ DEFAULT_GATE_SHRINK_SECONDS = 30.0
 
 def _fuzz_config(args: argparse.Namespace, adapters: list[Any], title: str):
     from .runner import DEFAULT_CURATED_DIR, FuzzConfig
+    from .selection import parse_dtypes
 
     if args.max_examples is not None and args.max_examples < 1:
         raise ConfigurationError("--max-examples must be at least 1")
+    if args.max_time is not None and args.max_time <= 0:
+        raise ConfigurationError(f"--max-time must be positive, got {args.max_time:g}")
     if args.covering is not None and not 0 <= args.covering <= 4:
         raise ConfigurationError(f"--covering must be 0 (off) or a strength from 1 to 4, got {args.covering}")
     if args.command == "gate":  # the gate's default budget: about 15 s for torch on 2 cores
@@ -161,38 +179,44 @@ def _fuzz_config(args: argparse.Namespace, adapters: list[Any], title: str):
                       curated_dirs=[] if args.no_curated else [DEFAULT_CURATED_DIR], shrink=not args.no_shrink,
                       shrink_seconds=args.shrink_seconds, strict=args.strict, oracle=args.oracle,
                       invalid_percent=args.invalid_percent, progress=not args.no_progress and sys.stderr.isatty(),
-                      covering=args.covering, title=title, impl_spec=args.impl, impl_kind=args.kind if args.impl else None,
+                      covering=args.covering, title=title, dtypes=parse_dtypes(args.dtypes),
+                      impl_spec=args.impl, impl_kind=args.kind if args.impl else None, max_seconds=args.max_time,
                       timeout=args.timeout, memory_mb=args.worker_memory_mb or None,
                       isolate="none" if args.in_process else ("all" if args.isolate_all else "default"))
 
 
 def cmd_fuzz(args: argparse.Namespace) -> int:
+    from .console import Block, show
     from .runner import FuzzRun
 
     adapters = _adapters(args, () if args.impl else DEFAULT_ADAPTERS)
     run = FuzzRun(_fuzz_config(args, adapters, "ce-conformance fuzz"))
     summary = run.run()
-    print(summary.summary_markdown)
-    print(f"{summary.results} adapter runs, {summary.findings} findings in {summary.seconds:.1f} s; "
-          f"tables in {summary.out_dir} (results/findings .csv/.parquet, summary.md)")
+    counts = (f"{summary.results} adapter runs, {summary.findings} findings in {summary.seconds:.1f} s; "
+              f"tables in {summary.out_dir} (results/findings .csv/.parquet, summary.md)")
+    lines = [summary.summary_markdown, counts]
     if summary.jax_compilations:
-        print("JAX compilations: " + ", ".join(f"{k} {v}" for k, v in summary.jax_compilations.items()))
+        lines.append("JAX compilations: " + ", ".join(f"{k} {v}" for k, v in summary.jax_compilations.items()))
+    verdict = ("CONFORMANT: " if summary.conformant else "FINDINGS: ") + counts
+    blocks = [Block.markdown(summary.summary_markdown)] + [Block.text(t) for t in lines[2:]]
+    show(verdict, ok=summary.conformant, blocks=blocks, plain="\n".join(lines))
     if summary.interrupted:
         return _interrupt_code(summary.interrupted)
     return EXIT_OK if summary.conformant else EXIT_FINDINGS
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    from .covering import coverage_text
     from .baseline import Baseline, baseline_from_findings
     from .gate import run_gate
     from .junit import write_junit
+    from .selection import parse_checks
 
     if not args.impl:
         raise ConfigurationError("gate needs --impl SPEC (the implementation to gate)")
     baseline = Baseline.load(args.baseline) if args.baseline else None  # refuse a bad file before running
+    checks = parse_checks(args.checks)
     adapters = _adapters(args)
-    result = run_gate(_fuzz_config(args, adapters, f"ce-conformance gate: {args.impl}"), baseline)
+    result = run_gate(_fuzz_config(args, adapters, f"ce-conformance gate: {args.impl}"), baseline, checks)
     summary = result.summary
     if args.update_baseline:
         args.update_baseline.parent.mkdir(parents=True, exist_ok=True)
@@ -207,23 +231,54 @@ def cmd_gate(args: argparse.Namespace) -> int:
     coverage = _read_coverage(summary.out_dir)
     if args.junit:
         write_junit(args.junit, name=args.impl, new=result.new, covered=result.covered, seconds=summary.seconds,
-                    runs=summary.results, impl_spec=args.impl, impl_kind=args.kind, coverage=coverage)
+                    runs=summary.results, impl_spec=args.impl, impl_kind=args.kind, coverage=coverage,
+                    reported=result.reported, oracle=args.oracle)
     if summary.interrupted:
         print(f"interrupted ({summary.interrupted}); partial tables in {summary.out_dir}", file=sys.stderr)
         return _interrupt_code(summary.interrupted)
-    if text:
-        print(text)
-    if result.passed and not (args.fail_on_stale and result.stale):
-        print(f"PASS {args.impl}: {summary.results} adapter runs, no new findings ({summary.seconds:.1f} s)")
-        print(coverage_text(coverage))
-        return EXIT_OK
-    if result.passed:
-        print(f"FAIL {args.impl}: {len(result.stale)} stale baseline entries (--fail-on-stale)")
-        return EXIT_FINDINGS
-    print(f"FAIL {args.impl}: {len(result.new)} new finding(s) ({summary.seconds:.1f} s); tables in {summary.out_dir}")
-    print(result.report(args.impl, args.kind))
-    print(coverage_text(coverage))
-    return EXIT_FINDINGS
+    stale_fail = args.fail_on_stale and bool(result.stale)
+    stopped = (f"; stopped at --max-time {args.max_time:g} s after {summary.examples} drawn examples"
+               if summary.out_of_time else "")
+    if result.passed and not stale_fail:
+        verdict = (f"PASS {args.impl}: {summary.results} adapter runs, no new findings "
+                   f"({summary.seconds:.1f} s{stopped})")
+    elif result.passed:
+        verdict = f"FAIL {args.impl}: {len(result.stale)} stale baseline entries (--fail-on-stale)"
+    else:
+        verdict = (f"FAIL {args.impl}: {len(result.new)} new finding(s) ({summary.seconds:.1f} s{stopped}); "
+                   f"tables in {summary.out_dir}")
+    _show_gate(verdict, result, args, coverage, stale_only=result.passed and stale_fail)
+    return EXIT_OK if result.passed and not stale_fail else EXIT_FINDINGS
+
+
+def _show_gate(verdict: str, result: Any, args: argparse.Namespace, coverage: dict[str, Any], *,
+               stale_only: bool) -> None:
+    """The gate's verdict, failing checks, non-gating findings and coverage: rich on a terminal,
+    the historical plain layout (baseline, verdict, report, coverage) when piped."""
+    from .console import Block, show
+    from .covering import coverage_frame, coverage_text
+
+    failing = result.report_blocks(args.impl, args.kind)
+    reported = result.reported_text()
+    reported_blocks = result.report_blocks(args.impl, args.kind, findings=result.reported) if reported else []
+    plain = [result.baseline_text] if result.baseline_text else []
+    plain.append(verdict)
+    quarantined = "\n".join(f"quarantined for {q['adapter']}: {q['quarantine']} ({q['hits']} seen, then "
+                            f"{q['skipped']} cases skipped)" for q in result.summary.quarantined)
+    plain += [quarantined] if quarantined else []
+    if not stale_only:
+        plain += [b for b in (result.report(args.impl, args.kind), reported,
+                              result.report(args.impl, args.kind, findings=result.reported) if reported else "") if b]
+        plain.append(coverage_text(coverage))
+    blocks = [Block.text(result.baseline_text, title="baseline:")] if result.baseline_text else []
+    blocks += [Block.text(quarantined)] if quarantined else []
+    blocks += failing
+    if reported:
+        blocks += [Block.text(reported)] + reported_blocks
+    if not stale_only and coverage.get("cases"):
+        blocks += [Block.table(coverage_frame(coverage), title="coverage (valid cases per level; 0 never reached)"),
+                   Block.text("\n".join(coverage_text(coverage, levels=False).splitlines()[1:]).strip())]
+    show(verdict, ok=verdict.startswith("PASS"), blocks=blocks, plain="\n".join(plain))
 
 
 def _read_coverage(run_dir: Path) -> dict[str, Any]:
@@ -301,16 +356,25 @@ def cmd_replay(args: argparse.Namespace) -> int:
             raise ConfigurationError(f"no such case file {str(target)!r}")
     cases = [(path, Case.load(path)) for path in files]  # refuse bad files before running anything
     adapters = _adapters(args, () if args.impl else DEFAULT_ADAPTERS)
+    oracle = None
+    if args.oracle == "torch":
+        from ce_conformance.adapters import load_adapter
+
+        oracle = load_adapter("torch")
+        if oracle.availability():
+            raise ConfigurationError(f"--oracle torch needs torch: {oracle.availability()}")
     rows = []
     for path, case in cases:
         ref = evaluate(case) if case.is_valid else None
+        native = oracle.timed_run(case) if oracle is not None and case.is_valid else None
         for adapter in adapters:
             reason = adapter.availability()
             missing = adapter.capabilities.missing(case)
             if reason or missing:
                 rows.append((path.name, case.id, adapter.name, "skipped", reason or ",".join(missing)))
                 continue
-            comparison = compare(case, adapter.timed_run(case), ref, adapter.capabilities, strict=args.strict)
+            comparison = compare(case, adapter.timed_run(case), ref, adapter.capabilities, strict=args.strict,
+                                 native=native)
             if comparison.passed:
                 rows.append((path.name, case.id, adapter.name, "passed", ""))
             for verdict in comparison.verdicts:

@@ -6,7 +6,7 @@ names the broken feature, and its message holds the minimal case and the replay 
 
 import pytest
 
-from ce_conformance.pytest_plugin import FEATURE_FAMILIES
+from ce_conformance.pytest_plugin import FEATURE_FAMILIES, warn_reported
 
 
 @pytest.fixture(scope="module")
@@ -34,5 +34,6 @@ def test_feature_family(family, ce_impl, ce_session):
     ran = result.summary.results
     if not result.passed:
         pytest.fail(f"{spec}: {family}: {len(result.new)} finding(s)\n\n{result.report(spec, kind)}", pytrace=False)
+    warn_reported(result, f"{spec}: {family}")
     if ran == 0:
         pytest.skip(f"{spec} supports no case of this family (see --ce-features)")

@@ -353,16 +353,20 @@ def coverage_report(cells: Iterable[str], strengths: tuple[int, ...] = (2, 3),
     return report
 
 
+def coverage_frame(report: Mapping[str, Any]) -> pd.DataFrame:
+    """The coverage matrix as a table: one row per factor, cells ``level: valid cases``."""
+    width = max(len(levels) for levels in FACTORS.values())
+    return pd.DataFrame([[f] + [f"{level}: {n}" for level, n in report["levels"][f].items()]
+                         + [""] * (width - len(FACTORS[f])) for f in FACTORS],
+                        columns=["factor"] + [f"level {i + 1}" for i in range(width)])
+
+
 def coverage_markdown(report: Mapping[str, Any], *, limit: int = 20) -> str:
     """The coverage matrix (factor x level: valid cases) and the unreached cells, for summaries."""
     if not report.get("cases"):
         return "### Coverage\n\nNo valid case was run.\n"
-    width = max(len(levels) for levels in FACTORS.values())
-    table = pd.DataFrame(
-        [[f"{level}: {n}" for level, n in report["levels"][f].items()] + [""] * (width - len(FACTORS[f]))
-         for f in FACTORS], index=list(FACTORS), columns=[f"level {i + 1}" for i in range(width)])
     lines = ["### Coverage", "", f"{report['cases']} distinct valid cases. Valid cases per factor level "
-             "(0 = never reached):", "", table.to_markdown(), ""]
+             "(0 = never reached):", "", coverage_frame(report).set_index("factor").rename_axis(None).to_markdown(), ""]
     if report.get("not_applicable"):
         lines.append("- **not applicable** (no adapter supports them): " + ", ".join(report["not_applicable"]))
     for key in sorted(k for k in report if k.startswith("strength_")):
@@ -378,14 +382,14 @@ def coverage_markdown(report: Mapping[str, Any], *, limit: int = 20) -> str:
     return "\n".join(lines) + "\n"
 
 
-def coverage_text(report: Mapping[str, Any], *, limit: int = 12) -> str:
-    """A compact coverage matrix for a terminal: one line per factor, then the tuples reached
-    and the first cells not reached."""
+def coverage_text(report: Mapping[str, Any], *, limit: int = 12, levels: bool = True) -> str:
+    """A compact coverage matrix for a terminal: one line per factor (unless ``levels`` is
+    false), then the tuples reached and the first cells not reached."""
     if not report.get("cases"):
         return "coverage: no valid case was run"
     width = max(len(f) for f in FACTORS)
     lines = [f"coverage ({report['cases']} valid cases; cases per level):"]
-    for factor in FACTORS:
+    for factor in FACTORS if levels else ():
         lines.append(f"  {factor:<{width}}  " + "  ".join(f"{level} {n}" for level, n in report["levels"][factor].items()))
     if report.get("not_applicable"):
         lines.append("  not applicable (unsupported): " + ", ".join(report["not_applicable"]))

@@ -2,7 +2,8 @@
 
 A family fails when any finding of its checks is not covered by the baseline; the failure
 carries the findings table and the replay commands. Covered findings are listed in the test
-case's ``system-out``.
+case's ``system-out``. A family left out of ``--checks`` whose checks found something is
+*skipped* with the count in its message: visible in CI, not failing it.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import pandas as pd
 from .compare import CHECK_FAMILIES
 from .covering import coverage_markdown
 from .repro import replay_command
+from .selection import CHECK_FAMILY_NAMES
 
-FAMILIES = ("errors", "contract", "values", "gradients", "mutation")
+FAMILIES = CHECK_FAMILY_NAMES
 
 
 def _table(findings: pd.DataFrame) -> str:
@@ -26,12 +28,14 @@ def _table(findings: pd.DataFrame) -> str:
 
 def write_junit(path: str | Path, *, name: str, new: pd.DataFrame, covered: pd.DataFrame, seconds: float,
                 runs: int, impl_spec: str | None = None, impl_kind: str | None = None,
-                coverage: dict | None = None) -> Path:
+                coverage: dict | None = None, reported: pd.DataFrame | None = None,
+                oracle: str = "reference") -> Path:
     """``coverage`` (a run's coverage.json) adds a ``coverage`` test case, passing, whose output
     is the coverage matrix with the unreached cells named, and pairs/triples properties."""
     suite = ET.Element("testsuite", name=f"ce-conformance gate: {name}", tests=str(len(FAMILIES)),
                        failures="0", errors="0", skipped="0", time=f"{seconds:.3f}")
-    failures = 0
+    failures = skipped = 0
+    reported = reported if reported is not None else new.iloc[0:0]
     for family in FAMILIES:
         checks = {c for c, f in CHECK_FAMILIES.items() if f == family}
         case = ET.SubElement(suite, "testcase", classname=f"ce-conformance.{name}", name=family,
@@ -43,13 +47,19 @@ def write_junit(path: str | Path, *, name: str, new: pd.DataFrame, covered: pd.D
             worst = mine.groupby("check").size().to_dict()
             failure = ET.SubElement(case, "failure", type="ConformanceFailure",
                                     message=f"{len(mine)} finding(s): " + ", ".join(f"{k} x{v}" for k, v in worst.items()))
-            replays = sorted({replay_command(p, a, impl_spec, impl_kind)
+            replays = sorted({replay_command(p, a, impl_spec, impl_kind, oracle)
                               for p, a in zip(mine["case_path"], mine["adapter"]) if isinstance(p, str) and p})
             failure.text = _table(mine) + "\n\nreplay:\n" + "\n".join(f"  {r}" for r in replays)
-        if len(known):
-            ET.SubElement(case, "system-out").text = (f"{len(known)} finding(s) covered by the baseline:\n"
-                                                      + _table(known))
+        shown = reported[reported["check"].isin(checks)]
+        if len(shown):
+            skipped += 1
+            ET.SubElement(case, "skipped", message=f"{len(shown)} finding(s) reported, not gating (--checks)")
+        out = [f"{len(known)} finding(s) covered by the baseline:\n" + _table(known)] if len(known) else []
+        out += [f"{len(shown)} finding(s) reported, not gating:\n" + _table(shown)] if len(shown) else []
+        if out:
+            ET.SubElement(case, "system-out").text = "\n\n".join(out)
     suite.set("failures", str(failures))
+    suite.set("skipped", str(skipped))
     properties = ET.SubElement(suite, "properties")
     ET.SubElement(properties, "property", name="adapter_runs", value=str(runs))
     ET.SubElement(properties, "property", name="baseline_covered", value=str(len(covered)))
@@ -64,7 +74,7 @@ def write_junit(path: str | Path, *, name: str, new: pd.DataFrame, covered: pd.D
         suite.set("tests", str(tests))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    root = ET.Element("testsuites", tests=str(tests), failures=str(failures))
+    root = ET.Element("testsuites", tests=str(tests), failures=str(failures), skipped=str(skipped))
     root.append(suite)
     ET.indent(root)
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)

@@ -72,6 +72,9 @@ def run_nightly(config: FuzzConfig, *, out_root: Path, shard: tuple[int, int] = 
             continue
         if deadline is not None and time.monotonic() > deadline:
             break
+        left = None if config.max_seconds is None else config.max_seconds - (time.monotonic() - start)
+        if left is not None and left <= 0:
+            break  # --max-time bounds the whole shard: every slice gets what is left
         seed = sub_seed(config.seed, k)
         seeds.append(seed)
         examples = config.max_examples if deadline is None else SLICE_EXAMPLES
@@ -79,7 +82,7 @@ def run_nightly(config: FuzzConfig, *, out_root: Path, shard: tuple[int, int] = 
         slice_config = replace(config, seed=seed, max_examples=examples, out_dir=run_dir,
                                partition=(k % modulus, modulus),
                                curated_dirs=config.curated_dirs if index == 1 and not seeds[:-1] else [],
-                               title=f"ce-conformance nightly {run_dir.name}")
+                               title=f"ce-conformance nightly {run_dir.name}", max_seconds=left)
         run = FuzzRun(slice_config, append=True, pairs=pairs or [])
         summary = run.run()
         findings += summary.findings

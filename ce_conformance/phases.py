@@ -7,9 +7,12 @@
 3. **explore** — Hypothesis draws cases with the profile's settings and seed, steered with
    ``hypothesis.target`` toward the worst error-to-budget ratio; the probe never raises, so
    one bug does not stop the search for others.
-4. **shrink** — for each distinct (adapter, check) failure, Hypothesis runs again with the same
-   seed and only that adapter, raising when the failure reappears, and shrinks it. Both phases
-   share one example-database key, so the next run replays minimal failures first.
+4. **shrink** — for each distinct (adapter, check) failure, Hypothesis runs again with only
+   that adapter, raising when the failure reappears, and shrinks it. It starts from the very
+   draw that exposed the failure during exploration (its choice sequence is replayed from an
+   in-memory example database, as ``hypothesis.find`` does), so a failure that targeting
+   reached once is shrunk too, not only those that plain generation happens to re-find. With
+   ``--database`` minimal failures are also stored, and the next run replays them first.
 
 Each phase is a function of the :class:`~ce_conformance.runner.FuzzRun` (or its config), which
 owns evaluation, recording and the run's bookkeeping.
@@ -23,13 +26,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from hypothesis import Phase, given, seed as hypothesis_seed, settings as hypothesis_settings, target
+from hypothesis.control import current_build_context
+from hypothesis.database import InMemoryExampleDatabase, MultiplexedDatabase, choices_to_bytes
 
 from .case import Case
 from .covering import ANCHORS, build_case, covering_rows, excluded_levels
+from .dtypes import FLOAT_DTYPES
 from .profiles import covering_strength_for, settings_for, size_limits_for
 from .strategies import cross_entropy_cases
 
 if TYPE_CHECKING:
+    from .compare import Verdict
     from ce_conformance.adapters.base import Adapter
 
     from .runner import FuzzConfig, FuzzRun
@@ -61,7 +68,9 @@ def wanted(config: "FuzzConfig", case: Case) -> bool:
         return False
     if config.plain and case.features - required - _PLAIN_FEATURES:
         return False
-    dtypes_ok = config.dtypes is None or case.dtype in config.dtypes or not case.is_valid
+    # an invalid case in a float dtype the run left out would test the kernel's dtype support,
+    # not the rule the case is about; integer-input cases (the dtype rule itself) stay
+    dtypes_ok = config.dtypes is None or case.dtype in config.dtypes or case.dtype not in FLOAT_DTYPES
     return required <= case.features and dtypes_ok
 
 
@@ -94,11 +103,17 @@ def covering_cases(config: "FuzzConfig", adapters: "list[Adapter]") -> list[Case
 
 # -- explore and shrink (Hypothesis) -----------------------------------------------------------
 def _strategy(config: "FuzzConfig"):
-    from .dtypes import FLOAT_DTYPES
-
     return cross_entropy_cases(dtypes=config.dtypes or FLOAT_DTYPES, limits=size_limits_for(config.profile),
                                invalid_percent=0 if config.plain else config.invalid_percent,
                                require=config.require, plain=config.plain)
+
+
+SLOW_SHRINK_CALLS = 2
+"""Calls' worth of time (each up to ``--timeout``) that shrinking a timeout may spend."""
+
+SHRINK_DATABASE_KEY = b"ce-conformance:shrink"
+"""Example-database key of the shrink phase: the explored draw is seeded under it, and minimal
+failures are stored under it (``--database``) for the next run to replay first."""
 
 
 def _hypothesis_test(config: "FuzzConfig", probe: Callable[[Case], None], phases: list[Phase], **overrides: Any):
@@ -113,10 +128,21 @@ def explore(run: "FuzzRun", state: dict[str, Any]) -> None:
     _hypothesis_test(run.config, _make_probe(run, state), [Phase.explicit, Phase.reuse, Phase.generate, Phase.target])()
 
 
-def shrink_one(run: "FuzzRun", adapter: "Adapter", check: str, state: dict[str, Any], deadline: float) -> Case | None:
+def shrink_one(run: "FuzzRun", adapter: "Adapter", check: str, state: dict[str, Any],
+               deadline: float) -> "tuple[Case, Verdict] | None":
+    """The smallest case Hypothesis finds that still fails ``check``, with the verdict on it."""
     state.update(mode="shrink", adapter=adapter, check=check, last=None, deadline=deadline)
+    seeded = InMemoryExampleDatabase()
+    choices = state.get("choices", {}).get((adapter.name, check))
+    if choices is not None:
+        # the secondary corpus: Hypothesis shrinks what it finds there (a primary-key example
+        # counts as shrunk already)
+        seeded.save(SHRINK_DATABASE_KEY + b".secondary", choices_to_bytes(choices))
+    persistent = settings_for(run.config.profile, database_dir=run.config.database_dir).database
+    database = MultiplexedDatabase(seeded, persistent) if persistent is not None else seeded
     test = _hypothesis_test(run.config, _make_probe(run, state), [Phase.reuse, Phase.generate, Phase.shrink],
-                            report_multiple_bugs=False)
+                            report_multiple_bugs=False, database=database)
+    test._hypothesis_internal_database_key = SHRINK_DATABASE_KEY  # as hypothesis.find() keys its database
     try:
         test()
     except Reproduced:
@@ -127,8 +153,10 @@ def shrink_one(run: "FuzzRun", adapter: "Adapter", check: str, state: dict[str, 
 
 
 def shrink_all(run: "FuzzRun", state: dict[str, Any]) -> None:
-    """Shrink every failure signature explored this run, within the run's shrink budget."""
-    deadline = time.monotonic() + run.config.shrink_seconds
+    """Shrink every failure signature explored this run, within the run's shrink budget (and
+    ``--max-time``). A timeout costs the whole ``--timeout`` per call, so shrinking one gets
+    :data:`SLOW_SHRINK_CALLS` calls' worth of time and its minimal case is not run again."""
+    deadline = time.monotonic() + min(run.config.shrink_seconds, run.time_left())
     by_name = {a.name: a for a in run.adapters}
     for (name, check), info in list(run.signatures.items()):
         if time.monotonic() > deadline:
@@ -136,21 +164,30 @@ def shrink_all(run: "FuzzRun", state: dict[str, Any]) -> None:
         adapter = by_name.get(name)
         if adapter is None or not info["explored"]:
             continue  # pairwise findings (two adapters in play), or only a curated/covering case shows it
-        minimal = shrink_one(run, adapter, check, state, deadline)
-        if minimal is not None:
-            path = run._save_case(minimal, name, check, info["message"])
-            info["shrunk_case"] = str(path)
-            run.evaluate(minimal, "shrunk", adapters=[adapter], case_path=str(path))
+        slow = check == "timeout"
+        own = min(deadline, time.monotonic() + SLOW_SHRINK_CALLS * (run.config.timeout + 1)) if slow else deadline
+        shrunk = shrink_one(run, adapter, check, state, own)
+        if shrunk is not None:
+            minimal, verdict = shrunk
+            path = run.ledger.save_shrunk(minimal, name, verdict)
+            if not slow:
+                run.evaluate(minimal, "shrunk", adapters=[adapter], case_path=str(path))
 
 
 def _make_probe(run: "FuzzRun", state: dict[str, Any]) -> Callable[[Case], None]:
     def ce_conformance_probe(case: Case) -> None:
         if state.get("mode") == "explore":
+            run.check_time()  # --max-time: OutOfTime ends exploration (a BaseException, never shrunk)
             partition = run.config.partition
             if partition and int(case.id, 16) % partition[1] != partition[0]:
                 return  # another shard's case: shards are disjoint by case id
             run.examples += 1
             compared = run.evaluate(case, "explore")
+            first_seen = state.setdefault("choices", {})
+            for adapter, comparison in compared:
+                for verdict in comparison.verdicts:
+                    if (adapter.name, verdict.check) not in first_seen:  # the draw that shrinking starts from
+                        first_seen[(adapter.name, verdict.check)] = current_build_context().data.choices
             ratios = [r for _, c in compared for r in c.max_ratio.values() if math.isfinite(r)]
             if ratios:  # steer toward the cases where an implementation comes closest to its budget
                 target(min(max(ratios), 1e6), label=TARGET_LABEL)
@@ -159,8 +196,9 @@ def _make_probe(run: "FuzzRun", state: dict[str, Any]) -> Callable[[Case], None]
         if time.monotonic() > state["deadline"]:
             return  # shrink budget spent: stop running adapters, keep the smallest case seen
         for _, comparison in run.evaluate(case, "shrink", adapters=[state["adapter"]], record=False):
-            if any(v.check == state["check"] for v in comparison.verdicts):
-                state["last"] = case
+            verdict = next((v for v in comparison.verdicts if v.check == state["check"]), None)
+            if verdict is not None:
+                state["last"] = (case, verdict)  # the verdict on this very case, for its saved note
                 raise Reproduced(state["check"])
 
     return ce_conformance_probe

@@ -9,7 +9,7 @@
 
 Options live in their own ``ce-conformance`` group of ``pytest --help``; every option has an
 ini-file twin (``ce_impl``, ``ce_kind``, ``ce_profile``, ``ce_baseline``, ``ce_features``,
-``ce_seed``, ``ce_max_examples``, ``ce_out``, ``ce_database``). The fixture and the suite are thin
+``ce_dtypes``, ``ce_checks``, ``ce_seed``, ``ce_max_examples``, ``ce_out``, ``ce_database``). The fixture and the suite are thin
 layers over :func:`conformance.gate.run_gate`; runs are deterministic per seed, so they give the
 same findings under ``pytest -n auto``.
 """
@@ -53,7 +53,10 @@ _OPTIONS = {
     "kind": ("what the implementation takes: torch (default), jax or numpy", "torch"),
     "profile": ("settings profile: dev, ci (default) or nightly", None),
     "baseline": ("known-divergence baseline (TOML path or shipped name) for --ce-impl", None),
-    "features": ("features to test: default, all, or a comma-separated list", None),
+    "features": ("features to test: default, all, or a comma-separated list ('-name' takes one away)", None),
+    "dtypes": ("dtypes to draw cases in (default all; e.g. float32,bfloat16 or -float64)", None),
+    "checks": ("check families that fail a test (default all: errors,contract,values,gradients,mutation); "
+               "the others are still run and reported", None),
     "seed": ("Hypothesis seed (default 0)", "0"),
     "max-examples": ("examples per feature family (default: the profile's)", None),
     "out": ("directory for run tables and saved cases (default: <rootdir>/.ce-conformance)", None),
@@ -105,20 +108,27 @@ class ConformanceSession:
         self.out_dir = Path(out) if out else Path(config.rootpath) / ".ce-conformance"
         database = _setting(config, "database")
         self.database = Path(database) if database else None
+        from .selection import parse_checks, parse_dtypes
+
+        self.dtypes = parse_dtypes(_setting(config, "dtypes"))
+        self.checks = parse_checks(_setting(config, "checks"))
 
     def run(self, adapter: Any, *, name: str, require: frozenset[str] = frozenset(), plain: bool = False,
             dtypes: Sequence[str] | None = None, baseline: Any = None, impl_spec: str | None = None,
-            impl_kind: str | None = None, max_examples: int | None = None, seed: int | None = None):
+            impl_kind: str | None = None, max_examples: int | None = None, seed: int | None = None,
+            checks: Sequence[str] | str | None = None):
+        """Gate ``adapter``; ``dtypes`` and ``checks`` default to the session's options."""
         from .gate import run_gate
         from .runner import DEFAULT_CURATED_DIR, FuzzConfig
+        from .selection import parse_checks, parse_dtypes
 
         config = FuzzConfig(adapters=[adapter], profile=self.profile,
                             max_examples=max_examples or self.max_examples, seed=self.seed if seed is None else seed,
                             out_dir=self.out_dir / _slug(name), database_dir=self.database, progress=False,
                             curated_dirs=[DEFAULT_CURATED_DIR], require=frozenset(require), plain=plain,
-                            dtypes=tuple(dtypes) if dtypes else None, shrink_seconds=30.0,
+                            dtypes=parse_dtypes(dtypes) if dtypes else self.dtypes, shrink_seconds=30.0,
                             title=f"ce-conformance: {name}", impl_spec=impl_spec, impl_kind=impl_kind)
-        return run_gate(config, baseline)
+        return run_gate(config, baseline, parse_checks(checks) if checks else self.checks)
 
 
 def _slug(text: str) -> str:
@@ -132,30 +142,45 @@ def ce_session(request: pytest.FixtureRequest) -> ConformanceSession:
 
 @pytest.fixture
 def ce_check(ce_session: ConformanceSession, request: pytest.FixtureRequest) -> Callable[..., Any]:
-    """``ce_check(fn, *, kind="torch", features=None, dtypes=None, max_examples=None, seed=None,
-    baseline=None)``: fuzz ``fn`` against the reference; fail the test with the shrunk case, the
-    error in ULPs and the replay command when it diverges. Returns the :class:`GateResult`.
+    """``ce_check(fn, *, kind="torch", features=None, dtypes=None, checks=None, max_examples=None,
+    seed=None, baseline=None)``: fuzz ``fn`` against the reference; fail the test with the shrunk
+    case, the error in ULPs and the replay command when it diverges. Returns the :class:`GateResult`.
 
-    ``features`` restricts the features ``fn`` is tested on ("default", "all", a list); ``dtypes``
-    restricts the dtypes."""
+    ``features`` restricts the features ``fn`` is tested on ("default", "all", a list, "-name"
+    to subtract); ``dtypes`` the dtypes; ``checks`` the check families that fail the test (the
+    others are reported in ``result.reported``)."""
     from ce_conformance.adapters import function_adapter
     from .baseline import Baseline
 
     def check(fn: Callable[..., Any], *, kind: str = "torch", features: str | Sequence[str] | None = None,
-              dtypes: Sequence[str] | None = None, max_examples: int | None = None, seed: int | None = None,
-              baseline: str | Path | None = None):
+              dtypes: Sequence[str] | str | None = None, checks: Sequence[str] | str | None = None,
+              max_examples: int | None = None, seed: int | None = None, baseline: str | Path | None = None):
         spec = _spec_of(fn)
         feature_text = ",".join(features) if isinstance(features, (list, tuple, set, frozenset)) else features
         adapter = function_adapter(fn, kind, features=feature_text, name=f"impl:{spec or fn.__name__}")
         result = ce_session.run(adapter, name=f"{request.node.name}-{fn.__name__}", dtypes=dtypes,
                                 baseline=Baseline.load(baseline) if baseline else None, impl_spec=spec,
-                                impl_kind=kind, max_examples=max_examples, seed=seed)
+                                impl_kind=kind, max_examples=max_examples, seed=seed, checks=checks)
         if not result.passed:
             pytest.fail(f"{getattr(fn, '__name__', fn)} diverges from torch.nn.functional.cross_entropy: "
                         f"{len(result.new)} finding(s)\n\n{result.report(spec, kind)}", pytrace=False)
+        warn_reported(result, getattr(fn, "__name__", str(fn)))
         return result
 
     return check
+
+
+class ConformanceReported(UserWarning):
+    """Findings of check families a test does not gate on (``--ce-checks``): shown, not failing."""
+
+
+def warn_reported(result: Any, name: str) -> None:
+    """Surface non-gating findings in pytest's warnings summary."""
+    import warnings
+
+    text = result.reported_text()
+    if text:
+        warnings.warn(ConformanceReported(f"{name}: {text}"), stacklevel=2)
 
 
 def _spec_of(fn: Callable[..., Any]) -> str | None:

@@ -20,13 +20,20 @@ from .errors import InvalidInputError
 
 
 def replay_command(case_path: str | Path, adapter_name: str, impl_spec: str | None = None,
-                   impl_kind: str | None = None) -> str:
-    """The one-line CLI command that replays a saved case against the same adapter."""
+                   impl_kind: str | None = None, oracle: str = "reference") -> str:
+    """The one-line CLI command that replays a saved case against the same adapter, judged by
+    the same oracle.
+
+    >>> replay_command("c.json", "torch", oracle="torch")
+    'ce-conformance replay c.json --adapters torch --oracle torch'
+    """
     parts = ["ce-conformance", "replay", str(case_path)]
     if impl_spec:
         parts += ["--impl", impl_spec] + (["--kind", impl_kind] if impl_kind and impl_kind != "torch" else [])
     else:
         parts += ["--adapters", adapter_name]
+    if oracle != "reference":
+        parts += ["--oracle", oracle]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -41,7 +48,9 @@ def _storage_dtype(dtype: str) -> str:
 
 
 def write_repro(path: Path, case: Case, *, adapter_name: str, check: str, message: str, case_path: Path,
-                impl_spec: str | None = None, impl_kind: str | None = None) -> Path:
+                impl_spec: str | None = None, impl_kind: str | None = None, oracle: str = "reference") -> Path:
+    """``message`` is the verdict on ``case`` itself (the saved, shrunk case), never another
+    case's: the header must describe what the script reproduces."""
     from . import reference
 
     kind = impl_kind or ("jax" if adapter_name in ("jax", "optax") else "torch")
@@ -52,7 +61,7 @@ def write_repro(path: Path, case: Case, *, adapter_name: str, check: str, messag
     lines = [
         f"# ce-conformance repro for Case<{case.id}> — adapter {adapter_name!r}, check {check!r}",
         f"# {message[:300]}",
-        f"# replay: {replay_command(case_path, adapter_name, impl_spec, impl_kind)}",
+        f"# replay: {replay_command(case_path, adapter_name, impl_spec, impl_kind, oracle)}",
         "import base64",
         "",
     ]

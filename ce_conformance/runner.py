@@ -2,13 +2,15 @@
 
 Data flows one way: case -> adapters -> comparison -> findings (streamed) -> tables. The
 phases that choose the cases (curated, covering, explore, shrink) live in
-:mod:`ce_conformance.phases`; this module owns evaluation, recording and the run's summary.
+:mod:`ce_conformance.phases`, what a verdict becomes (rows, signatures, saved cases) in
+:mod:`ce_conformance.ledger`; this module owns evaluation and the run's summary.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import math
 import platform
 import signal
 import time
@@ -24,11 +26,15 @@ from ce_conformance.adapters.base import Adapter, Outcome
 from . import phases, reference
 from ._version import __version__
 from .case import Case
-from .compare import CHECK_FAMILIES, Comparison, compare, compare_pair
+from .compare import Comparison, compare, compare_pair
 from .errors import ConfigurationError, InvalidInputError
-from .findings import Recorder, case_columns, finalize, finding_signature
+from .findings import Recorder, case_columns, finalize
+from .ledger import FindingLedger
 from .profiles import settings_for
-from .repro import write_repro
+from .quarantine import Quarantine, case_traits
+
+GUARDED_PHASES = ("curated", "covering", "explore")
+"""Phases that choose cases, and so skip quarantined ones; shrinking must reproduce instead."""
 
 DEFAULT_CURATED_DIR = Path(__file__).resolve().parent.parent / "cases" / "curated"
 
@@ -40,6 +46,11 @@ class Interrupted(BaseException):
     def __init__(self, signal_name: str):
         super().__init__(signal_name)
         self.signal_name = signal_name
+
+
+class OutOfTime(BaseException):
+    """``--max-time`` reached: the run stops choosing cases and writes its tables. A BaseException
+    for the same reason as :class:`Interrupted`."""
 
 
 class Executor:
@@ -83,6 +94,7 @@ class FuzzConfig:
     partition: tuple[int, int] | None = None  # (r, n): evaluate only drawn cases whose id % n == r
     dtypes: tuple[str, ...] | None = None
     covering: int | None = None  # strength of the covering phase; None: the profile's, 0: off
+    max_seconds: float | None = None  # --max-time: the whole run, tables included
 
 
 @dataclass
@@ -98,14 +110,13 @@ class RunSummary:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     examples: int = 0
     first_finding_seconds: float | None = None
+    oracle: str = "reference"
+    out_of_time: bool = False  # stopped at --max-time
+    quarantined: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def conformant(self) -> bool:
         return self.findings == 0
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)[:60]
 
 
 @contextmanager
@@ -152,7 +163,7 @@ class FuzzRun:
 
             self.executor = WorkerExecutor(timeout=config.timeout, memory_mb=config.memory_mb, isolate=config.isolate)
         self.recorder: Recorder | None = None
-        self.signatures: dict[tuple[str, str], dict[str, Any]] = {}  # (adapter, check) -> first case, counts
+        self.ledger: FindingLedger | None = None  # signatures and saved cases, from run()
         self._native_cache: dict[str, Outcome] = {}
         self._torch_reference: Adapter | None = None
         if config.oracle not in ("reference", "torch"):
@@ -168,8 +179,14 @@ class FuzzRun:
         self._curated: list[tuple[Case, str]] | None = None
         self._covering: list[Case] | None = None
         self.examples = 0
-        self.first_finding_seconds: float | None = None
         self._started = time.perf_counter()
+        self.quarantine = Quarantine()
+        self._deadline = math.inf
+
+    @property
+    def signatures(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """(adapter, check) -> first case, shrunk case, messages, counts (see :mod:`.ledger`)."""
+        return self.ledger.signatures if self.ledger else {}
 
     # -- evaluation of one case ----------------------------------------------------------------
     def _reference(self, case: Case) -> reference.ReferenceResult | None:
@@ -187,9 +204,22 @@ class FuzzRun:
             self._native_cache = {case.id: self._torch_reference.timed_run(case)}
         return self._native_cache[case.id]
 
+    def check_time(self) -> None:
+        """Raise :class:`OutOfTime` once ``--max-time`` is spent (called between cases)."""
+        if time.perf_counter() > self._deadline:
+            raise OutOfTime()
+
+    def time_left(self) -> float:
+        return self._deadline - time.perf_counter()
+
     def evaluate(self, case: Case, phase: str, adapters: list[Adapter] | None = None,
                  record: bool = True, case_path: str = "") -> list[tuple[Adapter, Comparison]]:
+        """Run ``case`` through the adapters and judge it. In the case-choosing phases (curated,
+        covering, explore) quarantined traits are skipped and timeouts/crashes feed the quarantine;
+        shrinking must reproduce, so it ignores the quarantine."""
         clock = time.perf_counter
+        guarded = phase in GUARDED_PHASES
+        traits = case_traits(case.features, case.dtype)
         stages = self.stage_seconds
         start = clock()
         with np.errstate(all="ignore"):  # overflow in magnitudes is expected at the dtype's edges
@@ -200,14 +230,18 @@ class FuzzRun:
         outcomes: dict[str, tuple[Adapter, Outcome]] = {}
         for adapter in adapters or self.adapters:
             missing = adapter.capabilities.missing(case)
+            quarantined = self.quarantine.blocks(adapter.name, traits) if guarded and not missing else None
+            if quarantined:
+                missing = (quarantined,)
             if missing:
                 if record:
-                    self.recorder.result({**_result_base(columns, adapter.name, phase), "status": "skipped",
-                                          "skip_reason": ",".join(missing)})
+                    self.ledger.skipped(columns, adapter.name, phase, missing)
                 continue
             start = clock()
             outcome = self.executor.run(adapter, case)
             outcomes[adapter.name] = (adapter, outcome)
+            if guarded:
+                self.quarantine.observe(adapter.name, outcome.status, traits)
             stages[f"adapter:{adapter.name}"] += clock() - start
             start = clock()
             with np.errstate(all="ignore"):
@@ -217,52 +251,15 @@ class FuzzRun:
             compared.append((adapter, comparison))
             if record:
                 start = clock()
-                self._record(case, columns, adapter.name, outcome, comparison, phase, case_path)
+                self.ledger.record(case, columns, adapter.name, outcome, comparison, phase, case_path)
                 stages["record"] += clock() - start
         if record:
             for a, b in self.pairs:
                 if a in outcomes and b in outcomes:
                     first, second = outcomes[a][1], outcomes[b][1]
                     comparison = compare_pair(case, first, second, ref, outcomes[b][0].capabilities)
-                    self._record(case, columns, f"{a}~{b}", second, comparison, phase, case_path)
+                    self.ledger.record(case, columns, f"{a}~{b}", second, comparison, phase, case_path)
         return compared
-
-    def _record(self, case: Case, columns: dict[str, Any], adapter_name: str, outcome: Outcome,
-                comparison: Comparison, phase: str, case_path: str) -> None:
-        status = "passed" if comparison.passed else "failed"
-        self.recorder.result({**_result_base(columns, adapter_name, phase), "status": status, "skip_reason": "",
-                              "loss_ulp": comparison.max_ulp.get("loss"),
-                              "grad_input_ulp": comparison.max_ulp.get("grad_input"),
-                              "grad_target_ulp": comparison.max_ulp.get("grad_target"),
-                              "budget_ratio": max(comparison.max_ratio.values(), default=None),
-                              "seconds": outcome.seconds})
-        for verdict in comparison.verdicts:
-            key = (adapter_name, verdict.check)
-            path = case_path
-            if key not in self.signatures:
-                if not path:
-                    path = str(self._save_case(case, adapter_name, verdict.check, verdict.message))
-                self.signatures[key] = {"count": 0, "first_case": path, "shrunk_case": "", "message": verdict.message,
-                                        "explored": False}
-            self.signatures[key]["count"] += 1
-            if phase == "explore":
-                self.signatures[key]["explored"] = True
-            if self.first_finding_seconds is None:
-                self.first_finding_seconds = time.perf_counter() - self._started
-            self.recorder.finding({
-                **columns, "adapter": adapter_name, "check": verdict.check,
-                "family": CHECK_FAMILIES.get(verdict.check, "other"), "max_abs_error": verdict.max_abs_error,
-                "max_ulp_error": verdict.max_ulp_error, "budget": verdict.budget, "message": verdict.message,
-                "case_path": path, "phase": phase,
-                "signature": finding_signature(adapter_name, verdict.check, columns["dtype"], columns["features"]),
-            })
-
-    def _save_case(self, case: Case, adapter_name: str, check: str, message: str) -> Path:
-        name = f"{_slug(adapter_name)}__{check}__{case.id}"
-        path = case.save(self.cases_dir / f"{name}.json")
-        write_repro(path.with_suffix(".py"), case, adapter_name=adapter_name, check=check, message=message,
-                    case_path=path, impl_spec=self.config.impl_spec, impl_kind=self.config.impl_kind)
-        return path
 
     # -- phases (ce_conformance.phases) ------------------------------------------------------
     def _curated_cases(self) -> list[tuple[Case, str]]:
@@ -279,21 +276,31 @@ class FuzzRun:
         start = self._started = time.perf_counter()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.recorder = Recorder(self.out_dir, append=self.append)
+        self.ledger = FindingLedger(self.recorder, self.cases_dir, impl_spec=self.config.impl_spec,
+                                    impl_kind=self.config.impl_kind, oracle=self.config.oracle, started=start)
         self._write_config()
+        if self.config.max_seconds is not None:
+            self._deadline = start + self.config.max_seconds
         interrupted: str | None = None
+        out_of_time = False
         probe_state: dict[str, Any] = {}
         try:
             with _interrupt_guard(), self._progress_bar() as advance:
                 self._progress = advance
-                for case, path in self._curated_cases():
-                    self.evaluate(case, "curated", case_path=path)
-                    advance()
-                for case in self._covering_cases():
-                    self.evaluate(case, "covering")
-                    advance()
-                if self.config.explore:
-                    phases.explore(self, probe_state)
-                if self.config.shrink and self.config.explore:
+                try:
+                    for case, path in self._curated_cases():
+                        self.check_time()
+                        self.evaluate(case, "curated", case_path=path)
+                        advance()
+                    for case in self._covering_cases():
+                        self.check_time()
+                        self.evaluate(case, "covering")
+                        advance()
+                    if self.config.explore:
+                        phases.explore(self, probe_state)
+                except OutOfTime:
+                    out_of_time = True
+                if self.config.shrink and self.config.explore and self.time_left() > 0:
                     phases.shrink_all(self, probe_state)
         except Interrupted as exc:
             interrupted = exc.signal_name
@@ -309,6 +316,13 @@ class FuzzRun:
             extra["JAX compilations"] = ", ".join(f"{k}: {v}" for k, v in compilations.items())
         if interrupted:
             extra["status"] = f"INTERRUPTED ({interrupted}) — tables hold what was done before the signal"
+        elif out_of_time:
+            extra["status"] = (f"STOPPED at --max-time {self.config.max_seconds:g} s after {self.examples} drawn "
+                               "examples — tables hold what was done")
+        quarantined = self.quarantine.summary()
+        if quarantined:
+            extra["quarantined"] = "; ".join(f"{q['adapter']}: {q['quarantine']} ({q['hits']} seen, then "
+                                             f"{q['skipped']} cases skipped)" for q in quarantined)
         restarts = getattr(self.executor, "restarts", {})
         if restarts:
             extra["worker restarts"] = ", ".join(f"{k}: {v}" for k, v in restarts.items())
@@ -321,7 +335,8 @@ class FuzzRun:
             [{"adapter": k[0], "check": k[1], **v} for k, v in self.signatures.items()], indent=1))
         return RunSummary(self.out_dir, self.recorder.result_count, self.recorder.finding_count, self.signatures,
                           interrupted, summary, time.perf_counter() - start, compilations,
-                          dict(self.stage_seconds), self.examples, self.first_finding_seconds)
+                          dict(self.stage_seconds), self.examples, self.ledger.first_finding_seconds,
+                          self.config.oracle, out_of_time, quarantined)
 
     def _write_config(self) -> None:
         versions: dict[str, str] = {"ce-conformance": __version__, "python": platform.python_version()}
@@ -353,9 +368,3 @@ class FuzzRun:
             task = bar.add_task("fuzzing", total=total + len(self._curated_cases()) + len(self._covering_cases()),
                                 findings=0)
             yield lambda: bar.update(task, advance=1, findings=self.recorder.finding_count if self.recorder else 0)
-
-
-def _result_base(columns: dict[str, Any], adapter: str, phase: str) -> dict[str, Any]:
-    return {"case_id": columns["case_id"], "adapter": adapter, "dtype": columns["dtype"], "layout": columns["layout"],
-            "reduction": columns["reduction"], "features": columns["features"], "phase": phase,
-            "cell": columns["cell"]}

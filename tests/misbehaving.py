@@ -34,3 +34,9 @@ def raise_on_smoothing(input, target, label_smoothing=0.0, **options):
 def slow_and_wrong(input, target, **options):
     time.sleep(0.05)
     return F.cross_entropy(input, target, **options) * 1.01
+
+
+def hang_on_smoothing(input, target, label_smoothing=0.0, **options):
+    if label_smoothing > 0:
+        time.sleep(10**6)
+    return F.cross_entropy(input, target, label_smoothing=label_smoothing, **options)

@@ -143,7 +143,7 @@ def test_user_features_default_excludes_rare_corners():
     caps = adapters.user_capabilities()
     assert "legacy_reduction" not in caps.features and "weights" in caps.features
     assert adapters.user_capabilities("all") == Capabilities()
-    with pytest.raises(ConfigurationError, match="unknown feature"):
+    with pytest.raises(ConfigurationError, match="unknown name"):
         adapters.user_capabilities("weights,nope")
 
 

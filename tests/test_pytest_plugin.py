@@ -62,6 +62,31 @@ def test_ini_options_work(project, torch):
                                  "FAILED *test_feature_family[[]low_precision[]]*"])
 
 
+def test_checks_and_dtypes_choose_what_fails_and_what_is_drawn(project, torch):
+    """fp32_output breaks only the contract family: with ce_checks=values,gradients it passes
+    with a ConformanceReported warning; ce_dtypes=float32 draws no half case to break it on."""
+    project.makepyfile(test_z="""
+        import pandas as pd
+        from planted_bugs import fp32_output
+
+        def test_numerics_only(ce_check):
+            result = ce_check(fp32_output, checks="values,gradients")
+            assert result.passed and set(result.reported["check"]) == {"loss_dtype"}
+
+        def test_fp32_only(ce_check, ce_session):
+            result = ce_check(fp32_output)
+            ran = pd.read_parquet(result.summary.out_dir / "results.parquet")
+            assert set(ran.loc[ran["status"] != "skipped", "dtype"]) <= {"float32", "int64"}
+            assert result.passed
+    """)
+    project.makeini("[pytest]\nce_dtypes = float32\n")
+    result = project.runpytest_subprocess("-k", "numerics_only", *FAST, "--ce-dtypes", "bfloat16,float16")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*ConformanceReported*fp32_output: reported, not gating*loss_dtype x*"])
+    result = project.runpytest_subprocess("-k", "fp32_only", *FAST)
+    result.assert_outcomes(passed=1)
+
+
 def test_baseline_covers_known_divergences(project, torch):
     project.makefile(".toml", known="""
         schema_version = 1

@@ -21,15 +21,14 @@ from pathlib import Path
 from typing import Any, Callable, Final
 
 from ce_conformance.errors import ConfigurationError
+from ce_conformance.selection import DEFAULT_EXCLUDED_FEATURES, parse_features
 
 from .base import ALL_FEATURES, Adapter, Capabilities, Outcome, RaisedError
 
 ENTRY_POINT_GROUP: Final = "ce_conformance.adapters"
 KINDS: Final = ("torch", "jax", "numpy")
-DEFAULT_USER_EXCLUSIONS: Final = frozenset({"legacy_reduction", "uint8_target", "negative_smoothing"})
-"""Features a user implementation is not tested on unless asked (``--features all``): the
-deprecated size_average/reduce arguments, uint8 targets and label_smoothing < 0 are corners
-kernel authors rarely support on purpose."""
+DEFAULT_USER_EXCLUSIONS: Final = DEFAULT_EXCLUDED_FEATURES
+"""Features a user implementation is not tested on unless asked (``--features all``)."""
 
 DEFAULT_ADAPTERS: Final = ("numpy", "torch", "jax", "optax")
 """What ``fuzz`` runs when no adapter is named: the built-ins that run on a CPU."""
@@ -172,17 +171,9 @@ def _module_loss(cls: type) -> Callable[..., Any]:
 
 
 def user_capabilities(features: str | None = None) -> Capabilities:
-    """Capabilities for a user implementation: everything but the rarely-wanted corners, or
-    ``all``, or an explicit comma-separated feature list to restrict to."""
-    if features in (None, "", "default"):
-        return Capabilities(features=ALL_FEATURES - DEFAULT_USER_EXCLUSIONS)
-    if features == "all":
-        return Capabilities()
-    wanted = {f.strip() for f in features.split(",") if f.strip()}
-    unknown = wanted - ALL_FEATURES
-    if unknown:
-        raise ConfigurationError(f"unknown feature(s) {sorted(unknown)}; known: {', '.join(sorted(ALL_FEATURES))}")
-    return Capabilities(features=frozenset(wanted))
+    """Capabilities for a user implementation: ``default`` (everything but the rarely-wanted
+    corners), ``all``, a comma-separated list, ``-name`` to subtract (``default,-weights``)."""
+    return Capabilities(features=parse_features(features))
 
 
 def user_adapter(spec: str, kind: str = "torch", *, features: str | None = None, name: str | None = None) -> Adapter:
