@@ -158,20 +158,24 @@ def shrink_all(run: "FuzzRun", state: dict[str, Any]) -> None:
     :data:`SLOW_SHRINK_CALLS` calls' worth of time and its minimal case is not run again."""
     deadline = time.monotonic() + min(run.config.shrink_seconds, run.time_left())
     by_name = {a.name: a for a in run.adapters}
-    for (name, check), info in list(run.signatures.items()):
-        if time.monotonic() > deadline:
+    # pairwise findings (two adapters in play) and those only a curated/covering case shows are not shrunk
+    todo = [(name, check, info) for (name, check), info in run.signatures.items()
+            if name in by_name and info["explored"]]
+    for position, (name, check, info) in enumerate(todo):
+        now = time.monotonic()
+        if now > deadline:
             break
-        adapter = by_name.get(name)
-        if adapter is None or not info["explored"]:
-            continue  # pairwise findings (two adapters in play), or only a curated/covering case shows it
+        # an equal share of what is left: one slow shrink must not starve the signatures after it
+        own = now + (deadline - now) / (len(todo) - position)
         slow = check == "timeout"
-        own = min(deadline, time.monotonic() + SLOW_SHRINK_CALLS * (run.config.timeout + 1)) if slow else deadline
-        shrunk = shrink_one(run, adapter, check, state, own)
+        if slow:
+            own = min(own, now + SLOW_SHRINK_CALLS * (run.config.timeout + 1))
+        shrunk = shrink_one(run, by_name[name], check, state, own)
         if shrunk is not None:
             minimal, verdict = shrunk
             path = run.ledger.save_shrunk(minimal, name, verdict)
             if not slow:
-                run.evaluate(minimal, "shrunk", adapters=[adapter], case_path=str(path))
+                run.evaluate(minimal, "shrunk", adapters=[by_name[name]], case_path=str(path))
 
 
 def _make_probe(run: "FuzzRun", state: dict[str, Any]) -> Callable[[Case], None]:
