@@ -9,7 +9,6 @@ script, and later that signature's shrunk case. Every saved case describes itsel
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,12 +23,13 @@ if TYPE_CHECKING:
 
 
 def slug(text: str) -> str:
-    """A file-name-safe form of an adapter name.
+    """A file-name-safe form of an adapter name, at most 60 characters (with the check and case
+    id the saved file's name stays far below file-system limits).
 
     >>> slug("impl:my/kernel.py:ce")
     'impl-my-kernel-py-ce'
     """
-    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)[:60]
 
 
 class FindingLedger:

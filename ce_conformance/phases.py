@@ -111,16 +111,19 @@ def _strategy(config: "FuzzConfig"):
 SLOW_SHRINK_CALLS = 2
 """Calls' worth of time (each up to ``--timeout``) that shrinking a timeout may spend."""
 
-SHRINK_DATABASE_KEY = b"ce-conformance:shrink"
-"""Example-database key of the shrink phase: the explored draw is seeded under it, and minimal
-failures are stored under it (``--database``) for the next run to replay first."""
+DATABASE_KEY = b"ce-conformance:probe"
+"""Example-database key of explore and shrink alike (as ``hypothesis.find`` keys its database):
+the explored draw is seeded under it for shrinking, minimal failures are stored under it
+(``--database``), and the next run's exploration replays them first."""
 
 
 def _hypothesis_test(config: "FuzzConfig", probe: Callable[[Case], None], phases: list[Phase], **overrides: Any):
     base = settings_for(config.profile, database_dir=config.database_dir, max_examples=config.max_examples)
     test = given(_strategy(config))(probe)
     test = hypothesis_seed(config.seed)(test)
-    return hypothesis_settings(base, phases=phases, **overrides)(test)
+    test = hypothesis_settings(base, phases=phases, **overrides)(test)
+    test._hypothesis_internal_database_key = DATABASE_KEY  # one key for both phases, as find() sets it
+    return test
 
 
 def explore(run: "FuzzRun", state: dict[str, Any]) -> None:
@@ -137,12 +140,11 @@ def shrink_one(run: "FuzzRun", adapter: "Adapter", check: str, state: dict[str, 
     if choices is not None:
         # the secondary corpus: Hypothesis shrinks what it finds there (a primary-key example
         # counts as shrunk already)
-        seeded.save(SHRINK_DATABASE_KEY + b".secondary", choices_to_bytes(choices))
+        seeded.save(DATABASE_KEY + b".secondary", choices_to_bytes(choices))
     persistent = settings_for(run.config.profile, database_dir=run.config.database_dir).database
     database = MultiplexedDatabase(seeded, persistent) if persistent is not None else seeded
     test = _hypothesis_test(run.config, _make_probe(run, state), [Phase.reuse, Phase.generate, Phase.shrink],
                             report_multiple_bugs=False, database=database)
-    test._hypothesis_internal_database_key = SHRINK_DATABASE_KEY  # as hypothesis.find() keys its database
     try:
         test()
     except Reproduced:

@@ -1,6 +1,8 @@
 """The fuzz loop: shrinking, saved cases, replay, determinism, the example database."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -28,10 +30,17 @@ def test_reference_adapter_has_no_findings(tmp_path):
 
 
 def test_a_bug_is_shrunk_saved_and_replays(tmp_path, torch):
-    summary = _run(tmp_path, impl="mean_over_n", names=(), curated_dirs=[], max_examples=150)
-    assert not summary.conformant
-    key = next(k for k in summary.signatures if k[1] == "loss_value")
-    info = summary.signatures[key]
+    # a fresh interpreter, as the CLI runs: inside this pytest process, exploration draws
+    # different cases depending on which modules were collected before (open investigation,
+    # see the README's known issues), and this test is about shrinking, not about that
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "ce_conformance", "fuzz", "--impl", f"{HERE / 'planted_bugs.py'}:mean_over_n",
+                           "--max-examples", "150", "--no-curated", "--no-progress", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr[-2000:]
+    signatures = {(s["adapter"], s["check"]): s for s in json.loads((out / "signatures.json").read_text())}
+    info = next(v for k, v in signatures.items() if k[1] == "loss_value")
+    assert info["shrunk_case"], signatures  # shrinking ran and saved a minimal case
     shrunk = Path(info["shrunk_case"])
     assert shrunk.exists() and shrunk.with_suffix(".py").exists()
     minimal = Case.load(shrunk)
