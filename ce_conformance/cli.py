@@ -207,6 +207,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
 
 def cmd_gate(args: argparse.Namespace) -> int:
     from .baseline import Baseline, baseline_from_findings
+    from .findings import read_coverage
     from .gate import run_gate
     from .junit import write_junit
     from .selection import parse_checks
@@ -228,7 +229,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(summary.summary_markdown + (f"\n### Baseline\n\n```\n{text}\n```\n" if text else ""))
-    coverage = _read_coverage(summary.out_dir)
+    coverage = read_coverage(summary.out_dir)
     if args.junit:
         write_junit(args.junit, name=args.impl, new=result.new, covered=result.covered, seconds=summary.seconds,
                     runs=summary.results, impl_spec=args.impl, impl_kind=args.kind, coverage=coverage,
@@ -257,6 +258,7 @@ def _show_gate(verdict: str, result: Any, args: argparse.Namespace, coverage: di
     the historical plain layout (baseline, verdict, report, coverage) when piped."""
     from .console import Block, show
     from .covering import coverage_frame, coverage_text
+    from .gate import blocks_text
 
     failing = result.report_blocks(args.impl, args.kind)
     reported = result.reported_text()
@@ -267,8 +269,7 @@ def _show_gate(verdict: str, result: Any, args: argparse.Namespace, coverage: di
                             f"{q['skipped']} cases skipped)" for q in result.summary.quarantined)
     plain += [quarantined] if quarantined else []
     if not stale_only:
-        plain += [b for b in (result.report(args.impl, args.kind), reported,
-                              result.report(args.impl, args.kind, findings=result.reported) if reported else "") if b]
+        plain += [b for b in (blocks_text(failing), reported, blocks_text(reported_blocks)) if b]
         plain.append(coverage_text(coverage))
     blocks = [Block.text(result.baseline_text, title="baseline:")] if result.baseline_text else []
     blocks += [Block.text(quarantined)] if quarantined else []
@@ -279,13 +280,6 @@ def _show_gate(verdict: str, result: Any, args: argparse.Namespace, coverage: di
         blocks += [Block.table(coverage_frame(coverage), title="coverage (valid cases per level; 0 never reached)"),
                    Block.text("\n".join(coverage_text(coverage, levels=False).splitlines()[1:]).strip())]
     show(verdict, ok=verdict.startswith("PASS"), blocks=blocks, plain="\n".join(plain))
-
-
-def _read_coverage(run_dir: Path) -> dict[str, Any]:
-    import json
-
-    path = Path(run_dir) / "coverage.json"
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:
@@ -345,6 +339,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .case import Case
     from .compare import compare
     from .reference import evaluate
+    from .runner import oracle_adapter
 
     files: list[Path] = []
     for target in args.cases:
@@ -356,13 +351,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             raise ConfigurationError(f"no such case file {str(target)!r}")
     cases = [(path, Case.load(path)) for path in files]  # refuse bad files before running anything
     adapters = _adapters(args, () if args.impl else DEFAULT_ADAPTERS)
-    oracle = None
-    if args.oracle == "torch":
-        from ce_conformance.adapters import load_adapter
-
-        oracle = load_adapter("torch")
-        if oracle.availability():
-            raise ConfigurationError(f"--oracle torch needs torch: {oracle.availability()}")
+    oracle = oracle_adapter(args.oracle)
     rows = []
     for path, case in cases:
         ref = evaluate(case) if case.is_valid else None

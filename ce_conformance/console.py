@@ -45,11 +45,6 @@ def _console(stream: TextIO | None = None):
     return Console(file=stream or sys.stdout, soft_wrap=False, highlight=False)
 
 
-def is_terminal(stream: TextIO | None = None) -> bool:
-    """Whether ``stream`` (stdout by default) is a terminal as rich sees it."""
-    return _console(stream).is_terminal
-
-
 def rich_table(frame: pd.DataFrame, title: str = ""):
     """A pandas table as a rich table: numbers right-aligned, zero counts and FAIL cells in red."""
     from rich.table import Table

@@ -239,9 +239,8 @@ def finalize(run_dir: str | Path, *, title: str = "ce-conformance run", extra: d
         pass_rates(results).to_csv(run_dir / "pass_rates_dtype.csv")
         support_matrix(results).to_csv(run_dir / "support_matrix.csv")
     summary = summary_markdown(results, findings, title=title, extra=extra)
-    coverage_file = run_dir / "coverage.json"
-    if not_applicable is None and coverage_file.exists():  # re-finalized later: keep the run's own
-        not_applicable = [tuple(item.split("=", 1)) for item in json.loads(coverage_file.read_text()).get("not_applicable", [])]
+    if not_applicable is None:  # re-finalized later: keep the run's own
+        not_applicable = [tuple(item.split("=", 1)) for item in read_coverage(run_dir).get("not_applicable", [])]
     coverage = run_coverage(results, not_applicable or ())
     (run_dir / "coverage.json").write_text(json.dumps(coverage, indent=1), encoding="utf-8")
     summary += "\n" + coverage_markdown(coverage)
@@ -255,3 +254,9 @@ def run_coverage(results: pd.DataFrame, not_applicable: Iterable[tuple[str, str]
         return coverage_report([], excluded=not_applicable)
     ran = results[(results["status"] != "skipped") & results["cell"].notna()]
     return coverage_report(ran["cell"].astype(str), excluded=not_applicable)
+
+
+def read_coverage(run_dir: str | Path) -> dict[str, Any]:
+    """A run directory's ``coverage.json`` (written by :func:`finalize`), empty when absent."""
+    path = Path(run_dir) / "coverage.json"
+    return json.loads(path.read_text()) if path.exists() else {}

@@ -52,8 +52,7 @@ class GateResult:
         """A table of the failing checks (count, worst ULP error, the minimal case's message,
         minimal case) followed by the minimal cases and one replay command per case;
         ``findings`` defaults to ``new``."""
-        blocks = self.report_blocks(impl_spec, impl_kind, findings=findings)
-        return "\n\n".join(_indented(block) for block in blocks)
+        return blocks_text(self.report_blocks(impl_spec, impl_kind, findings=findings))
 
     def report_blocks(self, impl_spec: str | None, impl_kind: str | None, *,
                       findings: pd.DataFrame | None = None) -> "list[Block]":
@@ -83,6 +82,12 @@ class GateResult:
         if replays:
             blocks.append(Block.text("\n".join(dict.fromkeys(replays)), title="replay:"))
         return blocks
+
+
+def blocks_text(blocks: "list[Block]") -> str:
+    """Report blocks as the plain text of :meth:`GateResult.report` (tables aligned, titled
+    blocks indented under their title)."""
+    return "\n\n".join(_indented(block) for block in blocks)
 
 
 def _indented(block: "Block") -> str:

@@ -23,7 +23,8 @@ from typing import Any
 import pandas as pd
 
 from .errors import ConfigurationError
-from .findings import feature_pass_rates, finalize, load_run, pass_rates, run_coverage, support_matrix
+from .findings import (feature_pass_rates, finalize, load_run, pass_rates, read_coverage, run_coverage,
+                       support_matrix)
 
 HISTORY_FILE = "history.parquet"
 DIFF_STATUSES = ("new", "fixed", "still failing")
@@ -255,8 +256,7 @@ def write_html(run_dir: Path, *, diff: pd.DataFrame | None = None, previous: Pat
             parts.append(f"<h3>{html.escape(dtype)}</h3>" + _image(image, f"pass rate {dtype}"))
     parts += ["<h2>Error distributions</h2>", _image(_error_ecdfs(results), "ULP error ECDFs")]
     parts += ["<h2>Support matrix</h2>", _table(support_matrix(results))]
-    coverage_file = Path(run_dir) / "coverage.json"
-    coverage = json.loads(coverage_file.read_text()) if coverage_file.exists() else run_coverage(results)
+    coverage = read_coverage(run_dir) or run_coverage(results)
     parts += ["<h2>Coverage</h2>", _coverage_html(coverage)]
     parts.append("<h2>Top findings</h2>")
     if findings.empty:

@@ -141,6 +141,20 @@ def _interrupt_guard() -> Iterator[list[bool]]:
             signal.signal(signum, old)
 
 
+def oracle_adapter(oracle: str) -> Adapter | None:
+    """The adapter whose result widens the budgets (``--oracle torch``), None for the reference."""
+    if oracle not in ("reference", "torch"):
+        raise ConfigurationError(f"unknown oracle {oracle!r}; expected 'reference' or 'torch'")
+    if oracle == "reference":
+        return None
+    from ce_conformance.adapters import load_adapter
+
+    adapter = load_adapter("torch")
+    if adapter.availability():
+        raise ConfigurationError(f"--oracle torch needs torch: {adapter.availability()}")
+    return adapter
+
+
 class FuzzRun:
     def __init__(self, config: FuzzConfig, *, append: bool = False, pairs: list[tuple[str, str]] | None = None):
         """``append``: add to the run directory's streams (nightly slices) instead of replacing them.
@@ -165,15 +179,7 @@ class FuzzRun:
         self.recorder: Recorder | None = None
         self.ledger: FindingLedger | None = None  # signatures and saved cases, from run()
         self._native_cache: dict[str, Outcome] = {}
-        self._torch_reference: Adapter | None = None
-        if config.oracle not in ("reference", "torch"):
-            raise ConfigurationError(f"unknown oracle {config.oracle!r}; expected 'reference' or 'torch'")
-        if config.oracle == "torch":
-            from ce_conformance.adapters import load_adapter
-
-            self._torch_reference = load_adapter("torch")
-            if self._torch_reference.availability():
-                raise ConfigurationError(f"--oracle torch needs torch: {self._torch_reference.availability()}")
+        self._torch_reference = oracle_adapter(config.oracle)
         self._progress: Callable[[], None] = lambda: None
         self.stage_seconds: collections.Counter[str] = collections.Counter()
         self._curated: list[tuple[Case, str]] | None = None

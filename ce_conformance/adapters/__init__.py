@@ -21,14 +21,12 @@ from pathlib import Path
 from typing import Any, Callable, Final
 
 from ce_conformance.errors import ConfigurationError
-from ce_conformance.selection import DEFAULT_EXCLUDED_FEATURES, parse_features
+from ce_conformance.selection import parse_features
 
-from .base import ALL_FEATURES, Adapter, Capabilities, Outcome, RaisedError
+from .base import Adapter, Capabilities, Outcome, RaisedError
 
 ENTRY_POINT_GROUP: Final = "ce_conformance.adapters"
 KINDS: Final = ("torch", "jax", "numpy")
-DEFAULT_USER_EXCLUSIONS: Final = DEFAULT_EXCLUDED_FEATURES
-"""Features a user implementation is not tested on unless asked (``--features all``)."""
 
 DEFAULT_ADAPTERS: Final = ("numpy", "torch", "jax", "optax")
 """What ``fuzz`` runs when no adapter is named: the built-ins that run on a CPU."""
