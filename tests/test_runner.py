@@ -100,3 +100,33 @@ def test_config_records_versions(tmp_path):
     summary = _run(tmp_path, max_examples=3)
     config = json.loads((summary.out_dir / "config.json").read_text())
     assert config["versions"]["numpy"] and config["seed"] == 0
+
+
+def test_shrink_budget_is_shared_and_timeouts_get_two_calls(monkeypatch):
+    """Each explored signature gets an equal share of what is left (one slow shrink cannot
+    starve the rest); a timeout gets at most SLOW_SHRINK_CALLS x (timeout + 1) seconds;
+    pairwise and unexplored signatures are not shrunk."""
+    import math
+    import time
+    from types import SimpleNamespace
+
+    from ce_conformance import phases
+
+    budgets = {}
+
+    def fake_shrink_one(run, adapter, check, state, deadline):
+        budgets[check] = deadline - time.monotonic()
+        return None
+
+    monkeypatch.setattr(phases, "shrink_one", fake_shrink_one)
+    explored = {"explored": True}
+    run = SimpleNamespace(config=SimpleNamespace(shrink_seconds=30.0, timeout=1.0), time_left=lambda: math.inf,
+                          adapters=[SimpleNamespace(name="a")],
+                          signatures={("a", "loss_value"): explored, ("a", "grad_input_value"): explored,
+                                      ("a", "timeout"): explored, ("a~b", "loss_value"): explored,
+                                      ("a", "error"): {"explored": False}})
+    phases.shrink_all(run, {})
+    assert list(budgets) == ["loss_value", "grad_input_value", "timeout"]
+    assert 9.0 < budgets["loss_value"] <= 10.0  # a third of 30 s
+    assert 14.0 < budgets["grad_input_value"] <= 15.0  # half of what is left
+    assert 3.5 < budgets["timeout"] <= phases.SLOW_SHRINK_CALLS * (1.0 + 1)
