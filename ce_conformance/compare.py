@@ -29,7 +29,7 @@ from ce_conformance.case import Case
 from ce_conformance.reference import ReferenceResult
 
 from .errors import Rule
-from .tolerance import RELATIVE_ORACLE_MARGIN, absolute_errors, allowed_errors, nonfinite_mismatch, ulp_units
+from .tolerance import error_figures, fused_error_figures, nonfinite_mismatch
 
 CHECK_FAMILIES: Final = {
     "error": "errors", "missing_error": "errors", "wrong_error": "errors", "crash": "errors", "timeout": "errors",
@@ -76,32 +76,29 @@ def _value_check(name: str, actual: np.ndarray | None, expected: np.ndarray, mag
             actual = np.broadcast_to(actual, expected.shape)
         except ValueError:
             return  # the shape check reports it
-    mismatch = nonfinite_mismatch(actual, expected, dtype, exact_kind=exact_kind, intermediate=intermediate)
-    if mismatch.any():
-        where = tuple(int(i) for i in np.argwhere(mismatch)[0]) if mismatch.ndim else ()
-        comparison.verdicts.append(Verdict(
-            f"{name}_nonfinite",
-            f"{name} NaN/inf pattern differs at {int(mismatch.sum())} element(s), first at {list(where)}: "
-            f"got {actual[where]!r}, expected {expected[where]!r}"))
     magnitude = np.abs(expected) if magnitude is None else magnitude
-    unit = ulp_units(expected, magnitude, dtype, n_classes)
-    errors = np.where(mismatch, 0.0, absolute_errors(actual, expected))
-    allowed = allowed_errors(unit, sigma, dtype, name, budget_scale)
-    if native is not None:  # the relative oracle: no worse than torch's own result plus a margin
-        native_errors = absolute_errors(np.asarray(native, dtype=np.float64), expected)
-        allowed = np.maximum(allowed, native_errors + RELATIVE_ORACLE_MARGIN * unit)
-    ulps = errors / unit
-    ratio = errors / allowed
-    comparison.max_ulp[name] = float(ulps.max()) if ulps.size else 0.0
-    comparison.max_ratio[name] = float(ratio.max()) if ratio.size else 0.0
-    if comparison.max_ratio[name] > 1.0:
-        index = np.unravel_index(int(np.argmax(ratio)), ratio.shape) if ratio.ndim else ()
-        worst, budget = float(ulps[index]), float(allowed[index] / unit[index])
+    native = None if native is None else np.asarray(native, dtype=np.float64)
+    figures = fused_error_figures(actual, expected, magnitude, sigma, dtype, name, n_classes, scale=budget_scale,
+                                  native=native)
+    if figures is None:  # small, or a NaN/inf somewhere: the NumPy path and its NaN/inf rules
+        mismatch = nonfinite_mismatch(actual, expected, dtype, exact_kind=exact_kind, intermediate=intermediate)
+        if mismatch.any():
+            where = tuple(int(i) for i in np.argwhere(mismatch)[0]) if mismatch.ndim else ()
+            comparison.verdicts.append(Verdict(
+                f"{name}_nonfinite",
+                f"{name} NaN/inf pattern differs at {int(mismatch.sum())} element(s), first at {list(where)}: "
+                f"got {actual[where]!r}, expected {expected[where]!r}"))
+        figures = error_figures(actual, expected, magnitude, sigma, dtype, name, n_classes, scale=budget_scale,
+                                native=native, ignore=mismatch)
+    comparison.max_ulp[name] = figures.max_ulp
+    comparison.max_ratio[name] = figures.max_ratio
+    if figures.max_ratio > 1.0:
+        index = figures.worst_index
         comparison.verdicts.append(Verdict(
             f"{name}_value",
-            f"{name} off by {worst:.3g} ulp ({dtype}; budget {budget:.3g}) at {list(map(int, index))}: "
-            f"got {actual[index]!r}, expected {expected[index]!r}",
-            max_abs_error=float(errors.max()), max_ulp_error=worst, budget=budget))
+            f"{name} off by {figures.worst_ulp:.3g} ulp ({dtype}; budget {figures.worst_budget:.3g}) at "
+            f"{list(index)}: got {actual[index]!r}, expected {expected[index]!r}",
+            max_abs_error=figures.max_abs_error, max_ulp_error=figures.worst_ulp, budget=figures.worst_budget))
 
 
 def compare(case: Case, outcome: Outcome, reference: ReferenceResult | None, capabilities: Capabilities, *,

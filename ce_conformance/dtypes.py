@@ -111,6 +111,11 @@ def _spacings(name: str) -> np.ndarray:
 _SPACINGS: Final = {name: _spacings(name) for name in FLOAT_DTYPES}
 
 
+def spacing_table(name: str) -> np.ndarray:
+    """:func:`ulp` as a table: entry k is the spacing at binary exponent k + (smallest normal's)."""
+    return _SPACINGS[name]
+
+
 def max_finite(name: str) -> float:
     info = ml_dtypes.finfo(numpy_dtype(name)) if name == "bfloat16" else np.finfo(numpy_dtype(name))
     return float(info.max)

@@ -35,8 +35,10 @@ from typing import Any, Final, NamedTuple
 import mpmath
 import numpy as np
 
-from .dtypes import FLOAT_DTYPES, dtype_name, machine_epsilon, ulp
+from .dtypes import FLOAT_DTYPES, dtype_name, machine_epsilon
+from . import engine
 from .errors import InvalidInputError, Rule
+from .summation import finite_row_max, grid_aligned, near_equal, root_sum_squares, summation_root
 
 REDUCTIONS: Final = ("none", "mean", "sum")
 CHUNK_ELEMENTS: Final = 1 << 21
@@ -334,14 +336,30 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
 
     target_blocks = _row_blocks(call.target, class_axis, C) if call.mode == "probability" else None
     for positions, rows in _row_blocks(call.input, class_axis, C):
+        fused = None if A.exact or call.mode != "index" or eps > 0 else \
+            _fused_index_rows(rows, y_safe[positions], wy_all[positions], upstream[positions], u_c, gradients)
+        if fused is not None:  # the same quantities as the general path below, from one kernel
+            v = valid[positions]
+            wy_abs = np.abs(fused.weight)
+            lse_sigma[positions] = u_c * np.hypot(fused.root, fused.rss) / np.sqrt(3.0)
+            repetitive[positions] = fused.distinct < C / 2
+            with np.errstate(invalid="ignore", over="ignore"):
+                main_terms[positions] = np.where(v, fused.weight * fused.nll, 0)
+                loss_mag[positions] = unscaled_mag[positions] = np.where(v, wy_abs * (fused.nll + 1), 0)
+                loss_sigma[positions] = np.where(v, wy_abs * lse_sigma[positions], 0)
+                if gradients:
+                    fused.grad[~v] = 0
+                    _write_rows(grad_input, positions, fused.grad)
+                    grad_input_scale[positions] = np.where(v, np.abs(fused.scale) * wy_abs * (fused.p_target + 1), 0)
+            continue
         m = rows.shape[0]
         r = np.arange(m)
         ls = _log_softmax(rows, A)
         if want_scale:
             with np.errstate(invalid="ignore", over="ignore"):
                 p64 = np.where(ls.finite_rows[:, None], ls.p, 0.0)
-                lse_sigma[positions] = u_c * np.hypot(_summation_root(p64, u_c, repetitive[positions]),
-                                                      _root_sum_squares(p64)) / np.sqrt(3.0)
+                lse_sigma[positions] = u_c * np.hypot(summation_root(p64, u_c, repetitive[positions]),
+                                                      root_sum_squares(p64)) / np.sqrt(3.0)
                 abs_logp = np.abs(np.where(np.isfinite(ls.logp), ls.logp, 0.0))
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             if call.mode == "index":
@@ -369,9 +387,9 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                         w_row = w_abs if w_abs is not None else np.ones(C)
                         coefficient = coefficient + (eps / C) * w_row.sum()
                         smooth_terms_abs = abs_logp * w_row
-                        aligned = _grid_aligned(rows, smooth_terms_abs, call.input.dtype, u_c)
+                        aligned = grid_aligned(rows, smooth_terms_abs, call.input.dtype, u_c)
                         sigma_smooth = (eps / C * u_c / np.sqrt(3.0)) * np.hypot(
-                            _summation_root(smooth_terms_abs, u_c, linear=aligned), _root_sum_squares(smooth_terms_abs))
+                            summation_root(smooth_terms_abs, u_c, linear=aligned), root_sum_squares(smooth_terms_abs))
                     else:
                         sigma_smooth = np.zeros(m)
                     loss_sigma[positions] = np.where(v, np.hypot(sigma_smooth, coefficient * lse_sigma[positions]), 0)
@@ -393,7 +411,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                         if eps > 0:
                             w_row = w_abs if w_abs is not None else np.ones(C)
                             gmag = gmag + (eps / C) * (p64 * w_row.sum() + w_row[None, :])
-                        grad_input_scale[positions] = np.where(v, np.abs(scale) * _finite_row_max(gmag), 0)
+                        grad_input_scale[positions] = np.where(v, np.abs(scale) * finite_row_max(gmag), 0)
                         if eps > 0:  # log-softmax backward sums the upstream terms over classes
                             upstream_terms = np.broadcast_to((eps / C) * (w_abs if w_abs is not None else np.ones(C)), p64.shape).copy()
                             upstream_terms[r, yb] += (1 - eps) * wy_abs
@@ -401,7 +419,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                             # errors that add up linearly (20 sigma of a random walk at C = 262144)
                             strided = np.full(m, call.input.ndim > 2)
                             backward_sigma[positions] = np.where(v, np.abs(scale) * p64.max(axis=1, initial=0) * u_c
-                                                                 * _summation_root(upstream_terms, u_c, linear=strided)
+                                                                 * summation_root(upstream_terms, u_c, linear=strided)
                                                                  / np.sqrt(3.0), 0)
             else:
                 _, t_rows = next(target_blocks)
@@ -419,12 +437,12 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                     if w_abs is not None:
                         partial = np.maximum(partial, w_abs[None, :])
                     unscaled_mag[positions] = np.maximum(loss_mag[positions],
-                                                         _finite_row_max(partial * (np.abs(ls.logp) + 1)))
+                                                         finite_row_max(partial * (np.abs(ls.logp) + 1)))
                     term_abs = np.asarray(abs_wt, dtype=np.float64) * abs_logp
                     # half dtypes: torch rounds log-probabilities and products to the dtype (u_t) per term
-                    aligned = _grid_aligned(rows, term_abs, call.input.dtype, u_c)
-                    loss_sigma[positions] = np.hypot(np.hypot(u_c * _summation_root(term_abs, u_c, linear=aligned) / np.sqrt(3.0),
-                                                              u_t * _root_sum_squares(term_abs)),
+                    aligned = grid_aligned(rows, term_abs, call.input.dtype, u_c)
+                    loss_sigma[positions] = np.hypot(np.hypot(u_c * summation_root(term_abs, u_c, linear=aligned) / np.sqrt(3.0),
+                                                              u_t * root_sum_squares(term_abs)),
                                                      np.asarray(abs_wt, dtype=np.float64).sum(axis=1) * lse_sigma[positions])
                 if gradients:
                     scale = upstream[positions]
@@ -437,14 +455,14 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                     if want_scale:
                         abs_scale = np.abs(scale)
                         gmag = p * (abs_wt.sum(axis=1)[:, None]) + abs_wt
-                        grad_input_scale[positions] = abs_scale * _finite_row_max(gmag)
+                        grad_input_scale[positions] = abs_scale * finite_row_max(gmag)
                         backward_sigma[positions] = abs_scale * np.nan_to_num(np.asarray(p, dtype=np.float64)).max(axis=1, initial=0) \
-                            * u_c * _summation_root(np.asarray(abs_wt, dtype=np.float64), u_c) / np.sqrt(3.0)
+                            * u_c * summation_root(np.asarray(abs_wt, dtype=np.float64), u_c) / np.sqrt(3.0)
                         w_row = w_abs if w_abs is not None else np.ones(C)
                         tmag = w_row[None, :] * (np.abs(ls.logp) + 1) * factor
-                        grad_target_scale[positions] = abs_scale * _finite_row_max(tmag)
+                        grad_target_scale[positions] = abs_scale * finite_row_max(tmag)
                         # the backward multiplies log p by w and by the upstream scale, in either order
-                        grad_target_unscaled[positions] = _finite_row_max(
+                        grad_target_unscaled[positions] = finite_row_max(
                             np.maximum(w_row[None, :], np.reshape(abs_scale, (-1, 1))) * (np.abs(ls.logp) + 1))
                         grad_target_coefficient[positions] = abs_scale * factor * w_row.max(initial=0)
 
@@ -477,6 +495,36 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                              grad_target_scale, repetitive, backward_sigma) if want_scale else None
     return _Output(loss, loss_scale, intermediate, grad_input, grad_input_scale, grad_target, grad_target_scale, sigmas,
                    grad_target_unscaled if call.mode == "probability" and gradients else None)
+
+
+class _FusedRows(NamedTuple):
+    weight: np.ndarray  # w_y per row
+    scale: np.ndarray  # upstream gradient per row
+    nll: np.ndarray
+    p_target: np.ndarray
+    root: np.ndarray  # summation_root of the probabilities
+    rss: np.ndarray  # their root sum of squares
+    distinct: np.ndarray  # distinct probabilities per row
+    grad: np.ndarray  # gradient rows (empty when not requested)
+
+
+def _fused_index_rows(rows: np.ndarray, target: np.ndarray, weight: np.ndarray, scale: np.ndarray, u: float,
+                      gradients: bool) -> _FusedRows | None:
+    """Index-target rows without smoothing in one kernel (the vocabulary-scale hot path: see
+    :mod:`ce_conformance.engine`), or None where the general path must judge: NumPy engine, a
+    row whose maximum is not finite, or a weight so large that ``2 |w_y|`` overflows."""
+    kernels = engine.kernels()
+    weight = np.ascontiguousarray(weight, dtype=np.float64)
+    if kernels is None or rows.shape[1] == 0 or not np.isfinite(2 * np.abs(weight)).all():
+        return None
+    scale = np.ascontiguousarray(scale, dtype=np.float64)
+    grad = np.empty(rows.shape if gradients else (0, rows.shape[1]))
+    lse, nll, p_target, root, rss, distinct, finite = kernels.index_rows(
+        np.ascontiguousarray(rows, dtype=np.float64), np.ascontiguousarray(target, dtype=np.int64), weight, scale,
+        float(u), grad, engine.threads())
+    if not finite.all():
+        return None
+    return _FusedRows(weight, scale, nll, p_target, root, rss, distinct, grad)
 
 
 def _unit_roundoff(dtype: Any, internal: bool = True) -> float:
@@ -520,9 +568,9 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
                 parts.append(np.abs(np.asarray(smooth_terms, dtype=np.float64)) * (eps / C))
             # positions with nearly equal losses (near-tied or repeated rows) round alike as a sequential
             # sum grows: group them at 16 significant bits, so that their errors add up linearly
-            reduction_root = float(np.hypot.reduce([_summation_root(_near_equal(part)[None, :], u_r)[0]
+            reduction_root = float(np.hypot.reduce([summation_root(near_equal(part)[None, :], u_r)[0]
                                                     for part in parts]))
-            rows_sigma = np.hypot(_root_sum_squares(np.where(repetitive, 0.0, loss_sigma)[None, :])[0],
+            rows_sigma = np.hypot(root_sum_squares(np.where(repetitive, 0.0, loss_sigma)[None, :])[0],
                                   float(np.sum(np.where(repetitive, loss_sigma, 0.0))))
             total_sigma = float(np.hypot(rows_sigma, u_r * reduction_root / math.sqrt(3)))
             if call.reduction == "mean":
@@ -530,7 +578,7 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
                 weights = None if wy is None else np.abs(np.asarray(wy, dtype=np.float64))
                 exact_count = weights is not None and d < 2 / u_r and bool(np.all(weights == np.round(weights)))
                 if weights is not None and d > 0 and not exact_count:  # integer totals below 2**p are exact
-                    relative_denominator = u_r * float(_summation_root(weights[None, :], u_r)[0]) / math.sqrt(3) / d
+                    relative_denominator = u_r * float(summation_root(weights[None, :], u_r)[0]) / math.sqrt(3) / d
                 value = abs(float(loss)) if np.isfinite(float(loss)) else 0.0
                 total_sigma = total_sigma / d + value * relative_denominator if d > 0 else 0.0
             loss_out = np.asarray(total_sigma)
@@ -546,101 +594,6 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
                                                         posinf=np.finfo(np.float64).max)
 
     return Sigmas(finite(loss_out), finite(grad_input), finite(grad_target))
-
-
-def _near_equal(values: np.ndarray, bits: int = 16) -> np.ndarray:
-    """Values rounded to ``bits`` significant bits (upward, so no magnitude shrinks): equal
-    results mark terms whose roundings in a growing sequential sum are correlated."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        exponent = np.floor(np.log2(np.where(values > 0, values, 1.0)))
-        step = np.exp2(exponent - bits)
-        return np.where(values > 0, np.ceil(values / step) * step, values)
-
-
-def _grid_aligned(rows: np.ndarray, terms: np.ndarray, dtype: np.dtype, u: float) -> np.ndarray:
-    """Rows whose logits lie on a grid at least as coarse as the ulp of the sum of ``terms``
-    (large offsets; half dtypes summed in float32): every log-probability is then a grid value
-    minus the same log-sum-exp, each addition rounds away the same residue, and the errors of
-    a sequential sum add up linearly instead of as a random walk."""
-    x = np.abs(np.asarray(rows, dtype=np.float64))
-    quantum = ulp(np.where(np.isfinite(x), x, 0).max(axis=1, initial=0), dtype_name(dtype))
-    total = np.where(np.isfinite(terms), terms, 0).sum(axis=1)
-    with np.errstate(divide="ignore"):
-        sum_ulp = 2 * u * np.exp2(np.floor(np.log2(np.where(total > 0, total, 1.0))))
-    return quantum >= sum_ulp
-
-
-def _summation_root(magnitudes: np.ndarray, u: float, repetitive: np.ndarray | None = None,
-                    linear: np.ndarray | None = None) -> np.ndarray:
-    """Per row, ``sqrt(V)`` where ``(u**2 / 3) * V`` is the rounding variance of a sequential sum of
-    the (finite, non-negative) magnitudes, for the worse of the forward and the reverse order.
-
-    Each addition k errs by at most min(u * s_k, t_k): a term below the partial sum's rounding
-    unit is lost, not more. Additions of *different*
-    values err independently (V = sum_k s_k**2); additions of the *same* value err alike
-    (within a binade the rounding of s + t repeats), so the partial sums of equal terms add up
-    before squaring: (sum_{k: t_k = v} s_k)**2 per distinct value v. All terms distinct gives the
-    random-rounding model, all equal the worst-case linear bound. Tree, blocked, compensated
-    and strided orders stay below the sequential ones. Computed on magnitudes scaled by their
-    row maximum, so values near the dtype's top do not overflow. ``repetitive`` (optional, one
-    flag per row) is set where a row holds fewer distinct values than half its length: such rows
-    round alike, also across rows, and the reduction over positions adds their errors linearly."""
-    finite = np.where(np.isfinite(magnitudes), magnitudes, 0.0)
-    if finite.shape[-1] == 0 or finite.size == 0:
-        return np.zeros(finite.shape[:-1])
-    top = finite.max(axis=-1, keepdims=True)
-    finite = finite / np.where(top > 0, top, 1.0)
-    forward = np.cumsum(finite, axis=-1)
-    backward = forward[..., -1:] - forward + finite
-    # a term below u * (partial sum) is lost whole, always toward zero: such errors add up
-    # linearly (a long tail of tiny probabilities after a dominant one), not as a random walk
-    lost_forward, lost_backward = finite / u < forward, finite / u < backward
-    lost = np.maximum(np.where(lost_forward, finite / u, 0).sum(axis=-1),
-                      np.where(lost_backward, finite / u, 0).sum(axis=-1))
-    forward = np.where(lost_forward, 0.0, forward)
-    backward = np.where(lost_backward, 0.0, backward)
-    # groups of equal terms within a row: a per-row sort (SIMD in NumPy >= 2; a global
-    # np.unique over every element cost 10x more at vocabulary scale), then runs of equal values
-    width = finite.shape[-1]
-    flat = finite.reshape(-1, width)
-    rows = flat.shape[0]
-    order = np.argsort(flat, axis=-1)
-    ordered = np.take_along_axis(flat, order, axis=-1)
-    starts = np.ones(ordered.shape, dtype=bool)
-    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    del ordered
-    distinct = starts.sum(axis=-1)
-    group_starts = np.flatnonzero(starts)
-    group_row = np.repeat(np.arange(rows), distinct)
-    del starts
-
-    def grouped(partial: np.ndarray) -> np.ndarray:
-        sums = np.add.reduceat(np.take_along_axis(partial.reshape(rows, width), order, axis=-1).ravel(), group_starts)
-        return np.bincount(group_row, weights=sums * sums, minlength=rows).reshape(finite.shape[:-1])
-
-    if repetitive is not None:
-        repetitive[...] = (distinct < width / 2).reshape(repetitive.shape)
-    root = np.sqrt(np.maximum(grouped(forward), grouped(backward)))
-    if linear is not None and np.any(linear):  # correlated roundings: one group per row
-        root = np.where(linear, np.maximum(forward.sum(axis=-1), backward.sum(axis=-1)), root)
-    return (root + lost) * top[..., 0]
-
-
-def _root_sum_squares(magnitudes: np.ndarray) -> np.ndarray:
-    """Per row, sqrt(sum_k t_k**2) without overflow: independent roundings of each term."""
-    finite = np.where(np.isfinite(magnitudes), magnitudes, 0.0)
-    if finite.shape[-1] == 0 or finite.size == 0:
-        return np.zeros(finite.shape[:-1])
-    top = finite.max(axis=-1, keepdims=True)
-    scaled = finite / np.where(top > 0, top, 1.0)
-    return np.sqrt(np.einsum("...k,...k->...", scaled, scaled)) * top[..., 0]
-
-
-def _finite_row_max(magnitudes: np.ndarray) -> np.ndarray:
-    """Largest finite magnitude per row: an infinite term (a -inf logit's log-probability)
-    must not turn the whole row's error floor into infinity."""
-    with np.errstate(invalid="ignore"):
-        return np.where(np.isfinite(magnitudes), magnitudes, 0).max(axis=1, initial=0)
 
 
 def _nan_rows(grad: np.ndarray, finite_rows: np.ndarray, A: Any) -> np.ndarray:

@@ -34,12 +34,14 @@ more accurate than torch always passes: torch's own error is a fraction of ``sig
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 import numpy as np
 
-from .dtypes import max_finite, smallest_normal, smallest_subnormal, ulp
+from . import engine
+from .dtypes import max_finite, spacing_table, smallest_normal, smallest_subnormal, ulp
 
 
 @dataclass(frozen=True)
@@ -170,3 +172,79 @@ def nonfinite_mismatch(actual: np.ndarray, expected: np.ndarray, dtype: str, *, 
         # once a partial sum or product is infinite, inf - inf and 0 * inf make NaN: arithmetic, not a bug
         saturated = saturated | (overflow & np.isnan(actual))
     return mismatch & ~saturated
+
+
+class ErrorFigures(NamedTuple):
+    """What a value check reports about one array: the worst error in ulps, the worst ratio of
+    error to allowed error, where that ratio peaks (with the ulps and the budget in ulps there)
+    and the largest absolute error."""
+
+    max_ulp: float
+    max_ratio: float
+    worst_index: tuple[int, ...]
+    worst_ulp: float
+    worst_budget: float
+    max_abs_error: float
+
+
+FUSED_MIN_ELEMENTS: Final = 1 << 15
+"""Arrays at least this large are judged by the fused kernel (one pass instead of about twenty);
+smaller ones are cheap either way and keep the kernel's compiled variants few."""
+
+
+def error_figures(actual: np.ndarray, expected: np.ndarray, magnitude: np.ndarray, sigma: np.ndarray | None,
+                  dtype: str, quantity: str, n_classes: int = 1, *, scale: float = 1.0,
+                  native: np.ndarray | None = None, ignore: np.ndarray | None = None) -> ErrorFigures:
+    """Errors of ``actual`` against ``expected`` in ulps (:func:`ulp_units`) and against the
+    allowed error (:func:`allowed_errors`, widened to ``native``'s own error plus
+    :data:`RELATIVE_ORACLE_MARGIN` ulps where given); elements in ``ignore`` count as exact.
+
+    >>> error_figures(np.array([1.0 + 2**-22]), np.array([1.0]), np.array([1.0]), None, "float32", "loss").max_ulp
+    2.0
+    """
+    actual = np.asarray(actual, dtype=np.float64)
+    unit = ulp_units(expected, magnitude, dtype, n_classes)
+    errors = absolute_errors(actual, expected)
+    if ignore is not None:
+        errors = np.where(ignore, 0.0, errors)
+    allowed = allowed_errors(unit, sigma, dtype, quantity, scale)
+    if native is not None:
+        native_errors = absolute_errors(np.asarray(native, dtype=np.float64), expected)
+        allowed = np.maximum(allowed, native_errors + RELATIVE_ORACLE_MARGIN * unit)
+    if errors.size == 0:
+        return ErrorFigures(0.0, 0.0, (), 0.0, 0.0, 0.0)
+    ulps = errors / unit
+    ratio = errors / allowed
+    index = np.unravel_index(int(np.argmax(ratio)), ratio.shape) if ratio.ndim else ()
+    return ErrorFigures(float(ulps.max()), float(ratio.max()), tuple(int(i) for i in index), float(ulps[index]),
+                        float(allowed[index] / unit[index]), float(errors.max()))
+
+
+def fused_error_figures(actual: np.ndarray, expected: np.ndarray, magnitude: np.ndarray, sigma: np.ndarray | None,
+                        dtype: str, quantity: str, n_classes: int = 1, *, scale: float = 1.0,
+                        native: np.ndarray | None = None, min_elements: int = FUSED_MIN_ELEMENTS) -> ErrorFigures | None:
+    """:func:`error_figures` in one pass of the numba kernel, for arrays of at least
+    ``min_elements`` whose every element is finite; None otherwise (numba engine off, small
+    array, or a NaN/inf anywhere: the caller takes the NumPy path and its NaN/inf rules)."""
+    kernels = engine.kernels()
+    expected = np.asarray(expected, dtype=np.float64)
+    if kernels is None or expected.size < max(1, min_elements):
+        return None
+    shape = expected.shape
+    outer = shape[0] if len(shape) >= 2 else 1
+    classes = shape[1] if len(shape) >= 2 else (shape[0] if shape else 1)
+    inner = expected.size // max(1, outer * classes)
+
+    def canonical(array):  # (outer, classes, inner) views; broadcast scales keep their zero strides
+        return np.broadcast_to(np.asarray(array, dtype=np.float64), shape).reshape(outer, classes, inner)
+
+    zeros = np.broadcast_to(np.zeros(()), shape)
+    ok, max_ulp, max_ratio, flat, worst_ulp, worst_budget, max_abs = kernels.error_summary(
+        canonical(actual), canonical(expected), canonical(magnitude), canonical(zeros if sigma is None else sigma),
+        canonical(zeros if native is None else native), native is not None, max_finite(dtype),
+        underflow_floor(dtype, n_classes), spacing_table(dtype), math.frexp(smallest_normal(dtype))[1] - 1, base_budget(dtype, quantity),
+        SIGMAS, float(scale), RELATIVE_ORACLE_MARGIN, engine.threads())
+    if not ok:
+        return None
+    index = tuple(int(i) for i in np.unravel_index(int(flat), shape)) if shape else ()
+    return ErrorFigures(float(max_ulp), float(max_ratio), index, float(worst_ulp), float(worst_budget), float(max_abs))

@@ -5,7 +5,7 @@ import pytest
 
 from ce_conformance.dtypes import max_finite, ulp
 from ce_conformance import Case, reference
-from ce_conformance.reference import _summation_root
+from ce_conformance.summation import summation_root as _summation_root
 from ce_conformance.tolerance import (BUDGETS, SIGMAS, allowed_errors, base_budget, nonfinite_mismatch, ulp_errors,
                                       ulp_units, underflow_floor)
 

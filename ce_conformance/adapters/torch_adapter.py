@@ -25,7 +25,10 @@ def to_torch(tensor: Tensor, device: str, memory_layout: str = "contiguous") -> 
     import torch
 
     dtype = torch_dtype(tensor.dtype)
-    values = torch.from_numpy(np.array(tensor.values, order="C", copy=True))
+    # one conversion pass: half dtypes go through float32, which holds their values exactly
+    # (bfloat16 has no NumPy dtype torch accepts); a fresh array, so the caller's is never shared
+    staging = {"float16": np.float16, "bfloat16": np.float32, "float32": np.float32}.get(tensor.dtype)
+    values = torch.from_numpy(np.array(tensor.values, dtype=staging, order="C", copy=True))
     shape = tensor.shape
     if memory_layout == "transposed" and len(shape) >= 2:
         order = tuple(reversed(range(len(shape))))

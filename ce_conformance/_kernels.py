@@ -1,0 +1,271 @@
+"""numba kernels of the error model (imported lazily by :mod:`ce_conformance.summation`).
+
+Each kernel mirrors a vectorised NumPy function that is its specification; the tests check
+that the two agree. Compiled code is cached on disk (``cache=True``), so only the first use in
+a fresh environment pays the compilation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+_GOLDEN: np.uint64 = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing of the terms' bit patterns
+
+
+@njit(cache=True, nogil=True)
+def _row_root(values, u, linear, table, stamp, slots, scaled, forward):
+    """One row of ``summation_root``: scale by the row max, sequential partial sums in both
+    orders, terms lost below u * partial sum, equal terms grouped in an open-addressing hash
+    table. A slot is four words in one cache line's half (key bits, stamp, forward sum, backward
+    sum); the stamp marks the slots this row uses, so the table is never cleared."""
+    width = values.shape[0]
+    top = 0.0
+    for k in range(width):
+        v = values[k]
+        if np.isfinite(v) and v > top:
+            top = v
+    scale = top if top > 0 else 1.0
+    total = 0.0
+    for k in range(width):
+        v = values[k]
+        t = v / scale if np.isfinite(v) else 0.0
+        if t == 0.0:
+            t = 0.0  # -0.0 and 0.0 are one value
+        scaled[k] = t
+        total += t
+        forward[k] = total
+    bits = scaled.view(np.int64)
+    words = table.view(np.int64)
+    mask = table.shape[0] // 4 - 1
+    lost_forward = lost_backward = sum_forward = sum_backward = 0.0
+    distinct = 0
+    for k in range(width):
+        t = scaled[k]
+        f = forward[k]
+        b = total - f + t
+        if t / u < f:
+            lost_forward += t / u
+            f = 0.0
+        if t / u < b:
+            lost_backward += t / u
+            b = 0.0
+        sum_forward += f
+        sum_backward += b
+        key = bits[k]
+        slot = np.int64((np.uint64(key) * _GOLDEN) >> np.uint64(32)) & mask
+        while True:
+            at = 4 * slot
+            if words[at + 1] != stamp:
+                words[at] = key
+                words[at + 1] = stamp
+                table[at + 2] = f
+                table[at + 3] = b
+                slots[distinct] = at
+                distinct += 1
+                break
+            if words[at] == key:
+                table[at + 2] += f
+                table[at + 3] += b
+                break
+            slot = (slot + 1) & mask
+    if linear:
+        root = max(sum_forward, sum_backward)
+    else:
+        var_forward = var_backward = 0.0
+        for i in range(distinct):
+            at = slots[i]
+            var_forward += table[at + 2] * table[at + 2]
+            var_backward += table[at + 3] * table[at + 3]
+        root = np.sqrt(max(var_forward, var_backward))
+    return (root + max(lost_forward, lost_backward)) * top, distinct
+
+
+@njit(cache=True, nogil=True)
+def _table(width):
+    """A zeroed hash table for rows of ``width`` terms: at most half full."""
+    size = 2
+    while size < 2 * width:
+        size *= 2
+    return np.zeros(4 * size)
+
+
+@njit(parallel=True, cache=True)
+def summation_roots(values, u, linear, threads):
+    """``summation_root`` of each row of a C-contiguous float64 (rows, width) array, with the
+    number of distinct terms per row; rows are split into ``threads`` contiguous runs."""
+    rows, width = values.shape
+    roots = np.zeros(rows)
+    distinct = np.zeros(rows, dtype=np.int64)
+    workers = max(1, min(rows, threads))
+    per = (rows + workers - 1) // workers
+    for worker in prange(workers):
+        table = _table(width)
+        slots = np.empty(width, dtype=np.int64)
+        scaled = np.empty(width)
+        forward = np.empty(width)
+        for r in range(worker * per, min(rows, (worker + 1) * per)):
+            roots[r], distinct[r] = _row_root(values[r], u, linear[r], table, r + 1, slots, scaled, forward)
+    return roots, distinct
+
+
+@njit(cache=True, nogil=True)
+def _binade(bits):
+    """floor(log2|x|) from float64 bits (-1023 for zero and float64 subnormals, 1024 for inf/NaN)."""
+    return ((bits >> 52) & 0x7FF) - 1023
+
+
+@njit(parallel=True, cache=True)
+def error_summary(actual, expected, magnitude, sigma, native, use_native, top, floor, spacings, min_exponent,
+                  base, sigmas, scale, margin, threads):
+    """``compare._value_check``'s figures over (outer, classes, inner) arrays, in one pass: worst
+    ulp error, worst error-to-allowed ratio with its flat index and the ulps and budget there,
+    worst absolute error. ``ok`` is False (and the figures unset) when any element is not
+    finite: the NaN/inf rules are the NumPy path's. The unit is ``tolerance.ulp_units``: the
+    dtype's spacing (``spacings[exponent - min_exponent]``) at min(max(|expected|, magnitude),
+    top), at least ``floor``, an exact zero counting as 0.5's binade, as ``dtypes.ulp`` does;
+    the binade is read from the float64 bits, since max and min preserve it."""
+    expected_bits = expected.view(np.int64)
+    magnitude_bits = magnitude.view(np.int64)
+    top_binade = math.frexp(top)[1] - 1
+    outer, classes, inner = expected.shape
+    workers = max(1, min(outer, threads))
+    per = (outer + workers - 1) // workers
+    best_ratio = np.full(workers, -1.0)
+    best_index = np.zeros(workers, dtype=np.int64)
+    best_ulps = np.zeros(workers)
+    best_budget = np.zeros(workers)
+    worst_ulps = np.zeros(workers)
+    worst_error = np.zeros(workers)
+    finite = np.ones(workers, dtype=np.bool_)
+    for worker in prange(workers):
+        # per-worker figures live in locals: writing the shared arrays per element would make the
+        # threads fight over one cache line
+        ratio_best, index_best, ulps_best, budget_best = -1.0, 0, 0.0, 0.0
+        ulps_worst = error_worst = 0.0
+        all_finite = True
+        for o in range(worker * per, min(outer, (worker + 1) * per)):
+            for c in range(classes):
+                for i in range(inner):
+                    a = actual[o, c, i]
+                    e = expected[o, c, i]
+                    m = magnitude[o, c, i]
+                    s = sigma[o, c, i]
+                    n = native[o, c, i] if use_native else 0.0
+                    if not (np.isfinite(a) and np.isfinite(e) and np.isfinite(m) and np.isfinite(s)
+                            and np.isfinite(n)):
+                        all_finite = False
+                        continue
+                    if e == 0.0 and m <= 0.0:
+                        exponent = -1
+                    else:
+                        exponent = _binade(expected_bits[o, c, i]) if e != 0.0 else -1075
+                        if m > 0.0:
+                            exponent = max(exponent, _binade(magnitude_bits[o, c, i]))
+                        exponent = min(exponent, top_binade)
+                    unit = max(spacings[max(exponent, min_exponent) - min_exponent], floor)
+                    error = abs(a - e)
+                    allowed = scale * (base * unit + sigmas * s)
+                    if use_native:
+                        allowed = max(allowed, abs(n - e) + margin * unit)
+                    ratio = error / allowed
+                    ulps = error / unit
+                    if ratio > ratio_best:
+                        ratio_best = ratio
+                        index_best = (o * classes + c) * inner + i
+                        ulps_best = ulps
+                        budget_best = allowed / unit
+                    ulps_worst = max(ulps_worst, ulps)
+                    error_worst = max(error_worst, error)
+        best_ratio[worker] = ratio_best
+        best_index[worker] = index_best
+        best_ulps[worker] = ulps_best
+        best_budget[worker] = budget_best
+        worst_ulps[worker] = ulps_worst
+        worst_error[worker] = error_worst
+        finite[worker] = all_finite
+    ok = True
+    for worker in range(workers):
+        ok = ok and finite[worker]
+    pick = 0
+    for worker in range(1, workers):  # the first worst element, as np.argmax finds it
+        if best_ratio[worker] > best_ratio[pick]:
+            pick = worker
+    return (ok, max(worst_ulps.max(), 0.0), max(best_ratio[pick], 0.0), best_index[pick], best_ulps[pick],
+            best_budget[pick], worst_error.max())
+
+
+@njit(parallel=True, cache=True)
+def index_rows(rows, target, weight, scale, u, grad, threads):
+    """The reference's index-target rows without label smoothing, one row per pass set: the
+    log-sum-exp (``log1p`` of the sum without the maximal term, compensated), the NLL, the
+    probability of the target, the summation model of the exp sum (``summation_root`` and root
+    sum of squares of p) and, where ``grad`` has rows, the gradient row
+    ``p * w_y * scale`` with ``w_y * expm1(log p_y) * scale`` at the target.
+    ``finite`` is False for a row whose maximum is not finite (NaN or +-inf): the caller
+    takes the NumPy path for such chunks."""
+    m, width = rows.shape
+    lse = np.zeros(m)
+    nll = np.zeros(m)
+    p_target = np.zeros(m)
+    root = np.zeros(m)
+    rss = np.zeros(m)
+    distinct = np.zeros(m, dtype=np.int64)
+    finite = np.ones(m, dtype=np.bool_)
+    want_grad = grad.shape[0] == m
+    workers = max(1, min(m, threads))
+    per = (m + workers - 1) // workers
+    for worker in prange(workers):
+        table = _table(width)
+        slots = np.empty(width, dtype=np.int64)
+        scaled = np.empty(width)
+        forward = np.empty(width)
+        p = np.empty(width)
+        for r in range(worker * per, min(m, (worker + 1) * per)):
+            x = rows[r]
+            top = 0
+            high = x[0]
+            ok = not np.isnan(high)
+            for k in range(1, width):
+                v = x[k]
+                if np.isnan(v):
+                    ok = False
+                if v > high:
+                    high = v
+                    top = k
+            if not ok or not np.isfinite(high):
+                finite[r] = False
+                continue
+            total = 0.0  # Neumaier-compensated sum of exp(x - max) without the maximal term
+            compensation = 0.0
+            for k in range(width):
+                term = 0.0 if k == top else np.exp(x[k] - high)
+                p[k] = term
+                t = total + term
+                if abs(total) >= abs(term):
+                    compensation += (total - t) + term
+                else:
+                    compensation += (term - t) + total
+                total = t
+            rest = total + compensation
+            lse[r] = np.log1p(rest)
+            p[top] = 1.0
+            denominator = rest + 1.0
+            squares = 0.0
+            for k in range(width):
+                p[k] = p[k] / denominator
+                squares += p[k] * p[k]
+            rss[r] = np.sqrt(squares)
+            y = target[r]
+            shifted_y = x[y] - high
+            nll[r] = lse[r] - shifted_y
+            p_target[r] = p[y]
+            if want_grad:
+                out = grad[r]
+                for k in range(width):
+                    out[k] = p[k] * weight[r] * scale[r]
+                out[y] = weight[r] * np.expm1(shifted_y - lse[r]) * scale[r]
+            root[r], distinct[r] = _row_root(p, u, False, table, r + 1, slots, scaled, forward)
+    return lse, nll, p_target, root, rss, distinct, finite

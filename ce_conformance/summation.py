@@ -1,0 +1,134 @@
+"""The summation error model: how far a correct implementation's sums may drift, per row.
+
+The tolerance model v2 (see :mod:`ce_conformance.tolerance`) needs, for every sum a kernel may
+form over classes or positions, the standard deviation of its rounding error over all reasonable
+summation orders. :func:`summation_root` is that model; it groups equal terms, so at vocabulary
+scale it dominated the reference's cost (a per-row sort of 128256 values, twice per case).
+
+With the numba engine (:mod:`ce_conformance.engine`) it runs as one pass per row, equal terms
+grouped in a hash table instead of a sort, rows spread over threads; the vectorised NumPy
+version below is its specification and the fallback.
+
+>>> float(summation_root(np.full((1, 4), 1.0), 2.0**-24)[0])  # equal terms: the linear bound 1+2+3+4
+10.0
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import engine
+from .dtypes import dtype_name, ulp
+
+
+def near_equal(values: np.ndarray, bits: int = 16) -> np.ndarray:
+    """Values rounded to ``bits`` significant bits (upward, so no magnitude shrinks): equal
+    results mark terms whose roundings in a growing sequential sum are correlated."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        exponent = np.floor(np.log2(np.where(values > 0, values, 1.0)))
+        step = np.exp2(exponent - bits)
+        return np.where(values > 0, np.ceil(values / step) * step, values)
+
+
+def grid_aligned(rows: np.ndarray, terms: np.ndarray, dtype: np.dtype, u: float) -> np.ndarray:
+    """Rows whose logits lie on a grid at least as coarse as the ulp of the sum of ``terms``
+    (large offsets; half dtypes summed in float32): every log-probability is then a grid value
+    minus the same log-sum-exp, each addition rounds away the same residue, and the errors of
+    a sequential sum add up linearly instead of as a random walk."""
+    x = np.abs(np.asarray(rows, dtype=np.float64))
+    quantum = ulp(np.where(np.isfinite(x), x, 0).max(axis=1, initial=0), dtype_name(dtype))
+    total = np.where(np.isfinite(terms), terms, 0).sum(axis=1)
+    with np.errstate(divide="ignore"):
+        sum_ulp = 2 * u * np.exp2(np.floor(np.log2(np.where(total > 0, total, 1.0))))
+    return quantum >= sum_ulp
+
+
+def summation_root(magnitudes: np.ndarray, u: float, repetitive: np.ndarray | None = None,
+                   linear: np.ndarray | None = None) -> np.ndarray:
+    """Per row, ``sqrt(V)`` where ``(u**2 / 3) * V`` is the rounding variance of a sequential sum of
+    the (finite, non-negative) magnitudes, for the worse of the forward and the reverse order.
+
+    Each addition k errs by at most min(u * s_k, t_k): a term below the partial sum's rounding
+    unit is lost, not more. Additions of *different*
+    values err independently (V = sum_k s_k**2); additions of the *same* value err alike
+    (within a binade the rounding of s + t repeats), so the partial sums of equal terms add up
+    before squaring: (sum_{k: t_k = v} s_k)**2 per distinct value v. All terms distinct gives the
+    random-rounding model, all equal the worst-case linear bound. Tree, blocked, compensated
+    and strided orders stay below the sequential ones. Computed on magnitudes scaled by their
+    row maximum, so values near the dtype's top do not overflow. ``repetitive`` (optional, one
+    flag per row) is set where a row holds fewer distinct values than half its length: such rows
+    round alike, also across rows, and the reduction over positions adds their errors linearly."""
+    kernels = engine.kernels()
+    if kernels is not None and np.ndim(magnitudes) >= 1 and np.size(magnitudes) > 0:
+        flat = np.ascontiguousarray(np.asarray(magnitudes, dtype=np.float64).reshape(-1, np.shape(magnitudes)[-1]))
+        flags = np.zeros(flat.shape[0], dtype=bool) if linear is None else \
+            np.ascontiguousarray(np.broadcast_to(linear, np.shape(magnitudes)[:-1]).reshape(-1))
+        root, distinct = kernels.summation_roots(flat, float(u), flags, engine.threads())
+        if repetitive is not None:
+            repetitive[...] = (distinct < flat.shape[1] / 2).reshape(repetitive.shape)
+        return root.reshape(np.shape(magnitudes)[:-1])
+    return _summation_root_numpy(magnitudes, u, repetitive, linear)
+
+
+def _summation_root_numpy(magnitudes: np.ndarray, u: float, repetitive: np.ndarray | None,
+                          linear: np.ndarray | None) -> np.ndarray:
+    """:func:`summation_root` in vectorised NumPy: the readable specification of the numba kernel
+    (a per-row sort groups the equal terms), and the engine where numba is missing."""
+    finite = np.where(np.isfinite(magnitudes), magnitudes, 0.0)
+    if finite.shape[-1] == 0 or finite.size == 0:
+        return np.zeros(finite.shape[:-1])
+    top = finite.max(axis=-1, keepdims=True)
+    finite = finite / np.where(top > 0, top, 1.0)
+    forward = np.cumsum(finite, axis=-1)
+    backward = forward[..., -1:] - forward + finite
+    # a term below u * (partial sum) is lost whole, always toward zero: such errors add up
+    # linearly (a long tail of tiny probabilities after a dominant one), not as a random walk
+    lost_forward, lost_backward = finite / u < forward, finite / u < backward
+    lost = np.maximum(np.where(lost_forward, finite / u, 0).sum(axis=-1),
+                      np.where(lost_backward, finite / u, 0).sum(axis=-1))
+    forward = np.where(lost_forward, 0.0, forward)
+    backward = np.where(lost_backward, 0.0, backward)
+    # groups of equal terms within a row: a per-row sort (SIMD in NumPy >= 2; a global
+    # np.unique over every element cost 10x more at vocabulary scale), then runs of equal values
+    width = finite.shape[-1]
+    flat = finite.reshape(-1, width)
+    rows = flat.shape[0]
+    order = np.argsort(flat, axis=-1)
+    ordered = np.take_along_axis(flat, order, axis=-1)
+    starts = np.ones(ordered.shape, dtype=bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    del ordered
+    distinct = starts.sum(axis=-1)
+    group_starts = np.flatnonzero(starts)
+    group_row = np.repeat(np.arange(rows), distinct)
+    del starts
+
+    def grouped(partial: np.ndarray) -> np.ndarray:
+        sums = np.add.reduceat(np.take_along_axis(partial.reshape(rows, width), order, axis=-1).ravel(), group_starts)
+        return np.bincount(group_row, weights=sums * sums, minlength=rows).reshape(finite.shape[:-1])
+
+    if repetitive is not None:
+        repetitive[...] = (distinct < width / 2).reshape(repetitive.shape)
+    root = np.sqrt(np.maximum(grouped(forward), grouped(backward)))
+    if linear is not None and np.any(linear):  # correlated roundings: one group per row
+        root = np.where(linear, np.maximum(forward.sum(axis=-1), backward.sum(axis=-1)), root)
+    return (root + lost) * top[..., 0]
+
+
+def root_sum_squares(magnitudes: np.ndarray) -> np.ndarray:
+    """Per row, sqrt(sum_k t_k**2) without overflow: independent roundings of each term."""
+    finite = np.where(np.isfinite(magnitudes), magnitudes, 0.0)
+    if finite.shape[-1] == 0 or finite.size == 0:
+        return np.zeros(finite.shape[:-1])
+    top = finite.max(axis=-1, keepdims=True)
+    scaled = finite / np.where(top > 0, top, 1.0)
+    return np.sqrt(np.einsum("...k,...k->...", scaled, scaled)) * top[..., 0]
+
+
+def finite_row_max(magnitudes: np.ndarray) -> np.ndarray:
+    """Largest finite magnitude per row: an infinite term (a -inf logit's log-probability)
+    must not turn the whole row's error floor into infinity."""
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(magnitudes), magnitudes, 0).max(axis=1, initial=0)
+
+

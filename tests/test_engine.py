@@ -1,0 +1,158 @@
+"""The numba engine against its NumPy specification: the summation error model, the fused
+comparison and the reference's fused index-target rows give the same figures, so which engine
+judged a case never changes a verdict."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from ce_conformance import Case, engine, reference, summation, tolerance
+from ce_conformance.strategies import cross_entropy_cases
+
+pytestmark = pytest.mark.skipif(engine.kernels() is None, reason="the numba engine is not available here "
+                                "(numba missing or CE_CONFORMANCE_ENGINE=numpy)")
+
+RTOL = 1e-12
+
+
+@pytest.fixture
+def numpy_engine(monkeypatch):
+    """Run the code under test on the NumPy engine (the kernels' specification)."""
+    def use_numpy(fn, *args, **kwargs):
+        with monkeypatch.context() as patched:
+            patched.setattr(engine, "kernels", lambda: None)
+            return fn(*args, **kwargs)
+    return use_numpy
+
+
+def _rows(rng, rows, width, repeats):
+    values = rng.random((rows, width)) * rng.choice([1e-300, 1e-5, 1.0, 1e300], size=(rows, 1))
+    if repeats:  # runs of equal terms, the case the grouping exists for
+        values[:, ::2] = values[:, :1]
+        values[-1] = 0.25
+    return values
+
+
+@pytest.mark.parametrize("width", [1, 2, 7, 1000, 4097])
+@pytest.mark.parametrize("repeats", [False, True])
+def test_summation_root_kernel_matches_the_numpy_specification(numpy_engine, width, repeats):
+    rng = np.random.default_rng(width)
+    values = _rows(rng, 5, width, repeats)
+    values[0, 0] = np.inf  # non-finite terms count as zero in both
+    values[1, -1] = np.nan
+    linear = np.array([False, True, False, True, False])
+    flags_kernel, flags_numpy = np.zeros(5, dtype=bool), np.zeros(5, dtype=bool)
+    fast = summation.summation_root(values, 2.0**-24, flags_kernel, linear=linear)
+    spec = numpy_engine(summation.summation_root, values, 2.0**-24, flags_numpy, linear=linear)
+    np.testing.assert_allclose(fast, spec, rtol=RTOL)
+    assert flags_kernel.tolist() == flags_numpy.tolist()
+    if repeats and width > 2:
+        assert flags_kernel[-1]  # one value throughout
+
+
+def test_summation_root_keeps_leading_shape_and_zero_width(numpy_engine):
+    values = np.random.default_rng(0).random((2, 3, 50))
+    np.testing.assert_allclose(summation.summation_root(values, 2.0**-11),
+                               numpy_engine(summation.summation_root, values, 2.0**-11), rtol=RTOL)
+    assert summation.summation_root(np.zeros((4, 0)), 2.0**-24).shape == (4,)
+
+
+def _figures_both_ways(numpy_engine, actual, expected, magnitude, sigma, dtype, **kwargs):
+    fused = tolerance.fused_error_figures(actual, expected, magnitude, sigma, dtype, "grad_input", 100,
+                                          min_elements=1, **kwargs)
+    spec = numpy_engine(tolerance.error_figures, actual, expected, magnitude, sigma, dtype, "grad_input", 100,
+                        **kwargs)
+    return fused, spec
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("shape", [(300,), (4, 300), (3, 50, 2, 5)])
+def test_fused_comparison_matches_the_numpy_path(numpy_engine, dtype, shape):
+    rng = np.random.default_rng(len(shape))
+    expected = rng.standard_normal(shape) * 10.0 ** rng.integers(-8, 3, shape)
+    expected.flat[::7] = 0.0  # zeros count as 0.5's binade
+    actual = expected + rng.standard_normal(shape) * 1e-6
+    per_class = (shape[0], 1, *shape[2:]) if len(shape) > 1 else (1,)
+    magnitude = np.abs(rng.standard_normal(per_class))  # broadcast over classes, as the reference's scales are
+    sigma = np.abs(rng.standard_normal(per_class)) * 1e-7
+    native = expected + rng.standard_normal(shape) * 1e-5
+    for kwargs in ({}, {"native": native, "scale": 2.0}):
+        fused, spec = _figures_both_ways(numpy_engine, actual, expected, magnitude, sigma, dtype, **kwargs)
+        assert fused.worst_index == spec.worst_index
+        np.testing.assert_allclose(fused[:2] + fused[3:], spec[:2] + spec[3:], rtol=RTOL)
+
+
+def test_fused_comparison_declines_nonfinite_and_small_arrays():
+    expected = np.ones(100)
+    assert tolerance.fused_error_figures(expected, expected, expected, None, "float32", "loss") is None  # small
+    actual = expected.copy()
+    actual[3] = np.nan
+    assert tolerance.fused_error_figures(actual, expected, expected, None, "float32", "loss", min_elements=1) is None
+    assert tolerance.fused_error_figures(expected, expected, expected, None, "float32", "loss",
+                                         min_elements=1).max_ratio == 0.0
+
+
+def _assert_same_result(fast, spec):
+    for field in ("loss", "loss_scale", "loss_intermediate", "grad_input", "grad_input_scale", "loss_sigma",
+                  "grad_input_sigma"):
+        a, b = getattr(fast, field), getattr(spec, field)
+        if a is None or b is None:
+            assert a is None and b is None, field
+            continue
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=0, equal_nan=True, err_msg=field)
+
+
+def _vocabulary_case(rng, dtype, **options):
+    return Case.cross_entropy(rng.standard_normal((3, 5000)) * 4, rng.integers(0, 5000, 3), dtype=dtype, **options)
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"reduction": "sum"}, {"reduction": "none", "grad_output": [0.5, -2.0, 0.0]},
+    {"weight": np.linspace(0, 3, 5000)}, {"ignore_index": 7},
+])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32", "float64"])
+def test_fused_reference_rows_match_the_general_path(numpy_engine, options, dtype):
+    rng = np.random.default_rng(1)
+    case = _vocabulary_case(rng, dtype, **options)
+    if "ignore_index" in options:
+        case = Case.cross_entropy(case.input, np.array([7, 1, 7]), dtype=dtype, ignore_index=7)
+    _assert_same_result(reference.evaluate(case), numpy_engine(reference.evaluate, case))
+
+
+@given(cross_entropy_cases())
+def test_fused_reference_matches_the_general_path_on_drawn_cases(case):
+    if not case.is_valid:
+        return
+    fast = reference.evaluate(case)
+    original = engine.kernels
+    engine.kernels = lambda: None
+    try:
+        spec = reference.evaluate(case)
+    finally:
+        engine.kernels = original
+    _assert_same_result(fast, spec)
+
+
+def test_fused_reference_declines_rows_with_a_nonfinite_maximum(numpy_engine):
+    x = np.zeros((2, 300))
+    x[1, 5] = np.inf  # torch: the whole row is NaN; the general path handles it
+    case = Case.cross_entropy(x, np.array([1, 2]), dtype="float32")
+    fast = reference.evaluate(case)
+    assert np.isnan(fast.grad_input[1]).all() and np.isfinite(fast.grad_input[0]).all()
+    _assert_same_result(fast, numpy_engine(reference.evaluate, case))
+
+
+def test_the_engine_is_chosen_by_the_environment():
+    def engine_in(value):
+        env = {**os.environ, "CE_CONFORMANCE_ENGINE": value}
+        return subprocess.run([sys.executable, "-c", "from ce_conformance import engine; print(engine.name())"],
+                              env=env, capture_output=True, text=True)
+
+    assert engine_in("numpy").stdout.strip() == "numpy"
+    assert engine_in("numba").stdout.strip() == "numba"
+    wrong = engine_in("fortran")
+    assert wrong.returncode != 0 and "must be 'numba' or 'numpy'" in wrong.stderr
