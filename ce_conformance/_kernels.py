@@ -2,12 +2,15 @@
 
 Each kernel mirrors a vectorised NumPy function that is its specification; the tests check
 that the two agree. Compiled code is cached on disk (``cache=True``), so only the first use in
-a fresh environment pays the compilation.
+a fresh environment pays the compilation. Every public kernel comes twice, from one Python
+function: ``NAME`` spreads its outer loop (``prange``) over threads, ``NAME_serial`` runs it in
+the calling thread, which small inputs want (waking threads costs more than they save).
 """
 
 from __future__ import annotations
 
 import math
+import types
 
 import numpy as np
 from numba import njit, prange
@@ -16,11 +19,15 @@ _GOLDEN: np.uint64 = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing of the t
 
 
 @njit(cache=True, nogil=True)
-def _row_root(values, u, linear, table, stamp, slots, scaled, forward):
+def _row_root(values, u, linear, table, stamp, slots, scaled, forward, filters):
     """One row of ``summation_root``: scale by the row max, sequential partial sums in both
-    orders, terms lost below u * partial sum, equal terms grouped in an open-addressing hash
-    table. A slot is four words in one cache line's half (key bits, stamp, forward sum, backward
-    sum); the stamp marks the slots this row uses, so the table is never cleared."""
+    orders, terms lost below u * partial sum, equal terms grouped.
+
+    Grouping: a first pass marks, in a bit filter small enough for the L2 cache (16 bits per
+    term), the hash buckets hit more than once; a term alone in its bucket is a group of its
+    own. Only the others (a few percent, true repeats and bucket collisions) go through an
+    exact open-addressing table, whose slot is four words (key bits, stamp, forward sum,
+    backward sum) and whose stamp marks the slots this row uses, so it is never cleared."""
     width = values.shape[0]
     top = 0.0
     for k in range(width):
@@ -38,23 +45,41 @@ def _row_root(values, u, linear, table, stamp, slots, scaled, forward):
         total += t
         forward[k] = total
     bits = scaled.view(np.int64)
+    half = filters.shape[0] // 2  # words of each filter: seen once, seen again
+    filter_shift = np.uint64(64 - _log2(half * 64))
+    for k in range(width):
+        bucket = (np.uint64(bits[k]) * _GOLDEN) >> filter_shift
+        word, bit = bucket >> np.uint64(6), np.uint64(1) << (bucket & np.uint64(63))
+        if filters[word] & bit:
+            filters[half + word] |= bit
+        else:
+            filters[word] |= bit
     words = table.view(np.int64)
     mask = table.shape[0] // 4 - 1
     lost_forward = lost_backward = sum_forward = sum_backward = 0.0
-    distinct = 0
+    var_forward = var_backward = 0.0
+    distinct = grouped = 0
+    inverse_u = 1.0 / u  # u is a power of two: t * inverse_u is t / u exactly
     for k in range(width):
         t = scaled[k]
         f = forward[k]
         b = total - f + t
-        if t / u < f:
-            lost_forward += t / u
+        lost = t * inverse_u
+        if lost < f:
+            lost_forward += lost
             f = 0.0
-        if t / u < b:
-            lost_backward += t / u
+        if lost < b:
+            lost_backward += lost
             b = 0.0
         sum_forward += f
         sum_backward += b
         key = bits[k]
+        bucket = (np.uint64(key) * _GOLDEN) >> filter_shift
+        if not filters[half + (bucket >> np.uint64(6))] & (np.uint64(1) << (bucket & np.uint64(63))):
+            var_forward += f * f  # alone in its bucket: a group of one
+            var_backward += b * b
+            distinct += 1
+            continue
         slot = np.int64((np.uint64(key) * _GOLDEN) >> np.uint64(32)) & mask
         while True:
             at = 4 * slot
@@ -63,24 +88,32 @@ def _row_root(values, u, linear, table, stamp, slots, scaled, forward):
                 words[at + 1] = stamp
                 table[at + 2] = f
                 table[at + 3] = b
-                slots[distinct] = at
-                distinct += 1
+                slots[grouped] = at
+                grouped += 1
                 break
             if words[at] == key:
                 table[at + 2] += f
                 table[at + 3] += b
                 break
             slot = (slot + 1) & mask
+    filters[:] = 0
     if linear:
         root = max(sum_forward, sum_backward)
     else:
-        var_forward = var_backward = 0.0
-        for i in range(distinct):
+        for i in range(grouped):
             at = slots[i]
             var_forward += table[at + 2] * table[at + 2]
             var_backward += table[at + 3] * table[at + 3]
         root = np.sqrt(max(var_forward, var_backward))
-    return (root + max(lost_forward, lost_backward)) * top, distinct
+    return (root + max(lost_forward, lost_backward)) * top, distinct + grouped
+
+
+@njit(cache=True, nogil=True)
+def _log2(power):
+    exponent = 0
+    while (1 << exponent) < power:
+        exponent += 1
+    return exponent
 
 
 @njit(cache=True, nogil=True)
@@ -92,8 +125,16 @@ def _table(width):
     return np.zeros(4 * size)
 
 
-@njit(parallel=True, cache=True)
-def summation_roots(values, u, linear, threads):
+@njit(cache=True, nogil=True)
+def _filters(width):
+    """Two zeroed bit filters of at least 16 bits per term (64 at least), as uint64 words."""
+    words = 1
+    while words * 64 < 16 * width:
+        words *= 2
+    return np.zeros(2 * words, dtype=np.uint64)
+
+
+def _summation_roots(values, u, linear, threads):
     """``summation_root`` of each row of a C-contiguous float64 (rows, width) array, with the
     number of distinct terms per row; rows are split into ``threads`` contiguous runs."""
     rows, width = values.shape
@@ -103,11 +144,12 @@ def summation_roots(values, u, linear, threads):
     per = (rows + workers - 1) // workers
     for worker in prange(workers):
         table = _table(width)
+        filters = _filters(width)
         slots = np.empty(width, dtype=np.int64)
         scaled = np.empty(width)
         forward = np.empty(width)
         for r in range(worker * per, min(rows, (worker + 1) * per)):
-            roots[r], distinct[r] = _row_root(values[r], u, linear[r], table, r + 1, slots, scaled, forward)
+            roots[r], distinct[r] = _row_root(values[r], u, linear[r], table, r + 1, slots, scaled, forward, filters)
     return roots, distinct
 
 
@@ -117,8 +159,7 @@ def _binade(bits):
     return ((bits >> 52) & 0x7FF) - 1023
 
 
-@njit(parallel=True, cache=True)
-def error_summary(actual, expected, magnitude, sigma, native, use_native, top, floor, spacings, min_exponent,
+def _error_summary(actual, expected, magnitude, sigma, native, use_native, top, floor, spacings, min_exponent,
                   base, sigmas, scale, margin, threads):
     """``compare._value_check``'s figures over (outer, classes, inner) arrays, in one pass: worst
     ulp error, worst error-to-allowed ratio with its flat index and the ulps and budget there,
@@ -197,8 +238,7 @@ def error_summary(actual, expected, magnitude, sigma, native, use_native, top, f
             best_budget[pick], worst_error.max())
 
 
-@njit(parallel=True, cache=True)
-def index_rows(rows, target, weight, scale, u, grad, threads):
+def _index_rows(rows, target, weight, scale, u, grad, threads):
     """The reference's index-target rows without label smoothing, one row per pass set: the
     log-sum-exp (``log1p`` of the sum without the maximal term, compensated), the NLL, the
     probability of the target, the summation model of the exp sum (``summation_root`` and root
@@ -214,22 +254,23 @@ def index_rows(rows, target, weight, scale, u, grad, threads):
     rss = np.zeros(m)
     distinct = np.zeros(m, dtype=np.int64)
     finite = np.ones(m, dtype=np.bool_)
-    want_grad = grad.shape[0] == m
+    want_grad = grad.shape[0] == m and m > 0
     workers = max(1, min(m, threads))
     per = (m + workers - 1) // workers
     for worker in prange(workers):
         table = _table(width)
+        filters = _filters(width)
         slots = np.empty(width, dtype=np.int64)
         scaled = np.empty(width)
         forward = np.empty(width)
         p = np.empty(width)
         for r in range(worker * per, min(m, (worker + 1) * per)):
-            x = rows[r]
+            x = rows[r]  # float32 (holding float32 or half values exactly) or float64
             top = 0
-            high = x[0]
+            high = np.float64(x[0])
             ok = not np.isnan(high)
             for k in range(1, width):
-                v = x[k]
+                v = np.float64(x[k])
                 if np.isnan(v):
                     ok = False
                 if v > high:
@@ -241,7 +282,7 @@ def index_rows(rows, target, weight, scale, u, grad, threads):
             total = 0.0  # Neumaier-compensated sum of exp(x - max) without the maximal term
             compensation = 0.0
             for k in range(width):
-                term = 0.0 if k == top else np.exp(x[k] - high)
+                term = 0.0 if k == top else np.exp(np.float64(x[k]) - high)
                 p[k] = term
                 t = total + term
                 if abs(total) >= abs(term):
@@ -254,18 +295,34 @@ def index_rows(rows, target, weight, scale, u, grad, threads):
             p[top] = 1.0
             denominator = rest + 1.0
             squares = 0.0
+            w_r, scale_r = weight[r], scale[r]
+            out = grad[r] if want_grad else p
             for k in range(width):
                 p[k] = p[k] / denominator
                 squares += p[k] * p[k]
+                if want_grad:
+                    out[k] = p[k] * w_r * scale_r
             rss[r] = np.sqrt(squares)
             y = target[r]
-            shifted_y = x[y] - high
+            shifted_y = np.float64(x[y]) - high
             nll[r] = lse[r] - shifted_y
             p_target[r] = p[y]
             if want_grad:
-                out = grad[r]
-                for k in range(width):
-                    out[k] = p[k] * weight[r] * scale[r]
-                out[y] = weight[r] * np.expm1(shifted_y - lse[r]) * scale[r]
-            root[r], distinct[r] = _row_root(p, u, False, table, r + 1, slots, scaled, forward)
+                out[y] = w_r * np.expm1(shifted_y - lse[r]) * scale_r
+            root[r], distinct[r] = _row_root(p, u, False, table, r + 1, slots, scaled, forward, filters)
     return lse, nll, p_target, root, rss, distinct, finite
+
+
+def _variants(function):
+    """The threaded and the serial kernel of one Python function. The serial one is compiled from
+    a renamed copy: numba's disk cache is keyed by the function's name and line, not by its
+    options, so the two would otherwise load each other's machine code."""
+    serial = types.FunctionType(function.__code__, function.__globals__, f"{function.__name__}_serial",
+                                function.__defaults__, function.__closure__)
+    serial.__qualname__ = f"{function.__qualname__}_serial"
+    return njit(parallel=True, cache=True)(function), njit(cache=True, nogil=True)(serial)
+
+
+summation_roots, summation_roots_serial = _variants(_summation_roots)
+error_summary, error_summary_serial = _variants(_error_summary)
+index_rows, index_rows_serial = _variants(_index_rows)

@@ -46,6 +46,10 @@ def _add_run_options(p: argparse.ArgumentParser, *, default_out: str) -> None:
                    help="covering phase: every T-tuple of option values in a valid case before exploration "
                         "(default: the profile's, 3 for ci and nightly, 2 for dev; 0 turns it off)")
     p.add_argument("--profile", choices=("dev", "ci", "nightly"), default="ci", help="settings profile (default ci)")
+    p.add_argument("--cell-share", action="append", metavar="CELL=FRACTION", default=None,
+                   help="most of exploration's judging time a scale cell (tiny, small, medium, vocab) may take; "
+                        "repeatable; 'none' lifts every cap (default: none, nightly profile: vocab=0.25 and "
+                        "medium=0.35)")
     p.add_argument("--out", type=Path, default=Path(default_out), help=f"output directory (default {default_out})")
     p.add_argument("--cases-dir", type=Path, help="where failing cases are saved (default OUT/cases)")
     p.add_argument("--database", type=Path, metavar="DIR",
@@ -159,6 +163,7 @@ DEFAULT_GATE_SHRINK_SECONDS = 30.0
 
 def _fuzz_config(args: argparse.Namespace, adapters: list[Any], title: str):
     from .runner import DEFAULT_CURATED_DIR, FuzzConfig
+    from .budget import parse_shares
     from .selection import parse_dtypes
 
     if args.max_examples is not None and args.max_examples < 1:
@@ -180,6 +185,7 @@ def _fuzz_config(args: argparse.Namespace, adapters: list[Any], title: str):
                       shrink_seconds=args.shrink_seconds, strict=args.strict, oracle=args.oracle,
                       invalid_percent=args.invalid_percent, progress=not args.no_progress and sys.stderr.isatty(),
                       covering=args.covering, title=title, dtypes=parse_dtypes(args.dtypes),
+                      cell_shares=parse_shares(args.cell_share),
                       impl_spec=args.impl, impl_kind=args.kind if args.impl else None, max_seconds=args.max_time,
                       timeout=args.timeout, memory_mb=args.worker_memory_mb or None,
                       isolate="none" if args.in_process else ("all" if args.isolate_all else "default"))

@@ -70,7 +70,9 @@ def _value_check(name: str, actual: np.ndarray | None, expected: np.ndarray, mag
                  dtype: str, comparison: Comparison, *, exact_kind: bool, n_classes: int,
                  sigma: np.ndarray | None = None, native: np.ndarray | None = None,
                  intermediate: np.ndarray | None = None, budget_scale: float = 1.0) -> None:
-    actual = np.asarray(actual, dtype=np.float64)
+    actual = np.asarray(actual)
+    if actual.dtype not in (np.float32, np.float64):  # float32 stays: the fused kernel reads it as is
+        actual = actual.astype(np.float64)
     if actual.shape != expected.shape:
         try:
             actual = np.broadcast_to(actual, expected.shape)
@@ -87,7 +89,7 @@ def _value_check(name: str, actual: np.ndarray | None, expected: np.ndarray, mag
             comparison.verdicts.append(Verdict(
                 f"{name}_nonfinite",
                 f"{name} NaN/inf pattern differs at {int(mismatch.sum())} element(s), first at {list(where)}: "
-                f"got {actual[where]!r}, expected {expected[where]!r}"))
+                f"got {np.float64(actual[where])!r}, expected {expected[where]!r}"))
         figures = error_figures(actual, expected, magnitude, sigma, dtype, name, n_classes, scale=budget_scale,
                                 native=native, ignore=mismatch)
     comparison.max_ulp[name] = figures.max_ulp
@@ -97,7 +99,7 @@ def _value_check(name: str, actual: np.ndarray | None, expected: np.ndarray, mag
         comparison.verdicts.append(Verdict(
             f"{name}_value",
             f"{name} off by {figures.worst_ulp:.3g} ulp ({dtype}; budget {figures.worst_budget:.3g}) at "
-            f"{list(index)}: got {actual[index]!r}, expected {expected[index]!r}",
+            f"{list(index)}: got {np.float64(actual[index])!r}, expected {expected[index]!r}",
             max_abs_error=figures.max_abs_error, max_ulp_error=figures.worst_ulp, budget=figures.worst_budget))
 
 
@@ -193,9 +195,9 @@ def compare_pair(case: Case, expected: Outcome, actual: Outcome, reference: Refe
     as_reference = ReferenceResult(
         loss=np.asarray(expected.loss, dtype=np.float64), loss_scale=reference.loss_scale,
         loss_intermediate=reference.loss_intermediate,
-        grad_input=expected.grad_input if expected.grad_input is not None else None,
+        grad_input=None if expected.grad_input is None else np.asarray(expected.grad_input, dtype=np.float64),
         grad_input_scale=reference.grad_input_scale,
-        grad_target=expected.grad_target if expected.grad_target is not None else None,
+        grad_target=None if expected.grad_target is None else np.asarray(expected.grad_target, dtype=np.float64),
         grad_target_scale=reference.grad_target_scale,
         output_dtype=expected.loss_dtype or reference.output_dtype,
         output_shape=tuple(expected.loss_shape or ()), loss_sigma=reference.loss_sigma,

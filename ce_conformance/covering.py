@@ -277,6 +277,15 @@ def build_case(row: Mapping[str, str], seed: int = 0, *, max_elements: int = 1 <
                               note="covering phase: " + key)
 
 
+def class_bucket(n_classes: int) -> str:
+    """The ``classes`` level of a class count: the scale a case runs at.
+
+    >>> class_bucket(128256)
+    'vocab'
+    """
+    return "tiny" if n_classes <= 8 else "small" if n_classes <= 255 else "medium" if n_classes < 32000 else "vocab"
+
+
 def classify(case: Case) -> dict[str, str] | None:
     """The factor levels a valid cross-entropy case exercises (None for an invalid one)."""
     if not case.is_valid or case.family != "cross_entropy":
@@ -304,7 +313,7 @@ def classify(case: Case) -> dict[str, str] | None:
         "ignored": ignored,
         "smoothing": "zero" if smoothing == 0 else "negative" if smoothing < 0 else "one" if smoothing == 1 else
                      "tiny" if smoothing < 1e-3 else "mid",
-        "classes": "tiny" if C <= 8 else "small" if C <= 255 else "medium" if C < 32000 else "vocab",
+        "classes": class_bucket(C),
         "memory_layout": case.memory_layout,
         "upstream": "none" if case.grad_output is None else "given",
     }

@@ -44,6 +44,25 @@ def kernels():
     return _kernels
 
 
+PARALLEL_MIN_ELEMENTS = 1 << 16
+"""Inputs at least this large run on all threads; smaller ones in the calling thread."""
+
+
+def kernel(name: str, elements: int):
+    """The kernel ``name`` for an input of ``elements`` elements, with the number of threads to
+    pass it: the threaded variant for large inputs, the serial one (1 thread) for small ones.
+    Only call when :func:`kernels` is not None."""
+    module = kernels()
+    if elements >= PARALLEL_MIN_ELEMENTS:
+        return getattr(module, name), threads()
+    return getattr(module, f"{name}_serial"), 1
+
+
+def available() -> bool:
+    """Whether the numba kernels are in use."""
+    return kernels() is not None
+
+
 def name() -> str:
     """'numba' or 'numpy': the engine in use."""
     return "numpy" if kernels() is None else "numba"

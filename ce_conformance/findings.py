@@ -39,7 +39,7 @@ RESULT_COLUMNS: Final = {
     "case_id": "string", "adapter": "string", "status": "string", "dtype": "string", "layout": "string",
     "reduction": "string", "features": "string", "skip_reason": "string", "loss_ulp": "float64",
     "grad_input_ulp": "float64", "grad_target_ulp": "float64", "budget_ratio": "float64", "seconds": "float64", "phase": "string",
-    "cell": "string",
+    "cell": "string", "shape": "string",
 }
 STATUSES: Final = ("passed", "failed", "skipped")
 RUN_FILES: Final = ("results.jsonl", "findings.jsonl", "results.csv", "results.parquet", "findings.csv",
@@ -188,6 +188,39 @@ def support_matrix(results: pd.DataFrame) -> pd.DataFrame:
     return ran.unstack("feature").astype(object).map(label)
 
 
+def cell_mix(results: pd.DataFrame) -> pd.DataFrame:
+    """Examples per scale cell (:mod:`ce_conformance.budget`): distinct cases run, cases the cell
+    budget deferred, adapter seconds and their share. Empty when nothing ran.
+
+    >>> rows = pd.DataFrame({"case_id": ["a", "b"], "shape": ["4x128256", "3x5"], "status": ["passed", "passed"],
+    ...                      "skip_reason": ["", ""], "seconds": [3.0, 1.0]})
+    >>> cell_mix(rows)["cases"].to_dict()
+    {'tiny': 1, 'small': 0, 'medium': 0, 'vocab': 1}
+    """
+    from .budget import DEFER_REASON, SCALE_CELLS
+    from .covering import class_bucket
+
+    if results.empty or "shape" not in results:  # runs recorded before the column existed
+        return pd.DataFrame()
+
+    def bucket(shape: str) -> str:
+        dims = [int(d) for d in str(shape).split("x") if d.isdigit()]
+        return class_bucket(dims[1] if len(dims) >= 2 else dims[0] if dims else 1)
+
+    frame = results.assign(scale=results["shape"].map(bucket))
+    ran = frame[frame["status"] != "skipped"]
+    deferred = frame[frame["skip_reason"].fillna("").str.startswith(DEFER_REASON)]
+    seconds = ran.groupby("scale")["seconds"].sum()
+    table = pd.DataFrame({"cases": ran.groupby("scale")["case_id"].nunique(),
+                          "deferred": deferred.groupby("scale")["case_id"].nunique(),
+                          "adapter seconds": seconds}).reindex(list(SCALE_CELLS)).fillna(0)
+    table[["cases", "deferred"]] = table[["cases", "deferred"]].astype(int)
+    total = float(table["adapter seconds"].sum())
+    table["time share"] = table["adapter seconds"] / total if total > 0 else 0.0
+    table.index.name = "scale cell"
+    return table
+
+
 def summary_markdown(results: pd.DataFrame, findings: pd.DataFrame, *, title: str = "ce-conformance run",
                      extra: dict[str, Any] | None = None, top: int = 20) -> str:
     lines = [f"## {title}", ""]
@@ -211,6 +244,12 @@ def summary_markdown(results: pd.DataFrame, findings: pd.DataFrame, *, title: st
         table = reasons.groupby(["adapter", "reason"]).size().rename("skipped cases").reset_index()
         lines += ["### Skipped (unsupported by the adapter, never counted as failures)", "",
                   table.to_markdown(index=False), ""]
+    mix = cell_mix(results)
+    if not mix.empty:
+        shown = mix.assign(**{"adapter seconds": mix["adapter seconds"].map(lambda v: f"{v:.1f}"),
+                              "time share": mix["time share"].map(lambda v: f"{v:.0%}")})
+        lines += ["### Examples per scale cell (deferred: over the cell's --cell-share of judging time)", "",
+                  shown.to_markdown(), ""]
     if not findings.empty:
         grouped = (findings.groupby(["adapter", "check"])
                    .agg(count=("case_id", "size"), dtypes=("dtype", lambda s: ",".join(sorted(set(s)))),

@@ -100,4 +100,4 @@ class FindingLedger:
 def result_base(columns: dict[str, Any], adapter: str, phase: str) -> dict[str, Any]:
     return {"case_id": columns["case_id"], "adapter": adapter, "dtype": columns["dtype"], "layout": columns["layout"],
             "reduction": columns["reduction"], "features": columns["features"], "phase": phase,
-            "cell": columns["cell"]}
+            "cell": columns["cell"], "shape": columns["shape"]}

@@ -29,6 +29,7 @@ from hypothesis import Phase, given, seed as hypothesis_seed, settings as hypoth
 from hypothesis.control import current_build_context
 from hypothesis.database import InMemoryExampleDatabase, MultiplexedDatabase, choices_to_bytes
 
+from .budget import scale_cell
 from .case import Case
 from .covering import ANCHORS, build_case, covering_rows, excluded_levels
 from .dtypes import FLOAT_DTYPES
@@ -188,7 +189,14 @@ def _make_probe(run: "FuzzRun", state: dict[str, Any]) -> Callable[[Case], None]
             if partition and int(case.id, 16) % partition[1] != partition[0]:
                 return  # another shard's case: shards are disjoint by case id
             run.examples += 1
+            cell = scale_cell(case)
+            if not run.cell_budget.admits(cell):  # over its time share: recorded as skipped, not run
+                run.defer(case, run.cell_budget.defer(cell))
+                run._progress()
+                return
+            started = time.perf_counter()
             compared = run.evaluate(case, "explore")
+            run.cell_budget.charge(cell, time.perf_counter() - started)
             first_seen = state.setdefault("choices", {})
             for adapter, comparison in compared:
                 for verdict in comparison.verdicts:

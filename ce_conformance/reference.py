@@ -218,16 +218,17 @@ class _Exact:
         return mpmath.fsum(values.tolist()) if values.size else mpmath.mpf(0)
 
 
-def _row_blocks(array: np.ndarray, class_axis: int, n_classes: int):
-    """Yield (position slice, rows as (m, C) float64) chunks in position order."""
+def _row_blocks(array: np.ndarray, class_axis: int, n_classes: int, dtype: Any = np.float64):
+    """Yield (position slice, rows as (m, C) arrays of ``dtype``) chunks in position order (a view
+    where no conversion or move is needed)."""
     if array.ndim == 1:
-        yield slice(0, 1), np.asarray(array, dtype=np.float64)[None, :]
+        yield slice(0, 1), np.asarray(array, dtype=dtype)[None, :]
         return
     per_item = math.prod(array.shape[2:]) if array.ndim > 2 else 1
     step = max(1, CHUNK_ELEMENTS // max(1, per_item * n_classes))
     for start in range(0, array.shape[0], step):
         block = array[start:start + step]
-        rows = np.moveaxis(block, class_axis, -1).reshape(-1, n_classes).astype(np.float64)
+        rows = np.moveaxis(block, class_axis, -1).reshape(-1, n_classes).astype(dtype, copy=False)
         yield slice(start * per_item, start * per_item + rows.shape[0]), rows
 
 
@@ -335,9 +336,14 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
             grad_target_unscaled = np.zeros(M) if want_scale else None
 
     target_blocks = _row_blocks(call.target, class_axis, C) if call.mode == "probability" else None
-    for positions, rows in _row_blocks(call.input, class_axis, C):
-        fused = None if A.exact or call.mode != "index" or eps > 0 else \
-            _fused_index_rows(rows, y_safe[positions], wy_all[positions], upstream[positions], u_c, gradients)
+    # the fused kernel reads float32 rows as they are (half values are exact in float32)
+    fusable = not A.exact and call.mode == "index" and eps == 0 and engine.available()
+    narrow = fusable and dtype_name(call.input.dtype) in ("float16", "bfloat16", "float32")
+    direct = gradients and call.input.ndim == 2  # (N, C): gradient rows are slices of the output
+    for positions, rows in _row_blocks(call.input, class_axis, C, np.float32 if narrow else np.float64):
+        fused = None if not fusable else _fused_index_rows(
+            rows, y_safe[positions], wy_all[positions], upstream[positions], u_c, gradients,
+            out=grad_input[positions] if direct else None)
         if fused is not None:  # the same quantities as the general path below, from one kernel
             v = valid[positions]
             wy_abs = np.abs(fused.weight)
@@ -349,9 +355,11 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                 loss_sigma[positions] = np.where(v, wy_abs * lse_sigma[positions], 0)
                 if gradients:
                     fused.grad[~v] = 0
-                    _write_rows(grad_input, positions, fused.grad)
+                    if not direct:
+                        _write_rows(grad_input, positions, fused.grad)
                     grad_input_scale[positions] = np.where(v, np.abs(fused.scale) * wy_abs * (fused.p_target + 1), 0)
             continue
+        rows = rows.astype(np.float64, copy=False)
         m = rows.shape[0]
         r = np.arange(m)
         ls = _log_softmax(rows, A)
@@ -509,19 +517,21 @@ class _FusedRows(NamedTuple):
 
 
 def _fused_index_rows(rows: np.ndarray, target: np.ndarray, weight: np.ndarray, scale: np.ndarray, u: float,
-                      gradients: bool) -> _FusedRows | None:
+                      gradients: bool, out: np.ndarray | None = None) -> _FusedRows | None:
     """Index-target rows without smoothing in one kernel (the vocabulary-scale hot path: see
     :mod:`ce_conformance.engine`), or None where the general path must judge: NumPy engine, a
-    row whose maximum is not finite, or a weight so large that ``2 |w_y|`` overflows."""
-    kernels = engine.kernels()
+    row whose maximum is not finite, or a weight so large that ``2 |w_y|`` overflows. Gradient
+    rows go into ``out`` where given (C-contiguous rows), else into a new array."""
     weight = np.ascontiguousarray(weight, dtype=np.float64)
-    if kernels is None or rows.shape[1] == 0 or not np.isfinite(2 * np.abs(weight)).all():
+    if not engine.available() or rows.shape[1] == 0 or not np.isfinite(2 * np.abs(weight)).all():
         return None
     scale = np.ascontiguousarray(scale, dtype=np.float64)
-    grad = np.empty(rows.shape if gradients else (0, rows.shape[1]))
-    lse, nll, p_target, root, rss, distinct, finite = kernels.index_rows(
+    grad = (out if out is not None else np.empty(rows.shape)) if gradients else np.empty((0, rows.shape[1]))
+    index_rows, threads = engine.kernel("index_rows", rows.size)
+    lse, nll, p_target, root, rss, distinct, finite = index_rows(
+        rows if rows.dtype in (np.float32, np.float64) and rows.flags.c_contiguous else
         np.ascontiguousarray(rows, dtype=np.float64), np.ascontiguousarray(target, dtype=np.int64), weight, scale,
-        float(u), grad, engine.threads())
+        float(u), grad, threads)
     if not finite.all():
         return None
     return _FusedRows(weight, scale, nll, p_target, root, rss, distinct, grad)

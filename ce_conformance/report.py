@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import ConfigurationError
-from .findings import (feature_pass_rates, finalize, load_run, pass_rates, read_coverage, run_coverage,
+from .findings import (cell_mix, feature_pass_rates, finalize, load_run, pass_rates, read_coverage, run_coverage,
                        support_matrix)
 
 HISTORY_FILE = "history.parquet"
@@ -258,6 +258,13 @@ def write_html(run_dir: Path, *, diff: pd.DataFrame | None = None, previous: Pat
     parts += ["<h2>Support matrix</h2>", _table(support_matrix(results))]
     coverage = read_coverage(run_dir) or run_coverage(results)
     parts += ["<h2>Coverage</h2>", _coverage_html(coverage)]
+    mix = cell_mix(results)
+    if not mix.empty:
+        parts += ["<h2>Examples per scale cell</h2>",
+                  f"<p>Cell budget (time shares): {html.escape(_shares_text(config))}. Deferred: drawn cases the "
+                  "budget left out because their cell was over its share of judging time.</p>",
+                  _table(mix.assign(**{"adapter seconds": mix["adapter seconds"].round(1),
+                                       "time share": mix["time share"].map(lambda v: f"{v:.0%}")}))]
     parts.append("<h2>Top findings</h2>")
     if findings.empty:
         parts.append("<p>No findings.</p>")
@@ -287,6 +294,13 @@ def write_html(run_dir: Path, *, diff: pd.DataFrame | None = None, previous: Pat
 
 
 __all__ = ["diff_findings", "compare_runs", "merge_runs", "append_history", "write_html", "previous_run"]
+
+
+def _shares_text(config: dict) -> str:
+    shares = config.get("cell_shares")
+    if shares is None:
+        return "not recorded"
+    return ", ".join(f"{cell} at most {share:.0%}" for cell, share in shares.items()) or "none (no cell capped)"
 
 
 def _coverage_html(report: dict) -> str:

@@ -23,8 +23,9 @@ from typing import Any, Callable, Iterator
 
 from ce_conformance.adapters.base import Adapter, Outcome
 
-from . import phases, reference
+from . import engine, phases, reference
 from ._version import __version__
+from .budget import NIGHTLY_SHARES, CellBudget
 from .case import Case
 from .compare import Comparison, compare, compare_pair
 from .errors import ConfigurationError, InvalidInputError
@@ -95,6 +96,7 @@ class FuzzConfig:
     dtypes: tuple[str, ...] | None = None
     covering: int | None = None  # strength of the covering phase; None: the profile's, 0: off
     max_seconds: float | None = None  # --max-time: the whole run, tables included
+    cell_shares: dict[str, float] | None = None  # --cell-share; None: the profile's (budget.NIGHTLY_SHARES)
 
 
 @dataclass
@@ -187,6 +189,8 @@ class FuzzRun:
         self.examples = 0
         self._started = time.perf_counter()
         self.quarantine = Quarantine()
+        shares = config.cell_shares
+        self.cell_budget = CellBudget(NIGHTLY_SHARES if shares is None and config.profile == "nightly" else shares)
         self._deadline = math.inf
 
     @property
@@ -266,6 +270,12 @@ class FuzzRun:
                     comparison = compare_pair(case, first, second, ref, outcomes[b][0].capabilities)
                     self.ledger.record(case, columns, f"{a}~{b}", second, comparison, phase, case_path)
         return compared
+
+    def defer(self, case: Case, reason: str) -> None:
+        """Record a drawn case the cell budget left out, as skipped for every adapter."""
+        columns = case_columns(case)
+        for adapter in self.adapters:
+            self.ledger.skipped(columns, adapter.name, "explore", (reason,))
 
     # -- phases (ce_conformance.phases) ------------------------------------------------------
     def _curated_cases(self) -> list[tuple[Case, str]]:
@@ -358,7 +368,8 @@ class FuzzRun:
         config = {"seed": self.config.seed, "profile": self.config.profile, "max_examples": self.config.max_examples,
                   "adapters": [a.describe() for a in self.config.adapters], "strict": self.config.strict,
                   "oracle": self.config.oracle, "impl": self.config.impl_spec, "kind": self.config.impl_kind,
-                  "versions": versions, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                  "versions": versions, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "engine": engine.name(), "cell_shares": self.cell_budget.shares}
         (self.out_dir / "config.json").write_text(json.dumps(config, indent=1, default=str))
 
     @contextmanager

@@ -58,12 +58,12 @@ def summation_root(magnitudes: np.ndarray, u: float, repetitive: np.ndarray | No
     row maximum, so values near the dtype's top do not overflow. ``repetitive`` (optional, one
     flag per row) is set where a row holds fewer distinct values than half its length: such rows
     round alike, also across rows, and the reduction over positions adds their errors linearly."""
-    kernels = engine.kernels()
-    if kernels is not None and np.ndim(magnitudes) >= 1 and np.size(magnitudes) > 0:
+    if engine.available() and np.ndim(magnitudes) >= 1 and np.size(magnitudes) > 0:
         flat = np.ascontiguousarray(np.asarray(magnitudes, dtype=np.float64).reshape(-1, np.shape(magnitudes)[-1]))
         flags = np.zeros(flat.shape[0], dtype=bool) if linear is None else \
             np.ascontiguousarray(np.broadcast_to(linear, np.shape(magnitudes)[:-1]).reshape(-1))
-        root, distinct = kernels.summation_roots(flat, float(u), flags, engine.threads())
+        summation_roots, threads = engine.kernel("summation_roots", flat.size)
+        root, distinct = summation_roots(flat, float(u), flags, threads)
         if repetitive is not None:
             repetitive[...] = (distinct < flat.shape[1] / 2).reshape(repetitive.shape)
         return root.reshape(np.shape(magnitudes)[:-1])

@@ -226,24 +226,27 @@ def fused_error_figures(actual: np.ndarray, expected: np.ndarray, magnitude: np.
     """:func:`error_figures` in one pass of the numba kernel, for arrays of at least
     ``min_elements`` whose every element is finite; None otherwise (numba engine off, small
     array, or a NaN/inf anywhere: the caller takes the NumPy path and its NaN/inf rules)."""
-    kernels = engine.kernels()
     expected = np.asarray(expected, dtype=np.float64)
-    if kernels is None or expected.size < max(1, min_elements):
+    if not engine.available() or expected.size < max(1, min_elements):
         return None
     shape = expected.shape
     outer = shape[0] if len(shape) >= 2 else 1
     classes = shape[1] if len(shape) >= 2 else (shape[0] if shape else 1)
     inner = expected.size // max(1, outer * classes)
 
-    def canonical(array):  # (outer, classes, inner) views; broadcast scales keep their zero strides
-        return np.broadcast_to(np.asarray(array, dtype=np.float64), shape).reshape(outer, classes, inner)
+    def canonical(array, keep_float32=False):  # (outer, classes, inner) views; broadcasts keep zero strides
+        array = np.asarray(array)
+        if not (keep_float32 and array.dtype == np.float32):
+            array = array.astype(np.float64, copy=False)
+        return np.broadcast_to(array, shape).reshape(outer, classes, inner)
 
     zeros = np.broadcast_to(np.zeros(()), shape)
-    ok, max_ulp, max_ratio, flat, worst_ulp, worst_budget, max_abs = kernels.error_summary(
-        canonical(actual), canonical(expected), canonical(magnitude), canonical(zeros if sigma is None else sigma),
+    error_summary, threads = engine.kernel("error_summary", expected.size)
+    ok, max_ulp, max_ratio, flat, worst_ulp, worst_budget, max_abs = error_summary(
+        canonical(actual, keep_float32=True), canonical(expected), canonical(magnitude), canonical(zeros if sigma is None else sigma),
         canonical(zeros if native is None else native), native is not None, max_finite(dtype),
         underflow_floor(dtype, n_classes), spacing_table(dtype), math.frexp(smallest_normal(dtype))[1] - 1, base_budget(dtype, quantity),
-        SIGMAS, float(scale), RELATIVE_ORACLE_MARGIN, engine.threads())
+        SIGMAS, float(scale), RELATIVE_ORACLE_MARGIN, threads)
     if not ok:
         return None
     index = tuple(int(i) for i in np.unravel_index(int(flat), shape)) if shape else ()

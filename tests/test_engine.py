@@ -29,6 +29,13 @@ def numpy_engine(monkeypatch):
     return use_numpy
 
 
+@pytest.fixture(params=["serial", "threaded"])
+def variant(request, monkeypatch):
+    """Each kernel comes serial (small inputs) and threaded (large ones): test both at any size."""
+    monkeypatch.setattr(engine, "PARALLEL_MIN_ELEMENTS", 1 if request.param == "threaded" else 1 << 62)
+    return request.param
+
+
 def _rows(rng, rows, width, repeats):
     values = rng.random((rows, width)) * rng.choice([1e-300, 1e-5, 1.0, 1e300], size=(rows, 1))
     if repeats:  # runs of equal terms, the case the grouping exists for
@@ -39,7 +46,7 @@ def _rows(rng, rows, width, repeats):
 
 @pytest.mark.parametrize("width", [1, 2, 7, 1000, 4097])
 @pytest.mark.parametrize("repeats", [False, True])
-def test_summation_root_kernel_matches_the_numpy_specification(numpy_engine, width, repeats):
+def test_summation_root_kernel_matches_the_numpy_specification(numpy_engine, variant, width, repeats):
     rng = np.random.default_rng(width)
     values = _rows(rng, 5, width, repeats)
     values[0, 0] = np.inf  # non-finite terms count as zero in both
@@ -71,7 +78,7 @@ def _figures_both_ways(numpy_engine, actual, expected, magnitude, sigma, dtype, 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
 @pytest.mark.parametrize("shape", [(300,), (4, 300), (3, 50, 2, 5)])
-def test_fused_comparison_matches_the_numpy_path(numpy_engine, dtype, shape):
+def test_fused_comparison_matches_the_numpy_path(numpy_engine, variant, dtype, shape):
     rng = np.random.default_rng(len(shape))
     expected = rng.standard_normal(shape) * 10.0 ** rng.integers(-8, 3, shape)
     expected.flat[::7] = 0.0  # zeros count as 0.5's binade
@@ -96,14 +103,15 @@ def test_fused_comparison_declines_nonfinite_and_small_arrays():
                                          min_elements=1).max_ratio == 0.0
 
 
-def _assert_same_result(fast, spec):
+def _assert_same_result(fast, spec, sigma_rtol=1e-11):
     for field in ("loss", "loss_scale", "loss_intermediate", "grad_input", "grad_input_scale", "loss_sigma",
                   "grad_input_sigma"):
         a, b = getattr(fast, field), getattr(spec, field)
         if a is None or b is None:
             assert a is None and b is None, field
             continue
-        np.testing.assert_allclose(a, b, rtol=1e-11, atol=0, equal_nan=True, err_msg=field)
+        rtol = sigma_rtol if field.endswith("sigma") else 1e-11
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=0, equal_nan=True, err_msg=field)
 
 
 def _vocabulary_case(rng, dtype, **options):
@@ -115,7 +123,7 @@ def _vocabulary_case(rng, dtype, **options):
     {"weight": np.linspace(0, 3, 5000)}, {"ignore_index": 7},
 ])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32", "float64"])
-def test_fused_reference_rows_match_the_general_path(numpy_engine, options, dtype):
+def test_fused_reference_rows_match_the_general_path(numpy_engine, variant, options, dtype):
     rng = np.random.default_rng(1)
     case = _vocabulary_case(rng, dtype, **options)
     if "ignore_index" in options:
@@ -134,7 +142,10 @@ def test_fused_reference_matches_the_general_path_on_drawn_cases(case):
         spec = reference.evaluate(case)
     finally:
         engine.kernels = original
-    _assert_same_result(fast, spec)
+    # the error model groups *equal* probabilities: logits one ulp apart give probabilities that
+    # tie or not depending on how exp rounds (NumPy's SIMD exp and libm's differ in the last bit),
+    # which moves a sigma by up to sqrt(2); values and scales agree to 1e-11 regardless
+    _assert_same_result(fast, spec, sigma_rtol=0.5)
 
 
 def test_fused_reference_declines_rows_with_a_nonfinite_maximum(numpy_engine):

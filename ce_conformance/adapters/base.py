@@ -1,7 +1,8 @@
 """The one adapter interface: translate a Case into a backend call, report raw facts back.
 
-Adapters never judge. They return an :class:`Outcome` — the loss and gradients as float64
-values with the dtype and shape the backend produced, whether the caller's arrays were
+Adapters never judge. They return an :class:`Outcome` — the loss and gradients as exact
+NumPy float values (float64, or float32 for float32 and half outputs) with the dtype and shape
+the backend produced, whether the caller's arrays were
 mutated, or the error raised — and :mod:`ce_conformance.compare` decides what is wrong.
 
 A new backend is a subclass of :class:`Adapter` with ``name``, ``capabilities`` and ``run``;
@@ -76,7 +77,8 @@ class RaisedError:
 
 @dataclass
 class Outcome:
-    """What one adapter produced for one case. Arrays are float64 copies of the backend's output."""
+    """What one adapter produced for one case. Arrays hold the backend's output values exactly,
+    as float64, or as float32 where that holds them (float32 and half-precision outputs)."""
 
     status: str = "ok"  # ok | error | crash | timeout | skipped
     loss: np.ndarray | None = None

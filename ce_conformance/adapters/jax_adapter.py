@@ -123,7 +123,8 @@ class _BucketedJaxAdapter(Adapter):
             def forward_backward(x, target, weight, row_mask, class_mask, scalars, ignore_index, cot_none, *,
                                  mode, variant):
                 _TRACES[cls] = _TRACES.get(cls, 0) + 1  # runs once per trace, i.e. per compilation
-                n_classes, eps, cot_sum, cot_mean = scalars[0], scalars[1], scalars[2], scalars[3]
+                n_classes, eps, is_mean = scalars[0], scalars[1], scalars[4]
+                cot_sum, cot_mean = scalars[2].astype(x.dtype), scalars[3].astype(x.dtype)  # exact: drawn in the dtype
 
                 def losses(x, target):
                     per, denominator_terms = self._per_position(jnp, x, target, weight, class_mask, n_classes, eps,
@@ -133,8 +134,11 @@ class _BucketedJaxAdapter(Adapter):
                     total = jnp.sum(per.astype(acc))
                     denominator = jnp.sum(jnp.where(row_mask, denominator_terms, 0).astype(acc))
                     # torch divides the NLL and smoothing sums separately: a zero total weight
-                    # makes the NLL term 0/0 = NaN even where the smoothing term alone is inf
-                    mean = total / denominator + jnp.where(denominator == 0, jnp.nan, 0).astype(acc)
+                    # makes the NLL term 0/0 = NaN even where the smoothing term alone is inf.
+                    # Other reductions divide by 1: a zero cotangent times d(total / 0) would
+                    # turn their gradients into NaN (0 * inf), which torch's 'sum' never does
+                    divisor = jnp.where(is_mean > 0, denominator, 1).astype(acc)
+                    mean = total / divisor + jnp.where(denominator == 0, jnp.nan, 0).astype(acc)
                     return per, total.astype(x.dtype), mean.astype(x.dtype)
 
                 if mode == "probability":
@@ -179,7 +183,10 @@ class _BucketedJaxAdapter(Adapter):
             cot_sum = 1.0 if g is None else float(g)
         else:
             cot_mean = 1.0 if g is None else float(g)
-        scalars = np.array([C, case.label_smoothing, cot_sum, cot_mean], dtype=np_dtype)
+        # float32 scalars for half dtypes: in bfloat16 the class count 257 is 256 and a smoothing
+        # of 0.9668 is 0.96875 (torch keeps both as exact scalars)
+        scalars = np.array([C, case.label_smoothing, cot_sum, cot_mean, reduction == "mean"],
+                           dtype=np.float64 if dtype == "float64" else np.float32)
         traces_before = _TRACES.get(type(self), 0)
         try:
             per, total, mean, grad_x, grad_t = self._compiled()(
@@ -222,9 +229,15 @@ class JaxAdapter(_BucketedJaxAdapter):
         shifted = xf - row_max
         lse = jnp.log(jnp.sum(jnp.where(class_mask, jnp.exp(shifted), 0), axis=1, keepdims=True))
         logp = (shifted - lse).astype(x.dtype)
-        smoothing = jnp.where(eps > 0, eps, 0).astype(x.dtype)
+        # label_smoothing stays a float32 scalar, as torch's double scalar does in its float32 op math
+        smoothing = jnp.where(eps > 0, eps, 0).astype(compute)
+
+        def rounded(value):  # each torch op on a half tensor rounds its result to the dtype
+            return value.astype(x.dtype).astype(compute)
+
         if mode == "probability":
-            smoothed = jnp.where(eps > 0, target * (1 - smoothing) + smoothing / n_classes, target)
+            smoothed = rounded(rounded(target.astype(compute) * (1 - smoothing)) + smoothing / n_classes)
+            smoothed = jnp.where(eps > 0, smoothed, target.astype(compute)).astype(x.dtype)
             terms = jnp.where(class_mask, weight * smoothed * logp, 0)
             return -jnp.sum(terms.astype(compute), axis=1).astype(x.dtype), jnp.ones(x.shape[0], compute)
         valid = target != ignore_index
@@ -233,7 +246,9 @@ class JaxAdapter(_BucketedJaxAdapter):
         w_target = jnp.where(valid, weight[safe], 0)
         nll = jnp.where(valid, -w_target * picked, 0)
         smooth = jnp.where(valid, -jnp.sum(jnp.where(class_mask, weight * logp, 0).astype(compute), axis=1), 0)
-        per = jnp.where(eps > 0, (1 - smoothing) * nll + (smoothing / n_classes) * smooth.astype(x.dtype), nll)
+        smoothed_per = rounded(rounded((1 - smoothing) * nll.astype(compute))
+                               + rounded((smoothing / n_classes) * rounded(smooth)))
+        per = jnp.where(eps > 0, smoothed_per, nll.astype(compute))
         return per.astype(x.dtype), w_target.astype(compute)
 
 
