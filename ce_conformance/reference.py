@@ -38,7 +38,8 @@ import numpy as np
 from .dtypes import FLOAT_DTYPES, dtype_name, machine_epsilon
 from . import engine
 from .errors import InvalidInputError, Rule
-from .summation import finite_row_max, grid_aligned, near_equal, root_sum_squares, summation_root
+from .summation import (finite_row_max, grid_aligned, near_equal, root_sum_squares, subnormal_products,
+                        summation_root)
 
 REDUCTIONS: Final = ("none", "mean", "sum")
 CHUNK_ELEMENTS: Final = 1 << 21
@@ -324,6 +325,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
     repetitive = np.zeros(M, dtype=bool)  # rows of few distinct values: their errors add up linearly
     loss_sigma = np.zeros(M)
     grad_target_coefficient = np.zeros(M)  # |d grad_target / d lse| per position
+    grad_target_underflow = np.zeros(M)  # largest error of a subnormal partial product in w * log p * scale
     backward_sigma = np.zeros(M)  # error of the backward's sum of upstream terms over classes, times max p  # largest sum an implementation may form before scaling (eps / C, 1 / D)
     grad_input = grad_target = grad_input_scale = grad_target_scale = None
     if gradients:
@@ -473,6 +475,9 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                         grad_target_unscaled[positions] = finite_row_max(
                             np.maximum(w_row[None, :], np.reshape(abs_scale, (-1, 1))) * (np.abs(ls.logp) + 1))
                         grad_target_coefficient[positions] = abs_scale * factor * w_row.max(initial=0)
+                        grad_target_underflow[positions] = subnormal_products(
+                            (np.broadcast_to(w_row[None, :], p.shape), ls.logp, np.reshape(abs_scale * factor, (-1, 1))),
+                            dtype_name(call.input.dtype))
 
     if call.mode == "probability":
         eps = 0.0  # smoothing already entered the targets; there is no separate smoothing term
@@ -500,6 +505,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
             intermediate = None
     sigmas = _reduced_sigmas(call, A, eps, C, u_c, u_t, main_terms, smooth_terms, loss, wy_all if call.mode == "index" else None,
                              denominator, lse_sigma, loss_sigma, grad_input_scale, grad_target_coefficient,
+                             grad_target_underflow,
                              grad_target_scale, repetitive, backward_sigma) if want_scale else None
     return _Output(loss, loss_scale, intermediate, grad_input, grad_input_scale, grad_target, grad_target_scale, sigmas,
                    grad_target_unscaled if call.mode == "probability" and gradients else None)
@@ -558,8 +564,8 @@ class Sigmas(NamedTuple):
 def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: float, main_terms: np.ndarray,
                     smooth_terms: np.ndarray, loss: Any, wy: np.ndarray | None, denominator: Any,
                     lse_sigma: np.ndarray, loss_sigma: np.ndarray, grad_input_scale: np.ndarray | None,
-                    grad_target_coefficient: np.ndarray, grad_target_scale: np.ndarray | None,
-                    repetitive: np.ndarray, backward_sigma: np.ndarray) -> Sigmas:
+                    grad_target_coefficient: np.ndarray, grad_target_underflow: np.ndarray,
+                    grad_target_scale: np.ndarray | None, repetitive: np.ndarray, backward_sigma: np.ndarray) -> Sigmas:
     """Propagate the per-position error scales through the reduction over positions.
 
     torch's CPU nll kernel accumulates positions (and the total weight) in the input dtype, so for
@@ -597,7 +603,9 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
             np.hypot(grad_input_scale * np.hypot(relative, term_unit), backward_sigma)
         grad_target = None
         if call.mode == "probability" and grad_target_scale is not None:
-            grad_target = np.hypot(grad_target_coefficient * relative, term_unit * grad_target_scale)
+            # a subnormal partial product errs by up to half a step, uniformly: sigma = half step / sqrt 3
+            grad_target = np.hypot(np.hypot(grad_target_coefficient * relative, term_unit * grad_target_scale),
+                                   grad_target_underflow / math.sqrt(3))
 
     def finite(sigma: Any) -> np.ndarray | None:  # an overflowing scale means an overflowing value: no limit
         return None if sigma is None else np.nan_to_num(np.asarray(sigma, dtype=np.float64), nan=0.0,

@@ -115,6 +115,28 @@ def _summation_root_numpy(magnitudes: np.ndarray, u: float, repetitive: np.ndarr
     return (root + lost) * top[..., 0]
 
 
+def subnormal_products(factors: tuple[np.ndarray, np.ndarray, np.ndarray], dtype: str) -> np.ndarray:
+    """Per row, the largest absolute error a three-factor product ``a * b * c`` (per element) can
+    pick up when, in the order a kernel chooses, its first partial product falls below the dtype's
+    normal range: that product loses up to half a subnormal step, which the remaining factor then
+    scales. In float16 ``w * g / N`` is easily subnormal (2e-6: steps of 6e-8, 3 % of it) and a
+    log-probability of -36 multiplies the loss. Non-finite factors count as zero.
+
+    >>> float(subnormal_products((np.array([[1e-3]]), np.array([[36.0]]), np.array([[1e-3]])), "float16")[0])
+    1.0728836059570312e-06
+    """
+    from .dtypes import smallest_normal, smallest_subnormal
+
+    a, b, c = (np.nan_to_num(np.abs(np.asarray(f, dtype=np.float64)), nan=0.0, posinf=0.0) for f in factors)
+    normal = smallest_normal(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        worst = np.maximum.reduce([np.where(a * b < normal, c, 0.0), np.where(b * c < normal, a, 0.0),
+                                   np.where(a * c < normal, b, 0.0)])
+    if worst.ndim == 0 or worst.shape[-1] == 0:
+        return np.zeros(worst.shape[:-1])
+    return 0.5 * smallest_subnormal(dtype) * worst.max(axis=-1)
+
+
 def root_sum_squares(magnitudes: np.ndarray) -> np.ndarray:
     """Per row, sqrt(sum_k t_k**2) without overflow: independent roundings of each term."""
     finite = np.where(np.isfinite(magnitudes), magnitudes, 0.0)

@@ -113,3 +113,20 @@ def test_float64_reference_overflow_accepts_the_top_of_the_range():
 def test_nonfinite_elements_carry_no_ulp_error():
     assert ulp_errors(np.array([np.inf, np.nan, 1.0]), np.array([1.0, 1.0, np.nan]), np.ones(3), "float32").tolist() \
         == [0.0, 0.0, 0.0]
+
+
+def test_subnormal_partial_products_of_the_target_gradient_are_budgeted(torch):
+    # float16: w * g / N = 2e-6 is subnormal (steps of 6e-8, 3 % of it), and log p = -36 then
+    # multiplies that rounding: torch was 5 ulps off the true gradient, over the old budget of 4.5
+    import ce_conformance.adapters as adapters
+    from ce_conformance.compare import compare
+
+    rows = 100
+    case = Case.cross_entropy(np.tile([[-23.65625, 12.2890625]], (rows, 1)),
+                              np.tile([[0.02674866, 0.97314453]], (rows, 1)),
+                              weight=[0.00159836, 0.00123978], grad_output=0.125732421875, dtype="float16")
+    adapter = adapters.load_adapter("torch")
+    comparison = compare(case, adapter.run(case), reference.evaluate(case), adapter.capabilities)
+    assert comparison.passed, [v.message for v in comparison.verdicts]
+    sigma = reference.evaluate(case).grad_target_sigma
+    assert float(sigma.max()) >= 0.5 * 2.0**-24 * 35 / np.sqrt(3)  # half a subnormal step times |log p|
