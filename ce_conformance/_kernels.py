@@ -242,7 +242,7 @@ def _index_rows(rows, target, weight, scale, u, grad, threads):
     """The reference's index-target rows without label smoothing, one row per pass set: the
     log-sum-exp (``log1p`` of the sum without the maximal term, compensated), the NLL, the
     probability of the target, the summation model of the exp sum (``summation_root`` and root
-    sum of squares of p) and, where ``grad`` has rows, the gradient row
+    sum of squares of p), the largest p |log p| and, where ``grad`` has rows, the gradient row
     ``p * w_y * scale`` with ``w_y * expm1(log p_y) * scale`` at the target.
     ``finite`` is False for a row whose maximum is not finite (NaN or +-inf): the caller
     takes the NumPy path for such chunks."""
@@ -253,6 +253,7 @@ def _index_rows(rows, target, weight, scale, u, grad, threads):
     root = np.zeros(m)
     rss = np.zeros(m)
     distinct = np.zeros(m, dtype=np.int64)
+    p_logp = np.zeros(m)
     finite = np.ones(m, dtype=np.bool_)
     want_grad = grad.shape[0] == m and m > 0
     workers = max(1, min(m, threads))
@@ -295,14 +296,20 @@ def _index_rows(rows, target, weight, scale, u, grad, threads):
             p[top] = 1.0
             denominator = rest + 1.0
             squares = 0.0
+            largest = 0.0
+            lse_r = lse[r]
             w_r, scale_r = weight[r], scale[r]
             out = grad[r] if want_grad else p
             for k in range(width):
                 p[k] = p[k] / denominator
                 squares += p[k] * p[k]
+                weighted = p[k] * abs(np.float64(x[k]) - high - lse_r)
+                if weighted > largest:  # a -inf logit gives 0 * inf = NaN, which never wins
+                    largest = weighted
                 if want_grad:
                     out[k] = p[k] * w_r * scale_r
             rss[r] = np.sqrt(squares)
+            p_logp[r] = largest
             y = target[r]
             shifted_y = np.float64(x[y]) - high
             nll[r] = lse[r] - shifted_y
@@ -310,7 +317,7 @@ def _index_rows(rows, target, weight, scale, u, grad, threads):
             if want_grad:
                 out[y] = w_r * np.expm1(shifted_y - lse[r]) * scale_r
             root[r], distinct[r] = _row_root(p, u, False, table, r + 1, slots, scaled, forward, filters)
-    return lse, nll, p_target, root, rss, distinct, finite
+    return lse, nll, p_target, root, rss, distinct, p_logp, finite
 
 
 def _variants(function):

@@ -322,6 +322,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
     u_c = _unit_roundoff(call.input.dtype)
     u_t = _unit_roundoff(call.input.dtype, internal=False)
     lse_sigma = np.zeros(M)  # absolute error of log-sum-exp (= relative error of the exp sum)
+    half_backward = gradients and u_t > u_c  # torch's half backward: p = exp(log p rounded to the dtype)
     repetitive = np.zeros(M, dtype=bool)  # rows of few distinct values: their errors add up linearly
     loss_sigma = np.zeros(M)
     grad_target_coefficient = np.zeros(M)  # |d grad_target / d lse| per position
@@ -356,6 +357,8 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                 loss_mag[positions] = unscaled_mag[positions] = np.where(v, wy_abs * (fused.nll + 1), 0)
                 loss_sigma[positions] = np.where(v, wy_abs * lse_sigma[positions], 0)
                 if gradients:
+                    if half_backward:
+                        backward_sigma[positions] = np.where(v, _logp_rounding(fused.scale, wy_abs, u_t, fused.p_logp), 0)
                     fused.grad[~v] = 0
                     if not direct:
                         _write_rows(grad_input, positions, fused.grad)
@@ -371,6 +374,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                 lse_sigma[positions] = u_c * np.hypot(summation_root(p64, u_c, repetitive[positions]),
                                                       root_sum_squares(p64)) / np.sqrt(3.0)
                 abs_logp = np.abs(np.where(np.isfinite(ls.logp), ls.logp, 0.0))
+                p_logp = finite_row_max(p64 * abs_logp) if half_backward else None
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             if call.mode == "index":
                 v = valid[positions]
@@ -431,6 +435,10 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                             backward_sigma[positions] = np.where(v, np.abs(scale) * p64.max(axis=1, initial=0) * u_c
                                                                  * summation_root(upstream_terms, u_c, linear=strided)
                                                                  / np.sqrt(3.0), 0)
+                        if half_backward:
+                            p_coefficient = (1 - eps) * wy_abs + ((eps / C) * w_row.sum() if eps > 0 else 0.0)
+                            backward_sigma[positions] = np.hypot(backward_sigma[positions], np.where(
+                                v, _logp_rounding(scale, p_coefficient, u_t, p_logp), 0))
             else:
                 _, t_rows = next(target_blocks)
                 t = A.convert(t_rows)
@@ -468,6 +476,9 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                         grad_input_scale[positions] = abs_scale * finite_row_max(gmag)
                         backward_sigma[positions] = abs_scale * np.nan_to_num(np.asarray(p, dtype=np.float64)).max(axis=1, initial=0) \
                             * u_c * summation_root(np.asarray(abs_wt, dtype=np.float64), u_c) / np.sqrt(3.0)
+                        if half_backward:
+                            backward_sigma[positions] = np.hypot(backward_sigma[positions], _logp_rounding(
+                                scale, np.asarray(abs_wt, dtype=np.float64).sum(axis=1), u_t, p_logp))
                         w_row = w_abs if w_abs is not None else np.ones(C)
                         tmag = w_row[None, :] * (np.abs(ls.logp) + 1) * factor
                         grad_target_scale[positions] = abs_scale * finite_row_max(tmag)
@@ -511,6 +522,16 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                    grad_target_unscaled if call.mode == "probability" and gradients else None)
 
 
+def _logp_rounding(scale: Any, coefficient: Any, u_t: float, p_logp: np.ndarray) -> np.ndarray:
+    """Per position, sigma of the gradient error torch's half-precision log-softmax backward makes:
+    it recomputes p as exp of the log-probabilities *rounded to the dtype*, so p_c errs by up to
+    u_t |log p_c| relative, times the coefficient of p in the gradient. Where many classes tie
+    at the maximum (|log p| = 10 at 16000 of them) and smoothing makes the gradient a difference
+    of nearly equal terms, that was 4 bfloat16 ulps (measured on torch 2.13)."""
+    return np.abs(np.asarray(scale, dtype=np.float64)) * np.asarray(coefficient, dtype=np.float64) * u_t \
+        * p_logp / math.sqrt(3.0)
+
+
 class _FusedRows(NamedTuple):
     weight: np.ndarray  # w_y per row
     scale: np.ndarray  # upstream gradient per row
@@ -519,6 +540,7 @@ class _FusedRows(NamedTuple):
     root: np.ndarray  # summation_root of the probabilities
     rss: np.ndarray  # their root sum of squares
     distinct: np.ndarray  # distinct probabilities per row
+    p_logp: np.ndarray  # max over classes of p |log p|
     grad: np.ndarray  # gradient rows (empty when not requested)
 
 
@@ -534,13 +556,13 @@ def _fused_index_rows(rows: np.ndarray, target: np.ndarray, weight: np.ndarray, 
     scale = np.ascontiguousarray(scale, dtype=np.float64)
     grad = (out if out is not None else np.empty(rows.shape)) if gradients else np.empty((0, rows.shape[1]))
     index_rows, threads = engine.kernel("index_rows", rows.size)
-    lse, nll, p_target, root, rss, distinct, finite = index_rows(
+    lse, nll, p_target, root, rss, distinct, p_logp, finite = index_rows(
         rows if rows.dtype in (np.float32, np.float64) and rows.flags.c_contiguous else
         np.ascontiguousarray(rows, dtype=np.float64), np.ascontiguousarray(target, dtype=np.int64), weight, scale,
         float(u), grad, threads)
     if not finite.all():
         return None
-    return _FusedRows(weight, scale, nll, p_target, root, rss, distinct, grad)
+    return _FusedRows(weight, scale, nll, p_target, root, rss, distinct, p_logp, grad)
 
 
 def _unit_roundoff(dtype: Any, internal: bool = True) -> float:
