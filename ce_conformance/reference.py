@@ -38,8 +38,8 @@ import numpy as np
 from .dtypes import FLOAT_DTYPES, dtype_name, machine_epsilon
 from . import engine
 from .errors import InvalidInputError, Rule
-from .summation import (finite_row_max, grid_aligned, near_equal, root_sum_squares, subnormal_products,
-                        summation_root)
+from .summation import (finite_row_max, flushed_products, grid_aligned, near_equal, root_sum_squares,
+                        subnormal_products, summation_root)
 
 REDUCTIONS: Final = ("none", "mean", "sum")
 CHUNK_ELEMENTS: Final = 1 << 21
@@ -323,6 +323,8 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
     u_t = _unit_roundoff(call.input.dtype, internal=False)
     lse_sigma = np.zeros(M)  # absolute error of log-sum-exp (= relative error of the exp sum)
     half_backward = gradients and u_t > u_c  # torch's half backward: p = exp(log p rounded to the dtype)
+    flush_bound = np.zeros(M)  # what flushing subnormal partial products to zero may lose, per position
+    compute_name = "float32" if u_c < u_t else dtype_name(call.input.dtype)
     repetitive = np.zeros(M, dtype=bool)  # rows of few distinct values: their errors add up linearly
     loss_sigma = np.zeros(M)
     grad_target_coefficient = np.zeros(M)  # |d grad_target / d lse| per position
@@ -451,7 +453,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                     loss_mag[positions] = (abs_wt * (np.abs(ls.logp) + 1)).sum(axis=1)
                     # torch forms t * logp (and w * logp) elementwise before the weighted sum: such a
                     # product may overflow the dtype although the weighted result does not
-                    partial = np.abs(np.asarray(t, dtype=np.float64))
+                    partial = partial_t = np.abs(np.asarray(t, dtype=np.float64))
                     if w_abs is not None:
                         partial = np.maximum(partial, w_abs[None, :])
                     unscaled_mag[positions] = np.maximum(loss_mag[positions],
@@ -462,6 +464,9 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                     loss_sigma[positions] = np.hypot(np.hypot(u_c * summation_root(term_abs, u_c, linear=aligned) / np.sqrt(3.0),
                                                               u_t * root_sum_squares(term_abs)),
                                                      np.asarray(abs_wt, dtype=np.float64).sum(axis=1) * lse_sigma[positions])
+                    if w_abs is not None:  # t * w * log p: with subnormals flushed, tiny products vanish
+                        flush_bound[positions] = flushed_products(
+                            (np.broadcast_to(w_abs[None, :], rows.shape), partial_t, abs_logp), compute_name)
                 if gradients:
                     scale = upstream[positions]
                     p = ls.p
@@ -516,7 +521,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
             intermediate = None
     sigmas = _reduced_sigmas(call, A, eps, C, u_c, u_t, main_terms, smooth_terms, loss, wy_all if call.mode == "index" else None,
                              denominator, lse_sigma, loss_sigma, grad_input_scale, grad_target_coefficient,
-                             grad_target_underflow,
+                             grad_target_underflow, flush_bound,
                              grad_target_scale, repetitive, backward_sigma) if want_scale else None
     return _Output(loss, loss_scale, intermediate, grad_input, grad_input_scale, grad_target, grad_target_scale, sigmas,
                    grad_target_unscaled if call.mode == "probability" and gradients else None)
@@ -586,7 +591,7 @@ class Sigmas(NamedTuple):
 def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: float, main_terms: np.ndarray,
                     smooth_terms: np.ndarray, loss: Any, wy: np.ndarray | None, denominator: Any,
                     lse_sigma: np.ndarray, loss_sigma: np.ndarray, grad_input_scale: np.ndarray | None,
-                    grad_target_coefficient: np.ndarray, grad_target_underflow: np.ndarray,
+                    grad_target_coefficient: np.ndarray, grad_target_underflow: np.ndarray, flush_bound: np.ndarray,
                     grad_target_scale: np.ndarray | None, repetitive: np.ndarray, backward_sigma: np.ndarray) -> Sigmas:
     """Propagate the per-position error scales through the reduction over positions.
 
@@ -599,7 +604,8 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
     relative_denominator = 0.0
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         if call.reduction == "none":
-            loss_out = loss_sigma.reshape(call.output_shape)
+            # a one-sided bound B (flushed products) enters as a uniform error's sigma, B / sqrt 3
+            loss_out = np.hypot(loss_sigma, flush_bound / math.sqrt(3)).reshape(call.output_shape)
         else:
             parts = [np.abs(np.asarray(main_terms, dtype=np.float64)) * (1 - eps)]
             if eps > 0:
@@ -610,7 +616,8 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
                                                     for part in parts]))
             rows_sigma = np.hypot(root_sum_squares(np.where(repetitive, 0.0, loss_sigma)[None, :])[0],
                                   float(np.sum(np.where(repetitive, loss_sigma, 0.0))))
-            total_sigma = float(np.hypot(rows_sigma, u_r * reduction_root / math.sqrt(3)))
+            total_sigma = float(np.hypot(np.hypot(rows_sigma, u_r * reduction_root / math.sqrt(3)),
+                                         float(flush_bound.sum()) / math.sqrt(3)))  # flushes all go toward zero
             if call.reduction == "mean":
                 d = abs(float(denominator)) if denominator is not None else 0.0
                 weights = None if wy is None else np.abs(np.asarray(wy, dtype=np.float64))

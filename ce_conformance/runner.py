@@ -238,6 +238,7 @@ class FuzzRun:
         stages["reference"] += clock() - start
         compared = []
         outcomes: dict[str, tuple[Adapter, Outcome]] = {}
+        paired = {name for pair in self.pairs for name in pair} if record else set()
         for adapter in adapters or self.adapters:
             missing = adapter.capabilities.missing(case)
             quarantined = self.quarantine.blocks(adapter.name, traits) if guarded and not missing else None
@@ -249,7 +250,8 @@ class FuzzRun:
                 continue
             start = clock()
             outcome = self.executor.run(adapter, case)
-            outcomes[adapter.name] = (adapter, outcome)
+            if paired and adapter.name in paired:  # kept for the pairwise comparison only: at vocabulary
+                outcomes[adapter.name] = (adapter, outcome)  # scale each outcome holds a gigabyte
             if guarded:
                 self.quarantine.observe(adapter.name, outcome.status, traits)
             stages[f"adapter:{adapter.name}"] += clock() - start

@@ -115,26 +115,52 @@ def _summation_root_numpy(magnitudes: np.ndarray, u: float, repetitive: np.ndarr
     return (root + lost) * top[..., 0]
 
 
+def _underflow_remainders(factors: tuple[np.ndarray, np.ndarray, np.ndarray], normal: float) -> np.ndarray:
+    """Per element of a product ``a * b * c``: the largest factor that can multiply a first
+    partial product (of the other two) lying below ``normal``; 0 where none can. Non-finite
+    factors count as zero."""
+    a, b, c = (np.nan_to_num(np.abs(np.asarray(f, dtype=np.float64)), nan=0.0, posinf=0.0) for f in factors)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.maximum.reduce([np.where(a * b < normal, c, 0.0), np.where(b * c < normal, a, 0.0),
+                                  np.where(a * c < normal, b, 0.0)])
+
+
 def subnormal_products(factors: tuple[np.ndarray, np.ndarray, np.ndarray], dtype: str) -> np.ndarray:
     """Per row, the largest absolute error a three-factor product ``a * b * c`` (per element) can
     pick up when, in the order a kernel chooses, its first partial product falls below the dtype's
     normal range: that product loses up to half a subnormal step, which the remaining factor then
     scales. In float16 ``w * g / N`` is easily subnormal (2e-6: steps of 6e-8, 3 % of it) and a
-    log-probability of -36 multiplies the loss. Non-finite factors count as zero.
+    log-probability of -36 multiplies the loss.
 
     >>> float(subnormal_products((np.array([[1e-3]]), np.array([[36.0]]), np.array([[1e-3]])), "float16")[0])
     1.0728836059570312e-06
     """
     from .dtypes import smallest_normal, smallest_subnormal
 
-    a, b, c = (np.nan_to_num(np.abs(np.asarray(f, dtype=np.float64)), nan=0.0, posinf=0.0) for f in factors)
-    normal = smallest_normal(dtype)
-    with np.errstate(over="ignore", invalid="ignore"):
-        worst = np.maximum.reduce([np.where(a * b < normal, c, 0.0), np.where(b * c < normal, a, 0.0),
-                                   np.where(a * c < normal, b, 0.0)])
-    if worst.ndim == 0 or worst.shape[-1] == 0:
-        return np.zeros(worst.shape[:-1])
-    return 0.5 * smallest_subnormal(dtype) * worst.max(axis=-1)
+    remainders = _underflow_remainders(factors, smallest_normal(dtype))
+    if remainders.ndim == 0 or remainders.shape[-1] == 0:
+        return np.zeros(remainders.shape[:-1])
+    return 0.5 * smallest_subnormal(dtype) * remainders.max(axis=-1)
+
+
+def flushed_products(factors: tuple[np.ndarray, np.ndarray, np.ndarray], compute_dtype: str) -> np.ndarray:
+    """Per row, how much a sum of three-factor products ``sum_k a_k * b_k * c_k`` can lose in a
+    kernel that flushes subnormals to zero in ``compute_dtype`` (XLA on CPU, fast-math GPU
+    builds: correct arithmetic): a first partial product below the normal range becomes 0,
+    losing less than the smallest normal times the remaining factor; all such losses go toward
+    zero, so they add up. Tiny weights times small probabilities times log p: a JAX loss of
+    6e-307 came back as 0.
+
+    >>> float(flushed_products((np.array([[1e-310, 1.0]]), np.array([[0.5, 0.5]]), np.array([[3.0, 3.0]])), "float64")[0])
+    6.675221575521604e-308
+    """
+    from .dtypes import smallest_normal
+
+    normal = smallest_normal(compute_dtype)
+    remainders = _underflow_remainders(factors, normal)
+    if remainders.ndim == 0 or remainders.shape[-1] == 0:
+        return np.zeros(remainders.shape[:-1])
+    return normal * remainders.sum(axis=-1)
 
 
 def root_sum_squares(magnitudes: np.ndarray) -> np.ndarray:

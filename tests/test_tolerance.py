@@ -148,3 +148,28 @@ def test_half_backward_recomputing_p_from_rounded_log_probabilities_is_budgeted(
     comparison = compare(case, adapter.run(case), reference.evaluate(case), adapter.capabilities)
     assert comparison.passed, [v.message for v in comparison.verdicts]
     assert comparison.max_ratio["grad_input"] < 0.5
+
+
+def _flushed_loss(case):
+    """The loss a kernel computes when it flushes subnormal products t * w to zero (XLA on CPU)."""
+    from ce_conformance.dtypes import smallest_normal
+
+    x = case.input.astype(np.float64)
+    logp = x - x.max() - np.log(np.exp(x - x.max()).sum())
+    products = case.target * case.weight
+    products = np.where(np.abs(products) < smallest_normal("float32"), 0.0, products)
+    return float(-(products * logp).sum())
+
+
+def test_flushing_subnormal_products_to_zero_is_correct_arithmetic(monkeypatch):
+    from ce_conformance.adapters.base import Capabilities, Outcome
+    from ce_conformance.compare import compare
+    from pathlib import Path
+
+    case = Case.load(Path(__file__).parent.parent / "cases" / "curated" / "tiny_weights_probabilities_fp32.json")
+    flushed = _flushed_loss(case)
+    outcome = Outcome(loss=np.array(flushed), loss_dtype="float32", loss_shape=())
+    capabilities = Capabilities(gradients=False)
+    assert compare(case, outcome, reference.evaluate(case), capabilities).passed
+    monkeypatch.setattr(reference, "flushed_products", lambda factors, dtype: np.zeros(np.shape(factors[1])[:-1]))
+    assert not compare(case, outcome, reference.evaluate(case), capabilities).passed  # the term is what admits it
