@@ -4,7 +4,8 @@ Each case pins one corner of the semantics that random generation reaches only r
 vocabulary-scale bf16 row where low-precision accumulation shows, huge common offsets,
 all-ignored batches, in-range ignore_index with smoothing and weights, -inf logits, partial
 blocks (C = 129, 4097), non-contiguous views, per-element upstream gradients, unbatched and
-K-dim outputs, and one deliberately invalid call per commonly mishandled rule.
+K-dim outputs, one deliberately invalid call per commonly mishandled rule, and subnormal
+products of tiny weights (flush-to-zero kernels).
 Run: ``python scripts/make_curated_cases.py``.
 """
 
@@ -75,6 +76,12 @@ def main() -> None:
                                                         label_smoothing=1.5,
                                                         expected_error=Rule.LABEL_SMOOTHING_RANGE),
     }
+    tiny = np.random.default_rng(7)  # its own generator: the cases above keep their values
+    cases["tiny_weights_probabilities_fp32"] = Case.cross_entropy(
+        tiny.standard_normal(255) * 10, tiny.uniform(0, 2, 255), dtype="float32",
+        weight=tiny.uniform(1.18e-38, 2.35e-38, 255),
+        note="probability targets with weights at float32's smallest normal: t * w is subnormal, and a kernel "
+             "that flushes subnormals (XLA on CPU) loses those products; correct arithmetic, within the budget")
     OUT.mkdir(parents=True, exist_ok=True)
     for old in OUT.glob("*.json"):
         old.unlink()
