@@ -12,7 +12,6 @@ import collections
 import json
 import math
 import platform
-import signal
 import time
 
 import numpy as np
@@ -27,6 +26,7 @@ from . import engine, phases, reference
 from ._version import __version__
 from .budget import NIGHTLY_SHARES, CellBudget
 from .case import Case
+from .control import Interrupted, OutOfTime, interrupt_guard
 from .compare import Comparison, compare, compare_pair
 from .errors import ConfigurationError, InvalidInputError
 from .findings import Recorder, case_columns, finalize
@@ -38,20 +38,6 @@ GUARDED_PHASES = ("curated", "covering", "explore")
 """Phases that choose cases, and so skip quarantined ones; shrinking must reproduce instead."""
 
 DEFAULT_CURATED_DIR = Path(__file__).resolve().parent.parent / "cases" / "curated"
-
-
-class Interrupted(BaseException):
-    """SIGINT/SIGTERM during a run: tables are still written for what was done. A BaseException,
-    so that Hypothesis does not take it for a failing example and shrink it."""
-
-    def __init__(self, signal_name: str):
-        super().__init__(signal_name)
-        self.signal_name = signal_name
-
-
-class OutOfTime(BaseException):
-    """``--max-time`` reached: the run stops choosing cases and writes its tables. A BaseException
-    for the same reason as :class:`Interrupted`."""
 
 
 class Executor:
@@ -119,28 +105,6 @@ class RunSummary:
     @property
     def conformant(self) -> bool:
         return self.findings == 0
-
-
-@contextmanager
-def _interrupt_guard() -> Iterator[list[bool]]:
-    """Turn SIGINT/SIGTERM into :class:`Interrupted` at a safe point, restoring handlers after."""
-    flag = [False]
-    previous: dict[int, Any] = {}
-
-    def handler(signum, frame):  # noqa: ARG001
-        flag[0] = True
-        raise Interrupted(signal.Signals(signum).name)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
-            previous[signum] = signal.signal(signum, handler)
-        except ValueError:  # not in the main thread: no signal handling
-            pass
-    try:
-        yield flag
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
 
 
 def oracle_adapter(oracle: str) -> Adapter | None:
@@ -303,7 +267,7 @@ class FuzzRun:
         out_of_time = False
         probe_state: dict[str, Any] = {}
         try:
-            with _interrupt_guard(), self._progress_bar() as advance:
+            with interrupt_guard(), self._progress_bar() as advance:
                 self._progress = advance
                 try:
                     for case, path in self._curated_cases():
