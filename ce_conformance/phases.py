@@ -6,7 +6,8 @@
    the first rows are the fp32/bf16 vocabulary-scale configurations of LLM training.
 3. **explore** — Hypothesis draws cases with the profile's settings and seed, steered with
    ``hypothesis.target`` toward the worst error-to-budget ratio; the probe never raises, so
-   one bug does not stop the search for others.
+   one bug does not stop the search for others. A draw whose scale cell is over its share of
+   judging time (:mod:`ce_conformance.budget`, ``--cell-share``) is deferred, recorded as skipped.
 4. **shrink** — for each distinct (adapter, check) failure, Hypothesis runs again with only
    that adapter, raising when the failure reappears, and shrinks it. It starts from the very
    draw that exposed the failure during exploration (its choice sequence is replayed from an
