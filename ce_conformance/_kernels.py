@@ -19,7 +19,7 @@ _GOLDEN: np.uint64 = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing of the t
 
 
 @njit(cache=True, nogil=True)
-def _row_root(values, u, linear, table, stamp, slots, scaled, forward, filters):
+def _row_root(values, u, linear, stamp, workspace):
     """One row of ``summation_root``: scale by the row max, sequential partial sums in both
     orders, terms lost below u * partial sum, equal terms grouped.
 
@@ -27,7 +27,9 @@ def _row_root(values, u, linear, table, stamp, slots, scaled, forward, filters):
     term), the hash buckets hit more than once; a term alone in its bucket is a group of its
     own. Only the others (a few percent, true repeats and bucket collisions) go through an
     exact open-addressing table, whose slot is four words (key bits, stamp, forward sum,
-    backward sum) and whose stamp marks the slots this row uses, so it is never cleared."""
+    backward sum) and whose stamp marks the slots this row uses, so it is never cleared.
+    ``workspace`` is the calling worker's :func:`_workspace`."""
+    table, filters, slots, scaled, forward = workspace
     width = values.shape[0]
     top = 0.0
     for k in range(width):
@@ -117,21 +119,18 @@ def _log2(power):
 
 
 @njit(cache=True, nogil=True)
-def _table(width):
-    """A zeroed hash table for rows of ``width`` terms: at most half full."""
+def _workspace(width):
+    """One worker's buffers for :func:`_row_root` on rows of ``width`` terms: the hash table
+    (at most half full, zeroed), two bit filters of at least 16 bits per term (zeroed, as uint64
+    words), the slots used, and the scaled terms with their forward partial sums."""
     size = 2
     while size < 2 * width:
         size *= 2
-    return np.zeros(4 * size)
-
-
-@njit(cache=True, nogil=True)
-def _filters(width):
-    """Two zeroed bit filters of at least 16 bits per term (64 at least), as uint64 words."""
     words = 1
     while words * 64 < 16 * width:
         words *= 2
-    return np.zeros(2 * words, dtype=np.uint64)
+    return (np.zeros(4 * size), np.zeros(2 * words, dtype=np.uint64), np.empty(width, dtype=np.int64),
+            np.empty(width), np.empty(width))
 
 
 def _summation_roots(values, u, linear, threads):
@@ -143,13 +142,9 @@ def _summation_roots(values, u, linear, threads):
     workers = max(1, min(rows, threads))
     per = (rows + workers - 1) // workers
     for worker in prange(workers):
-        table = _table(width)
-        filters = _filters(width)
-        slots = np.empty(width, dtype=np.int64)
-        scaled = np.empty(width)
-        forward = np.empty(width)
+        workspace = _workspace(width)
         for r in range(worker * per, min(rows, (worker + 1) * per)):
-            roots[r], distinct[r] = _row_root(values[r], u, linear[r], table, r + 1, slots, scaled, forward, filters)
+            roots[r], distinct[r] = _row_root(values[r], u, linear[r], r + 1, workspace)
     return roots, distinct
 
 
@@ -259,11 +254,7 @@ def _index_rows(rows, target, weight, scale, u, grad, threads):
     workers = max(1, min(m, threads))
     per = (m + workers - 1) // workers
     for worker in prange(workers):
-        table = _table(width)
-        filters = _filters(width)
-        slots = np.empty(width, dtype=np.int64)
-        scaled = np.empty(width)
-        forward = np.empty(width)
+        workspace = _workspace(width)
         p = np.empty(width)
         for r in range(worker * per, min(m, (worker + 1) * per)):
             x = rows[r]  # float32 (holding float32 or half values exactly) or float64
@@ -316,7 +307,7 @@ def _index_rows(rows, target, weight, scale, u, grad, threads):
             p_target[r] = p[y]
             if want_grad:
                 out[y] = w_r * np.expm1(shifted_y - lse[r]) * scale_r
-            root[r], distinct[r] = _row_root(p, u, False, table, r + 1, slots, scaled, forward, filters)
+            root[r], distinct[r] = _row_root(p, u, False, r + 1, workspace)
     return lse, nll, p_target, root, rss, distinct, p_logp, finite
 
 
