@@ -78,6 +78,16 @@ def mantissa_bits(name: str) -> int:
     return _MANTISSA_BITS[name]
 
 
+def compute_dtype(name: str) -> str:
+    """The precision a faithful kernel computes a dtype's loss in: float32 for the half dtypes
+    (torch's CPU and CUDA kernels accumulate them in float32), the dtype itself otherwise.
+
+    >>> compute_dtype("bfloat16"), compute_dtype("float64")
+    ('float32', 'float64')
+    """
+    return "float32" if name in ("float16", "bfloat16") else name
+
+
 def machine_epsilon(name: str) -> float:
     """Distance from 1.0 to the next larger value of the dtype."""
     return math.ldexp(1.0, -_MANTISSA_BITS[name])

@@ -35,7 +35,7 @@ from typing import Any, Final, NamedTuple
 import mpmath
 import numpy as np
 
-from .dtypes import FLOAT_DTYPES, dtype_name, machine_epsilon
+from .dtypes import FLOAT_DTYPES, compute_dtype, dtype_name, machine_epsilon
 from . import engine
 from .errors import InvalidInputError, Rule
 from .summation import (finite_row_max, flushed_products, grid_aligned, near_equal, root_sum_squares,
@@ -324,7 +324,6 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
     lse_sigma = np.zeros(M)  # absolute error of log-sum-exp (= relative error of the exp sum)
     half_backward = gradients and u_t > u_c  # torch's half backward: p = exp(log p rounded to the dtype)
     flush_bound = np.zeros(M)  # what flushing subnormal partial products to zero may lose, per position
-    compute_name = "float32" if u_c < u_t else dtype_name(call.input.dtype)
     repetitive = np.zeros(M, dtype=bool)  # rows of few distinct values: their errors add up linearly
     loss_sigma = np.zeros(M)
     grad_target_coefficient = np.zeros(M)  # |d grad_target / d lse| per position
@@ -466,7 +465,8 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                                                      np.asarray(abs_wt, dtype=np.float64).sum(axis=1) * lse_sigma[positions])
                     if w_abs is not None:  # t * w * log p: with subnormals flushed, tiny products vanish
                         flush_bound[positions] = flushed_products(
-                            (np.broadcast_to(w_abs[None, :], rows.shape), partial_t, abs_logp), compute_name)
+                            (np.broadcast_to(w_abs[None, :], rows.shape), partial_t, abs_logp),
+                            compute_dtype(dtype_name(call.input.dtype)))
                 if gradients:
                     scale = upstream[positions]
                     p = ls.p
@@ -574,9 +574,7 @@ def _unit_roundoff(dtype: Any, internal: bool = True) -> float:
     """u = eps / 2 of the precision a faithful kernel computes in: float32 for half dtypes
     (torch computes their log-softmax in float32) unless ``internal`` is False."""
     name = dtype_name(np.dtype(dtype))
-    if internal and name in ("float16", "bfloat16"):
-        name = "float32"
-    return machine_epsilon(name) / 2
+    return machine_epsilon(compute_dtype(name) if internal else name) / 2
 
 
 class Sigmas(NamedTuple):

@@ -41,7 +41,7 @@ from typing import Final, NamedTuple
 import numpy as np
 
 from . import engine
-from .dtypes import max_finite, spacing_table, smallest_normal, smallest_subnormal, ulp
+from .dtypes import compute_dtype, max_finite, spacing_table, smallest_normal, smallest_subnormal, ulp
 
 
 @dataclass(frozen=True)
@@ -93,8 +93,7 @@ def underflow_floor(dtype: str, n_classes: int) -> float:
     subnormal range (float16: 6e-8), each term losing up to one subnormal step; and a kernel that
     flushes subnormals to zero in its compute precision (XLA on CPU, fast-math GPU builds) loses
     up to one smallest normal per term (float32: 1.2e-38, invisible at any normal magnitude)."""
-    compute = "float32" if dtype in ("float16", "bfloat16") else dtype
-    return n_classes * max(smallest_subnormal(dtype), smallest_normal(compute))
+    return n_classes * max(smallest_subnormal(dtype), smallest_normal(compute_dtype(dtype)))
 
 
 def expected_overflows(expected: np.ndarray, dtype: str) -> np.ndarray:
