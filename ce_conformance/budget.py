@@ -35,8 +35,17 @@ DEFER_REASON: Final = "cell budget"
 
 def scale_cell(case: Case) -> str:
     """The scale cell of a case, valid or not (an invalid case still costs its size)."""
-    x = case.input
-    n_classes = x.shape[0 if x.ndim == 1 else 1] if x.ndim else 1
+    return scale_of_shape(case.input.shape)
+
+
+def scale_of_shape(shape: tuple[int, ...]) -> str:
+    """The scale cell of an input shape: its class axis is the first of (C) and the second of
+    (N, C, ...).
+
+    >>> scale_of_shape((4, 128256)), scale_of_shape((300,))
+    ('vocab', 'medium')
+    """
+    n_classes = shape[1] if len(shape) >= 2 else shape[0] if shape else 1
     return class_bucket(int(n_classes))
 
 

@@ -2,7 +2,8 @@
 
 At vocabulary scale (C = 128256) judging a case took 30-50x the native call in vectorised
 float64 NumPy: about twenty passes over the logits where torch makes three. The hot loops (the
-summation error model, the comparison of gradients) therefore have numba kernels
+summation error model, the reference's index-target rows, the comparison of large arrays)
+therefore have numba kernels
 (:mod:`ce_conformance._kernels`) that make one pass per row and spread rows over threads. Each
 kernel has a NumPy twin that is its readable specification, the engine where numba is missing,
 and what the tests check the kernel against.
@@ -65,7 +66,7 @@ def available() -> bool:
 
 def name() -> str:
     """'numba' or 'numpy': the engine in use."""
-    return "numpy" if kernels() is None else "numba"
+    return "numba" if available() else "numpy"
 
 
 def threads() -> int:

@@ -197,17 +197,15 @@ def cell_mix(results: pd.DataFrame) -> pd.DataFrame:
     >>> cell_mix(rows)["cases"].to_dict()
     {'tiny': 1, 'small': 0, 'medium': 0, 'vocab': 1}
     """
-    from .budget import DEFER_REASON, SCALE_CELLS
-    from .covering import class_bucket
+    from .budget import DEFER_REASON, SCALE_CELLS, scale_of_shape
 
     if results.empty or "shape" not in results:  # runs recorded before the column existed
         return pd.DataFrame()
 
-    def bucket(shape: str) -> str:
-        dims = [int(d) for d in str(shape).split("x") if d.isdigit()]
-        return class_bucket(dims[1] if len(dims) >= 2 else dims[0] if dims else 1)
+    def scale(shape: str) -> str:  # the shape column spells (4, 128256) as "4x128256"
+        return scale_of_shape(tuple(int(d) for d in str(shape).split("x") if d.isdigit()))
 
-    frame = results.assign(scale=results["shape"].map(bucket))
+    frame = results.assign(scale=results["shape"].map(scale))
     ran = frame[frame["status"] != "skipped"]
     deferred = frame[frame["skip_reason"].fillna("").str.startswith(DEFER_REASON)]
     seconds = ran.groupby("scale")["seconds"].sum()
