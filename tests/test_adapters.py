@@ -189,3 +189,23 @@ def test_torch_compile_adapter_matches_eager(torch, monkeypatch):
                               label_smoothing=0.1, reduction="none", grad_output=[1.0, -2.0])
     _assert_conforms(compiled, case)
     assert compiled.compilations >= 1 and compiled.compile_seconds > 0
+
+
+def test_jax_port_keeps_label_smoothing_exact_in_half_dtypes():
+    # the port once passed its scalars (smoothing, class count) in the input dtype: bfloat16 made
+    # smoothing 0.9668 into 0.96875, so (1 - eps) was 6 % off; with uniform logits and an unlikely
+    # target that is 4 bf16 ulps on the target's gradient
+    pytest.importorskip("jax")
+    x = np.zeros(64)
+    x[54] = -8.0
+    _assert_conforms(JAX, Case.cross_entropy(x, np.array(54), dtype="bfloat16", label_smoothing=0.966796875))
+
+
+def test_jax_port_sum_with_zero_total_weight_has_zero_gradient():
+    # the port differentiates its mean too: 0 * d(total / 0) once made this gradient NaN
+    pytest.importorskip("jax")
+    case = Case.cross_entropy(np.array([[2.0, 1.0]]), np.array([1]), weight=np.array([0.0, 0.0]), dtype="float32",
+                              reduction="sum")
+    outcome = JAX.run(case)
+    assert np.array_equal(outcome.grad_input, np.zeros((1, 2)))
+    _assert_conforms(JAX, case)
