@@ -209,3 +209,15 @@ def test_jax_port_sum_with_zero_total_weight_has_zero_gradient():
     outcome = JAX.run(case)
     assert np.array_equal(outcome.grad_input, np.zeros((1, 2)))
     _assert_conforms(JAX, case)
+
+
+@pytest.mark.parametrize("dtype, held", [("float32", np.float32), ("bfloat16", np.float32), ("float16", np.float32),
+                                         ("float64", np.float64)])
+def test_torch_outcomes_hold_values_exactly_in_float32_or_float64(torch, dtype, held):
+    case = Case.cross_entropy(np.random.default_rng(0).standard_normal((3, 5)), np.array([0, 4, 2]), dtype=dtype,
+                              reduction="none")
+    outcome = adapters.load_adapter("torch").run(case)
+    assert outcome.grad_input.dtype == held and outcome.loss.dtype == held
+    x = torch.tensor(case.input, dtype=getattr(torch, dtype), requires_grad=True)
+    torch.nn.functional.cross_entropy(x, torch.tensor(case.target), reduction="none").sum().backward()
+    assert np.array_equal(outcome.grad_input, x.grad.to(torch.float64).numpy())  # exact, no rounding
