@@ -38,7 +38,7 @@ import numpy as np
 from .dtypes import FLOAT_DTYPES, compute_dtype, dtype_name, machine_epsilon
 from . import engine
 from .errors import InvalidInputError, Rule
-from .summation import (finite_row_max, flushed_products, grid_aligned, near_equal, root_sum_squares,
+from .summation import (finite_row_max, flushed_pairs, flushed_products, grid_aligned, near_equal, root_sum_squares,
                         subnormal_products, summation_root)
 
 REDUCTIONS: Final = ("none", "mean", "sum")
@@ -324,6 +324,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
     lse_sigma = np.zeros(M)  # absolute error of log-sum-exp (= relative error of the exp sum)
     half_backward = gradients and u_t > u_c  # torch's half backward: p = exp(log p rounded to the dtype)
     flush_bound = np.zeros(M)  # what flushing subnormal partial products to zero may lose, per position
+    compute = compute_dtype(dtype_name(call.input.dtype))
     repetitive = np.zeros(M, dtype=bool)  # rows of few distinct values: their errors add up linearly
     loss_sigma = np.zeros(M)
     grad_target_coefficient = np.zeros(M)  # |d grad_target / d lse| per position
@@ -357,6 +358,8 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                 main_terms[positions] = np.where(v, fused.weight * fused.nll, 0)
                 loss_mag[positions] = unscaled_mag[positions] = np.where(v, wy_abs * (fused.nll + 1), 0)
                 loss_sigma[positions] = np.where(v, wy_abs * lse_sigma[positions], 0)
+                if call.weight is not None:  # w_y * nll: with subnormals flushed, a tiny product vanishes
+                    flush_bound[positions] = np.where(v, flushed_pairs(wy_abs, fused.nll, compute), 0)
                 if gradients:
                     if half_backward:
                         backward_sigma[positions] = np.where(v, _logp_rounding(fused.scale, wy_abs, u_t, fused.p_logp), 0)
@@ -383,6 +386,11 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                 wy = wy_all[positions]
                 nll = ls.lse - ls.shifted[r, yb]
                 main_terms[positions] = np.where(v, wy * nll, 0)
+                if want_scale and call.weight is not None:  # flushed tiny products (see the probability path)
+                    flushed = (1 - eps) * flushed_pairs(np.asarray(wy, dtype=np.float64), nll, compute)
+                    if eps > 0:
+                        flushed = flushed + (eps / C) * flushed_pairs(w_abs[None, :], np.abs(ls.logp), compute).sum(axis=1)
+                    flush_bound[positions] = np.where(v, flushed, 0)
                 if eps > 0:
                     weighted_logp = ls.logp * w if w is not None else ls.logp
                     smooth_terms[positions] = np.where(v, -weighted_logp.sum(axis=1), 0)
@@ -465,8 +473,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                                                      np.asarray(abs_wt, dtype=np.float64).sum(axis=1) * lse_sigma[positions])
                     if w_abs is not None:  # t * w * log p: with subnormals flushed, tiny products vanish
                         flush_bound[positions] = flushed_products(
-                            (np.broadcast_to(w_abs[None, :], rows.shape), partial_t, abs_logp),
-                            compute_dtype(dtype_name(call.input.dtype)))
+                            (np.broadcast_to(w_abs[None, :], rows.shape), partial_t, abs_logp), compute)
                 if gradients:
                     scale = upstream[positions]
                     p = ls.p

@@ -163,6 +163,25 @@ def flushed_products(factors: tuple[np.ndarray, np.ndarray, np.ndarray], compute
     return normal * remainders.sum(axis=-1)
 
 
+def flushed_pairs(a: np.ndarray, b: np.ndarray, compute_dtype: str) -> np.ndarray:
+    """Elementwise, what a product ``a * b`` can lose in a kernel that flushes subnormals to zero
+    in ``compute_dtype``: a factor below the normal range vanishes with the product (less than
+    the smallest normal times the other factor), a product below it vanishes (less than the
+    smallest normal). A weight of 1.5e-38 times an NLL of 0.69 is subnormal in float32: flushed,
+    a 'mean' loss of log 2 comes back as 0 / 1.5e-38 = 0.
+
+    >>> float(flushed_pairs(np.array([1.5e-38]), np.array([0.69]), "float32")[0]) > 0
+    True
+    """
+    from .dtypes import smallest_normal
+
+    normal = smallest_normal(compute_dtype)
+    a, b = (np.nan_to_num(np.abs(np.asarray(f, dtype=np.float64)), nan=0.0, posinf=0.0) for f in (a, b))
+    with np.errstate(over="ignore", invalid="ignore"):
+        return normal * np.maximum.reduce([np.where(a * b < normal, 1.0, 0.0), np.where(a < normal, b, 0.0),
+                                           np.where(b < normal, a, 0.0)])
+
+
 def root_sum_squares(magnitudes: np.ndarray) -> np.ndarray:
     """Per row, sqrt(sum_k t_k**2) without overflow: independent roundings of each term."""
     finite = np.where(np.isfinite(magnitudes), magnitudes, 0.0)

@@ -173,3 +173,18 @@ def test_flushing_subnormal_products_to_zero_is_correct_arithmetic(monkeypatch):
     assert compare(case, outcome, reference.evaluate(case), capabilities).passed
     monkeypatch.setattr(reference, "flushed_products", lambda factors, dtype: np.zeros(np.shape(factors[1])[:-1]))
     assert not compare(case, outcome, reference.evaluate(case), capabilities).passed  # the term is what admits it
+
+
+def test_flushing_a_tiny_weighted_nll_to_zero_is_correct_arithmetic(monkeypatch):
+    # w_y = 1.5e-38 times nll = log 2 is subnormal in float32: XLA flushes it, and the 'mean'
+    # loss log 2 comes back as 0 / 1.5e-38 = 0 (drawn by Hypothesis against our JAX port)
+    from ce_conformance.adapters.base import Capabilities, Outcome
+    from ce_conformance.compare import compare
+
+    case = Case.cross_entropy(np.zeros((1, 2)), np.array([1]), weight=[1.92423923e-38, 1.49262711e-38],
+                              dtype="float32")
+    outcome = Outcome(loss=np.array(0.0), loss_dtype="float32", loss_shape=())
+    capabilities = Capabilities(gradients=False)
+    assert compare(case, outcome, reference.evaluate(case), capabilities).passed
+    monkeypatch.setattr(reference, "flushed_pairs", lambda a, b, dtype: np.zeros(np.broadcast(a, b).shape))
+    assert not compare(case, outcome, reference.evaluate(case), capabilities).passed
