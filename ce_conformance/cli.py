@@ -27,11 +27,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_CONFIG, f"{self.prog}: error: {message}\n")
 
 
+DEVICE_HELP = ("where --kind torch puts the --impl function's tensors: cpu (default), cuda, cuda:1, ... "
+               "(a fused CUDA/Triton kernel); unavailable: exit 2 with the reason")
+
+
 def _add_run_options(p: argparse.ArgumentParser, *, default_out: str) -> None:
     p.add_argument("--impl", metavar="SPEC", help="implementation under test: module.path:function or "
                    "path/to/file.py:function (a loss class such as torch.nn:CrossEntropyLoss works too)")
     p.add_argument("--kind", choices=("torch", "jax", "numpy"), default="torch",
                    help="what the --impl function takes: torch tensors (default), jax arrays or numpy arrays")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.add_argument("--features", metavar="LIST", default=None,
                    help="features to test --impl on: 'default' (all but legacy args, uint8 targets and "
                         "negative smoothing), 'all', or a comma-separated list; '-name' takes one away "
@@ -111,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--adapters", default=None, help="comma-separated adapters (default: numpy,torch,jax,optax)")
     replay.add_argument("--impl", metavar="SPEC")
     replay.add_argument("--kind", choices=("torch", "jax", "numpy"), default="torch")
+    replay.add_argument("--device", default="cpu", help=DEVICE_HELP)
     replay.add_argument("--features", default="all")
     replay.add_argument("--strict", action="store_true")
     replay.add_argument("--oracle", choices=("reference", "torch"), default="reference",
@@ -151,7 +157,7 @@ def _adapters(args: argparse.Namespace, defaults: tuple[str, ...] = ()) -> list[
     names = getattr(args, "adapters", None)
     chosen = load_adapters(names) if names else load_adapters(list(defaults))
     if args.impl:
-        chosen.append(user_adapter(args.impl, args.kind, features=args.features))
+        chosen.append(user_adapter(args.impl, args.kind, features=args.features, device=args.device))
     if not chosen:
         raise ConfigurationError("nothing to run: name --adapters or --impl")
     return chosen
@@ -239,7 +245,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     if args.junit:
         write_junit(args.junit, name=args.impl, new=result.new, covered=result.covered, seconds=summary.seconds,
                     runs=summary.results, impl_spec=args.impl, impl_kind=args.kind, coverage=coverage,
-                    reported=result.reported, oracle=args.oracle)
+                    reported=result.reported, oracle=args.oracle, devices=summary.devices)
     if summary.interrupted:
         print(f"interrupted ({summary.interrupted}); partial tables in {summary.out_dir}", file=sys.stderr)
         return _interrupt_code(summary.interrupted)

@@ -6,7 +6,7 @@ names the broken feature, and its message holds the minimal case and the replay 
 
 import pytest
 
-from ce_conformance.pytest_plugin import FEATURE_FAMILIES, warn_reported
+from ce_conformance.pytest_plugin import FEATURE_FAMILIES, skip_unavailable, warn_reported
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +20,9 @@ def ce_impl(ce_session):
     if not spec:
         pytest.skip("no implementation given (--ce-impl)")
     baseline = _setting(config, "baseline")
-    return spec, kind, user_adapter(spec, kind, features=_setting(config, "features")), \
-        Baseline.load(baseline) if baseline else None
+    adapter = user_adapter(spec, kind, features=_setting(config, "features"), device=_setting(config, "device"))
+    skip_unavailable(adapter)
+    return spec, kind, adapter, Baseline.load(baseline) if baseline else None
 
 
 @pytest.mark.ce_conformance

@@ -70,6 +70,8 @@ _PATTERNS: tuple[tuple[Rule, re.Pattern[str]], ...] = tuple(
         (Rule.WEIGHT_SHAPE, r"weight tensor should be defined|weight.*(size|shape|classes)"),
         (Rule.TARGET_OUT_OF_BOUNDS, r"out of bounds|out of range.*target|target.*out of range|"
                                     r"device-side assert|index .* is out of bounds|t >= 0 && t < n_classes"),
+        # CUDA names the dispatch of the target's dtype: "nll_loss_forward_reduce_cuda_kernel_1d_index"
+        (Rule.TARGET_DTYPE, r"_index\"? not implemented for"),
         (Rule.INPUT_DTYPE, r"not implemented for '(Long|Int|Short|Char|Byte|Bool)'|"
                            r"input.*(must be|should be|expected).*float"),
         (Rule.TARGET_DTYPE, r"expected target dtype|Expected floating point type for target|"

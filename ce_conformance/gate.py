@@ -71,7 +71,8 @@ class GateResult:
             message = info.get("shrunk_message") or info.get("message", group["message"].iloc[0])
             rows.append((check, len(group), "" if pd.isna(worst) else f"{worst:.3g}", str(message)[:110], case))
             if case:
-                replays.append(replay_command(case, adapter, impl_spec, impl_kind, self.summary.oracle))
+                replays.append(replay_command(case, adapter, impl_spec, impl_kind, self.summary.oracle,
+                                              device=self.summary.devices.get(adapter, "cpu")))
         blocks = [Block.table(pd.DataFrame(rows, columns=["check", "findings", "worst ulp", "message", "minimal case"]))]
         minimal = [r[4] for r in rows if r[4]]
         if minimal:

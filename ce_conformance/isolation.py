@@ -69,8 +69,8 @@ def _build(recipe: tuple[Any, ...]) -> Adapter:
     if kind == "user":
         from ce_conformance.adapters import user_adapter
 
-        _, spec, impl_kind, features, name = recipe
-        return user_adapter(spec, impl_kind, features=features, name=name)
+        _, spec, impl_kind, features, name, *device = recipe
+        return user_adapter(spec, impl_kind, features=features, name=name, device=device[0] if device else "cpu")
     if kind == "pickle":  # produced by recipe_of() in the parent process, never read from a file
         return pickle.loads(recipe[1])
     raise ValueError(f"unknown adapter recipe {kind!r}")
@@ -96,9 +96,9 @@ def _worker_main(conn: Any, recipe: tuple[Any, ...], memory_mb: int | None) -> N
     except BaseException as exc:  # noqa: BLE001 - report anything, the parent decides
         conn.send(("init-error", RaisedError.from_exception(exc, "setup")))
         return
-    if not str(getattr(adapter, "device", "cpu")).startswith("cuda"):
-        # CUDA reserves far more virtual address space than any limit on it could allow
-        # (cudaGetDeviceCount fails under RLIMIT_AS); device memory is bounded by the GPU anyway
+    if str(getattr(adapter, "device", "cpu")) == "cpu":
+        # accelerator runtimes reserve far more virtual address space than any limit on it could
+        # allow (cudaGetDeviceCount fails under RLIMIT_AS); device memory is bounded by the device
         _limit_memory(memory_mb)
     conn.send(("ready", None))
     while True:

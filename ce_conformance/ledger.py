@@ -36,8 +36,10 @@ class FindingLedger:
     """Signatures (adapter, check) -> first case, shrunk case, messages, counts; and the rows."""
 
     def __init__(self, recorder: Recorder, cases_dir: Path, *, impl_spec: str | None = None,
-                 impl_kind: str | None = None, oracle: str = "reference", started: float | None = None):
+                 impl_kind: str | None = None, oracle: str = "reference", started: float | None = None,
+                 devices: dict[str, str] | None = None):
         self.recorder = recorder
+        self.devices = devices or {}
         self.cases_dir = Path(cases_dir)
         self.impl_spec, self.impl_kind, self.oracle = impl_spec, impl_kind, oracle
         self.signatures: dict[tuple[str, str], dict[str, Any]] = {}
@@ -86,7 +88,7 @@ class FindingLedger:
         path = dataclasses.replace(case, note=note).save(self.cases_dir / f"{name}.json")
         write_repro(path.with_suffix(".py"), case, adapter_name=adapter_name, check=verdict.check,
                     message=verdict.message, case_path=path, impl_spec=self.impl_spec, impl_kind=self.impl_kind,
-                    oracle=self.oracle)
+                    oracle=self.oracle, device=self.devices.get(adapter_name, "cpu"))
         return path
 
     def save_shrunk(self, case: Case, adapter_name: str, verdict: Verdict) -> Path:

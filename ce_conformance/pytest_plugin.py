@@ -8,7 +8,7 @@
   holds the shrunk case, the error in ULPs and the replay command.
 
 Options live in their own ``ce-conformance`` group of ``pytest --help``; every option has an
-ini-file twin (``ce_impl``, ``ce_kind``, ``ce_profile``, ``ce_baseline``, ``ce_features``,
+ini-file twin (``ce_impl``, ``ce_kind``, ``ce_device``, ``ce_profile``, ``ce_baseline``, ``ce_features``,
 ``ce_dtypes``, ``ce_checks``, ``ce_seed``, ``ce_max_examples``, ``ce_out``, ``ce_database``). The fixture and the suite are thin
 layers over :func:`conformance.gate.run_gate`; runs are deterministic per seed, so they give the
 same findings under ``pytest -n auto``.
@@ -51,6 +51,8 @@ _OPTIONS = {
     # name: (help, default)
     "impl": ("implementation to test: module.path:function or path/to/file.py:function", None),
     "kind": ("what the implementation takes: torch (default), jax or numpy", "torch"),
+    "device": ("where a torch implementation's tensors live: cpu (default), cuda, cuda:1 ...; tests skip with "
+               "the reason where that device is missing", "cpu"),
     "profile": ("settings profile: dev, ci (default) or nightly", None),
     "baseline": ("known-divergence baseline (TOML path or shipped name) for --ce-impl", None),
     "features": ("features to test: default, all, or a comma-separated list ('-name' takes one away)", None),
@@ -142,22 +144,29 @@ def ce_session(request: pytest.FixtureRequest) -> ConformanceSession:
 
 @pytest.fixture
 def ce_check(ce_session: ConformanceSession, request: pytest.FixtureRequest) -> Callable[..., Any]:
-    """``ce_check(fn, *, kind="torch", features=None, dtypes=None, checks=None, max_examples=None,
-    seed=None, baseline=None)``: fuzz ``fn`` against the reference; fail the test with the shrunk
-    case, the error in ULPs and the replay command when it diverges. Returns the :class:`GateResult`.
+    """``ce_check(fn, *, kind="torch", device=None, features=None, dtypes=None, checks=None,
+    max_examples=None, seed=None, baseline=None)``: fuzz ``fn`` against the reference; fail the
+    test with the shrunk case, the error in ULPs and the replay command when it diverges. Returns
+    the :class:`GateResult`.
 
+    ``device`` puts a torch ``fn``'s tensors on that device (``"cuda"`` for a CUDA/Triton kernel;
+    default ``--ce-device``, else the CPU); the test skips with the reason where it is missing.
     ``features`` restricts the features ``fn`` is tested on ("default", "all", a list, "-name"
     to subtract); ``dtypes`` the dtypes; ``checks`` the check families that fail the test (the
     others are reported in ``result.reported``)."""
     from ce_conformance.adapters import function_adapter
     from .baseline import Baseline
 
-    def check(fn: Callable[..., Any], *, kind: str = "torch", features: str | Sequence[str] | None = None,
-              dtypes: Sequence[str] | str | None = None, checks: Sequence[str] | str | None = None,
-              max_examples: int | None = None, seed: int | None = None, baseline: str | Path | None = None):
+    def check(fn: Callable[..., Any], *, kind: str = "torch", device: str | None = None,
+              features: str | Sequence[str] | None = None, dtypes: Sequence[str] | str | None = None,
+              checks: Sequence[str] | str | None = None, max_examples: int | None = None, seed: int | None = None,
+              baseline: str | Path | None = None):
         spec = _spec_of(fn)
         feature_text = ",".join(features) if isinstance(features, (list, tuple, set, frozenset)) else features
-        adapter = function_adapter(fn, kind, features=feature_text, name=f"impl:{spec or fn.__name__}")
+        device = device or (_setting(request.config, "device") if kind == "torch" else "cpu")
+        adapter = function_adapter(fn, kind, features=feature_text, name=f"impl:{spec or fn.__name__}",
+                                   device=device)
+        skip_unavailable(adapter)
         result = ce_session.run(adapter, name=f"{request.node.name}-{fn.__name__}", dtypes=dtypes,
                                 baseline=Baseline.load(baseline) if baseline else None, impl_spec=spec,
                                 impl_kind=kind, max_examples=max_examples, seed=seed, checks=checks)
@@ -168,6 +177,13 @@ def ce_check(ce_session: ConformanceSession, request: pytest.FixtureRequest) -> 
         return result
 
     return check
+
+
+def skip_unavailable(adapter: Any) -> None:
+    """Skip the test, with the reason, where the adapter cannot run here (no GPU, no torch)."""
+    reason = adapter.availability()
+    if reason:
+        pytest.skip(f"{adapter.name}: {reason}")
 
 
 class ConformanceReported(UserWarning):

@@ -20,16 +20,19 @@ from .errors import InvalidInputError
 
 
 def replay_command(case_path: str | Path, adapter_name: str, impl_spec: str | None = None,
-                   impl_kind: str | None = None, oracle: str = "reference") -> str:
-    """The one-line CLI command that replays a saved case against the same adapter, judged by
-    the same oracle.
+                   impl_kind: str | None = None, oracle: str = "reference", *, device: str = "cpu") -> str:
+    """The one-line CLI command that replays a saved case against the same adapter, on the same
+    device, judged by the same oracle (a built-in adapter's name names its device already).
 
     >>> replay_command("c.json", "torch", oracle="torch")
     'ce-conformance replay c.json --adapters torch --oracle torch'
+    >>> replay_command("c.json", "impl:k.py:ce", "k.py:ce", "torch", device="cuda")
+    'ce-conformance replay c.json --impl k.py:ce --device cuda'
     """
     parts = ["ce-conformance", "replay", str(case_path)]
     if impl_spec:
         parts += ["--impl", impl_spec] + (["--kind", impl_kind] if impl_kind and impl_kind != "torch" else [])
+        parts += ["--device", device] if device != "cpu" else []
     else:
         parts += ["--adapters", adapter_name]
     if oracle != "reference":
@@ -48,9 +51,11 @@ def _storage_dtype(dtype: str) -> str:
 
 
 def write_repro(path: Path, case: Case, *, adapter_name: str, check: str, message: str, case_path: Path,
-                impl_spec: str | None = None, impl_kind: str | None = None, oracle: str = "reference") -> Path:
+                impl_spec: str | None = None, impl_kind: str | None = None, oracle: str = "reference",
+                device: str = "cpu") -> Path:
     """``message`` is the verdict on ``case`` itself (the saved, shrunk case), never another
-    case's: the header must describe what the script reproduces."""
+    case's: the header must describe what the script reproduces. ``device``: where the failing
+    run put the torch tensors (``torch-cuda``, ``--device cuda``); the script does the same."""
     from . import reference
 
     kind = impl_kind or ("jax" if adapter_name in ("jax", "optax") else "torch")
@@ -61,7 +66,7 @@ def write_repro(path: Path, case: Case, *, adapter_name: str, check: str, messag
     lines = [
         f"# ce-conformance repro for Case<{case.id}> — adapter {adapter_name!r}, check {check!r}",
         f"# {message[:300]}",
-        f"# replay: {replay_command(case_path, adapter_name, impl_spec, impl_kind, oracle)}",
+        f"# replay: {replay_command(case_path, adapter_name, impl_spec, impl_kind, oracle, device=device)}",
         "import base64",
         "",
     ]
@@ -70,10 +75,11 @@ def write_repro(path: Path, case: Case, *, adapter_name: str, check: str, messag
                   "def tensor(blob, storage, dtype, shape):",
                   "    return jnp.asarray(np.frombuffer(base64.b64decode(blob), dtype=storage).reshape(shape), dtype=dtype)", ""]
     else:
-        lines += ["import torch", "", "def tensor(blob, storage, dtype, shape):",
+        lines += ["import torch", "", f"DEVICE = {device!r}", "", "def tensor(blob, storage, dtype, shape):",
                   "    flat = torch.frombuffer(bytearray(base64.b64decode(blob)), dtype=getattr(torch, storage))",
-                  "    return flat.reshape(shape).to(getattr(torch, dtype)) if flat.numel() else "
-                  "torch.zeros(shape, dtype=getattr(torch, dtype))", ""]
+                  "    host = flat.reshape(shape).to(getattr(torch, dtype)) if flat.numel() else "
+                  "torch.zeros(shape, dtype=getattr(torch, dtype))",
+                  "    return host.to(DEVICE)", ""]
     for name, tensor in case.tensors.items():
         if name == "grad_output":
             continue
@@ -86,10 +92,10 @@ def write_repro(path: Path, case: Case, *, adapter_name: str, check: str, messag
             lines.append("input = input.permute(*reversed(range(input.dim()))).contiguous()"
                          ".permute(*reversed(range(input.dim())))")
         elif case.memory_layout == "strided":
-            lines.append("wide = torch.zeros(*input.shape[:-1], 2 * input.shape[-1], dtype=input.dtype); "
+            lines.append("wide = torch.zeros(*input.shape[:-1], 2 * input.shape[-1], dtype=input.dtype, device=DEVICE); "
                          "wide[..., ::2] = input; input = wide[..., ::2]")
         else:
-            lines.append("flat = torch.zeros(input.numel() + 3, dtype=input.dtype); flat[3:] = input.reshape(-1); "
+            lines.append("flat = torch.zeros(input.numel() + 3, dtype=input.dtype, device=DEVICE); flat[3:] = input.reshape(-1); "
                          "input = flat[3:].view(input.shape)")
     options = case.call_options()
     weight = "weight" if "weight" in case.tensors else "None"

@@ -101,6 +101,7 @@ class RunSummary:
     oracle: str = "reference"
     out_of_time: bool = False  # stopped at --max-time
     quarantined: list[dict[str, Any]] = field(default_factory=list)
+    devices: dict[str, str] = field(default_factory=dict)  # adapter -> torch device, where not the CPU
 
     @property
     def conformant(self) -> bool:
@@ -131,6 +132,7 @@ class FuzzRun:
         unavailable = {a.name: a.availability() for a in config.adapters if a.availability()}
         self.unavailable = unavailable
         self.adapters = [a for a in config.adapters if a.name not in unavailable]
+        self.devices = {a.name: str(a.device) for a in self.adapters if str(getattr(a, "device", "cpu")) != "cpu"}
         if not self.adapters:
             reasons = "; ".join(f"{k}: {v}" for k, v in unavailable.items())
             raise ConfigurationError(f"no usable adapter ({reasons})")
@@ -259,7 +261,8 @@ class FuzzRun:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.recorder = Recorder(self.out_dir, append=self.append)
         self.ledger = FindingLedger(self.recorder, self.cases_dir, impl_spec=self.config.impl_spec,
-                                    impl_kind=self.config.impl_kind, oracle=self.config.oracle, started=start)
+                                    impl_kind=self.config.impl_kind, oracle=self.config.oracle, started=start,
+                                    devices=self.devices)
         self._write_config()
         if self.config.max_seconds is not None:
             self._deadline = start + self.config.max_seconds
@@ -318,7 +321,7 @@ class FuzzRun:
         return RunSummary(self.out_dir, self.recorder.result_count, self.recorder.finding_count, self.signatures,
                           interrupted, summary, time.perf_counter() - start, compilations,
                           dict(self.stage_seconds), self.examples, self.ledger.first_finding_seconds,
-                          self.config.oracle, out_of_time, quarantined)
+                          self.config.oracle, out_of_time, quarantined, self.devices)
 
     def _write_config(self) -> None:
         versions: dict[str, str] = {"ce-conformance": __version__, "python": platform.python_version()}
@@ -334,6 +337,7 @@ class FuzzRun:
         config = {"seed": self.config.seed, "profile": self.config.profile, "max_examples": self.config.max_examples,
                   "adapters": [a.describe() for a in self.config.adapters], "strict": self.config.strict,
                   "oracle": self.config.oracle, "impl": self.config.impl_spec, "kind": self.config.impl_kind,
+                  "devices": self.devices,
                   "versions": versions, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "engine": engine.name(), "cell_shares": self.cell_budget.shares}
         (self.out_dir / "config.json").write_text(json.dumps(config, indent=1, default=str))

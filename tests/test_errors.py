@@ -20,6 +20,12 @@ TORCH_MESSAGES = [
     ("RuntimeError", "Expected target size [2, 3], got [2, 4]", Rule.TARGET_SHAPE),
     ("ValueError", "For 1D input, 1D target must have size 1, but got target size: 2", Rule.TARGET_SHAPE),
     ("RuntimeError", "CUDA error: device-side assert triggered", Rule.TARGET_OUT_OF_BOUNDS),
+    # CUDA, int32 targets (seen on an H100, torch 2.11): the dispatch name ends in _index
+    ("NotImplementedError", "\"nll_loss_forward_reduce_cuda_kernel_1d_index\" not implemented for 'Int'",
+     Rule.TARGET_DTYPE),
+    ("NotImplementedError", "\"nll_loss2d_forward_out_cuda_template_index\" not implemented for 'Short'",
+     Rule.TARGET_DTYPE),
+    ("NotImplementedError", "\"log_softmax_lastdim_kernel_impl\" not implemented for 'Long'", Rule.INPUT_DTYPE),
 ]
 
 

@@ -105,6 +105,19 @@ def test_overflow_to_inf_is_accepted_when_the_true_value_overflows():
                                   intermediate=np.array([3e5])).any()
 
 
+def test_a_finite_value_passes_where_only_torchs_unscaled_sum_overflowed():
+    """float64 logits near 1e304, 32768 classes, smoothing 1: torch's sum of log p overflows, the
+    exact loss (4.4e304) does not; a kernel that scales first returns it (seen on a Triton kernel)."""
+    expected, overflowed = np.array([np.inf, np.inf]), np.array([np.inf, np.inf])
+    actual = np.array([4.4e304, -4.4e304])
+    assert nonfinite_mismatch(actual, expected, "float64", exact_kind=True,
+                              intermediate=overflowed).tolist() == [False, True]  # the sign still counts
+    # without an overflowed intermediate, a finite value where torch's is infinite is a finding
+    assert nonfinite_mismatch(actual[:1], expected[:1], "float64", exact_kind=True).tolist() == [True]
+    assert nonfinite_mismatch(actual[:1], expected[:1], "float64", exact_kind=True,
+                              intermediate=np.array([1.0])).tolist() == [True]
+
+
 def test_float64_reference_overflow_accepts_the_top_of_the_range():
     assert not nonfinite_mismatch(np.array([max_finite("float64")]), np.array([np.inf]), "float64",
                                   exact_kind=True).any()

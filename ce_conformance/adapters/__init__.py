@@ -15,6 +15,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -174,20 +175,44 @@ def user_capabilities(features: str | None = None) -> Capabilities:
     return Capabilities(features=parse_features(features))
 
 
-def user_adapter(spec: str, kind: str = "torch", *, features: str | None = None, name: str | None = None) -> Adapter:
+def user_adapter(spec: str, kind: str = "torch", *, features: str | None = None, name: str | None = None,
+                 device: str = "cpu") -> Adapter:
     """An adapter around a user function (by SPEC) with the signature of F.cross_entropy."""
     if kind not in KINDS:
         raise ConfigurationError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
-    adapter = function_adapter(resolve_function(spec), kind, features=features, name=name or f"impl:{spec}")
-    adapter.recipe = ("user", spec, kind, features, name or f"impl:{spec}")  # how a worker process rebuilds it
+    check_device(kind, device)
+    adapter = function_adapter(resolve_function(spec), kind, features=features, name=name or f"impl:{spec}",
+                               device=device)
+    adapter.recipe = ("user", spec, kind, features, name or f"impl:{spec}", device)  # how a worker rebuilds it
     return adapter
 
 
+def check_device(kind: str, device: str) -> None:
+    """``--device`` places a torch function's tensors (``cuda``, ``cuda:1``, ``mps``); JAX puts its
+    arrays on its default device (``JAX_PLATFORMS``) and NumPy has only the CPU.
+
+    >>> check_device("torch", "cuda:1")
+    >>> check_device("jax", "cuda")
+    Traceback (most recent call last):
+    ...
+    ce_conformance.errors.ConfigurationError: --device 'cuda' needs --kind torch (JAX uses its default device: set JAX_PLATFORMS)
+    """
+    if device == "cpu":
+        return
+    if kind != "torch":
+        hint = " (JAX uses its default device: set JAX_PLATFORMS)" if kind == "jax" else ""
+        raise ConfigurationError(f"--device {device!r} needs --kind torch{hint}")
+    if not re.fullmatch(r"(cpu|cuda|mps|xpu|hpu|npu)(:\d+)?", device):
+        raise ConfigurationError(f"--device {device!r}: expected a torch device such as cpu, cuda or cuda:1")
+
+
 def function_adapter(fn: Callable[..., Any], kind: str = "torch", *, features: str | None = None,
-                     name: str | None = None) -> Adapter:
-    """An adapter around a function object (``--kind`` semantics as for :func:`user_adapter`)."""
+                     name: str | None = None, device: str = "cpu") -> Adapter:
+    """An adapter around a function object (``--kind`` semantics as for :func:`user_adapter`;
+    ``device`` as for :func:`check_device`)."""
     if kind not in KINDS:
         raise ConfigurationError(f"kind {kind!r}: expected one of {', '.join(KINDS)}")
+    check_device(kind, device)
     if inspect.isclass(fn):
         fn = _module_loss(fn)
     capabilities = user_capabilities(features)
@@ -196,7 +221,9 @@ def function_adapter(fn: Callable[..., Any], kind: str = "torch", *, features: s
     if kind == "torch":
         from .torch_adapter import TorchAdapter
 
-        return TorchAdapter(fn, name=label, capabilities=capabilities, description=f"user function {spec} (torch)")
+        where = "" if device == "cpu" else f" on {device}"
+        return TorchAdapter(fn, name=label, device=device, capabilities=capabilities,
+                            description=f"user function {spec} (torch{where})")
     if kind == "jax":
         from .jax_adapter import JaxFunctionAdapter
 
@@ -208,4 +235,4 @@ def function_adapter(fn: Callable[..., Any], kind: str = "torch", *, features: s
 
 
 __all__ = ["Adapter", "Capabilities", "Outcome", "RaisedError", "BUILTIN", "DEFAULT_ADAPTERS", "load_adapter",
-           "load_adapters", "user_adapter", "function_adapter", "resolve_function", "available_names", "ENTRY_POINT_GROUP"]
+           "load_adapters", "user_adapter", "function_adapter", "check_device", "resolve_function", "available_names", "ENTRY_POINT_GROUP"]

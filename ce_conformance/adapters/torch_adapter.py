@@ -61,12 +61,8 @@ class TorchAdapter(Adapter):
     def availability(self) -> str | None:
         if importlib.util.find_spec("torch") is None:
             return "torch is not installed (pip install 'ce-conformance[torch]')"
-        if self.device.startswith("cuda"):
-            import torch
-
-            if not torch.cuda.is_available():
-                built = "built with CUDA" if torch.version.cuda else "a CPU-only build"
-                return f"CUDA is not available (torch {torch.__version__} is {built}; no GPU visible)"
+        if self.device != "cpu":
+            return _device_unavailable(self.device)
         return None
 
     def versions(self) -> dict[str, str]:
@@ -85,6 +81,18 @@ class TorchAdapter(Adapter):
 
             return F.cross_entropy
         return self._fn
+
+    def _synchronize(self) -> None:
+        """Accelerator errors are asynchronous: wait here, so a device-side assert is reported
+        in the phase (forward, backward) that raised it rather than at the first copy back."""
+        if self.device != "cpu":
+            import torch
+
+            kind = self.device.partition(":")[0]
+            if kind == "cuda":
+                torch.cuda.synchronize(self.device)
+            elif hasattr(getattr(torch, kind, None), "synchronize"):
+                getattr(torch, kind).synchronize()
 
     def run(self, case: Case) -> Outcome:
         import torch
@@ -110,6 +118,7 @@ class TorchAdapter(Adapter):
 
         try:
             loss = self.fn(x, target, **kwargs)
+            self._synchronize()
         except Exception as exc:
             return Outcome.failed(exc, "forward", mutated=mutated())
         if not isinstance(loss, torch.Tensor):
@@ -127,6 +136,7 @@ class TorchAdapter(Adapter):
                 upstream = torch.ones_like(loss)
             try:
                 grads = torch.autograd.grad(loss, inputs, grad_outputs=upstream.to(loss.dtype), allow_unused=True)
+                self._synchronize()
             except Exception as exc:
                 outcome.status = "error"
                 outcome.error = Outcome.failed(exc, "backward").error
@@ -141,6 +151,24 @@ class TorchAdapter(Adapter):
                 outcome.grad_target_dtype = str(grads[1].dtype).removeprefix("torch.")
         outcome.mutated = mutated()
         return outcome
+
+
+def _device_unavailable(device: str) -> str | None:
+    """Why torch cannot place tensors on ``device`` here, or None."""
+    import torch
+
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            built = "built with CUDA" if torch.version.cuda else "a CPU-only build"
+            return f"CUDA is not available (torch {torch.__version__} is {built}; no GPU visible)"
+        if index and int(index) >= torch.cuda.device_count():
+            return f"{device}: only {torch.cuda.device_count()} CUDA device(s) visible"
+        return None
+    backend = getattr(torch.backends, kind, None) if kind == "mps" else getattr(torch, kind, None)
+    if backend is None or not getattr(backend, "is_available", lambda: False)():
+        return f"torch {torch.__version__} has no usable {kind!r} device here"
+    return None
 
 
 def _bitwise_equal(a: Any, b: Any) -> bool:
