@@ -111,7 +111,7 @@ class _TritonCrossEntropy(torch.autograd.Function):
         elif reduction == "sum":
             out = losses.sum()
         else:
-            out = losses.sum() / count if count else losses.sum() / 0.0
+            out = losses.sum() / count  # every row ignored: 0 / 0 = NaN, as torch
         return out.to(input.dtype)
 
     @staticmethod
