@@ -50,6 +50,18 @@ def test_device_needs_the_torch_kind_and_a_torch_device_name():
         function_adapter(lambda *a, **k: None, "torch", device="gpu0")
 
 
+def test_each_device_kind_says_why_it_is_unavailable(torch):
+    from ce_conformance.adapters.torch_adapter import TorchAdapter
+
+    if not torch.cuda.is_available():
+        assert "CUDA is not available" in TorchAdapter(device="cuda:3").availability()
+    else:
+        assert "CUDA device(s) visible" in TorchAdapter(device=f"cuda:{torch.cuda.device_count()}").availability()
+    if not torch.backends.mps.is_available():
+        assert "no usable 'mps' device" in TorchAdapter(device="mps").availability()
+    assert TorchAdapter(device="cpu").availability() is None
+
+
 def test_an_unavailable_device_is_a_configuration_error_with_the_reason(tmp_path, capsys, torch):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
