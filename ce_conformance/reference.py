@@ -188,7 +188,8 @@ class _Float64:
 
     @staticmethod
     def total(values: np.ndarray) -> Any:
-        return np.float64(np.sum(values))
+        with np.errstate(invalid="ignore", over="ignore"):  # inf + -inf is NaN, as in torch
+            return np.float64(np.sum(values))
 
 
 class _Exact:
@@ -456,11 +457,14 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                 wt = t * w if w is not None else t
                 main_terms[positions] = -(wt * ls.logp).sum(axis=1)
                 if want_scale:
-                    abs_wt = np.abs(wt)
+                    # a smoothed target is formed (and rounded, in the dtype) from its two parts: its
+                    # magnitude is theirs, not that of a sum that may cancel to nothing (t = -eps / (C (1 - eps)))
+                    t_abs = np.abs(t_rows) * (1 - eps) + eps / C if eps > 0 else np.abs(np.asarray(t, dtype=np.float64))
+                    abs_wt = t_abs * w_abs[None, :] if w_abs is not None else t_abs
                     loss_mag[positions] = (abs_wt * (np.abs(ls.logp) + 1)).sum(axis=1)
                     # torch forms t * logp (and w * logp) elementwise before the weighted sum: such a
                     # product may overflow the dtype although the weighted result does not
-                    partial = partial_t = np.abs(np.asarray(t, dtype=np.float64))
+                    partial = partial_t = t_abs
                     if w_abs is not None:
                         partial = np.maximum(partial, w_abs[None, :])
                     unscaled_mag[positions] = np.maximum(loss_mag[positions],

@@ -163,6 +163,28 @@ def test_half_backward_recomputing_p_from_rounded_log_probabilities_is_budgeted(
     assert comparison.max_ratio["grad_input"] < 0.5
 
 
+def test_a_smoothed_target_that_cancels_keeps_the_magnitude_of_its_parts(torch):
+    # bfloat16: (1 - eps) * t + eps / C cancels to nearly 0 for t = -0.3945 at eps = 0.66, C = 5,
+    # and only that class is weighted: torch's smoothed target rounds to 0 and so do its loss and
+    # gradient, 139 and 218 ulps of the cancelled value (drawn by exploration, 1024 x 5 'mean')
+    import ce_conformance.adapters as adapters
+    from ce_conformance.compare import compare
+
+    case = Case.cross_entropy(np.array([[-1.0078, 0.4199, -0.9883, 0.7969, -0.7227]] * 4),
+                              np.array([[0.2812, -0.2246, -0.3945, 0.0051, 1.3047]] * 4),
+                              weight=[0, 0, 0.17089844, 0, 0], label_smoothing=0.6636162996292114,
+                              grad_output=0.2734375, dtype="bfloat16")
+    adapter = adapters.load_adapter("torch")
+    outcome = adapter.run(case)
+    assert not np.asarray(outcome.grad_input).any()  # torch's result: the cancelled target is 0
+    comparison = compare(case, outcome, reference.evaluate(case), adapter.capabilities)
+    assert comparison.passed, [v.message for v in comparison.verdicts]
+    # ... and the unit stays that of the parts: a gradient off by a tenth of them still fails
+    parts = 0.17089844 * (0.3945 * (1 - 0.6636162996292114) + 0.6636162996292114 / 5) * 0.2734375 / 4
+    outcome.grad_input = np.asarray(outcome.grad_input) + 0.1 * parts
+    assert not compare(case, outcome, reference.evaluate(case), adapter.capabilities).passed
+
+
 def _flushed_loss(case):
     """The loss a kernel computes when it flushes subnormal products t * w to zero (XLA on CPU)."""
     from ce_conformance.dtypes import smallest_normal
