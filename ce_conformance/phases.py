@@ -77,14 +77,19 @@ def wanted(config: "FuzzConfig", case: Case) -> bool:
 
 
 # -- covering -----------------------------------------------------------------------------------
-def excluded(config: "FuzzConfig", adapters: "list[Adapter]") -> frozenset[tuple[str, str]]:
-    """Factor levels no adapter of the run supports, and dtypes not asked for."""
+def unsupported_features(adapters: "list[Adapter]") -> frozenset[str]:
+    """Features no adapter of the run supports: every case with one would only be skipped."""
     from ce_conformance.adapters.base import ALL_FEATURES
 
     unsupported = set(ALL_FEATURES)
     for adapter in adapters:
         unsupported &= set(ALL_FEATURES) - set(adapter.capabilities.features)
-    return excluded_levels(unsupported, config.dtypes)
+    return frozenset(unsupported)
+
+
+def excluded(config: "FuzzConfig", adapters: "list[Adapter]") -> frozenset[tuple[str, str]]:
+    """Factor levels no adapter of the run supports, and dtypes not asked for."""
+    return excluded_levels(unsupported_features(adapters), config.dtypes)
 
 
 def covering_cases(config: "FuzzConfig", adapters: "list[Adapter]") -> list[Case]:
@@ -104,10 +109,11 @@ def covering_cases(config: "FuzzConfig", adapters: "list[Adapter]") -> list[Case
 
 
 # -- explore and shrink (Hypothesis) -----------------------------------------------------------
-def _strategy(config: "FuzzConfig"):
+def _strategy(config: "FuzzConfig", adapters: "list[Adapter]"):
+    """Explore and shrink draw from the same strategy (shrinking replays explored choices)."""
     return cross_entropy_cases(dtypes=config.dtypes or FLOAT_DTYPES, limits=size_limits_for(config.profile),
                                invalid_percent=0 if config.plain else config.invalid_percent,
-                               require=config.require, plain=config.plain)
+                               require=config.require, plain=config.plain, exclude=unsupported_features(adapters))
 
 
 SLOW_SHRINK_CALLS = 2
@@ -119,9 +125,10 @@ the explored draw is seeded under it for shrinking, minimal failures are stored 
 (``--database``), and the next run's exploration replays them first."""
 
 
-def _hypothesis_test(config: "FuzzConfig", probe: Callable[[Case], None], phases: list[Phase], **overrides: Any):
+def _hypothesis_test(run: "FuzzRun", probe: Callable[[Case], None], phases: list[Phase], **overrides: Any):
+    config = run.config
     base = settings_for(config.profile, database_dir=config.database_dir, max_examples=config.max_examples)
-    test = given(_strategy(config))(probe)
+    test = given(_strategy(config, run.adapters))(probe)
     test = hypothesis_seed(config.seed)(test)
     test = hypothesis_settings(base, phases=phases, **overrides)(test)
     test._hypothesis_internal_database_key = DATABASE_KEY  # one key for both phases, as find() sets it
@@ -130,7 +137,7 @@ def _hypothesis_test(config: "FuzzConfig", probe: Callable[[Case], None], phases
 
 def explore(run: "FuzzRun", state: dict[str, Any]) -> None:
     state["mode"] = "explore"
-    _hypothesis_test(run.config, _make_probe(run, state), [Phase.explicit, Phase.reuse, Phase.generate, Phase.target])()
+    _hypothesis_test(run, _make_probe(run, state), [Phase.explicit, Phase.reuse, Phase.generate, Phase.target])()
 
 
 def shrink_one(run: "FuzzRun", adapter: "Adapter", check: str, state: dict[str, Any],
@@ -145,7 +152,7 @@ def shrink_one(run: "FuzzRun", adapter: "Adapter", check: str, state: dict[str, 
         seeded.save(DATABASE_KEY + b".secondary", choices_to_bytes(choices))
     persistent = settings_for(run.config.profile, database_dir=run.config.database_dir).database
     database = MultiplexedDatabase(seeded, persistent) if persistent is not None else seeded
-    test = _hypothesis_test(run.config, _make_probe(run, state), [Phase.reuse, Phase.generate, Phase.shrink],
+    test = _hypothesis_test(run, _make_probe(run, state), [Phase.reuse, Phase.generate, Phase.shrink],
                             report_multiple_bugs=False, database=database)
     try:
         test()

@@ -226,16 +226,21 @@ REQUIRABLE: Final = frozenset({"weights", "ignore_index", "all_ignored", "label_
 @st.composite
 def cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limits: SizeLimits = SizeLimits(),
                         target_kinds: Sequence[str] = ("index", "probability"), invalid_percent: int = 0,
-                        require: frozenset[str] | set[str] = frozenset(), plain: bool = False) -> Case:
+                        require: frozenset[str] | set[str] = frozenset(), plain: bool = False,
+                        exclude: frozenset[str] | set[str] = frozenset()) -> Case:
     """A complete cross-entropy case reaching every parameter of the semantics.
 
     ``invalid_percent`` of draws break exactly one argument rule (see :func:`invalid_cases`);
     ``require`` names features (from :data:`REQUIRABLE`) every draw must exercise; with
     ``plain=True`` every other optional feature is switched off (a plain fp32/fp64 ``(N, C)``
-    call with index targets), so a failure points at the required feature alone.
+    call with index targets), so a failure points at the required feature alone. ``exclude``
+    names features never to draw: those no adapter of the run supports, whose draws would only be
+    skipped (a kernel without weights or soft targets lost nine draws in ten to them).
 
     >>> "weights" in cross_entropy_cases(require={"weights"}).example().features
     True
+    >>> "weights" in cross_entropy_cases(exclude={"weights"}).example().features
+    False
 
     >>> case = cross_entropy_cases(dtypes=["float64"]).example()
     >>> case.dtype
@@ -245,6 +250,15 @@ def cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limits: Size
     unknown = require - REQUIRABLE
     if unknown:
         raise ValueError(f"cannot require {sorted(unknown)}; requirable: {sorted(REQUIRABLE)}")
+    exclude = frozenset(exclude) - require
+    if "low_precision" in exclude:
+        dtypes = [d for d in dtypes if d not in ("float16", "bfloat16")] or list(dtypes)
+    if "vocab_scale" in exclude:
+        limits = SizeLimits(limits.max_elements, 0, limits.max_vocab_rows)
+    if "probability_targets" in exclude:
+        target_kinds = tuple(k for k in target_kinds if k != "probability") or ("index",)
+    if "invalid_input" in exclude:
+        invalid_percent = 0
     if "low_precision" in require:
         dtypes = [d for d in dtypes if d in ("float16", "bfloat16")] or ["bfloat16", "float16"]
     elif plain:
@@ -260,10 +274,11 @@ def cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limits: Size
     elif require & {"ignore_index", "all_ignored"}:
         target_kinds = ("index",)
     kinds = ("k_dim",) if "k_dim" in require else ("unbatched",) if "unbatched" in require else \
-        ("batched",) if plain else ("batched", "unbatched", "k_dim")
+        ("batched",) if plain else tuple(k for k in ("batched", "unbatched", "k_dim") if k not in exclude)
     dtype = draw(_dtype_strategy(dtypes))
     shape = draw(input_shapes(limits=limits, kinds=kinds,
-                              allow_empty=not plain and not require & {"all_ignored", "ignore_index"}))
+                              allow_empty=not plain and not require & {"all_ignored", "ignore_index"}
+                              and "empty_batch" not in exclude))
     class_axis = 0 if len(shape) == 1 else 1
     C = shape[class_axis]
     if len(target_kinds) == 2:
@@ -277,44 +292,62 @@ def cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limits: Size
         ignore_index = draw(ignore_indices(C, ("default", "negative")))
     else:
         if not plain or require & {"ignore_index", "all_ignored"}:
-            ignore_index = draw(ignore_indices(C))
+            # an in-range ignore_index of a single class ignores every target, whatever the pattern
+            no_in_range = "ignore_index_in_range" in exclude or (C == 1 and exclude & {"ignore_index", "all_ignored"})
+            ignore_index = draw(ignore_indices(C, [k for k in IGNORE_INDEX_KINDS if k != "in_range"]) if no_in_range
+                                else ignore_indices(C))
+        # ignoring "some" of a single position ignores all of them
+        patterns = ["none", "some", "all"] if "all_ignored" not in exclude else \
+            ["none", "some"] if math.prod(shape[:class_axis] + shape[class_axis + 1:]) > 1 else ["none"]
         if "all_ignored" in require:
             pattern = "all"
         elif "ignore_index" in require:
             pattern = draw(st.sampled_from(("some", "all")))
-        elif plain:
+        elif plain or "ignore_index" in exclude:
             pattern = "none"
         else:
-            pattern = draw(st.sampled_from(("none", "some", "all")) if draw(st.booleans()) else st.just("none"))
+            pattern = draw(st.sampled_from(patterns) if draw(st.booleans()) else st.just("none"))
         target = draw(index_targets(shape, ignore_index, pattern))
-        if not plain and C <= 255 and len(shape) <= 2 and 0 <= ignore_index <= 255 and draw(st.integers(0, 4)) == 0:
+        if not plain and C <= 255 and len(shape) <= 2 and 0 <= ignore_index <= 255 and \
+                "uint8_target" not in exclude and draw(st.integers(0, 4)) == 0:
             target_dtype = "uint8"
-    weight = draw(weights(C, dtype)) if "weights" in require or (not plain and draw(st.booleans())) else None
-    smoothing = 0.0 if plain else draw(label_smoothings())
+    weight = draw(weights(C, dtype)) if "weights" in require or \
+        (not plain and "weights" not in exclude and draw(st.booleans())) else None
+    smoothing = 0.0 if plain or "label_smoothing" in exclude else draw(label_smoothings())
     if "label_smoothing" in require and smoothing <= 0:
         smoothing = draw(st.sampled_from(SMOOTHINGS + (1.0,)))
+    if smoothing < 0 and "negative_smoothing" in exclude:
+        smoothing = 0.0
     reduction = draw(reductions())
-    size_average, reduce = (None, None) if plain else draw(legacy_reduction_arguments())
+    size_average, reduce = (None, None) if plain or "legacy_reduction" in exclude else \
+        draw(legacy_reduction_arguments())
     layouts = ["contiguous", "strided", "offset"] + (["transposed"] if len(shape) >= 2 else [])
     if "non_contiguous" in require:
         layouts.remove("contiguous")
     layout = draw(st.sampled_from(layouts)) if "non_contiguous" in require or \
-        (not plain and draw(st.integers(0, 4)) == 0) else "contiguous"
+        (not plain and "non_contiguous" not in exclude and draw(st.integers(0, 4)) == 0) else "contiguous"
     grad_output = None
-    if "upstream_gradient" in require or (not plain and draw(st.booleans())):
+    if "upstream_gradient" in require or (not plain and "upstream_gradient" not in exclude and draw(st.booleans())):
         out_shape = output_shape(shape, target.shape, use_probabilities,
                                  _effective_reduction(reduction, size_average, reduce))
         rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
         grad_output = grad_output_values(rng, out_shape, dtype, _picker(draw))
     distributions = tuple(sorted(NONFINITE_DISTRIBUTIONS)) if "nonfinite_logits" in require else \
-        tuple(d for d in LOGIT_DISTRIBUTIONS if d not in NONFINITE_DISTRIBUTIONS) if plain else LOGIT_DISTRIBUTIONS
+        tuple(d for d in LOGIT_DISTRIBUTIONS if d not in NONFINITE_DISTRIBUTIONS) \
+        if plain or "nonfinite_logits" in exclude else LOGIT_DISTRIBUTIONS
     x = draw(logits(shape, dtype, logit_distributions_for(weight, dtype, distributions)))
     case = Case.cross_entropy(x, target, dtype=dtype, target_dtype=target_dtype, weight=weight,
                               ignore_index=ignore_index, reduction=reduction, label_smoothing=smoothing,
                               size_average=size_average, reduce=reduce, memory_layout=layout, grad_output=grad_output)
     if "invalid_input" in require or (invalid_percent and draw(st.integers(0, 99)) < invalid_percent):
-        return draw(invalid_cases(case))
+        # a rule whose breach brings an excluded feature in (a wrong-shaped weight, smoothing > 1)
+        rules = [r for r in INVALID_RULES if not _RULE_FEATURES.get(r, frozenset()) & exclude]
+        return draw(invalid_cases(case, rules=rules))
     return case
+
+
+_RULE_FEATURES: Final = {Rule.WEIGHT_SHAPE: frozenset({"weights"}), Rule.LABEL_SMOOTHING_RANGE: frozenset({"label_smoothing"})}
+"""Features a case breaking the rule has whatever its base case had."""
 
 
 def _effective_reduction(reduction: str, size_average: bool | None, reduce: bool | None) -> str:

@@ -43,7 +43,7 @@ def _forward_rows(X, stride_x, Y, LOSS, GRAD, stride_g, PARAMS, n_classes, ignor
     if y != ignore_index:
         m = first  # any element is a valid starting maximum; keeps the accumulator's dtype
         d = first * 0.0
-        shifted = first * 0.0  # sum of (x - first): a mean near 1e4 would cancel against the lse
+        shifted = first * 0.0  # mean of (x - first): a mean near 1e4 would cancel against the lse
         for start in range(0, n_classes, BLOCK):
             offs = start + cols
             mask = offs < n_classes
@@ -53,7 +53,10 @@ def _forward_rows(X, stride_x, Y, LOSS, GRAD, stride_g, PARAMS, n_classes, ignor
                 d = d + tl.sum(tl.exp(x - m_new), 0)
             else:
                 d = d * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), 0)
-            shifted += tl.sum(tl.where(mask, x - first, 0.0), 0)
+            # scaled by 2**-11 (exact) before subtracting and summing a block: logits 3e38 apart
+            # would overflow x - first, and 1024 such differences their sum
+            block = tl.sum(tl.where(mask, x * 0.00048828125 - first * 0.00048828125, 0.0), 0)
+            shifted += block / n_classes
             m = m_new
         # relative to the maximum, as torch's log_softmax: lse - x_y would lose the digits of the
         # lse's rounding when the logits sit far from 0 (805 fp32 ulps at an offset of 1e4)
@@ -62,11 +65,13 @@ def _forward_rows(X, stride_x, Y, LOSS, GRAD, stride_g, PARAMS, n_classes, ignor
         if ABSOLUTE_LSE:
             lse = m + log_d
             nll = lse - x_y
-            uniform = lse - (shifted / n_classes + first)
+            uniform = lse - (shifted * 2048.0 + first)
         else:
             nll = log_d - (x_y - m)
-            uniform = log_d - (shifted / n_classes + (first - m))
-        loss = (1.0 - smoothing) * nll + smoothing * uniform
+            uniform = log_d - (shifted * 2048.0 + (first - m))
+        # without smoothing the uniform term must not enter at all: logits 3e38 apart make
+        # x - first overflow, and 0 * inf is NaN (the gate drew it: a 1 x 5 float32 'mean')
+        loss = tl.where(smoothing > 0, (1.0 - smoothing) * nll + smoothing * uniform, nll)
         tl.store(LOSS + row, loss)
         for start in range(0, n_classes, BLOCK):
             offs = start + cols

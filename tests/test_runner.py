@@ -79,11 +79,22 @@ def test_same_seed_same_findings(tmp_path, torch):
 
 
 def test_unsupported_features_are_skipped_and_counted(tmp_path):
-    summary = _run(tmp_path, names=("optax",), max_examples=40, curated_dirs=[])
+    # numpy supports every feature, so cases optax cannot run are still drawn (for numpy)
+    summary = _run(tmp_path, names=("optax", "numpy"), max_examples=40, curated_dirs=[])
     results, _ = load_run(summary.out_dir)
     skipped = results[results["status"] == "skipped"]
     assert len(skipped) > 0 and skipped["skip_reason"].str.len().gt(0).all()
+    assert set(skipped["adapter"]) == {"optax"}
     assert "Skipped" in (summary.out_dir / "summary.md").read_text()
+
+
+def test_features_no_adapter_supports_are_never_drawn(tmp_path):
+    """A narrow kernel's exploration is spent on cases it runs: optax alone (no weights, no
+    ignore_index, no validation) skips no drawn case; before, most draws were skipped."""
+    summary = _run(tmp_path, names=("optax",), max_examples=60, curated_dirs=[], covering=2)
+    results, _ = load_run(summary.out_dir)
+    drawn = results[results["phase"].isin(["explore", "covering"])]
+    assert len(drawn) >= 60 and (drawn["status"] != "skipped").all()
 
 
 def test_database_replays_minimal_failures_first(tmp_path, torch):

@@ -19,6 +19,19 @@ def test_every_feature_is_reachable(feature):
     find(cross_entropy_cases(), lambda case: feature in case.features, settings=settings(max_examples=3000))
 
 
+EXCLUDABLE = sorted(set(FEATURES) - {"single_class"})  # a single class is a shape, not an option
+
+
+@pytest.mark.parametrize("feature", EXCLUDABLE)
+def test_excluded_features_are_never_drawn(feature):
+    @settings(max_examples=150, database=None)
+    @given(cross_entropy_cases(exclude={feature}, invalid_percent=30))
+    def check(case):
+        assert feature not in case.features
+
+    check()
+
+
 @pytest.mark.parametrize("rule", INVALID_RULES, ids=lambda r: r.value)
 def test_every_invalid_rule_is_reachable_and_raises_that_rule(rule):
     case = find(invalid_cases(rules=[rule]), lambda c: True, settings=settings(max_examples=500))

@@ -118,6 +118,16 @@ def test_a_finite_value_passes_where_only_torchs_unscaled_sum_overflowed():
                               intermediate=np.array([1.0])).tolist() == [True]
 
 
+def test_a_saturated_value_passes_where_torchs_overflowed_sum_made_nan():
+    """float64 logits of -4.5e307 and 0, 31 classes, smoothing 1, 'mean': torch's smoothing sum
+    overflows and meets inf - inf (NaN); a Triton kernel whose sum stays finite longer returns inf."""
+    expected, overflowed = np.full(3, np.nan), np.full(3, np.inf)
+    actual = np.array([np.inf, 1.7e308, 1.0])
+    assert nonfinite_mismatch(actual, expected, "float64", exact_kind=True,
+                              intermediate=overflowed).tolist() == [False, False, True]  # a small value is no saturation
+    assert nonfinite_mismatch(actual, expected, "float64", exact_kind=True).all()  # NaN without overflow must match
+
+
 def test_float64_reference_overflow_accepts_the_top_of_the_range():
     assert not nonfinite_mismatch(np.array([max_finite("float64")]), np.array([np.inf]), "float64",
                                   exact_kind=True).any()
