@@ -83,6 +83,16 @@ class LossFamily:
     optional_tensors: tuple[str, ...]
     option_defaults: Mapping[str, Any]
     features: Callable[["Case"], frozenset[str]]
+    #: the shape of the logits a case's loss is taken over (a probability target has it)
+    logits_shape: Callable[["Case"], tuple[int, ...]] = lambda case: case.tensors["input"].shape
+    #: the family's reference: ``evaluate(case, gradients=...)`` and ``output_shape(case)`` (cross-entropy's
+    #: own live in :mod:`ce_conformance.reference`, which every other family's builds on)
+    evaluate: Callable[..., Any] | None = None
+    output_shape: Callable[["Case"], tuple[int, ...]] | None = None
+    #: gradients the family judges besides the input's and a probability target's, by tensor name
+    parameter_gradients: tuple[str, ...] = ()
+    #: features only this family's cases have (adapters of other families never claim them)
+    own_features: tuple[str, ...] = ()
 
     @property
     def tensor_names(self) -> tuple[str, ...]:
@@ -235,7 +245,7 @@ class Case:
 
     @property
     def is_probability_target(self) -> bool:
-        return self.tensors["target"].shape == self.tensors["input"].shape and is_float(self.target_dtype)
+        return self.tensors["target"].shape == self.spec.logits_shape(self) and is_float(self.target_dtype)
 
     @property
     def features(self) -> frozenset[str]:
@@ -590,3 +600,12 @@ CROSS_ENTROPY: Final = register_family(LossFamily(
                                       "size_average": None, "reduce": None}),
     features=_cross_entropy_features,
 ))
+
+
+# other families register themselves when imported, after everything above is defined
+from . import linear_cross_entropy as _linear_cross_entropy  # noqa: E402,F401
+
+
+def all_features() -> frozenset[str]:
+    """Every family's features: cross-entropy's, read on the logits, and each family's own."""
+    return frozenset(FEATURES).union(*(family.own_features for family in FAMILIES.values()))

@@ -25,7 +25,7 @@ from typing import Final
 import numpy as np
 
 from ce_conformance.adapters.base import Capabilities, Outcome
-from ce_conformance.case import Case
+from ce_conformance.case import FAMILIES, Case
 from ce_conformance.reference import ReferenceResult
 
 from .errors import Rule
@@ -40,6 +40,9 @@ CHECK_FAMILIES: Final = {
     "grad_target_value": "gradients", "grad_target_nonfinite": "gradients", "grad_target_missing": "gradients",
     "mutation": "mutation", "error_parity": "errors",
 }
+CHECK_FAMILIES.update({f"grad_{name}_{check}": "gradients" for family in FAMILIES.values()
+                       for name in family.parameter_gradients
+                       for check in ("value", "nonfinite", "missing", "dtype", "shape")})
 
 
 @dataclass
@@ -69,7 +72,7 @@ class Comparison:
 def _value_check(name: str, actual: np.ndarray | None, expected: np.ndarray, magnitude: np.ndarray | None,
                  dtype: str, comparison: Comparison, *, exact_kind: bool, n_classes: int,
                  sigma: np.ndarray | None = None, native: np.ndarray | None = None,
-                 intermediate: np.ndarray | None = None, budget_scale: float = 1.0) -> None:
+                 intermediate: np.ndarray | None = None, budget_scale: float = 1.0, quantity: str | None = None) -> None:
     actual = np.asarray(actual)
     if actual.dtype not in (np.float32, np.float64):  # float32 stays: the fused kernel reads it as is
         actual = actual.astype(np.float64)
@@ -80,7 +83,8 @@ def _value_check(name: str, actual: np.ndarray | None, expected: np.ndarray, mag
             return  # the shape check reports it
     magnitude = np.abs(expected) if magnitude is None else magnitude
     native = None if native is None else np.asarray(native, dtype=np.float64)
-    figures = fused_error_figures(actual, expected, magnitude, sigma, dtype, name, n_classes, scale=budget_scale,
+    quantity = quantity or name  # the base budget's row (a parameter's gradient is budgeted as the input's)
+    figures = fused_error_figures(actual, expected, magnitude, sigma, dtype, quantity, n_classes, scale=budget_scale,
                                   native=native)
     if figures is None:  # small, or a NaN/inf somewhere: the NumPy path and its NaN/inf rules
         mismatch = nonfinite_mismatch(actual, expected, dtype, exact_kind=exact_kind, intermediate=intermediate)
@@ -90,7 +94,7 @@ def _value_check(name: str, actual: np.ndarray | None, expected: np.ndarray, mag
                 f"{name}_nonfinite",
                 f"{name} NaN/inf pattern differs at {int(mismatch.sum())} element(s), first at {list(where)}: "
                 f"got {np.float64(actual[where])!r}, expected {expected[where]!r}"))
-        figures = error_figures(actual, expected, magnitude, sigma, dtype, name, n_classes, scale=budget_scale,
+        figures = error_figures(actual, expected, magnitude, sigma, dtype, quantity, n_classes, scale=budget_scale,
                                 native=native, ignore=mismatch)
     comparison.max_ulp[name] = figures.max_ulp
     comparison.max_ratio[name] = figures.max_ratio
@@ -138,7 +142,8 @@ def compare(case: Case, outcome: Outcome, reference: ReferenceResult | None, cap
         return comparison
     assert reference is not None
     dtype = reference.output_dtype
-    n_classes = case.input.shape[0 if case.input.ndim == 1 else 1]
+    logits = case.spec.logits_shape(case)
+    n_classes = logits[0 if len(logits) == 1 else 1] if logits else 1
     if outcome.loss_dtype != dtype:
         verdicts.append(Verdict("loss_dtype", f"loss dtype {outcome.loss_dtype}, expected {dtype}"))
     if tuple(outcome.loss_shape or ()) != tuple(reference.output_shape):
@@ -170,7 +175,32 @@ def compare(case: Case, outcome: Outcome, reference: ReferenceResult | None, cap
                          dtype, comparison, exact_kind=False, n_classes=n_classes, budget_scale=budget_scale,
                          sigma=reference.grad_target_sigma,
                          intermediate=reference.grad_target_intermediate)  # w * log p may overflow before scaling
+    if capabilities.gradients:
+        _parameter_checks(outcome, reference, dtype, comparison, n_classes, budget_scale, native)
     return comparison
+
+
+def _parameter_checks(outcome: Outcome, reference: ReferenceResult, dtype: str, comparison: Comparison,
+                      n_classes: int, budget_scale: float, native: Outcome | None) -> None:
+    """The gradients of a family's parameters (a linear head's weight and bias), each judged
+    like the input's: presence, dtype, shape, NaN/inf pattern and value."""
+    for name, expected in getattr(reference, "parameter_gradients", {}).items():
+        check = f"grad_{name}"
+        actual = outcome.parameter_gradients.get(name)
+        if actual is None:
+            comparison.verdicts.append(Verdict(f"{check}_missing", f"no gradient w.r.t. {name}"))
+            continue
+        got_dtype = outcome.parameter_gradient_dtypes.get(name)
+        if got_dtype not in (None, dtype):
+            comparison.verdicts.append(Verdict(f"{check}_dtype", f"{name} gradient dtype {got_dtype}, expected {dtype}"))
+        if tuple(np.shape(actual)) != tuple(expected.values.shape):
+            comparison.verdicts.append(Verdict(f"{check}_shape", f"{name} gradient shape {list(np.shape(actual))}, "
+                                                                 f"expected {list(expected.values.shape)}"))
+            continue
+        theirs = None if native is None else native.parameter_gradients.get(name)
+        _value_check(check, actual, expected.values, expected.scale, dtype, comparison, exact_kind=False,
+                     n_classes=n_classes, sigma=expected.sigma, budget_scale=budget_scale, native=theirs,
+                     quantity="grad_input")
 
 
 PAIR_BUDGET_SCALE: Final = 2.0

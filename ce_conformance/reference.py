@@ -29,13 +29,13 @@ array([[ 0.5, -0.5]])
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, NamedTuple
 
 import mpmath
 import numpy as np
 
-from .dtypes import FLOAT_DTYPES, compute_dtype, dtype_name, machine_epsilon
+from .dtypes import FLOAT_DTYPES, compute_dtype, dtype_name, machine_epsilon, numpy_dtype
 from . import engine
 from .errors import InvalidInputError, Rule
 from .summation import (finite_row_max, flushed_pairs, flushed_products, grid_aligned, near_equal, root_sum_squares,
@@ -77,6 +77,12 @@ class _Call:
     smoothing: float  # effective epsilon: label_smoothing if > 0 else 0
     n_classes: int
     output_shape: tuple[int, ...]
+    precision: Any = None  # the dtype under test, where ``input`` holds exact float64 values of another computation
+
+    @property
+    def dtype(self) -> Any:
+        """The dtype whose arithmetic a correct implementation uses (the tolerance model's)."""
+        return self.input.dtype if self.precision is None else self.precision
 
     @property
     def positions(self) -> int:
@@ -320,12 +326,12 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
     unscaled_mag = np.zeros(M)
     # tolerance model v2: standard deviation of a correct implementation's error, per position
     # (see conformance.tolerance): u_c is the unit roundoff of the precision the kernel computes in
-    u_c = _unit_roundoff(call.input.dtype)
-    u_t = _unit_roundoff(call.input.dtype, internal=False)
+    u_c = _unit_roundoff(call.dtype)
+    u_t = _unit_roundoff(call.dtype, internal=False)
     lse_sigma = np.zeros(M)  # absolute error of log-sum-exp (= relative error of the exp sum)
     half_backward = gradients and u_t > u_c  # torch's half backward: p = exp(log p rounded to the dtype)
     flush_bound = np.zeros(M)  # what flushing subnormal partial products to zero may lose, per position
-    compute = compute_dtype(dtype_name(call.input.dtype))
+    compute = compute_dtype(dtype_name(call.dtype))
     repetitive = np.zeros(M, dtype=bool)  # rows of few distinct values: their errors add up linearly
     loss_sigma = np.zeros(M)
     grad_target_coefficient = np.zeros(M)  # |d grad_target / d lse| per position
@@ -504,7 +510,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                         grad_target_coefficient[positions] = abs_scale * factor * w_row.max(initial=0)
                         grad_target_underflow[positions] = subnormal_products(
                             (np.broadcast_to(w_row[None, :], p.shape), ls.logp, np.reshape(abs_scale * factor, (-1, 1))),
-                            dtype_name(call.input.dtype))
+                            dtype_name(call.dtype))
 
     if call.mode == "probability":
         eps = 0.0  # smoothing already entered the targets; there is no separate smoothing term
@@ -745,13 +751,33 @@ def _case_call(case: Any) -> _Call:
 
 def output_shape(case: Any) -> tuple[int, ...]:
     """Shape of the loss for a case; raises InvalidInputError for an invalid call."""
+    if case.family != "cross_entropy":
+        return case.spec.output_shape(case)
     return _case_call(case).output_shape
 
 
 def evaluate(case: Any, *, gradients: bool = True) -> ReferenceResult:
-    """Reference values, gradients and magnitudes for a case (raises InvalidInputError if invalid)."""
-    call = _case_call(case)
-    out = _solve(call, _Float64, gradients=gradients, grad_output=case.grad_output)
+    """Reference values, gradients and magnitudes for a case (raises InvalidInputError if invalid).
+    Cases of other loss families go to their family's reference."""
+    if case.family != "cross_entropy":
+        return case.spec.evaluate(case, gradients=gradients)
+    return _evaluate_call(_case_call(case), case.dtype, case.grad_output, gradients)
+
+
+def evaluate_logits(logits: np.ndarray, target: Any, *, dtype: str, weight: Any = None, ignore_index: int = -100,
+                    reduction: str = "mean", label_smoothing: float = 0.0, grad_output: Any = None,
+                    gradients: bool = True) -> ReferenceResult:
+    """:func:`evaluate` for exact float64 ``logits`` that a ``dtype`` computation produced (a linear
+    projection): torch's argument checks as for ``dtype`` logits, values from the exact ones, and
+    the tolerance model of ``dtype`` arithmetic. The logits' own error is the caller's to add."""
+    typed = np.broadcast_to(np.zeros((), dtype=numpy_dtype(dtype)), np.shape(logits))  # checks read shape and dtype
+    call = _validate(typed, target, weight, None, ignore_index, None, reduction, label_smoothing)
+    call = replace(call, input=np.asarray(logits, dtype=np.float64), precision=numpy_dtype(dtype))
+    return _evaluate_call(call, dtype, grad_output, gradients)
+
+
+def _evaluate_call(call: _Call, dtype: str, grad_output: Any, gradients: bool) -> ReferenceResult:
+    out = _solve(call, _Float64, gradients=gradients, grad_output=grad_output)
 
     def per_class(scale: np.ndarray | None) -> np.ndarray | None:
         if scale is None:
@@ -769,7 +795,7 @@ def evaluate(case: Any, *, gradients: bool = True) -> ReferenceResult:
         grad_input_scale=per_class(out.grad_input_scale),
         grad_target=out.grad_target,
         grad_target_scale=per_class(out.grad_target_scale),
-        output_dtype=case.dtype,
+        output_dtype=dtype,
         output_shape=call.output_shape,
         loss_sigma=out.sigmas.loss,
         grad_input_sigma=per_class(out.sigmas.grad_input) if gradients else None,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Final, Iterable
 
-from .case import FEATURES
+from .case import all_features
 from .dtypes import FLOAT_DTYPES
 from .errors import ConfigurationError
 
@@ -67,7 +67,8 @@ def parse_features(text: str | Iterable[str] | None) -> frozenset[str]:
     >>> sorted(parse_features("weights,ignore_index"))
     ['ignore_index', 'weights']
     """
-    return parse_selection(text, universe=FEATURES, default=frozenset(FEATURES) - DEFAULT_EXCLUDED_FEATURES,
+    universe = sorted(all_features())  # every family's: a linear kernel may claim linear_bias
+    return parse_selection(text, universe=universe, default=frozenset(universe) - DEFAULT_EXCLUDED_FEATURES,
                            option="--features")
 
 

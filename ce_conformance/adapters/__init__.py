@@ -1,12 +1,13 @@
 """Adapters: one small module per backend behind one interface (:class:`adapters.base.Adapter`).
 
 Built in: ``numpy`` (the reference itself), ``torch`` (CPU), ``torch-cuda``, ``jax`` (a port of
-torch's semantics), ``optax``. User functions come in through :func:`user_adapter` (the CLI's
+torch's semantics), ``optax``; for the linear cross-entropy family ``torch-linear``
+(``F.linear_cross_entropy``'s reference path) and ``torch-linear-chunked`` (its chunked path). User functions come in through :func:`user_adapter` (the CLI's
 ``--impl SPEC --kind K``); third-party packages register factories under the entry-point
 group ``ce_conformance.adapters`` (a callable returning an :class:`Adapter`).
 
 >>> sorted(BUILTIN)
-['jax', 'numpy', 'optax', 'torch', 'torch-compile', 'torch-cuda']
+['jax', 'numpy', 'optax', 'torch', 'torch-compile', 'torch-cuda', 'torch-linear', 'torch-linear-chunked']
 """
 
 from __future__ import annotations
@@ -73,7 +74,16 @@ BUILTIN: Final[dict[str, Callable[[], Adapter]]] = {
     "torch-cuda": lambda: _torch(name="torch-cuda", device="cuda"),
     "jax": _jax,
     "optax": _optax,
+    "torch-linear": lambda: _torch(name="torch-linear", family="linear_cross_entropy"),
+    "torch-linear-chunked": lambda: _linear_chunked(),
 }
+
+
+def _linear_chunked() -> Adapter:
+    from .torch_adapter import TorchAdapter, chunked_linear_cross_entropy
+
+    return TorchAdapter(chunked_linear_cross_entropy, name="torch-linear-chunked", family="linear_cross_entropy",
+                        description="F.linear_cross_entropy, chunked (LinearCrossEntropyOptions, 3 rows per chunk)")
 
 
 def _entry_points() -> dict[str, Any]:
@@ -176,14 +186,15 @@ def user_capabilities(features: str | None = None) -> Capabilities:
 
 
 def user_adapter(spec: str, kind: str = "torch", *, features: str | None = None, name: str | None = None,
-                 device: str = "cpu") -> Adapter:
-    """An adapter around a user function (by SPEC) with the signature of F.cross_entropy."""
+                 device: str = "cpu", family: str = "cross_entropy") -> Adapter:
+    """An adapter around a user function (by SPEC) with the signature of its family's torch
+    function (``F.cross_entropy``, ``F.linear_cross_entropy``)."""
     if kind not in KINDS:
         raise ConfigurationError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
     check_device(kind, device)
     adapter = function_adapter(resolve_function(spec), kind, features=features, name=name or f"impl:{spec}",
-                               device=device)
-    adapter.recipe = ("user", spec, kind, features, name or f"impl:{spec}", device)  # how a worker rebuilds it
+                               device=device, family=family)
+    adapter.recipe = ("user", spec, kind, features, name or f"impl:{spec}", device, family)  # how a worker rebuilds it
     return adapter
 
 
@@ -207,22 +218,28 @@ def check_device(kind: str, device: str) -> None:
 
 
 def function_adapter(fn: Callable[..., Any], kind: str = "torch", *, features: str | None = None,
-                     name: str | None = None, device: str = "cpu") -> Adapter:
+                     name: str | None = None, device: str = "cpu", family: str = "cross_entropy") -> Adapter:
     """An adapter around a function object (``--kind`` semantics as for :func:`user_adapter`;
     ``device`` as for :func:`check_device`)."""
+    from ce_conformance.case import FAMILIES
+
     if kind not in KINDS:
         raise ConfigurationError(f"kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if family not in FAMILIES:
+        raise ConfigurationError(f"unknown loss family {family!r}; known: {', '.join(sorted(FAMILIES))}")
+    if family != "cross_entropy" and kind != "torch":
+        raise ConfigurationError(f"the {family} family runs torch functions only (--kind torch), not --kind {kind}")
     check_device(kind, device)
     if inspect.isclass(fn):
         fn = _module_loss(fn)
-    capabilities = user_capabilities(features)
+    capabilities = replace(user_capabilities(features), families=frozenset({family}))
     label = name or f"impl:{getattr(fn, '__qualname__', repr(fn))}"
     spec = label.removeprefix("impl:")
     if kind == "torch":
         from .torch_adapter import TorchAdapter
 
         where = "" if device == "cpu" else f" on {device}"
-        return TorchAdapter(fn, name=label, device=device, capabilities=capabilities,
+        return TorchAdapter(fn, name=label, device=device, capabilities=capabilities, family=family,
                             description=f"user function {spec} (torch{where})")
     if kind == "jax":
         from .jax_adapter import JaxFunctionAdapter

@@ -21,11 +21,11 @@ from typing import Any, Final
 
 import numpy as np
 
-from ce_conformance.case import FEATURES, Case
+from ce_conformance.case import Case, all_features
 from ce_conformance.dtypes import FLOAT_DTYPES
 from ce_conformance.errors import classify_error
 
-ALL_FEATURES: Final = frozenset(FEATURES)
+ALL_FEATURES: Final = all_features()
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,12 @@ class Capabilities:
     features: frozenset[str] = ALL_FEATURES
     gradients: bool = True
     target_gradients: bool = True
+    families: frozenset[str] = frozenset({"cross_entropy"})
 
     def missing(self, case: Case) -> tuple[str, ...]:
         """Why this adapter cannot run the case (empty when it can)."""
+        if case.family not in self.families:
+            return (f"family:{case.family}",)
         reasons = []
         if case.is_valid and case.dtype not in self.dtypes:
             reasons.append(f"dtype:{case.dtype}")
@@ -89,6 +92,8 @@ class Outcome:
     grad_input_shape: tuple[int, ...] | None = None
     grad_target: np.ndarray | None = None
     grad_target_dtype: str | None = None
+    parameter_gradients: dict[str, np.ndarray] = field(default_factory=dict)  # a family's parameters, by tensor name
+    parameter_gradient_dtypes: dict[str, str] = field(default_factory=dict)
     mutated: tuple[str, ...] = ()
     error: RaisedError | None = None
     skip_reason: str = ""

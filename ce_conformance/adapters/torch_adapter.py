@@ -47,15 +47,17 @@ def to_torch(tensor: Tensor, device: str, memory_layout: str = "contiguous") -> 
 
 
 class TorchAdapter(Adapter):
-    """Runs a torch function with the signature of ``F.cross_entropy``."""
+    """Runs a torch function with the signature of its family's torch function (``F.cross_entropy``,
+    ``F.linear_cross_entropy``): the family's required tensors positionally, the rest by keyword."""
 
     def __init__(self, fn: Callable[..., Any] | None = None, *, name: str = "torch", device: str = "cpu",
-                 capabilities: Capabilities | None = None, description: str = ""):
+                 capabilities: Capabilities | None = None, description: str = "", family: str = "cross_entropy"):
         self._fn = fn
         self.name = name
         self.device = device
-        self.capabilities = capabilities or Capabilities()
-        self.description = description or (f"torch.nn.functional.cross_entropy on {device}" if fn is None else "")
+        self.family = family
+        self.capabilities = capabilities or Capabilities(families=frozenset({family}))
+        self.description = description or (f"torch.nn.functional.{family} on {device}" if fn is None else "")
         self.isolate_by_default = fn is not None or device != "cpu"
 
     def availability(self) -> str | None:
@@ -79,7 +81,7 @@ class TorchAdapter(Adapter):
         if self._fn is None:
             import torch.nn.functional as F
 
-            return F.cross_entropy
+            return F.linear_cross_entropy if self.family == "linear_cross_entropy" else F.cross_entropy
         return self._fn
 
     def _synchronize(self) -> None:
@@ -97,27 +99,30 @@ class TorchAdapter(Adapter):
     def run(self, case: Case) -> Outcome:
         import torch
 
-        x = to_torch(case.tensors["input"], self.device, case.memory_layout)
-        target = to_torch(case.tensors["target"], self.device)
-        weight = to_torch(case.tensors["weight"], self.device) if "weight" in case.tensors else None
-        float_input = x.is_floating_point()
-        wants_grad = self.capabilities.gradients and float_input
+        spec = case.spec
+        tensors = {name: to_torch(tensor, self.device, case.memory_layout if name == "input" else "contiguous")
+                   for name, tensor in case.tensors.items() if name != "grad_output"}
+        x = tensors["input"]
+        target = tensors["target"]
+        wants_grad = self.capabilities.gradients and x.is_floating_point()
+        # the input, the family's parameters (a linear head's weight and bias), a probability target
+        leaves = ["input"] + [name for name in spec.parameter_gradients if name in tensors]
+        if wants_grad and self.capabilities.target_gradients and case.is_probability_target:
+            leaves.append("target")
         if wants_grad:
-            x.requires_grad_(True) if x.is_leaf else x.retain_grad()
-        grad_target_wanted = wants_grad and self.capabilities.target_gradients and case.is_probability_target
-        if grad_target_wanted:
-            target.requires_grad_(True)
-        snapshots = {"input": x.detach().clone(), "target": target.detach().clone()}
-        if weight is not None:
-            snapshots["weight"] = weight.clone()
-        kwargs = {**case.call_options(), "weight": weight}
+            for name in leaves:
+                tensor = tensors[name]
+                tensor.requires_grad_(True) if tensor.is_leaf else tensor.retain_grad()
+        snapshots = {name: tensor.detach().clone() for name, tensor in tensors.items()}
+        positional = [tensors[name] for name in spec.required_tensors]
+        kwargs = {**case.call_options(), **{name: tensors.get(name) for name in spec.optional_tensors
+                                            if name != "grad_output" and (name in tensors or name == "weight")}}
 
         def mutated() -> tuple[str, ...]:
-            current = {"input": x.detach(), "target": target.detach(), "weight": weight}
-            return tuple(k for k, snap in snapshots.items() if not _bitwise_equal(current[k], snap))
+            return tuple(k for k, snap in snapshots.items() if not _bitwise_equal(tensors[k].detach(), snap))
 
         try:
-            loss = self.fn(x, target, **kwargs)
+            loss = self.fn(*positional, **kwargs)
             self._synchronize()
         except Exception as exc:
             return Outcome.failed(exc, "forward", mutated=mutated())
@@ -127,7 +132,6 @@ class TorchAdapter(Adapter):
         outcome = Outcome(loss=_numpy(loss.detach()), loss_dtype=str(loss.dtype).removeprefix("torch."),
                           loss_shape=tuple(loss.shape))
         if wants_grad and case.is_valid and loss.requires_grad:
-            inputs = [x] + ([target] if grad_target_wanted else [])
             if "grad_output" in case.tensors:
                 upstream = to_torch(case.tensors["grad_output"], self.device)
                 if upstream.shape != loss.shape:  # wrong output shape: seed with ones rather than crash
@@ -135,20 +139,26 @@ class TorchAdapter(Adapter):
             else:
                 upstream = torch.ones_like(loss)
             try:
-                grads = torch.autograd.grad(loss, inputs, grad_outputs=upstream.to(loss.dtype), allow_unused=True)
+                grads = torch.autograd.grad(loss, [tensors[name] for name in leaves],
+                                            grad_outputs=upstream.to(loss.dtype), allow_unused=True)
                 self._synchronize()
             except Exception as exc:
                 outcome.status = "error"
                 outcome.error = Outcome.failed(exc, "backward").error
                 outcome.mutated = mutated()
                 return outcome
-            if grads[0] is not None:
-                outcome.grad_input = _numpy(grads[0])
-                outcome.grad_input_dtype = str(grads[0].dtype).removeprefix("torch.")
-                outcome.grad_input_shape = tuple(grads[0].shape)
-            if grad_target_wanted and grads[1] is not None:
-                outcome.grad_target = _numpy(grads[1])
-                outcome.grad_target_dtype = str(grads[1].dtype).removeprefix("torch.")
+            for name, grad in zip(leaves, grads):
+                if grad is None:
+                    continue
+                dtype = str(grad.dtype).removeprefix("torch.")
+                if name == "input":
+                    outcome.grad_input, outcome.grad_input_dtype = _numpy(grad), dtype
+                    outcome.grad_input_shape = tuple(grad.shape)
+                elif name == "target":
+                    outcome.grad_target, outcome.grad_target_dtype = _numpy(grad), dtype
+                else:
+                    outcome.parameter_gradients[name] = _numpy(grad)
+                    outcome.parameter_gradient_dtypes[name] = dtype
         outcome.mutated = mutated()
         return outcome
 
@@ -249,3 +259,20 @@ class TorchCompileAdapter(TorchAdapter):
             self.compilations += new
             self.compile_seconds += time.perf_counter() - start
         return outcome
+
+
+LINEAR_CHUNK_ROWS = 3
+"""Rows per chunk of the ``torch-linear-chunked`` adapter: small, so that drawn batches cross
+several chunk boundaries and end in a partial chunk."""
+
+
+def chunked_linear_cross_entropy(*args: Any, **kwargs: Any) -> Any:
+    """torch's chunked ``linear_cross_entropy`` path (``LinearCrossEntropyOptions``), which never
+    materialises the logits. Where torch does not support chunking (K-dim, smoothing, non-int64
+    targets, other reductions) it falls back to its reference path with a warning."""
+    import torch.nn.functional as F
+    from torch.nn import LinearCrossEntropyOptions
+
+    options = LinearCrossEntropyOptions(batch_chunk_size=LINEAR_CHUNK_ROWS, chunking_method=None,
+                                        acc_policy="accurate")
+    return F.linear_cross_entropy(*args, options=options, **kwargs)

@@ -1,0 +1,450 @@
+"""The linear cross-entropy family: torch 2.13's ``F.linear_cross_entropy``.
+
+``linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
+reduction='mean', ignore_index=None, label_smoothing=0.0)`` is defined as
+``cross_entropy(linear(input, linear_weight, linear_bias), target, ...)``: ``input`` is
+``(N, H)`` or ``(H,)``, ``linear_weight`` is ``(C, H)`` or, for a K-dimensional loss,
+``(C, d_1, ..., d_K, H)`` (logits ``(N, C, d_1, ..., d_K)``), ``ignore_index=None`` means -100
+for index targets and is required for probability targets. This is what fused kernels
+(Liger-Kernel, cut-cross-entropy, chunked heads) compute without materialising the logits.
+
+The reference forms the logits exactly (float64 products of the dtype-rounded inputs, whose
+sum over H errs by far less than any dtype's ulp), takes cross-entropy's reference on them
+(:func:`ce_conformance.reference.evaluate_logits`) and gives closed-form gradients for the
+input, the linear weight and bias through ``G = dL/dlogits``:
+``grad_input = G W``, ``grad_linear_weight = G^T X``, ``grad_linear_bias = sum_n G``.
+
+Tolerance: a correct kernel's logits err by their accumulation over H (in its compute precision)
+and, where it materialises them as torch's reference path does, by a rounding to the dtype; that
+error moves the loss by ``G . dz`` and the gradient of the logits by ``p (dz - p . dz)``, and
+the three gradient products add the accumulation of their own sums (over C, N and N). Each is a
+standard deviation under random rounding, added in quadrature to cross-entropy's model, so the
+loss budget of an exact projection is cross-entropy's plus the logits' own rounding.
+
+>>> case = linear_cross_entropy_case([[1.0, 2.0]], [[0.5, -1.0], [2.0, 0.0]], [1], dtype="float64")
+>>> result = case.spec.evaluate(case)
+>>> round(float(result.loss), 6)  # logits (-1.5, 2): -log softmax at class 1
+0.02975
+>>> sorted(result.parameter_gradients)
+['linear_weight']
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Final, Mapping
+
+import numpy as np
+from hypothesis import strategies as st
+
+from .case import VOCAB_SCALE_CLASSES, Case, LossFamily, Tensor, register_family
+from .dtypes import is_float, numpy_dtype
+from .errors import InvalidInputError, Rule
+
+FAMILY: Final = "linear_cross_entropy"
+OWN_FEATURES: Final = ("linear_bias",)
+"""Features only linear cross-entropy cases have (the rest are cross-entropy's, read on the logits)."""
+
+
+@dataclass(frozen=True)
+class GradientExpectation:
+    """The reference for one parameter's gradient: values, their magnitudes and error scale."""
+
+    values: np.ndarray
+    scale: np.ndarray
+    sigma: np.ndarray
+
+
+# -- cases ---------------------------------------------------------------------------------------
+def linear_cross_entropy_case(input: Any, linear_weight: Any, target: Any, *, dtype: str = "float32",
+                              target_dtype: str | None = None, linear_bias: Any = None, weight: Any = None,
+                              ignore_index: int | None = None, reduction: str = "mean",
+                              label_smoothing: float = 0.0, grad_output: Any = None,
+                              expected_error: Rule | str | None = None, note: str = "") -> Case:
+    """A linear cross-entropy case; floating values are rounded to ``dtype``.
+
+    ``target_dtype`` defaults to int64 for integer-valued targets, ``dtype`` for float ones.
+
+    >>> linear_cross_entropy_case([[1.0, 0.0]], [[1.0, 1.0], [0.0, 1.0], [2.0, 2.0]], [2]).features
+    frozenset()
+    """
+    target_values = np.asarray(target)
+    if target_dtype is None:
+        target_dtype = dtype if target_values.dtype.kind == "f" else "int64"
+    tensors = {
+        "input": Tensor(np.asarray(input, dtype=np.float64), dtype),
+        "linear_weight": Tensor(np.asarray(linear_weight, dtype=np.float64), dtype),
+        "target": Tensor(np.asarray(target_values, dtype=np.float64 if is_float(target_dtype) else np.int64),
+                         target_dtype),
+    }
+    for name, value in (("linear_bias", linear_bias), ("weight", weight), ("grad_output", grad_output)):
+        if value is not None:
+            tensors[name] = Tensor(np.asarray(value, dtype=np.float64), dtype)
+    options = {"reduction": str(reduction), "ignore_index": None if ignore_index is None else int(ignore_index),
+               "label_smoothing": float(label_smoothing)}
+    return Case(FAMILY, tensors, options, "contiguous", expected_error, note)
+
+
+def logits_shape(case: Case) -> tuple[int, ...]:
+    """``(*batch, C, d_1, ..., d_K)`` from ``input`` ``(*batch, H)`` and ``linear_weight`` ``(C, ..., H)``."""
+    x, w = case.tensors["input"].shape, case.tensors["linear_weight"].shape
+    if len(w) < 1:
+        return x[:-1]
+    return (*x[:-1], w[0], *w[1:-1])
+
+
+def _features(case: Case) -> frozenset[str]:
+    found = set()
+    x = case.tensors["input"]
+    w = case.tensors["linear_weight"]
+    if not case.is_valid:
+        found.add("invalid_input")
+    if "linear_bias" in case.tensors:
+        found.add("linear_bias")
+    if "weight" in case.tensors:
+        found.add("weights")
+    if "grad_output" in case.tensors:
+        found.add("upstream_gradient")
+    if case.is_probability_target:
+        found.add("probability_targets")
+    elif case.target.size and not is_float(case.target_dtype):
+        ignored = case.target == _resolved_ignore_index(case)
+        if ignored.any():
+            found.add("ignore_index")
+            if ignored.all():
+                found.add("all_ignored")
+    smoothing = case.options["label_smoothing"]
+    if smoothing > 0:
+        found.add("label_smoothing")
+    elif smoothing < 0:
+        found.add("negative_smoothing")
+    if len(w.shape) > 2:
+        found.add("k_dim")
+    if len(x.shape) == 1:
+        found.add("unbatched")
+    elif len(x.shape) == 2 and x.shape[0] == 0:
+        found.add("empty_batch")
+    if w.shape and w.shape[0] >= VOCAB_SCALE_CLASSES:
+        found.add("vocab_scale")
+    if w.shape and w.shape[0] == 1:
+        found.add("single_class")
+    if case.dtype in ("float16", "bfloat16"):
+        found.add("low_precision")
+    if case.target_dtype == "uint8":
+        found.add("uint8_target")
+    return frozenset(found)
+
+
+def _resolved_ignore_index(case: Case) -> int:
+    value = case.options["ignore_index"]
+    return -100 if value is None else int(value)
+
+
+# -- the reference -------------------------------------------------------------------------------
+def _check(case: Case) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """torch's own checks of ``linear_cross_entropy``, in its order, before cross-entropy's.
+    Returns (logits shape, out_features)."""
+    x = case.tensors["input"].shape
+    w = case.tensors["linear_weight"].shape
+    if len(x) < 1 or len(x) > 2:
+        raise InvalidInputError(Rule.INPUT_SHAPE, f"expected input with dimensionality 1 or 2, got {len(x)}")
+    if len(w) < 2:
+        raise InvalidInputError(Rule.INPUT_SHAPE,
+                                f"expected linear_weight with dimensionality at least 2, got {len(w)}")
+    if x[-1] != w[-1]:
+        raise InvalidInputError(Rule.INPUT_SHAPE, "expected equal input and linear_weight last dimensions "
+                                f"(in_features), got {x[-1]} and {w[-1]}, respectively")
+    out_features = tuple(w[1:-1])
+    bias = case.tensors.get("linear_bias")
+    if bias is not None and tuple(bias.shape) != (w[0], *out_features):
+        raise InvalidInputError(Rule.INPUT_SHAPE,
+                                f"expected linear_bias shape {(w[0], *out_features)}, got {tuple(bias.shape)}")
+    if out_features and len(x) == 1:
+        raise InvalidInputError(Rule.INPUT_SHAPE, f"K-dimensional loss defined by linear_weight shape {tuple(w)} "
+                                f"requires batched input, (N, {x[-1]}), got unbatched input with shape {tuple(x)}")
+    shape = logits_shape(case)
+    if case.tensors["target"].shape == shape and case.options["ignore_index"] is not None:
+        raise InvalidInputError(Rule.IGNORE_INDEX_WITH_PROBABILITIES,
+                                "ignore_index cannot be specified when target contains probabilities")
+    return shape, out_features
+
+
+def exact_logits(case: Case) -> np.ndarray:
+    """The logits in float64 from the dtype-rounded input, weight and bias, in the logits' shape.
+
+    Each product of two float32 (or half) values is exact in float64; their sum over H errs by
+    at most H * 2**-53 relative, far below any tested dtype's unit."""
+    shape, _ = _check(case)
+    x = case.input
+    w = case.tensors["linear_weight"].values
+    flat_w = w.reshape(-1, w.shape[-1])
+    z = x @ flat_w.T
+    if "linear_bias" in case.tensors:
+        z = z + case.tensors["linear_bias"].values.reshape(-1)
+    return z.reshape(shape)
+
+
+def output_shape(case: Case) -> tuple[int, ...]:
+    shape, _ = _check(case)
+    from . import reference
+
+    return reference.evaluate_logits(np.zeros(shape), case.tensors["target"].as_numpy(), dtype=case.dtype,
+                                     weight=_weight(case), ignore_index=_resolved_ignore_index(case),
+                                     reduction=case.options["reduction"],
+                                     label_smoothing=case.options["label_smoothing"], gradients=False).output_shape
+
+
+def _weight(case: Case) -> np.ndarray | None:
+    tensor = case.tensors.get("weight")
+    return None if tensor is None else tensor.as_numpy()
+
+
+def _sum_root_squared(abs_terms_squared_sum: np.ndarray, total: np.ndarray, count: int) -> np.ndarray:
+    """``sum_k s_k**2`` of a sequential sum of ``count`` terms (see :mod:`ce_conformance.summation`):
+    a random walk of the terms (``count / 2`` times the sum of their squares) plus the drift of a
+    sum that grows to ``total`` (``count / 3`` times its square). Either order, blocked or tree
+    sums stay below it."""
+    return count / 2 * abs_terms_squared_sum + count / 3 * np.square(total)
+
+
+def evaluate(case: Case, *, gradients: bool = True):
+    """Reference values, gradients, magnitudes and error scales of a linear cross-entropy case.
+
+    Returns cross-entropy's :class:`~ce_conformance.reference.ReferenceResult` for the logits,
+    with ``grad_input`` (w.r.t. the input ``X``), the projection's error folded into every
+    sigma, and ``parameter_gradients`` for ``linear_weight`` (and ``linear_bias``)."""
+    from . import reference
+    from .reference import _unit_roundoff
+
+    shape, _ = _check(case)
+    z = exact_logits(case)
+    dtype = case.dtype
+    grad_output = case.grad_output
+    logits_result = reference.evaluate_logits(
+        z, case.tensors["target"].as_numpy(), dtype=dtype, weight=_weight(case),
+        ignore_index=_resolved_ignore_index(case), reduction=case.options["reduction"],
+        label_smoothing=case.options["label_smoothing"], gradients=True)  # upstream 1: G1 = dL/dz
+    u_c = _unit_roundoff(numpy_dtype(dtype))  # the compute precision: float32 for half dtypes
+    u_t = _unit_roundoff(numpy_dtype(dtype), internal=False)  # the dtype's own
+    x = case.input
+    w = case.tensors["linear_weight"].values
+    hidden = w.shape[-1]
+    flat_w = w.reshape(-1, hidden)
+    batched = x.ndim == 2
+    x2 = x if batched else x[None, :]
+    rows = x2.shape[0]
+
+    # the logits' error: their sum over H in the compute precision, and a rounding to the dtype
+    with np.errstate(over="ignore", invalid="ignore"):
+        terms_sq = np.square(x2) @ np.square(flat_w).T  # sum_h (x_h w_ch)^2, (rows, C*D)
+        dot = x2 @ flat_w.T
+        z_flat = z.reshape(rows, flat_w.shape[0])
+        sigma_z = np.sqrt(u_c ** 2 / 3 * _sum_root_squared(terms_sq, dot, hidden) + u_t ** 2 / 3 * np.square(z_flat))
+    sigma_z = np.nan_to_num(sigma_z, nan=0.0, posinf=np.finfo(np.float64).max)
+
+    def by_position(flat: np.ndarray) -> np.ndarray:  # (rows, C*D) -> the logits' shape
+        return flat.reshape(shape)
+
+    class_axis = 0 if not batched else 1
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        z_max = np.max(z, axis=class_axis, keepdims=True) if z.size else z
+        p = np.exp(z - z_max)
+        p = p / np.sum(p, axis=class_axis, keepdims=True)
+        p = np.nan_to_num(p, nan=0.0)
+        sz = by_position(sigma_z)
+        mixed = np.sqrt(np.sum(np.square(p * sz), axis=class_axis, keepdims=True))  # sigma of p . dz
+        sigma_dlogp = np.hypot(sz, mixed)  # sigma of d log p_c = dz_c - p . dz
+
+    g1 = logits_result.grad_input  # dL/dz for an upstream gradient of one
+    upstream = _upstream(case, logits_result.output_shape)
+    grad_logits = _scale_positions(g1, upstream, class_axis)
+    abs_upstream = np.abs(upstream)
+
+    # the loss: G1 . dz, per output element (summed over classes, and over positions unless 'none')
+    with np.errstate(over="ignore", invalid="ignore"):
+        moved = np.square(np.nan_to_num(g1) * sz)
+        if case.options["reduction"] == "none" or logits_result.output_shape:
+            loss_from_z = np.sqrt(np.sum(moved, axis=class_axis))
+        else:
+            loss_from_z = np.sqrt(np.sum(moved))
+    loss_sigma = np.hypot(_or_zero(logits_result.loss_sigma), loss_from_z)
+
+    # the gradient of the logits: cross-entropy's error, the logits' error through p, and the
+    # rounding to the dtype of a materialised gradient (torch's reference path)
+    g_scale = _scale_positions(_broadcast(logits_result.grad_input_scale, shape), abs_upstream, class_axis)
+    g_sigma_ce = _scale_positions(_broadcast(logits_result.grad_input_sigma, shape), abs_upstream, class_axis)
+    with np.errstate(over="ignore", invalid="ignore"):
+        sigma_g = np.sqrt(np.square(g_sigma_ce) + np.square(g_scale * p * sigma_dlogp)
+                          + u_t ** 2 / 3 * np.square(np.nan_to_num(grad_logits)))
+    sigma_g = np.nan_to_num(sigma_g, nan=0.0, posinf=np.finfo(np.float64).max)
+
+    g_flat = grad_logits.reshape(rows, flat_w.shape[0])
+    abs_g = np.abs(np.nan_to_num(g_flat))
+    sg_flat = sigma_g.reshape(rows, flat_w.shape[0])
+    with np.errstate(over="ignore", invalid="ignore"):
+        grad_x = g_flat @ flat_w
+        # the unit: the largest term (bounded by the largest factors), as for cross-entropy's gradient
+        grad_x_scale = np.outer(abs_g.max(axis=1, initial=0), np.abs(flat_w).max(axis=0, initial=0))
+        grad_x_sigma = np.sqrt(np.square(sg_flat) @ np.square(flat_w) + u_c ** 2 / 3 * _sum_root_squared(
+            np.square(g_flat) @ np.square(flat_w), grad_x, flat_w.shape[0]))
+        grad_w = g_flat.T @ x2
+        grad_w_scale = np.outer(abs_g.max(axis=0, initial=0), np.abs(x2).max(axis=0, initial=0))
+        grad_w_sigma = np.sqrt(np.square(sg_flat).T @ np.square(x2) + u_c ** 2 / 3 * _sum_root_squared(
+            np.square(g_flat).T @ np.square(x2), grad_w, rows))
+    parameter_gradients = {"linear_weight": GradientExpectation(
+        grad_w.reshape(w.shape), grad_w_scale.reshape(w.shape), _finite(grad_w_sigma).reshape(w.shape))}
+    if "linear_bias" in case.tensors:
+        bias_shape = case.tensors["linear_bias"].shape
+        with np.errstate(over="ignore", invalid="ignore"):
+            grad_b = g_flat.sum(axis=0)
+            grad_b_sigma = np.sqrt(np.square(sg_flat).sum(axis=0) + u_c ** 2 / 3 * _sum_root_squared(
+                np.square(g_flat).sum(axis=0), grad_b, rows))
+        parameter_gradients["linear_bias"] = GradientExpectation(
+            grad_b.reshape(bias_shape), abs_g.max(axis=0, initial=0).reshape(bias_shape),
+            _finite(grad_b_sigma).reshape(bias_shape))
+
+    grad_target = grad_target_scale = grad_target_sigma = None
+    if logits_result.grad_target is not None:
+        grad_target = _scale_positions(logits_result.grad_target, upstream, class_axis)
+        grad_target_scale = _scale_positions(_broadcast(logits_result.grad_target_scale, shape), abs_upstream, class_axis)
+        target_sigma = _scale_positions(_broadcast(logits_result.grad_target_sigma, shape), abs_upstream, class_axis)
+        class_weight = np.ones(shape[class_axis]) if case.weight is None else np.abs(case.weight)
+        weights = class_weight.reshape((-1,) + (1,) * (len(shape) - class_axis - 1))
+        factor = 1 - case.options["label_smoothing"] if case.options["label_smoothing"] > 0 else 1.0
+        per_position = np.expand_dims(abs_upstream, class_axis) if abs_upstream.ndim else abs_upstream
+        grad_target_sigma = _finite(np.hypot(target_sigma, per_position * factor * weights * sigma_dlogp))
+
+    return LinearReferenceResult(
+        loss=np.asarray(logits_result.loss), loss_scale=logits_result.loss_scale,
+        loss_intermediate=logits_result.loss_intermediate,
+        grad_input=grad_x.reshape(x.shape) if gradients else None,
+        grad_input_scale=grad_x_scale.reshape(x.shape) if gradients else None,
+        grad_target=grad_target if gradients else None, grad_target_scale=grad_target_scale,
+        output_dtype=logits_result.output_dtype, output_shape=logits_result.output_shape,
+        loss_sigma=_finite(loss_sigma), grad_input_sigma=_finite(grad_x_sigma).reshape(x.shape) if gradients else None,
+        grad_target_sigma=grad_target_sigma, grad_target_intermediate=logits_result.grad_target_intermediate,
+        parameter_gradients=MappingProxyType(parameter_gradients if gradients else {}),
+        logits=z, logits_sigma=by_position(sigma_z))
+
+
+def _or_zero(value: np.ndarray | None) -> np.ndarray:
+    return np.zeros(()) if value is None else np.asarray(value, dtype=np.float64)
+
+
+def _finite(sigma: np.ndarray) -> np.ndarray:
+    return np.nan_to_num(np.asarray(sigma, dtype=np.float64), nan=0.0, posinf=np.finfo(np.float64).max)
+
+
+def _broadcast(per_position: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    return np.zeros(shape) if per_position is None else np.broadcast_to(per_position, shape)
+
+
+def _upstream(case: Case, out_shape: tuple[int, ...]) -> np.ndarray:
+    """The upstream gradient per output element (a scalar for 'mean' and 'sum')."""
+    g = case.grad_output
+    return np.ones(out_shape) if g is None else np.asarray(g, dtype=np.float64).reshape(out_shape)
+
+
+def _scale_positions(per_logit: np.ndarray | None, upstream: np.ndarray, class_axis: int) -> np.ndarray | None:
+    """Multiply per-logit values by their position's upstream gradient (one scalar, or one per
+    position of a 'none' loss, broadcast over the class axis)."""
+    if per_logit is None:
+        return None
+    factor = np.expand_dims(upstream, class_axis) if np.ndim(upstream) else upstream
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.asarray(per_logit, dtype=np.float64) * factor
+
+
+# -- strategies ------------------------------------------------------------------------------------
+CHUNK_BOUNDARY_ROWS: Final = (1, 2, 3, 4, 5, 7, 8, 9, 63, 64, 65, 127, 128, 129, 255, 256, 257, 1023, 1024, 1025)
+"""Batch sizes at and one past the chunk sizes fused kernels use (and small ones for shrinking)."""
+HIDDEN_SIZES: Final = (1, 2, 3, 8, 16, 17, 64, 128, 129)
+CLASS_COUNTS: Final = (1, 2, 3, 5, 8, 127, 128, 129, 1024, 1025)
+
+
+@st.composite
+def linear_cross_entropy_cases(draw, dtypes: tuple[str, ...] = ("float64", "float32", "bfloat16", "float16"),
+                               exclude: frozenset[str] | set[str] = frozenset(), max_logits: int = 1 << 16) -> Case:
+    """A valid linear cross-entropy case over torch 2.13's whole signature: K-dim heads,
+    unbatched inputs, bias, class weights, ignored targets, smoothing, probability targets,
+    every reduction and an upstream gradient; batch sizes at chunk boundaries.
+
+    ``exclude`` names features never to draw (those the kernel under test does not support).
+
+    >>> case = linear_cross_entropy_cases(exclude={"k_dim", "unbatched"}).example()
+    >>> case.family, case.input.ndim
+    ('linear_cross_entropy', 2)
+    """
+    exclude = frozenset(exclude)
+    dtype = draw(st.sampled_from([d for d in dtypes if not (d in ("float16", "bfloat16") and "low_precision" in exclude)]
+                                 or list(dtypes)))
+    unbatched = "unbatched" not in exclude and draw(st.integers(0, 7)) == 0
+    rows = 0 if unbatched else draw(st.sampled_from(CHUNK_BOUNDARY_ROWS))
+    if not unbatched and "empty_batch" not in exclude and draw(st.integers(0, 15)) == 0:
+        rows = 0
+    hidden = draw(st.sampled_from(HIDDEN_SIZES))
+    classes = draw(st.sampled_from([c for c in CLASS_COUNTS if c > 1 or "single_class" not in exclude]))
+    extra = (draw(st.integers(1, 3)),) if not unbatched and "k_dim" not in exclude and draw(st.integers(0, 4)) == 0 else ()
+    while max(rows, 1) * classes * math.prod(extra) > max_logits and classes > 8:
+        classes = classes // 8
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    spread = draw(st.sampled_from((0.1, 1.0, 4.0, 16.0)))  # logit scale: flat to confident rows
+    x = rng.normal(size=(hidden,) if unbatched else (rows, hidden))
+    w = rng.normal(size=(classes, *extra, hidden)) * spread / math.sqrt(hidden)
+    logits = (classes,) if unbatched else (rows, classes, *extra)
+    positions = () if unbatched else (rows, *extra)
+    probabilities = "probability_targets" not in exclude and draw(st.integers(0, 3)) == 0
+    ignore_index = None
+    if probabilities:
+        target = rng.dirichlet(np.ones(classes), size=math.prod(positions))  # () -> 1 row
+        target = np.moveaxis(target.reshape((*positions, classes)), -1, 0 if unbatched else 1).reshape(logits)
+    else:
+        target = rng.integers(0, classes, size=positions)
+        if "ignore_index" not in exclude and draw(st.booleans()):
+            ignore_index = draw(st.sampled_from((None, -1, 2 ** 40)))
+            resolved = -100 if ignore_index is None else ignore_index
+            everything = "all_ignored" not in exclude and draw(st.integers(0, 5)) == 0
+            mask = np.ones(target.shape, dtype=bool) if everything else rng.random(target.shape) < 0.3
+            if "all_ignored" in exclude and mask.size and mask.all():
+                mask.flat[0] = False
+            target = np.where(mask, resolved, target)
+    bias = rng.normal(size=(classes, *extra)) * spread if "linear_bias" not in exclude and draw(st.booleans()) else None
+    weight = rng.uniform(0.0, 2.0, size=classes) if "weights" not in exclude and draw(st.booleans()) else None
+    smoothing = draw(st.sampled_from((0.0, 0.1, 0.5, 1.0))) if "label_smoothing" not in exclude and draw(st.booleans()) else 0.0
+    reduction = draw(st.sampled_from(("mean", "sum", "none")))
+    out_shape = positions if reduction == "none" else ()
+    grad_output = rng.normal(size=out_shape) if "upstream_gradient" not in exclude and draw(st.booleans()) else None
+    return linear_cross_entropy_case(x, w, target, dtype=dtype, linear_bias=bias, weight=weight,
+                                     ignore_index=ignore_index, reduction=reduction, label_smoothing=smoothing,
+                                     grad_output=grad_output)
+
+
+# imported late: the result type extends cross-entropy's (reference imports nothing from here)
+from .reference import ReferenceResult  # noqa: E402
+
+
+@dataclass(frozen=True)
+class LinearReferenceResult(ReferenceResult):
+    """Cross-entropy's result on the exact logits, with the input's gradient w.r.t. ``X`` and the
+    parameters' gradients; ``logits`` and their error scale for diagnostics."""
+
+    parameter_gradients: Mapping[str, GradientExpectation] = field(default_factory=dict)
+    logits: np.ndarray | None = None
+    logits_sigma: np.ndarray | None = None
+
+
+LINEAR_CROSS_ENTROPY: Final = register_family(LossFamily(
+    name=FAMILY,
+    torch_function="torch.nn.functional.linear_cross_entropy",
+    required_tensors=("input", "linear_weight", "target"),
+    optional_tensors=("linear_bias", "weight", "grad_output"),
+    option_defaults=MappingProxyType({"reduction": "mean", "ignore_index": None, "label_smoothing": 0.0}),
+    features=_features,
+    logits_shape=logits_shape,
+    evaluate=evaluate,
+    output_shape=output_shape,
+    parameter_gradients=("linear_weight", "linear_bias"),
+    own_features=OWN_FEATURES,
+))

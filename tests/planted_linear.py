@@ -1,0 +1,100 @@
+"""A correct chunked linear cross-entropy of ours and planted bugs real fused kernels have shipped.
+
+``chunked`` computes the loss and every gradient in the forward, chunk by chunk over the batch
+(as Liger-Kernel's fused linear cross-entropy does), in float32 for half dtypes; each planted
+variant changes one line of it. Index targets, ``ignore_index`` (default -100), class weights,
+'mean' / 'sum' / 'none', an optional bias.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHUNK_ROWS = 4
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, b, target, weight, ignore_index, reduction, bug):
+        compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+        n = x.shape[0]
+        losses = torch.zeros(n, dtype=compute)
+        grad_logits = []
+        rows = range(0, n, CHUNK_ROWS)
+        if bug == "dropped_last_chunk":
+            rows = range(0, n - n % CHUNK_ROWS if n > CHUNK_ROWS else n, CHUNK_ROWS)
+        class_weight = torch.ones(w.shape[0], dtype=compute) if weight is None else weight.to(compute)
+        for start in rows:
+            xs, ts = x[start:start + CHUNK_ROWS].to(compute), target[start:start + CHUNK_ROWS]
+            z = xs @ w.to(compute).T
+            if b is not None:
+                z = z + b.to(compute)
+            valid = ts != ignore_index
+            safe = torch.where(valid, ts, 0)
+            logp = torch.log_softmax(z, dim=1)
+            wy = torch.where(valid, class_weight[safe], 0)
+            losses[start:start + len(ts)] = -wy * logp.gather(1, safe[:, None])[:, 0]
+            g = torch.exp(logp) * wy[:, None]
+            g[torch.arange(len(ts)), safe] -= wy
+            grad_logits.append((start, g))
+        total_weight = sum(torch.where(target[s:s + CHUNK_ROWS] != ignore_index,
+                                       class_weight[torch.where(target[s:s + CHUNK_ROWS] != ignore_index,
+                                                                target[s:s + CHUNK_ROWS], 0)], 0).sum()
+                           for s in range(0, n, CHUNK_ROWS)) if n else torch.zeros((), dtype=compute)
+        if reduction == "mean":
+            denominator = total_weight * (total_weight if bug == "normaliser_twice" else 1)
+            out = losses.sum() / denominator
+        elif reduction == "sum":
+            out = losses.sum()
+        else:
+            out = losses
+        ctx.save_for_backward(x, w)
+        ctx.grad_logits, ctx.reduction, ctx.has_bias, ctx.bug = grad_logits, reduction, b is not None, bug
+        ctx.denominator = total_weight if reduction == "mean" else None
+        return out.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, w = ctx.saved_tensors
+        compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+        accumulate = x.dtype if ctx.bug == "weight_grad_in_dtype" else compute
+        grad_x = torch.zeros(x.shape, dtype=compute)
+        grad_w = torch.zeros(w.shape, dtype=accumulate)
+        grad_b = torch.zeros(w.shape[0], dtype=compute)
+        if ctx.bug == "weight_grad_in_dtype":  # one row at a time, as a kernel adding per token would
+            ctx.grad_logits = [(start + i, g[i:i + 1]) for start, g in ctx.grad_logits for i in range(len(g))]
+        for start, g in ctx.grad_logits:
+            if ctx.reduction == "none":
+                scale = grad_output[start:start + len(g)].to(compute)[:, None]
+                if ctx.bug == "first_grad_output":
+                    scale = grad_output[0].to(compute)
+            else:
+                scale = grad_output.to(compute) / (ctx.denominator if ctx.reduction == "mean" else 1)
+            if ctx.reduction == "mean" and not ctx.denominator:
+                scale = torch.zeros((), dtype=compute)  # nothing counted: no gradient (0 * inf would be NaN)
+            g = g * scale
+            grad_x[start:start + len(g)] = g @ w.to(compute)
+            grad_w = (grad_w.to(compute) + g.T @ x[start:start + len(g)].to(compute)).to(accumulate)
+            grad_b += g.sum(0)
+        bias_grad = None if not ctx.has_bias or ctx.bug == "bias_grad_missing" else grad_b.to(x.dtype)
+        return grad_x.to(x.dtype), grad_w.to(x.dtype), bias_grad, None, None, None, None, None
+
+
+def _make(bug):
+    def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None, reduction="mean",
+                             ignore_index=None, label_smoothing=0.0):
+        if label_smoothing or target.is_floating_point() or input.dim() != 2 or linear_weight.dim() != 2:
+            raise NotImplementedError("index targets, (N, H) inputs and (C, H) weights without smoothing only")
+        ignore = -100 if ignore_index is None else ignore_index
+        return _ChunkedLinearCrossEntropy.apply(input, linear_weight, linear_bias, target, weight, ignore, reduction,
+                                                bug)
+
+    linear_cross_entropy.__name__ = bug or "chunked"
+    return linear_cross_entropy
+
+
+chunked = _make(None)
+PLANTED = ("dropped_last_chunk", "first_grad_output", "weight_grad_in_dtype", "bias_grad_missing", "normaliser_twice")
+dropped_last_chunk, first_grad_output, weight_grad_in_dtype, bias_grad_missing, normaliser_twice = map(_make, PLANTED)
+SUPPORTED_FEATURES = frozenset({"weights", "ignore_index", "all_ignored", "upstream_gradient", "low_precision",
+                                "linear_bias", "empty_batch", "single_class", "vocab_scale"})
