@@ -12,7 +12,9 @@ contract      ``loss_dtype``, ``loss_shape``, ``grad_input_dtype``, ``grad_input
               accepted silently)
 values        ``loss_value``, ``loss_nonfinite``
 gradients     ``grad_input_value``, ``grad_input_nonfinite``, ``grad_input_missing``,
-              ``grad_target_value``, ``grad_target_nonfinite``, ``grad_target_missing``
+              ``grad_target_value``, ``grad_target_nonfinite``, ``grad_target_missing``; for a
+              family's parameters (a linear head) ``grad_<name>_value``, ``_nonfinite``,
+              ``_missing``, ``_dtype``, ``_shape``
 mutation      ``mutation`` (the caller's input, target or weight changed)
 ============  ===========================================================================
 """

@@ -233,3 +233,19 @@ def test_flushing_a_tiny_weighted_nll_to_zero_is_correct_arithmetic(monkeypatch)
     assert compare(case, outcome, reference.evaluate(case), capabilities).passed
     monkeypatch.setattr(reference, "flushed_pairs", lambda a, b, dtype: np.zeros(np.broadcast(a, b).shape))
     assert not compare(case, outcome, reference.evaluate(case), capabilities).passed
+
+
+def test_a_smoothed_target_below_the_half_normal_range_may_round_to_zero(torch):
+    # float16: eps / C = 1.2e-8 rounds to 0 in torch's smoothed target, so log p = -65505 of the
+    # other classes never enters: 'none' loss 0 for a true 0.0031 (3.2 ulps over 3; torch itself)
+    import ce_conformance.adapters as adapters
+    from ce_conformance.compare import compare
+
+    case = Case.cross_entropy(np.array([[1.0, -65504.0, -65504.0, -65504.0, -65504.0]]),
+                              np.array([[1.0, 0.0, 0.0, 0.0, 0.0]]), label_smoothing=5.960464477539063e-08,
+                              reduction="none", dtype="float16")
+    adapter = adapters.load_adapter("torch")
+    outcome = adapter.run(case)
+    assert float(np.asarray(outcome.loss).ravel()[0]) == 0.0
+    comparison = compare(case, outcome, reference.evaluate(case), adapter.capabilities)
+    assert comparison.passed, [v.message for v in comparison.verdicts]
