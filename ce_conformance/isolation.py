@@ -69,8 +69,7 @@ def _build(recipe: tuple[Any, ...]) -> Adapter:
     if kind == "user":
         from ce_conformance.adapters import user_adapter
 
-        _, spec, impl_kind, features, name, *rest = recipe
-        device, family = (list(rest) + ["cpu", "cross_entropy"][len(rest):])[:2]
+        _, spec, impl_kind, features, name, device, family = recipe
         return user_adapter(spec, impl_kind, features=features, name=name, device=device, family=family)
     if kind == "pickle":  # produced by recipe_of() in the parent process, never read from a file
         return pickle.loads(recipe[1])

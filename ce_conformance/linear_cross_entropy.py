@@ -190,10 +190,10 @@ def output_shape(case: Case) -> tuple[int, ...]:
     shape, _ = _check(case)
     from . import reference
 
-    return reference.evaluate_logits(np.zeros(shape), case.tensors["target"].as_numpy(), dtype=case.dtype,
-                                     weight=_weight(case), ignore_index=_resolved_ignore_index(case),
-                                     reduction=case.options["reduction"],
-                                     label_smoothing=case.options["label_smoothing"], gradients=False).output_shape
+    return reference.logits_output_shape(shape, case.tensors["target"].as_numpy(), dtype=case.dtype,
+                                         weight=_weight(case), ignore_index=_resolved_ignore_index(case),
+                                         reduction=case.options["reduction"],
+                                         label_smoothing=case.options["label_smoothing"])
 
 
 def _weight(case: Case) -> np.ndarray | None:
@@ -218,10 +218,9 @@ def evaluate(case: Case, *, gradients: bool = True):
     from . import reference
     from .reference import _unit_roundoff
 
-    shape, _ = _check(case)
-    z = exact_logits(case)
+    z = exact_logits(case)  # torch's checks first
+    shape = z.shape
     dtype = case.dtype
-    grad_output = case.grad_output
     logits_result = reference.evaluate_logits(
         z, case.tensors["target"].as_numpy(), dtype=dtype, weight=_weight(case),
         ignore_index=_resolved_ignore_index(case), reduction=case.options["reduction"],
@@ -239,8 +238,8 @@ def evaluate(case: Case, *, gradients: bool = True):
     # the logits' error: their sum over H in the compute precision, and a rounding to the dtype
     with np.errstate(over="ignore", invalid="ignore"):
         terms_sq = np.square(x2) @ np.square(flat_w).T  # sum_h (x_h w_ch)^2, (rows, C*D)
-        dot = x2 @ flat_w.T
         z_flat = z.reshape(rows, flat_w.shape[0])
+        dot = z_flat - case.tensors["linear_bias"].values.reshape(-1) if "linear_bias" in case.tensors else z_flat
         sigma_z = np.sqrt(u_c ** 2 / 3 * _sum_root_squared(terms_sq, dot, hidden) + u_t ** 2 / 3 * np.square(z_flat))
     sigma_z = np.nan_to_num(sigma_z, nan=0.0, posinf=np.finfo(np.float64).max)
 

@@ -488,8 +488,8 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                         # step: float16 eps / C = 1.2e-8 becomes 0, times |log p| = 65505 (a 0.003 loss, seen)
                         half_step = smallest_subnormal(dtype_name(call.dtype)) / 2
                         tiny = t_abs < smallest_normal(dtype_name(call.dtype))
-                        w_row = w_abs[None, :] if w_abs is not None else 1.0
-                        flush_bound[positions] += (np.where(tiny, half_step, 0.0) * w_row * abs_logp).sum(axis=1)
+                        w_factor = w_abs[None, :] if w_abs is not None else 1.0
+                        flush_bound[positions] += (np.where(tiny, half_step, 0.0) * w_factor * abs_logp).sum(axis=1)
                 if gradients:
                     scale = upstream[positions]
                     p = ls.p
@@ -776,10 +776,21 @@ def evaluate_logits(logits: np.ndarray, target: Any, *, dtype: str, weight: Any 
     """:func:`evaluate` for exact float64 ``logits`` that a ``dtype`` computation produced (a linear
     projection): torch's argument checks as for ``dtype`` logits, values from the exact ones, and
     the tolerance model of ``dtype`` arithmetic. The logits' own error is the caller's to add."""
-    typed = np.broadcast_to(np.zeros((), dtype=numpy_dtype(dtype)), np.shape(logits))  # checks read shape and dtype
-    call = _validate(typed, target, weight, None, ignore_index, None, reduction, label_smoothing)
+    call = _logits_call(np.shape(logits), target, dtype, weight, ignore_index, reduction, label_smoothing)
     call = replace(call, input=np.asarray(logits, dtype=np.float64), precision=numpy_dtype(dtype))
     return _evaluate_call(call, dtype, grad_output, gradients)
+
+
+def logits_output_shape(shape: tuple[int, ...], target: Any, *, dtype: str, weight: Any = None,
+                        ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0) -> tuple[int, ...]:
+    """:func:`output_shape` for ``dtype`` logits of ``shape`` that are never formed (torch's checks only)."""
+    return _logits_call(shape, target, dtype, weight, ignore_index, reduction, label_smoothing).output_shape
+
+
+def _logits_call(shape: tuple[int, ...], target: Any, dtype: str, weight: Any, ignore_index: int, reduction: str,
+                 label_smoothing: float) -> _Call:
+    typed = np.broadcast_to(np.zeros((), dtype=numpy_dtype(dtype)), shape)  # the checks read shape and dtype only
+    return _validate(typed, target, weight, None, ignore_index, None, reduction, label_smoothing)
 
 
 def _evaluate_call(call: _Call, dtype: str, grad_output: Any, gradients: bool) -> ReferenceResult:
