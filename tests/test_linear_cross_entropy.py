@@ -133,9 +133,9 @@ def test_torchs_own_linear_cross_entropy_paths_pass(torch, name):
     from ce_conformance.adapters import load_adapter
 
     adapter = load_adapter(name)
-    known = {"all_ignored"} if name == "torch-linear-chunked" else set()  # see the test below
+    known = {"all_ignored", "low_precision"} if name == "torch-linear-chunked" else set()  # see the tests below
 
-    @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=40, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
     @given(linear_cross_entropy_cases(exclude=known))
     def check(case):
         comparison = _judge(adapter, case)
@@ -165,7 +165,7 @@ def _supported_cases():
 def test_our_chunked_linear_cross_entropy_passes(torch):
     adapter = _user_adapter("chunked")
 
-    @settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=60, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
     @given(_supported_cases())
     def check(case):
         comparison = _judge(adapter, case)
@@ -181,7 +181,7 @@ def test_our_chunked_linear_cross_entropy_passes(torch):
 def test_planted_linear_bugs_are_caught_on_drawn_cases(torch, bug, check):
     adapter = _user_adapter(bug)
     failing = find(_supported_cases(), lambda case: check in {v.check for v in _judge(adapter, case).verdicts},
-                   settings=settings(max_examples=300, deadline=None, database=None,
+                   settings=settings(max_examples=300, deadline=None, database=None, derandomize=True,
                                      suppress_health_check=list(HealthCheck)))
     assert failing.family == "linear_cross_entropy"
 
@@ -195,4 +195,19 @@ def test_torchs_chunked_path_gives_nan_gradients_where_every_target_is_ignored(t
     case = linear_cross_entropy_case(np.ones((2, 3)), np.ones((4, 3)), np.array([-100, -100]), dtype="float64")
     verdicts = {v.check for v in _judge(load_adapter("torch-linear-chunked"), case).verdicts}
     assert {"grad_input_nonfinite", "grad_linear_weight_nonfinite"} <= verdicts
+    assert _judge(load_adapter("torch-linear"), case).passed
+
+
+def test_torchs_chunked_path_sums_half_precision_weight_gradients_in_the_dtype_across_chunks(torch):
+    """torch 2.13, CPU, default accumulation policy: the chunked path's bfloat16 weight gradient
+    is summed in bfloat16 across chunks: 27 ulps off over 341 chunks of 3 rows, where the
+    reference path stays at a fifth of its budget (the bug class "weight gradient accumulated in
+    the input dtype across chunks"). Marginal at the strategy's batch sizes (4.8 ulps on a
+    4.6-ulp budget at 85 chunks), hence excluded from the test above and pinned here."""
+    from ce_conformance.adapters import load_adapter
+
+    rng = np.random.default_rng(0)
+    case = linear_cross_entropy_case(np.abs(rng.normal(size=(1023, 1))) + 1, rng.normal(size=(127, 1)),
+                                     np.full(1023, 5), dtype="bfloat16", reduction="sum")
+    assert "grad_linear_weight_value" in {v.check for v in _judge(load_adapter("torch-linear-chunked"), case).verdicts}
     assert _judge(load_adapter("torch-linear"), case).passed

@@ -268,11 +268,11 @@ several chunk boundaries and end in a partial chunk."""
 
 def chunked_linear_cross_entropy(*args: Any, **kwargs: Any) -> Any:
     """torch's chunked ``linear_cross_entropy`` path (``LinearCrossEntropyOptions``), which never
-    materialises the logits. Where torch does not support chunking (K-dim, smoothing, non-int64
-    targets, other reductions) it falls back to its reference path with a warning."""
+    materialises the logits, with torch's default accumulation policy (what a user gets).
+    Where torch does not support chunking (K-dim, smoothing, non-int64 targets, other reductions)
+    it falls back to its reference path with a warning."""
     import torch.nn.functional as F
     from torch.nn import LinearCrossEntropyOptions
 
-    options = LinearCrossEntropyOptions(batch_chunk_size=LINEAR_CHUNK_ROWS, chunking_method=None,
-                                        acc_policy="accurate")
+    options = LinearCrossEntropyOptions(batch_chunk_size=LINEAR_CHUNK_ROWS, chunking_method=None)
     return F.linear_cross_entropy(*args, options=options, **kwargs)
