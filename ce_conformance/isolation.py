@@ -60,7 +60,8 @@ def recipe_of(adapter: Adapter) -> tuple[Any, ...] | None:
         return None
 
 
-def _build(recipe: tuple[Any, ...]) -> Adapter:
+def build_adapter(recipe: tuple[Any, ...]) -> Adapter:
+    """The adapter a worker process runs, rebuilt from the parent's recipe (see :func:`recipe_of`)."""
     kind = recipe[0]
     if kind == "builtin":
         from ce_conformance.adapters import load_adapter
@@ -92,7 +93,7 @@ def _worker_main(conn: Any, recipe: tuple[Any, ...], memory_mb: int | None) -> N
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     warnings.simplefilter("ignore")
     try:
-        adapter = _build(recipe)
+        adapter = build_adapter(recipe)
     except BaseException as exc:  # noqa: BLE001 - report anything, the parent decides
         conn.send(("init-error", RaisedError.from_exception(exc, "setup")))
         return

@@ -20,6 +20,7 @@ from ce_conformance.baseline import Baseline
 from ce_conformance.cli import main
 from ce_conformance.errors import ConfigurationError
 from ce_conformance.findings import load_run
+from ce_conformance.isolation import build_adapter
 from ce_conformance.repro import replay_command, write_repro
 
 pytest_plugins = ["pytester"]
@@ -73,7 +74,7 @@ def test_an_unavailable_device_is_a_configuration_error_with_the_reason(tmp_path
 
 def test_the_device_travels_to_worker_processes_and_repro_scripts(tmp_path, torch):
     adapter = user_adapter("torch.nn.functional:cross_entropy", device="cuda:0")
-    assert adapter.device == "cuda:0" and adapter.recipe[-1] == "cuda:0"
+    assert adapter.device == "cuda:0" and build_adapter(adapter.recipe).device == "cuda:0"
     assert replay_command("c.json", adapter.name, "torch.nn.functional:cross_entropy", "torch",
                           device="cuda:0").endswith("--device cuda:0")
     case = Case.cross_entropy([[1.0, 2.0, 0.5]], [1], dtype="float16", memory_layout="offset")
