@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 
 from ce_conformance import Case, CaseFormatError
-from ce_conformance.case import SCHEMA_VERSION
+from ce_conformance.case_codec import SCHEMA_VERSION
 from ce_conformance.errors import Rule
 from ce_conformance.strategies import cross_entropy_cases
 

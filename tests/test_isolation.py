@@ -136,7 +136,7 @@ def test_hostile_case_files_exit_2(tmp_path, capsys, content, message):
 
 
 def test_huge_case_files_are_refused(tmp_path, capsys, monkeypatch):
-    import ce_conformance.case as case_module
+    import ce_conformance.case_codec as case_module
 
     monkeypatch.setattr(case_module, "MAX_CASE_FILE_BYTES", 1000)
     path = tmp_path / "big.json"

@@ -1,0 +1,160 @@
+"""The cross-entropy family: ``torch.nn.functional.cross_entropy``, the suite's first and the
+one every other family builds on (linear cross-entropy is cross-entropy on projected logits).
+
+Its semantics live in :mod:`ce_conformance.reference`; this module says what its cases hold,
+which features a case exercises (what adapters declare and findings are tabulated by), and
+where its cases come from (:func:`ce_conformance.strategies.cross_entropy_cases` for explore
+and shrink, :func:`ce_conformance.covering.build_case` for the covering phase).
+
+>>> case = cross_entropy_case([[0.5, -1.0, 2.0], [0.0, 0.0, 0.0]], [2, -100], weight=[1.0, 2.0, 0.5])
+>>> sorted(case.features)
+['ignore_index', 'weights']
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, Final, Mapping
+
+import numpy as np
+
+from .case import VOCAB_SCALE_CLASSES, Case, LossFamily, Tensor, register_family
+from .dtypes import is_float
+from .errors import Rule
+
+FAMILY: Final = "cross_entropy"
+
+FEATURES: Final = (
+    "weights", "ignore_index", "ignore_index_in_range", "all_ignored", "label_smoothing", "negative_smoothing",
+    "probability_targets", "k_dim", "unbatched", "empty_batch", "single_class", "legacy_reduction",
+    "upstream_gradient", "non_contiguous", "low_precision", "vocab_scale", "nonfinite_logits", "uint8_target",
+    "invalid_input",
+)
+"""Semantic features a cross-entropy case can exercise; adapters declare the ones they support."""
+
+
+def logits_features(case: Case) -> frozenset[str]:
+    """The features of a case read on the logits its loss is taken over (the input of
+    ``cross_entropy``; a projection's output for ``linear_cross_entropy``): every family whose
+    loss is cross-entropy of some logits shares them."""
+    found = set()
+    x, t = case.input, case.target
+    options = case.options
+    shape = case.spec.logits_shape(case)
+    class_axis = 0 if len(shape) == 1 else 1
+    n_classes = shape[class_axis] if shape else 0
+    ignore_index = -100 if options.get("ignore_index") is None else options["ignore_index"]
+    if not case.is_valid:
+        found.add("invalid_input")
+    if "weight" in case.tensors:
+        found.add("weights")
+    if case.is_probability_target:
+        found.add("probability_targets")
+    elif t.size and is_float(case.target_dtype) is False:
+        ignored = t == ignore_index
+        if ignored.any():
+            found.add("ignore_index")
+            if 0 <= ignore_index < n_classes:
+                found.add("ignore_index_in_range")
+            if ignored.all():
+                found.add("all_ignored")
+    if options["label_smoothing"] > 0:
+        found.add("label_smoothing")
+    elif options["label_smoothing"] < 0:
+        found.add("negative_smoothing")
+    if len(shape) >= 3:
+        found.add("k_dim")
+    if len(shape) == 1:
+        found.add("unbatched")
+    if len(shape) >= 2 and shape[0] == 0:
+        found.add("empty_batch")
+    if n_classes == 1:
+        found.add("single_class")
+    if n_classes >= VOCAB_SCALE_CLASSES:
+        found.add("vocab_scale")
+    if options.get("size_average") is not None or options.get("reduce") is not None:
+        found.add("legacy_reduction")
+    if "grad_output" in case.tensors:
+        found.add("upstream_gradient")
+    if case.memory_layout != "contiguous":
+        found.add("non_contiguous")
+    if case.dtype in ("float16", "bfloat16"):
+        found.add("low_precision")
+    if x.size and not np.isfinite(x).all():
+        found.add("nonfinite_logits")
+    if case.target_dtype == "uint8":
+        found.add("uint8_target")
+    return frozenset(found)
+
+
+def cross_entropy_case(
+    input: Any,
+    target: Any,
+    *,
+    dtype: str = "float32",
+    target_dtype: str | None = None,
+    weight: Any = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    memory_layout: str = "contiguous",
+    grad_output: Any = None,
+    expected_error: Rule | str | None = None,
+    note: str = "",
+) -> Case:
+    """A cross-entropy case. Floating values are rounded to ``dtype`` on construction.
+
+    ``target_dtype`` defaults to int64 for integer-valued targets whose shape differs from
+    the input, and to ``dtype`` (probabilities) when the shapes are equal.
+    """
+    input_values = np.asarray(input, dtype=np.float64)
+    target_values = np.asarray(target)
+    if target_dtype is None:
+        same_shape = target_values.shape == input_values.shape
+        target_dtype = dtype if same_shape or target_values.dtype.kind == "f" else "int64"
+    tensors = {
+        "input": Tensor(input_values, dtype),
+        "target": Tensor(np.asarray(target_values, dtype=np.float64 if is_float(target_dtype) else np.int64), target_dtype),
+    }
+    if weight is not None:
+        tensors["weight"] = Tensor(np.asarray(weight, dtype=np.float64), dtype)
+    if grad_output is not None:
+        tensors["grad_output"] = Tensor(np.asarray(grad_output, dtype=np.float64), dtype)
+    options = {
+        "ignore_index": int(ignore_index),
+        "reduction": str(reduction),
+        "label_smoothing": float(label_smoothing),
+        "size_average": size_average,
+        "reduce": reduce,
+    }
+    return Case(FAMILY, tensors, options, memory_layout, expected_error, note)
+
+
+def _strategy(**options: Any):
+    from .strategies import cross_entropy_cases
+
+    return cross_entropy_cases(**options)
+
+
+def _covering_case(row: Mapping[str, str], seed: int, **options: Any) -> Case:
+    from .covering import build_case
+
+    return build_case(row, seed, **options)
+
+
+CROSS_ENTROPY: Final = register_family(LossFamily(
+    name=FAMILY,
+    torch_function="torch.nn.functional.cross_entropy",
+    required_tensors=("input", "target"),
+    optional_tensors=("weight", "grad_output"),
+    option_defaults=MappingProxyType({"ignore_index": -100, "reduction": "mean", "label_smoothing": 0.0,
+                                      "size_average": None, "reduce": None}),
+    features=logits_features,
+    strategy=_strategy,
+    covering_case=_covering_case,
+    requirable=frozenset({"weights", "ignore_index", "all_ignored", "label_smoothing", "probability_targets", "k_dim",
+                          "unbatched", "low_precision", "vocab_scale", "upstream_gradient", "non_contiguous",
+                          "nonfinite_logits", "invalid_input"}),
+))
