@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ce_conformance.adapters import DEFAULT_ADAPTERS
+from ce_conformance.adapters import default_adapters
 
 from ._version import __version__
 from .errors import ConfigurationError
@@ -31,12 +31,18 @@ DEVICE_HELP = ("where --kind torch puts the --impl function's tensors: cpu (defa
                "(a fused CUDA/Triton kernel); unavailable: exit 2 with the reason")
 
 
+FAMILY_HELP = ("loss family: cross_entropy (default; --impl has F.cross_entropy's signature) or "
+               "linear_cross_entropy (--impl has F.linear_cross_entropy's: input, linear_weight, target, *, "
+               "linear_bias, weight, reduction, ignore_index, label_smoothing)")
+
+
 def _add_run_options(p: argparse.ArgumentParser, *, default_out: str) -> None:
     p.add_argument("--impl", metavar="SPEC", help="implementation under test: module.path:function or "
                    "path/to/file.py:function (a loss class such as torch.nn:CrossEntropyLoss works too)")
     p.add_argument("--kind", choices=("torch", "jax", "numpy"), default="torch",
                    help="what the --impl function takes: torch tensors (default), jax arrays or numpy arrays")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    p.add_argument("--family", default="cross_entropy", help=FAMILY_HELP)
     p.add_argument("--features", metavar="LIST", default=None,
                    help="features to test --impl on: 'default' (all but legacy args, uint8 targets and "
                         "negative smoothing), 'all', or a comma-separated list; '-name' takes one away "
@@ -93,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     fuzz = sub.add_parser("fuzz", help="differential fuzzing of adapters against the reference")
     fuzz.add_argument("--adapters", default=None,
-                      help="comma-separated adapters (default: numpy,torch,jax,optax; see 'adapters')")
+                      help="comma-separated adapters (default: numpy,torch,jax,optax; for --family "
+                           "linear_cross_entropy torch-linear,torch-linear-chunked; see 'adapters')")
     _add_run_options(fuzz, default_out="ce-out/fuzz")
 
     gate = sub.add_parser("gate", help="CI gate: exit 0 when --impl conforms, 1 on findings, 2 on bad config")
@@ -117,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--impl", metavar="SPEC")
     replay.add_argument("--kind", choices=("torch", "jax", "numpy"), default="torch")
     replay.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    replay.add_argument("--family", default=None, help="the --impl function's loss family (default: the cases')")
     replay.add_argument("--features", default="all")
     replay.add_argument("--strict", action="store_true")
     replay.add_argument("--oracle", choices=("reference", "torch"), default="reference",
@@ -149,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _adapters(args: argparse.Namespace, defaults: tuple[str, ...] = ()) -> list[Any]:
-    """--adapters (else ``defaults``), plus the --impl adapter."""
+    """--adapters (else ``defaults``), plus the --impl adapter (of ``--family``)."""
     from ce_conformance.adapters import load_adapters, user_adapter
 
     if getattr(args, "strict", False) and args.features is None:
@@ -157,7 +165,8 @@ def _adapters(args: argparse.Namespace, defaults: tuple[str, ...] = ()) -> list[
     names = getattr(args, "adapters", None)
     chosen = load_adapters(names) if names else load_adapters(list(defaults))
     if args.impl:
-        chosen.append(user_adapter(args.impl, args.kind, features=args.features, device=args.device))
+        chosen.append(user_adapter(args.impl, args.kind, features=args.features, device=args.device,
+                                   family=args.family))
     if not chosen:
         raise ConfigurationError("nothing to run: name --adapters or --impl")
     return chosen
@@ -193,7 +202,7 @@ def _fuzz_config(args: argparse.Namespace, adapters: list[Any], title: str):
                       covering=args.covering, title=title, dtypes=parse_dtypes(args.dtypes),
                       cell_shares=parse_shares(args.cell_share),
                       impl_spec=args.impl, impl_kind=args.kind if args.impl else None, max_seconds=args.max_time,
-                      timeout=args.timeout, memory_mb=args.worker_memory_mb or None,
+                      timeout=args.timeout, memory_mb=args.worker_memory_mb or None, family=args.family,
                       isolate="none" if args.in_process else ("all" if args.isolate_all else "default"))
 
 
@@ -201,7 +210,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     from .console import Block, show
     from .runner import FuzzRun
 
-    adapters = _adapters(args, () if args.impl else DEFAULT_ADAPTERS)
+    adapters = _adapters(args, () if args.impl else default_adapters(args.family))
     run = FuzzRun(_fuzz_config(args, adapters, "ce-conformance fuzz"))
     summary = run.run()
     counts = (f"{summary.results} adapter runs, {summary.findings} findings in {summary.seconds:.1f} s; "
@@ -295,11 +304,11 @@ def _show_gate(verdict: str, result: Any, args: argparse.Namespace, coverage: di
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:
-    from ce_conformance.adapters import NIGHTLY_ADAPTERS
+    from ce_conformance.adapters import default_adapters
     from .nightly import parse_shard, run_nightly
 
     shard = parse_shard(args.shard)
-    chosen = _adapters(args, NIGHTLY_ADAPTERS)  # the built-ins stay beside --impl: the diff compares nights
+    chosen = _adapters(args, default_adapters(args.family, nightly=True))  # the built-ins stay beside --impl: the diff compares nights
     names = {a.name for a in chosen}
     pairs = []
     for text in args.pair:
@@ -362,8 +371,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
         else:
             raise ConfigurationError(f"no such case file {str(target)!r}")
     cases = [(path, Case.load(path)) for path in files]  # refuse bad files before running anything
-    adapters = _adapters(args, () if args.impl else DEFAULT_ADAPTERS)
-    oracle = oracle_adapter(args.oracle)
+    families = sorted({case.family for _, case in cases})
+    if args.family is None:
+        if len(families) > 1 and args.impl:
+            raise ConfigurationError(f"the cases are of several loss families ({', '.join(families)}): "
+                                     "name the --impl function's with --family")
+        args.family = families[0] if families else "cross_entropy"
+    adapters = _adapters(args, () if args.impl else default_adapters(args.family))
+    oracle = oracle_adapter(args.oracle, args.family)
     rows = []
     for path, case in cases:
         ref = evaluate(case) if case.is_valid else None
@@ -398,7 +413,7 @@ def cmd_adapters(args: argparse.Namespace) -> int:  # noqa: ARG001
         except ConfigurationError as exc:
             rows.append({"adapter": name, "available": False, "reason": str(exc)})
     frame = pd.DataFrame(rows)
-    columns = ["adapter", "available", "dtypes", "gradients", "unsupported", "reason"]
+    columns = ["adapter", "families", "available", "dtypes", "gradients", "unsupported", "reason"]
     print(frame.reindex(columns=columns).fillna("").to_string(index=False))
     return EXIT_OK
 

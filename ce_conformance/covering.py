@@ -135,42 +135,55 @@ def excluded_levels(unsupported: Iterable[str] = (), dtypes: Iterable[str] | Non
     return frozenset(out)
 
 
-def _space(excluded: frozenset[tuple[str, str]]) -> dict[str, tuple[str, ...]]:
+def _is_combination(entry: tuple) -> bool:
+    """An excluded entry is a level ``(factor, level)`` or a combination ``((f, v), (g, w), ...)``."""
+    return not isinstance(entry[0], str)
+
+
+def _space(excluded: frozenset) -> dict[str, tuple[str, ...]]:
     return {f: tuple(v for v in levels if (f, v) not in excluded) for f, levels in FACTORS.items()}
 
 
-def _completable(partial: dict[str, str], space: Mapping[str, tuple[str, ...]] = FACTORS) -> bool:
-    """Whether a partial assignment extends to a full one without conflicts (backtracking)."""
+def _combinations(excluded: frozenset) -> tuple[tuple[tuple[str, str], ...], ...]:
+    return tuple(sorted(e for e in excluded if _is_combination(e)))
+
+
+def _completable(partial: dict[str, str], space: Mapping[str, tuple[str, ...]] = FACTORS,
+                 combinations: tuple[tuple[tuple[str, str], ...], ...] = ()) -> bool:
+    """Whether a partial assignment extends to a full one without conflicts (backtracking);
+    ``combinations`` are excluded combinations of levels (a loss family's own conflicts)."""
     if conflicts(partial) or any(partial[f] not in space[f] for f in partial):
+        return False
+    if any(all(partial.get(f) == v for f, v in combo) for combo in combinations):
         return False
     free = [f for f in FACTORS if f not in partial]
     if not free:
         return True
     factor = free[0]
-    return any(_completable({**partial, factor: level}, space) for level in space[factor])
+    return any(_completable({**partial, factor: level}, space, combinations) for level in space[factor])
 
 
 @functools.lru_cache(maxsize=16)
-def feasible_tuples(strength: int, excluded: frozenset[tuple[str, str]] = frozenset()
+def feasible_tuples(strength: int, excluded: frozenset = frozenset()
                     ) -> frozenset[tuple[tuple[str, str], ...]]:
     """All ``strength``-combinations of factor levels that occur in some valid case (using no
-    ``excluded`` level).
+    ``excluded`` level or combination of levels).
 
     >>> (("target_kind", "probability"), ("target_dtype", "uint8")) in feasible_tuples(2)
     False
     """
-    space = _space(excluded)
+    space, combinations = _space(excluded), _combinations(excluded)
     found = set()
     for factors in itertools.combinations(FACTORS, strength):
         for levels in itertools.product(*(space[f] for f in factors)):
             combo = tuple(zip(factors, levels))
-            if _completable(dict(combo), space):
+            if _completable(dict(combo), space, combinations):
                 found.add(combo)
     return frozenset(found)
 
 
 def covering_rows(strength: int = 2, seed: int = 0, anchors: Iterable[Mapping[str, str]] = ANCHORS,
-                  excluded: frozenset[tuple[str, str]] = frozenset()) -> list[dict[str, str]]:
+                  excluded: frozenset = frozenset()) -> list[dict[str, str]]:
     """A constrained covering array: valid rows in which every feasible ``strength``-tuple of
     factor levels occurs. Greedy (AETG): each row starts from an uncovered tuple and fills the
     other factors, in a seeded random order, with the level that covers most new tuples.
@@ -179,7 +192,7 @@ def covering_rows(strength: int = 2, seed: int = 0, anchors: Iterable[Mapping[st
     True
     """
     rng = np.random.default_rng(seed)
-    space = _space(excluded)
+    space, combinations = _space(excluded), _combinations(excluded)
     uncovered = set(feasible_tuples(strength, excluded))
     rows: list[dict[str, str]] = []
 
@@ -188,7 +201,7 @@ def covering_rows(strength: int = 2, seed: int = 0, anchors: Iterable[Mapping[st
         uncovered.difference_update(tuples_of(row, strength))
 
     for anchor in anchors:
-        if _completable(dict(anchor), space):
+        if _completable(dict(anchor), space, combinations):
             accept(dict(anchor))
     pending = sorted(uncovered)
     while uncovered:
@@ -201,7 +214,7 @@ def covering_rows(strength: int = 2, seed: int = 0, anchors: Iterable[Mapping[st
             best, best_gain = None, -1
             for level in rng.permutation(space[factor]):
                 candidate = {**row, factor: str(level)}
-                if not _completable(candidate, space):
+                if not _completable(candidate, space, combinations):
                     continue
                 others = [(f, row[f]) for f in FACTORS if f in row]
                 gain = sum(1 for combo in itertools.combinations(others, strength - 1)
@@ -287,13 +300,20 @@ def class_bucket(n_classes: int) -> str:
 
 
 def classify(case: Case) -> dict[str, str] | None:
-    """The factor levels a valid cross-entropy case exercises (None for an invalid one)."""
-    if not case.is_valid or case.family != "cross_entropy":
+    """The factor levels a valid case exercises, read on the logits its loss is taken over (so a
+    linear cross-entropy case is classified by its projection's output); None for an invalid one.
+
+    >>> from ce_conformance.linear_cross_entropy import linear_cross_entropy_case
+    >>> row = classify(linear_cross_entropy_case([[1.0, 2.0]], [[0.5, 1.0], [1.0, 0.0]], [1]))
+    >>> row["input_layout"], row["classes"], row["ignore_index"]
+    ('batched', 'tiny', 'default')
+    """
+    if not case.is_valid:
         return None
-    x = case.input
-    C = x.shape[0 if x.ndim == 1 else 1]
+    shape = case.spec.logits_shape(case)
+    C = shape[0 if len(shape) == 1 else 1]
     probabilities = case.is_probability_target
-    ignore = case.ignore_index
+    ignore = -100 if case.options.get("ignore_index") is None else case.options["ignore_index"]
     if probabilities or case.target.size == 0:
         ignored = "none"
     else:
@@ -301,12 +321,13 @@ def classify(case: Case) -> dict[str, str] | None:
         ignored = "none" if hits == 0 else "all" if hits == case.target.size else "some"
     w = case.weight
     smoothing = case.label_smoothing
+    legacy = case.options.get("size_average") is not None or case.options.get("reduce") is not None
     return {
         "dtype": case.dtype,
-        "input_layout": "unbatched" if x.ndim == 1 else "batched" if x.ndim == 2 else "k_dim",
+        "input_layout": "unbatched" if len(shape) == 1 else "batched" if len(shape) == 2 else "k_dim",
         "target_kind": "probability" if probabilities else "index",
         "target_dtype": "float" if probabilities else case.target_dtype,
-        "reduction": "legacy" if case.size_average is not None or case.reduce is not None else case.reduction,
+        "reduction": "legacy" if legacy else case.reduction,
         "weight": _weight_level(w, case.dtype),
         "ignore_index": "default" if ignore == -100 else "negative" if ignore < 0 else
                         "in_range" if ignore < C else "out_of_range",
@@ -334,6 +355,16 @@ def cell_key(row: Mapping[str, str] | None) -> str:
     return "" if row is None else "|".join(f"{f}={row[f]}" for f in FACTORS)
 
 
+def parse_not_applicable(item: str) -> tuple:
+    """An entry of a coverage report's ``not_applicable`` list back as an excluded level or combination.
+
+    >>> parse_not_applicable("target_kind=probability x ignore_index=negative")
+    (('target_kind', 'probability'), ('ignore_index', 'negative'))
+    """
+    parts = tuple(tuple(part.split("=", 1)) for part in item.split(" x "))
+    return parts if len(parts) > 1 else parts[0]
+
+
 def parse_cell(key: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in key.split("|")) if key else {}
 
@@ -344,7 +375,7 @@ def coverage_report(cells: Iterable[str], strengths: tuple[int, ...] = (2, 3),
     """What a run reached: per-factor level counts, and per strength the feasible tuples reached
     and the ones not reached (named). ``excluded`` levels (unsupported by the run's adapters) are
     listed as not applicable and left out of the feasible tuples."""
-    excluded = frozenset(tuple(e) for e in excluded)
+    excluded = frozenset(tuple(tuple(part) for part in e) if _is_combination(e) else tuple(e) for e in excluded)
     rows = [parse_cell(c) for c in dict.fromkeys(c for c in cells if c)]
     counts = {f: {level: 0 for level in levels} for f, levels in FACTORS.items()}
     for row in rows:
@@ -352,7 +383,8 @@ def coverage_report(cells: Iterable[str], strengths: tuple[int, ...] = (2, 3),
             if f in counts and level in counts[f]:
                 counts[f][level] += 1
     report: dict[str, Any] = {"cases": len(rows), "levels": counts,
-                              "not_applicable": sorted(f"{f}={v}" for f, v in excluded)}
+                              "not_applicable": sorted(" x ".join(f"{f}={v}" for f, v in e) if _is_combination(e)
+                                                       else f"{e[0]}={e[1]}" for e in excluded)}
     for strength in strengths:
         feasible = feasible_tuples(strength, excluded)
         reached = {t for row in rows for t in tuples_of(row, strength)} & feasible

@@ -67,6 +67,9 @@ _PATTERNS: tuple[tuple[Rule, re.Pattern[str]], ...] = tuple(
         (Rule.REDUCTION_VALUE, r"not a valid value for reduction|invalid reduction|unknown reduction"),
         (Rule.IGNORE_INDEX_WITH_PROBABILITIES, r"ignore_index is not supported|ignore.index.*(probabilit|floating)"),
         (Rule.LABEL_SMOOTHING_RANGE, r"label_smoothing must be|label.smoothing.*(range|between)"),
+        # linear_cross_entropy's projection checks name the weight but are about the input's shape
+        (Rule.INPUT_SHAPE, r"requires batched input|expected input with dimensionality|"
+                           r"last dimensions \(in_features\)|expected linear_bias shape"),
         (Rule.WEIGHT_SHAPE, r"weight tensor should be defined|weight.*(size|shape|classes)"),
         (Rule.TARGET_OUT_OF_BOUNDS, r"out of bounds|out of range.*target|target.*out of range|"
                                     r"device-side assert|index .* is out of bounds|t >= 0 && t < n_classes"),

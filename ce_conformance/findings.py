@@ -27,7 +27,7 @@ from typing import Any, Final, Iterable
 import pandas as pd
 
 from .case import Case
-from .covering import cell_key, classify, coverage_markdown, coverage_report
+from .covering import cell_key, classify, coverage_markdown, coverage_report, parse_not_applicable
 
 FINDING_COLUMNS: Final = {
     "case_id": "string", "adapter": "string", "check": "string", "family": "string", "dtype": "string",
@@ -277,7 +277,7 @@ def finalize(run_dir: str | Path, *, title: str = "ce-conformance run", extra: d
         support_matrix(results).to_csv(run_dir / "support_matrix.csv")
     summary = summary_markdown(results, findings, title=title, extra=extra)
     if not_applicable is None:  # re-finalized later: keep the run's own
-        not_applicable = [tuple(item.split("=", 1)) for item in read_coverage(run_dir).get("not_applicable", [])]
+        not_applicable = [parse_not_applicable(item) for item in read_coverage(run_dir).get("not_applicable", [])]
     coverage = run_coverage(results, not_applicable or ())
     (run_dir / "coverage.json").write_text(json.dumps(coverage, indent=1), encoding="utf-8")
     summary += "\n" + coverage_markdown(coverage)

@@ -31,11 +31,10 @@ from hypothesis.control import current_build_context
 from hypothesis.database import InMemoryExampleDatabase, MultiplexedDatabase, choices_to_bytes
 
 from .budget import scale_cell
-from .case import Case
-from .covering import ANCHORS, build_case, covering_rows, excluded_levels
+from .case import FAMILIES, Case
+from .covering import ANCHORS, covering_rows, excluded_levels
 from .dtypes import FLOAT_DTYPES
 from .profiles import covering_strength_for, settings_for, size_limits_for
-from .strategies import cross_entropy_cases
 
 if TYPE_CHECKING:
     from .compare import Verdict
@@ -65,6 +64,8 @@ def load_curated(config: "FuzzConfig") -> list[tuple[Case, str]]:
 
 def wanted(config: "FuzzConfig", case: Case) -> bool:
     """Curated and covering cases are filtered like drawn ones: required features, allowed dtypes."""
+    if case.family != config.family:  # a curated case of another family: no adapter of this run takes it
+        return False
     required = config.require - {"invalid_input"}
     if "invalid_input" in config.require and case.is_valid:
         return False
@@ -88,8 +89,9 @@ def unsupported_features(adapters: "list[Adapter]") -> frozenset[str]:
 
 
 def excluded(config: "FuzzConfig", adapters: "list[Adapter]") -> frozenset[tuple[str, str]]:
-    """Factor levels no adapter of the run supports, and dtypes not asked for."""
-    return excluded_levels(unsupported_features(adapters), config.dtypes)
+    """Factor levels no adapter of the run supports, dtypes not asked for, and those the loss
+    family's calls cannot take."""
+    return excluded_levels(unsupported_features(adapters), config.dtypes) | FAMILIES[config.family].inapplicable_levels
 
 
 def covering_cases(config: "FuzzConfig", adapters: "list[Adapter]") -> list[Case]:
@@ -100,9 +102,10 @@ def covering_cases(config: "FuzzConfig", adapters: "list[Adapter]") -> list[Case
     if strength <= 0 or config.plain:
         return []
     limits = size_limits_for(config.profile)
-    cases = [build_case(row, seed=config.seed, max_elements=limits.max_elements,
-                        max_vocab_rows=min(max(limits.max_vocab_rows, 2), 16),
-                        distribution="standard" if index < len(ANCHORS) else None)
+    build = FAMILIES[config.family].covering_case
+    cases = [build(row, config.seed, max_elements=limits.max_elements,
+                   max_vocab_rows=min(max(limits.max_vocab_rows, 2), 16),
+                   distribution="standard" if index < len(ANCHORS) else None)
              for index, row in enumerate(covering_rows(strength, seed=config.seed,
                                                        excluded=excluded(config, adapters)))]
     return [case for case in cases if wanted(config, case)]
@@ -110,10 +113,12 @@ def covering_cases(config: "FuzzConfig", adapters: "list[Adapter]") -> list[Case
 
 # -- explore and shrink (Hypothesis) -----------------------------------------------------------
 def _strategy(config: "FuzzConfig", adapters: "list[Adapter]"):
-    """Explore and shrink draw from the same strategy (shrinking replays explored choices)."""
-    return cross_entropy_cases(dtypes=config.dtypes or FLOAT_DTYPES, limits=size_limits_for(config.profile),
-                               invalid_percent=0 if config.plain else config.invalid_percent,
-                               require=config.require, plain=config.plain, exclude=unsupported_features(adapters))
+    """Explore and shrink draw from the same strategy (shrinking replays explored choices): the
+    loss family's own."""
+    return FAMILIES[config.family].strategy(
+        dtypes=config.dtypes or FLOAT_DTYPES, limits=size_limits_for(config.profile),
+        invalid_percent=0 if config.plain else config.invalid_percent, require=config.require, plain=config.plain,
+        exclude=unsupported_features(adapters))
 
 
 SLOW_SHRINK_CALLS = 2

@@ -51,6 +51,8 @@ _OPTIONS = {
     # name: (help, default)
     "impl": ("implementation to test: module.path:function or path/to/file.py:function", None),
     "kind": ("what the implementation takes: torch (default), jax or numpy", "torch"),
+    "family": ("the implementation's loss family: cross_entropy (default) or linear_cross_entropy "
+               "(F.linear_cross_entropy's signature)", "cross_entropy"),
     "device": ("where a torch implementation's tensors live: cpu (default), cuda, cuda:1 ...; tests skip with "
                "the reason where that device is missing", "cpu"),
     "profile": ("settings profile: dev, ci (default) or nightly", None),
@@ -116,6 +118,7 @@ class ConformanceSession:
         self.checks = parse_checks(_setting(config, "checks"))
 
     def run(self, adapter: Any, *, name: str, require: frozenset[str] = frozenset(), plain: bool = False,
+            family: str = "cross_entropy",
             dtypes: Sequence[str] | None = None, baseline: Any = None, impl_spec: str | None = None,
             impl_kind: str | None = None, max_examples: int | None = None, seed: int | None = None,
             checks: Sequence[str] | str | None = None):
@@ -129,7 +132,7 @@ class ConformanceSession:
                             out_dir=self.out_dir / _slug(name), database_dir=self.database, progress=False,
                             curated_dirs=[DEFAULT_CURATED_DIR], require=frozenset(require), plain=plain,
                             dtypes=parse_dtypes(dtypes) if dtypes else self.dtypes, shrink_seconds=30.0,
-                            title=f"ce-conformance: {name}", impl_spec=impl_spec, impl_kind=impl_kind)
+                            title=f"ce-conformance: {name}", impl_spec=impl_spec, impl_kind=impl_kind, family=family)
         return run_gate(config, baseline, parse_checks(checks) if checks else self.checks)
 
 
@@ -145,7 +148,8 @@ def ce_session(request: pytest.FixtureRequest) -> ConformanceSession:
 @pytest.fixture
 def ce_check(ce_session: ConformanceSession, request: pytest.FixtureRequest) -> Callable[..., Any]:
     """``ce_check(fn, *, kind="torch", device=None, features=None, dtypes=None, checks=None,
-    max_examples=None, seed=None, baseline=None)``: fuzz ``fn`` against the reference; fail the
+    max_examples=None, seed=None, baseline=None, family="cross_entropy")``: fuzz ``fn`` against the
+    reference of its loss family (``linear_cross_entropy`` for a fused head); fail the
     test with the shrunk case, the error in ULPs and the replay command when it diverges. Returns
     the :class:`GateResult`.
 
@@ -160,18 +164,20 @@ def ce_check(ce_session: ConformanceSession, request: pytest.FixtureRequest) -> 
     def check(fn: Callable[..., Any], *, kind: str = "torch", device: str | None = None,
               features: str | Sequence[str] | None = None, dtypes: Sequence[str] | str | None = None,
               checks: Sequence[str] | str | None = None, max_examples: int | None = None, seed: int | None = None,
-              baseline: str | Path | None = None):
+              baseline: str | Path | None = None, family: str = "cross_entropy"):
         spec = _spec_of(fn)
         feature_text = ",".join(features) if isinstance(features, (list, tuple, set, frozenset)) else features
         device = device or (_setting(request.config, "device") if kind == "torch" else "cpu")
         adapter = function_adapter(fn, kind, features=feature_text, name=f"impl:{spec or fn.__name__}",
-                                   device=device)
+                                   device=device, family=family)
         skip_unavailable(adapter)
         result = ce_session.run(adapter, name=f"{request.node.name}-{fn.__name__}", dtypes=dtypes,
                                 baseline=Baseline.load(baseline) if baseline else None, impl_spec=spec,
-                                impl_kind=kind, max_examples=max_examples, seed=seed, checks=checks)
+                                impl_kind=kind, max_examples=max_examples, seed=seed, checks=checks, family=family)
         if not result.passed:
-            pytest.fail(f"{getattr(fn, '__name__', fn)} diverges from torch.nn.functional.cross_entropy: "
+            from .case import FAMILIES
+
+            pytest.fail(f"{getattr(fn, '__name__', fn)} diverges from {FAMILIES[family].torch_function}: "
                         f"{len(result.new)} finding(s)\n\n{result.report(spec, kind)}", pytrace=False)
         warn_reported(result, getattr(fn, "__name__", str(fn)))
         return result

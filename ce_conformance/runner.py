@@ -3,7 +3,9 @@
 Data flows one way: case -> adapters -> comparison -> findings (streamed) -> tables. The
 phases that choose the cases (curated, covering, explore, shrink) live in
 :mod:`ce_conformance.phases`, what a verdict becomes (rows, signatures, saved cases) in
-:mod:`ce_conformance.ledger`; this module owns evaluation and the run's summary.
+:mod:`ce_conformance.ledger`, what a run is given and returns (:class:`FuzzConfig`,
+:class:`RunSummary`) in :mod:`ce_conformance.run_config`; this module owns evaluation and the
+run's summary.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import time
 
 import numpy as np
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -33,93 +34,12 @@ from .findings import Recorder, case_columns, finalize
 from .ledger import FindingLedger
 from .profiles import settings_for
 from .quarantine import Quarantine, case_traits
+from .run_config import (DEFAULT_CURATED_DIR, Executor, FuzzConfig, RunSummary,  # noqa: F401  (the run's API)
+                         check_family, oracle_adapter)
 
 GUARDED_PHASES = ("curated", "covering", "explore")
 """Phases that choose cases, and so skip quarantined ones; shrinking must reproduce instead."""
 
-DEFAULT_CURATED_DIR = Path(__file__).resolve().parent.parent / "cases" / "curated"
-
-
-class Executor:
-    """Runs one adapter on one case. The in-process executor calls it directly; isolating
-    executors (worker processes with timeouts) implement the same method."""
-
-    def run(self, adapter: Adapter, case: Case) -> Outcome:
-        return adapter.timed_run(case)
-
-    def close(self) -> None:
-        pass
-
-
-@dataclass
-class FuzzConfig:
-    adapters: list[Adapter]
-    profile: str = "ci"
-    max_examples: int | None = None
-    seed: int = 0
-    out_dir: Path = Path("ce-out")
-    cases_dir: Path | None = None
-    curated_dirs: list[Path] = field(default_factory=lambda: [DEFAULT_CURATED_DIR])
-    explore: bool = True
-    shrink: bool = True
-    shrink_seconds: float = 60.0
-    strict: bool = False
-    oracle: str = "reference"
-    database_dir: Path | None = None
-    invalid_percent: int = 15
-    progress: bool = True
-    executor: Executor | None = None
-    timeout: float = 60.0
-    memory_mb: int | None = 8192
-    isolate: str = "default"
-    title: str = "ce-conformance fuzz"
-    extra_cases: list[Case] = field(default_factory=list)
-    impl_spec: str | None = None
-    impl_kind: str | None = None
-    require: frozenset[str] = frozenset()
-    plain: bool = False
-    partition: tuple[int, int] | None = None  # (r, n): evaluate only drawn cases whose id % n == r
-    dtypes: tuple[str, ...] | None = None
-    covering: int | None = None  # strength of the covering phase; None: the profile's, 0: off
-    max_seconds: float | None = None  # --max-time: the whole run, tables included
-    cell_shares: dict[str, float] | None = None  # --cell-share; None: the profile's (budget.NIGHTLY_SHARES)
-
-
-@dataclass
-class RunSummary:
-    out_dir: Path
-    results: int
-    findings: int
-    signatures: dict[tuple[str, str], dict[str, Any]]
-    interrupted: str | None
-    summary_markdown: str
-    seconds: float
-    jax_compilations: dict[str, int]
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    examples: int = 0
-    first_finding_seconds: float | None = None
-    oracle: str = "reference"
-    out_of_time: bool = False  # stopped at --max-time
-    quarantined: list[dict[str, Any]] = field(default_factory=list)
-    devices: dict[str, str] = field(default_factory=dict)  # adapter -> torch device, where not the CPU
-
-    @property
-    def conformant(self) -> bool:
-        return self.findings == 0
-
-
-def oracle_adapter(oracle: str) -> Adapter | None:
-    """The adapter whose result widens the budgets (``--oracle torch``), None for the reference."""
-    if oracle not in ("reference", "torch"):
-        raise ConfigurationError(f"unknown oracle {oracle!r}; expected 'reference' or 'torch'")
-    if oracle == "reference":
-        return None
-    from ce_conformance.adapters import load_adapter
-
-    adapter = load_adapter("torch")
-    if adapter.availability():
-        raise ConfigurationError(f"--oracle torch needs torch: {adapter.availability()}")
-    return adapter
 
 
 class FuzzRun:
@@ -128,6 +48,7 @@ class FuzzRun:
         ``pairs``: adapter name pairs (a, b) also compared with each other (pairwise mode)."""
         self.config = config
         self.append = append
+        check_family(config)
         self.pairs = [tuple(p) for p in (pairs or [])]
         unavailable = {a.name: a.availability() for a in config.adapters if a.availability()}
         self.unavailable = unavailable
@@ -147,7 +68,7 @@ class FuzzRun:
         self.recorder: Recorder | None = None
         self.ledger: FindingLedger | None = None  # signatures and saved cases, from run()
         self._native_cache: dict[str, Outcome] = {}
-        self._torch_reference = oracle_adapter(config.oracle)
+        self._torch_reference = oracle_adapter(config.oracle, config.family)
         self._progress: Callable[[], None] = lambda: None
         self.stage_seconds: collections.Counter[str] = collections.Counter()
         self._curated: list[tuple[Case, str]] | None = None
@@ -293,7 +214,7 @@ class FuzzRun:
             self.executor.close()
             self.recorder.close()
         compilations = {a.name: a.compilations for a in self.adapters if hasattr(a, "compilations")}
-        extra = {"seed": self.config.seed, "profile": self.config.profile,
+        extra = {"family": self.config.family, "seed": self.config.seed, "profile": self.config.profile,
                  "adapters": ", ".join(a.name for a in self.adapters)}
         if self.unavailable:
             extra["unavailable"] = "; ".join(f"{k} ({v})" for k, v in self.unavailable.items())
@@ -334,7 +255,8 @@ class FuzzRun:
                 versions.update(adapter.versions())
             except Exception:
                 pass
-        config = {"seed": self.config.seed, "profile": self.config.profile, "max_examples": self.config.max_examples,
+        config = {"family": self.config.family, "seed": self.config.seed, "profile": self.config.profile,
+                  "max_examples": self.config.max_examples,
                   "adapters": [a.describe() for a in self.config.adapters], "strict": self.config.strict,
                   "oracle": self.config.oracle, "impl": self.config.impl_spec, "kind": self.config.impl_kind,
                   "devices": self.devices,

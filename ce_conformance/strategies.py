@@ -27,6 +27,7 @@ from hypothesis import assume
 from hypothesis import strategies as st
 
 from .case import Case
+from .cross_entropy import CROSS_ENTROPY
 from .dtypes import FLOAT_DTYPES
 from .errors import Rule
 from .values import (IGNORE_INDEX_KINDS, LOGIT_DISTRIBUTIONS, NONFINITE_DISTRIBUTIONS, PROBABILITY_KINDS,
@@ -217,9 +218,7 @@ def legacy_reduction_arguments() -> st.SearchStrategy[tuple[bool | None, bool | 
     return st.integers(0, 9).flatmap(lambda roll: st.sampled_from(legacy) if roll == 9 else st.just((None, None)))
 
 
-REQUIRABLE: Final = frozenset({"weights", "ignore_index", "all_ignored", "label_smoothing", "probability_targets",
-                                "k_dim", "unbatched", "low_precision", "vocab_scale", "upstream_gradient",
-                                "non_contiguous", "nonfinite_logits", "invalid_input"})
+REQUIRABLE: Final = CROSS_ENTROPY.requirable
 """Features :func:`cross_entropy_cases` can be asked to exercise in every draw."""
 
 

@@ -1,7 +1,8 @@
 """A correct chunked linear cross-entropy of ours and planted bugs real fused kernels have shipped.
 
 ``chunked`` computes the loss and every gradient in the forward, chunk by chunk over the batch
-(as Liger-Kernel's fused linear cross-entropy does), in float32 for half dtypes; each planted
+(as Liger-Kernel's fused linear cross-entropy does), in float32 for half dtypes, on the input's
+device (the gate runs it with ``--device cuda`` too); each planted
 variant changes one line of it. Index targets, ``ignore_index`` (default -100), class weights,
 'mean' / 'sum' / 'none', an optional bias.
 """
@@ -18,12 +19,12 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, x, w, b, target, weight, ignore_index, reduction, bug):
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32
         n = x.shape[0]
-        losses = torch.zeros(n, dtype=compute)
+        losses = torch.zeros(n, dtype=compute, device=x.device)
         grad_logits = []
         rows = range(0, n, CHUNK_ROWS)
         if bug == "dropped_last_chunk":
             rows = range(0, n - n % CHUNK_ROWS if n > CHUNK_ROWS else n, CHUNK_ROWS)
-        class_weight = torch.ones(w.shape[0], dtype=compute) if weight is None else weight.to(compute)
+        class_weight = torch.ones(w.shape[0], dtype=compute, device=x.device) if weight is None else weight.to(compute)
         for start in rows:
             xs, ts = x[start:start + CHUNK_ROWS].to(compute), target[start:start + CHUNK_ROWS]
             z = xs @ w.to(compute).T
@@ -35,12 +36,12 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             wy = torch.where(valid, class_weight[safe], 0)
             losses[start:start + len(ts)] = -wy * logp.gather(1, safe[:, None])[:, 0]
             g = torch.exp(logp) * wy[:, None]
-            g[torch.arange(len(ts)), safe] -= wy
-            grad_logits.append((start, g))
+            g[torch.arange(len(ts), device=x.device), safe] -= wy
+            grad_logits.append((start, g, valid))
         total_weight = sum(torch.where(target[s:s + CHUNK_ROWS] != ignore_index,
                                        class_weight[torch.where(target[s:s + CHUNK_ROWS] != ignore_index,
                                                                 target[s:s + CHUNK_ROWS], 0)], 0).sum()
-                           for s in range(0, n, CHUNK_ROWS)) if n else torch.zeros((), dtype=compute)
+                           for s in range(0, n, CHUNK_ROWS)) if n else torch.zeros((), dtype=compute, device=x.device)
         if reduction == "mean":
             denominator = total_weight * (total_weight if bug == "normaliser_twice" else 1)
             out = losses.sum() / denominator
@@ -58,21 +59,21 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         x, w = ctx.saved_tensors
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32
         accumulate = x.dtype if ctx.bug == "weight_grad_in_dtype" else compute
-        grad_x = torch.zeros(x.shape, dtype=compute)
-        grad_w = torch.zeros(w.shape, dtype=accumulate)
-        grad_b = torch.zeros(w.shape[0], dtype=compute)
+        grad_x = torch.zeros(x.shape, dtype=compute, device=x.device)
+        grad_w = torch.zeros(w.shape, dtype=accumulate, device=x.device)
+        grad_b = torch.zeros(w.shape[0], dtype=compute, device=x.device)
         if ctx.bug == "weight_grad_in_dtype":  # one row at a time, as a kernel adding per token would
-            ctx.grad_logits = [(start + i, g[i:i + 1]) for start, g in ctx.grad_logits for i in range(len(g))]
-        for start, g in ctx.grad_logits:
+            ctx.grad_logits = [(start + i, g[i:i + 1], valid[i:i + 1]) for start, g, valid in ctx.grad_logits
+                               for i in range(len(g))]
+        for start, g, valid in ctx.grad_logits:
             if ctx.reduction == "none":
                 scale = grad_output[start:start + len(g)].to(compute)[:, None]
                 if ctx.bug == "first_grad_output":
                     scale = grad_output[0].to(compute)
             else:
                 scale = grad_output.to(compute) / (ctx.denominator if ctx.reduction == "mean" else 1)
-            if ctx.reduction == "mean" and not ctx.denominator:
-                scale = torch.zeros((), dtype=compute)  # nothing counted: no gradient (0 * inf would be NaN)
-            g = g * scale
+            # as torch: an ignored row gets no gradient, a counted one over a zero total weight 0/0 = NaN
+            g = torch.where(valid[:, None], g * scale, 0)
             grad_x[start:start + len(g)] = g @ w.to(compute)
             grad_w = (grad_w.to(compute) + g.T @ x[start:start + len(g)].to(compute)).to(accumulate)
             grad_b += g.sum(0)

@@ -115,9 +115,9 @@ def test_torch_argument_rules_are_checked_in_the_reference(torch, change, rule):
 
 
 # -- torch's own paths and our planted bugs, judged on drawn cases ---------------------------------
-from hypothesis import HealthCheck, find, given, settings  # noqa: E402
+from hypothesis import HealthCheck, assume, find, given, settings  # noqa: E402
 
-from ce_conformance.linear_cross_entropy import linear_cross_entropy_cases  # noqa: E402
+from ce_conformance.linear_strategies import linear_cross_entropy_cases  # noqa: E402
 
 
 def _judge(adapter, case):
@@ -125,7 +125,7 @@ def _judge(adapter, case):
     from ce_conformance.compare import compare
 
     outcome = adapter.timed_run(case)
-    return compare(case, outcome, reference.evaluate(case), adapter.capabilities)
+    return compare(case, outcome, reference.evaluate(case) if case.is_valid else None, adapter.capabilities)
 
 
 @pytest.mark.parametrize("name", ["torch-linear", "torch-linear-chunked"])
@@ -138,6 +138,9 @@ def test_torchs_own_linear_cross_entropy_paths_pass(torch, name):
     @settings(max_examples=40, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
     @given(linear_cross_entropy_cases(exclude=known))
     def check(case):
+        # torch 2.13's float16 log_softmax on the CPU overflows past 65504 classes: a known finding
+        # of the cross-entropy family (the torch-2.13-cpu baseline), inherited by both paths
+        assume(not (case.dtype == "float16" and case.tensors["linear_weight"].shape[0] > 65504))
         comparison = _judge(adapter, case)
         assert comparison.passed, (case, [v.message for v in comparison.verdicts])
 
@@ -210,4 +213,41 @@ def test_torchs_chunked_path_sums_half_precision_weight_gradients_in_the_dtype_a
     case = linear_cross_entropy_case(np.abs(rng.normal(size=(1023, 1))) + 1, rng.normal(size=(127, 1)),
                                      np.full(1023, 5), dtype="bfloat16", reduction="sum")
     assert "grad_linear_weight_value" in {v.check for v in _judge(load_adapter("torch-linear-chunked"), case).verdicts}
+    assert _judge(load_adapter("torch-linear"), case).passed
+
+
+@pytest.mark.parametrize("name", ["float16_normaliser", "float64_vocabulary"])
+def test_the_shared_error_of_a_positions_normaliser_is_in_the_budget(torch, name, monkeypatch):
+    """Every class's logit gradient shares its position's normaliser error, and a projection sums
+    it over C classes coherently. Two false alarms on torch's own reference path, found by the
+    family's first default gates: float16 rounds the normaliser 1.00549 to 1.00586, so p_y - 1 of
+    a confident row is 7 % off (3.5x the budget without the term); float64 softmax backward over
+    262144 classes errs by 3.5e-12 in every position (2.3x). With the term both pass."""
+    import ce_conformance.linear_cross_entropy as family
+    from ce_conformance.adapters import load_adapter
+
+    if name == "float16_normaliser":
+        case = linear_cross_entropy_case([[0.66943359, 2.48632812]], [[-0.04101562, -2.08007812],
+                                                                       [3.67382812, -0.98730469]], [1], dtype="float16")
+    else:
+        rng = np.random.default_rng(0)
+        case = linear_cross_entropy_case([[0.4]], rng.normal(size=(262144, 1, 4, 1)) * 2.0,
+                                         rng.integers(0, 262144, size=(1, 1, 4)), dtype="float64",
+                                         ignore_index=262146, label_smoothing=1.0, grad_output=-0.8)
+    adapter = load_adapter("torch-linear")
+    assert _judge(adapter, case).passed
+    without = family._coherent_normaliser_sigma
+    monkeypatch.setattr(family, "_coherent_normaliser_sigma", lambda *a, **k: np.zeros_like(without(*a, **k)))
+    assert "grad_input_value" in {v.check for v in _judge(adapter, case).verdicts}
+
+
+def test_torchs_chunked_path_does_not_check_the_class_weights_length(torch):
+    """torch 2.13: the chunked path takes a class weight longer than C silently (its first C
+    entries), where the reference path and cross_entropy refuse it; found by the family's first
+    fuzz run once invalid calls were drawn. If torch adds the check, this test says so."""
+    from ce_conformance.adapters import load_adapter
+
+    case = linear_cross_entropy_case(np.ones((5, 4)), np.eye(3, 4), np.array([0, 1, 2, 0, 1]), dtype="float32",
+                                     weight=np.ones(4), expected_error=Rule.WEIGHT_SHAPE)
+    assert "missing_error" in {v.check for v in _judge(load_adapter("torch-linear-chunked"), case).verdicts}
     assert _judge(load_adapter("torch-linear"), case).passed

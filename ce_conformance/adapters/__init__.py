@@ -2,12 +2,13 @@
 
 Built in: ``numpy`` (the reference itself), ``torch`` (CPU), ``torch-cuda``, ``jax`` (a port of
 torch's semantics), ``optax``; for the linear cross-entropy family ``torch-linear``
-(``F.linear_cross_entropy``'s reference path) and ``torch-linear-chunked`` (its chunked path). User functions come in through :func:`user_adapter` (the CLI's
+(``F.linear_cross_entropy``'s reference path), ``torch-linear-chunked`` (its chunked path) and
+``torch-linear-compile``. User functions come in through :func:`user_adapter` (the CLI's
 ``--impl SPEC --kind K``); third-party packages register factories under the entry-point
 group ``ce_conformance.adapters`` (a callable returning an :class:`Adapter`).
 
 >>> sorted(BUILTIN)
-['jax', 'numpy', 'optax', 'torch', 'torch-compile', 'torch-cuda', 'torch-linear', 'torch-linear-chunked']
+['jax', 'numpy', 'optax', 'torch', 'torch-compile', 'torch-cuda', 'torch-linear', 'torch-linear-chunked', 'torch-linear-compile']
 """
 
 from __future__ import annotations
@@ -36,6 +37,27 @@ DEFAULT_ADAPTERS: Final = ("numpy", "torch", "jax", "optax")
 NIGHTLY_ADAPTERS: Final = ("numpy", "torch", "torch-cuda", "torch-compile", "jax", "optax")
 """What ``nightly`` runs when no adapter is named (unavailable ones are reported and skipped)."""
 
+FAMILY_ADAPTERS: Final = {
+    "cross_entropy": (DEFAULT_ADAPTERS, NIGHTLY_ADAPTERS),
+    "linear_cross_entropy": (("torch-linear", "torch-linear-chunked"),
+                             ("torch-linear", "torch-linear-chunked", "torch-linear-compile")),
+}
+"""Each loss family's (fuzz, nightly) built-ins."""
+
+TORCH_ORACLES: Final = {"cross_entropy": "torch", "linear_cross_entropy": "torch-linear"}
+"""The built-in that runs torch's own function of each family on the CPU (``--oracle torch``)."""
+
+
+def default_adapters(family: str = "cross_entropy", *, nightly: bool = False) -> tuple[str, ...]:
+    """The built-ins ``fuzz`` (or ``nightly``) runs for a family when no adapter is named.
+
+    >>> default_adapters("linear_cross_entropy")
+    ('torch-linear', 'torch-linear-chunked')
+    """
+    if family not in FAMILY_ADAPTERS:
+        raise ConfigurationError(f"unknown loss family {family!r}; known: {', '.join(sorted(FAMILY_ADAPTERS))}")
+    return FAMILY_ADAPTERS[family][1 if nightly else 0]
+
 
 def _torch(**kwargs: Any) -> Adapter:
     from .torch_adapter import TorchAdapter
@@ -61,10 +83,10 @@ def _optax() -> Adapter:
     return OptaxAdapter()
 
 
-def _torch_compile() -> Adapter:
+def _torch_compile(**kwargs: Any) -> Adapter:
     from .torch_adapter import TorchCompileAdapter
 
-    return TorchCompileAdapter()
+    return TorchCompileAdapter(**kwargs)
 
 
 BUILTIN: Final[dict[str, Callable[[], Adapter]]] = {
@@ -76,6 +98,7 @@ BUILTIN: Final[dict[str, Callable[[], Adapter]]] = {
     "optax": _optax,
     "torch-linear": lambda: _torch(name="torch-linear", family="linear_cross_entropy"),
     "torch-linear-chunked": lambda: _linear_chunked(),
+    "torch-linear-compile": lambda: _torch_compile(name="torch-linear-compile", family="linear_cross_entropy"),
 }
 
 
@@ -83,7 +106,8 @@ def _linear_chunked() -> Adapter:
     from .torch_adapter import TorchAdapter, chunked_linear_cross_entropy
 
     return TorchAdapter(chunked_linear_cross_entropy, name="torch-linear-chunked", family="linear_cross_entropy",
-                        description="F.linear_cross_entropy, chunked (LinearCrossEntropyOptions, 3 rows per chunk)")
+                        description="F.linear_cross_entropy, chunked (LinearCrossEntropyOptions, 3 rows per chunk)",
+                        needs=("torch.nn.functional.linear_cross_entropy", "torch.nn.LinearCrossEntropyOptions"))
 
 
 def _entry_points() -> dict[str, Any]:
@@ -251,5 +275,5 @@ def function_adapter(fn: Callable[..., Any], kind: str = "torch", *, features: s
                         description=f"user function {spec} (numpy, forward only)")
 
 
-__all__ = ["Adapter", "Capabilities", "Outcome", "RaisedError", "BUILTIN", "DEFAULT_ADAPTERS", "load_adapter",
+__all__ = ["Adapter", "Capabilities", "Outcome", "RaisedError", "BUILTIN", "DEFAULT_ADAPTERS", "default_adapters", "load_adapter",
            "load_adapters", "user_adapter", "function_adapter", "check_device", "resolve_function", "available_names", "ENTRY_POINT_GROUP"]

@@ -147,6 +147,7 @@ class Adapter(abc.ABC):
         caps = self.capabilities
         return {
             "adapter": self.name,
+            "families": ",".join(sorted(caps.families)),
             "available": self.availability() is None,
             "reason": self.availability() or "",
             "dtypes": ",".join(d for d in FLOAT_DTYPES if d in caps.dtypes),

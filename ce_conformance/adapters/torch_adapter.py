@@ -4,6 +4,7 @@ upstream gradient; non-contiguous layouts are real strided views."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import math
 from typing import Any, Callable
@@ -51,8 +52,12 @@ class TorchAdapter(Adapter):
     ``F.linear_cross_entropy``): the family's required tensors positionally, the rest by keyword."""
 
     def __init__(self, fn: Callable[..., Any] | None = None, *, name: str = "torch", device: str = "cpu",
-                 capabilities: Capabilities | None = None, description: str = "", family: str = "cross_entropy"):
+                 capabilities: Capabilities | None = None, description: str = "", family: str = "cross_entropy",
+                 needs: tuple[str, ...] | None = None):
+        """``needs``: dotted names of what the adapter calls in torch (default: the family's
+        function when ``fn`` is not given); one this torch lacks makes the adapter unavailable."""
         self._fn = fn
+        self.needs = needs if needs is not None else (() if fn is not None else (_family(family).torch_function,))
         self.name = name
         self.device = device
         self.family = family
@@ -63,6 +68,11 @@ class TorchAdapter(Adapter):
     def availability(self) -> str | None:
         if importlib.util.find_spec("torch") is None:
             return "torch is not installed (pip install 'ce-conformance[torch]')"
+        missing = [name for name in self.needs if _resolve(name) is None]
+        if missing:
+            import torch
+
+            return f"torch {torch.__version__} has no {', '.join(missing)} (linear cross-entropy needs torch >= 2.13)"
         if self.device != "cpu":
             return _device_unavailable(self.device)
         return None
@@ -78,11 +88,7 @@ class TorchAdapter(Adapter):
 
     @property
     def fn(self) -> Callable[..., Any]:
-        if self._fn is None:
-            import torch.nn.functional as F
-
-            return F.linear_cross_entropy if self.family == "linear_cross_entropy" else F.cross_entropy
-        return self._fn
+        return family_function(self.family) if self._fn is None else self._fn
 
     def _synchronize(self) -> None:
         """Accelerator errors are asynchronous: wait here, so a device-side assert is reported
@@ -103,7 +109,6 @@ class TorchAdapter(Adapter):
         tensors = {name: to_torch(tensor, self.device, case.memory_layout if name == "input" else "contiguous")
                    for name, tensor in case.tensors.items() if name != "grad_output"}
         x = tensors["input"]
-        target = tensors["target"]
         wants_grad = self.capabilities.gradients and x.is_floating_point()
         # the input, the family's parameters (a linear head's weight and bias), a probability target
         leaves = ["input"] + [name for name in spec.parameter_gradients if name in tensors]
@@ -210,18 +215,48 @@ def _numpy(tensor: Any) -> np.ndarray:
     return tensor.to(torch.int64).numpy()
 
 
+def family_function_name(family: str) -> str:
+    """``F.cross_entropy``, ``F.linear_cross_entropy``: the family's torch function, as users write it."""
+    return _family(family).torch_function.replace("torch.nn.functional.", "F.")
+
+
+def family_function(family: str) -> Callable[..., Any]:
+    """torch's own function of a loss family (``F.cross_entropy``, ``F.linear_cross_entropy``)."""
+    function = _resolve(_family(family).torch_function)
+    if function is None:
+        raise AttributeError(f"this torch has no {_family(family).torch_function}")
+    return function
+
+
+def _family(name: str) -> Any:
+    from ce_conformance.case import FAMILIES
+
+    return FAMILIES[name]
+
+
+def _resolve(dotted: str) -> Any:
+    """``torch.nn.functional.linear_cross_entropy`` -> the object, None where this torch lacks it."""
+    module, _, name = dotted.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
+
+
 class TorchCompileAdapter(TorchAdapter):
-    """``torch.compile(F.cross_entropy, dynamic=True)``: eager vs compiled parity (nightly).
+    """``torch.compile(F.cross_entropy, dynamic=True)`` (or the family's function): eager vs
+    compiled parity (nightly).
 
     Shapes are symbolic, so recompilations follow the guards (dtype, weight present, reduction,
     ...) rather than every shape; ``compilations`` counts the graphs compiled and
     ``compile_seconds`` the time the first call of each new graph took (the amortised cost).
     The backend is ``$CE_TORCH_COMPILE_BACKEND`` (default ``inductor``)."""
 
-    def __init__(self, backend: str | None = None):
+    def __init__(self, backend: str | None = None, *, family: str = "cross_entropy", name: str = "torch-compile"):
         import os
 
-        super().__init__(name="torch-compile", description="torch.compile(F.cross_entropy, dynamic=True)")
+        function = family_function_name(family)
+        super().__init__(name=name, family=family, description=f"torch.compile({function}, dynamic=True)")
         self.backend = backend or os.environ.get("CE_TORCH_COMPILE_BACKEND", "inductor")
         self._compiled = None
         self.compilations = 0
@@ -241,9 +276,8 @@ class TorchCompileAdapter(TorchAdapter):
     def fn(self):
         if self._compiled is None:
             import torch
-            import torch.nn.functional as F
 
-            self._compiled = torch.compile(F.cross_entropy, dynamic=True, backend=self.backend)
+            self._compiled = torch.compile(family_function(self.family), dynamic=True, backend=self.backend)
         return self._compiled
 
     def run(self, case: Case) -> Outcome:
