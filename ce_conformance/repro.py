@@ -1,8 +1,9 @@
 """Standalone repro scripts for saved cases: only torch (or jax) needed to see the divergence.
 
 Each saved failing case ``X.json`` gets ``X.py`` beside it. The script rebuilds the tensors
-from exact bytes (base64), calls the implementation under test (``F.cross_entropy`` for the
-built-in torch adapter, the user's function for ``--impl``) and prints its result next to the
+from exact bytes (base64), calls the implementation under test (the case family's torch function,
+``F.cross_entropy`` or ``F.linear_cross_entropy``, with that family's signature, for a built-in
+torch adapter; the user's function for ``--impl``) and prints its result next to the
 reference value computed by ce-conformance when the case was saved.
 """
 
@@ -98,7 +99,10 @@ def write_repro(path: Path, case: Case, *, adapter_name: str, check: str, messag
             lines.append("flat = torch.zeros(input.numel() + 3, dtype=input.dtype, device=DEVICE); flat[3:] = input.reshape(-1); "
                          "input = flat[3:].view(input.shape)")
     options = case.call_options()
-    weight = "weight" if "weight" in case.tensors else "None"
+    spec = case.spec  # the family's signature: its required tensors positional, the optional ones by keyword
+    positional = ", ".join(spec.required_tensors)
+    keywords = [f"{name}={name if name in case.tensors else None}" for name in spec.optional_tensors
+                if name != "grad_output"]
     if impl_spec:
         module, _, attr = impl_spec.rpartition(":")
         if module.endswith(".py"):
@@ -114,8 +118,8 @@ def write_repro(path: Path, case: Case, *, adapter_name: str, check: str, messag
         path.write_text("\n".join(lines) + "\n")
         return path
     else:
-        lines += ["fn = torch.nn.functional.cross_entropy"]
-    lines += [f"loss = fn(input, target, weight={weight}, " + ", ".join(f"{k}={v!r}" for k, v in options.items()) + ")",
+        lines += [f"fn = {spec.torch_function}"]
+    lines += [f"loss = fn({positional}, " + ", ".join(keywords + [f"{k}={v!r}" for k, v in options.items()]) + ")",
               "print('got     ', loss)"]
     if expected is not None:
         lines.append(f"print('expected', {expected!r}, '(float64 reference, before rounding to {case.dtype})')")

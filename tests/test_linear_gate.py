@@ -206,3 +206,24 @@ def test_a_torch_without_the_familys_function_makes_its_adapters_unavailable(tor
     assert "has no torch.nn.functional.linear_cross_entropy_v9" in adapter.availability()
     assert TorchAdapter(family="linear_cross_entropy").availability() is None  # torch 2.13 here
     assert TorchAdapter(lambda *a, **k: None, family="linear_cross_entropy").needs == ()  # a user's kernel needs none
+
+
+def test_a_saved_linear_case_gets_a_repro_script_with_the_familys_signature(tmp_path, torch):
+    import subprocess
+    import sys
+
+    from ce_conformance.linear_cross_entropy import linear_cross_entropy_case
+    from ce_conformance.repro import write_repro
+
+    case = linear_cross_entropy_case([[1.0, 2.0], [0.5, -1.0]], [[0.5, -1.0], [2.0, 0.0], [1.0, 1.0]], [2, 0],
+                                     linear_bias=[0.1, 0.2, 0.3], weight=[1.0, 2.0, 0.5], dtype="float64")
+    script = write_repro(tmp_path / "r.py", case, adapter_name="torch-linear", check="loss_value", message="m",
+                         case_path=tmp_path / "r.json")
+    text = script.read_text()
+    assert "fn = torch.nn.functional.linear_cross_entropy" in text
+    assert "fn(input, linear_weight, target, linear_bias=linear_bias, weight=weight, " in text
+    ran = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    got, expected = ran.stdout.splitlines()[:2]
+    assert ran.returncode == 0 and got.startswith("got") and expected.startswith("expected")
+    assert float(got.split("tensor(")[1].split(",")[0].rstrip(")")) == pytest.approx(
+        float(expected.split()[1]), rel=1e-3)  # torch prints four digits
