@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .case import Case
+from .cross_entropy import resolved_ignore_index
 from .values import (LOGIT_DISTRIBUTIONS, PROBABILITY_KINDS, grad_output_values, ignore_index_value,
                      index_target_values, extreme_weights, logit_distributions_for, logit_values, output_shape, probability_values,
                      smoothing_value, weight_values)
@@ -313,7 +314,7 @@ def classify(case: Case) -> dict[str, str] | None:
     shape = case.spec.logits_shape(case)
     C = shape[0 if len(shape) == 1 else 1]
     probabilities = case.is_probability_target
-    ignore = -100 if case.options.get("ignore_index") is None else case.options["ignore_index"]
+    ignore = resolved_ignore_index(case)
     if probabilities or case.target.size == 0:
         ignored = "none"
     else:

@@ -33,6 +33,20 @@ FEATURES: Final = (
 """Semantic features a cross-entropy case can exercise; adapters declare the ones they support."""
 
 
+DEFAULT_IGNORE_INDEX: Final = -100
+"""torch's default ``ignore_index``; linear cross-entropy's ``ignore_index=None`` means it."""
+
+
+def resolved_ignore_index(case: Case) -> int:
+    """The class index a case's loss ignores: its ``ignore_index``, or -100 where that is ``None``.
+
+    >>> resolved_ignore_index(cross_entropy_case([[0.0, 1.0]], [1], ignore_index=3))
+    3
+    """
+    value = case.options.get("ignore_index")
+    return DEFAULT_IGNORE_INDEX if value is None else int(value)
+
+
 def logits_features(case: Case) -> frozenset[str]:
     """The features of a case read on the logits its loss is taken over (the input of
     ``cross_entropy``; a projection's output for ``linear_cross_entropy``): every family whose
@@ -43,7 +57,7 @@ def logits_features(case: Case) -> frozenset[str]:
     shape = case.spec.logits_shape(case)
     class_axis = 0 if len(shape) == 1 else 1
     n_classes = shape[class_axis] if shape else 0
-    ignore_index = -100 if options.get("ignore_index") is None else options["ignore_index"]
+    ignore_index = resolved_ignore_index(case)
     if not case.is_valid:
         found.add("invalid_input")
     if "weight" in case.tensors:

@@ -39,6 +39,7 @@ from typing import Any, Final, Mapping
 import numpy as np
 
 from .case import Case, LossFamily, Tensor, register_family
+from .cross_entropy import logits_features, resolved_ignore_index
 from .dtypes import is_float, numpy_dtype, smallest_subnormal
 from .errors import InvalidInputError, Rule
 
@@ -95,15 +96,8 @@ def logits_shape(case: Case) -> tuple[int, ...]:
 
 
 def _features(case: Case) -> frozenset[str]:
-    from .cross_entropy import logits_features  # the family registers while the case module loads
-
     found = logits_features(case)
     return found | {"linear_bias"} if "linear_bias" in case.tensors else found
-
-
-def _resolved_ignore_index(case: Case) -> int:
-    value = case.options["ignore_index"]
-    return -100 if value is None else int(value)
 
 
 # -- the reference -------------------------------------------------------------------------------
@@ -155,7 +149,7 @@ def output_shape(case: Case) -> tuple[int, ...]:
     from . import reference
 
     return reference.logits_output_shape(shape, case.tensors["target"].as_numpy(), dtype=case.dtype,
-                                         weight=_weight(case), ignore_index=_resolved_ignore_index(case),
+                                         weight=_weight(case), ignore_index=resolved_ignore_index(case),
                                          reduction=case.options["reduction"],
                                          label_smoothing=case.options["label_smoothing"])
 
@@ -187,7 +181,7 @@ def evaluate(case: Case, *, gradients: bool = True):
     dtype = case.dtype
     logits_result = reference.evaluate_logits(
         z, case.tensors["target"].as_numpy(), dtype=dtype, weight=_weight(case),
-        ignore_index=_resolved_ignore_index(case), reduction=case.options["reduction"],
+        ignore_index=resolved_ignore_index(case), reduction=case.options["reduction"],
         label_smoothing=case.options["label_smoothing"], gradients=True)  # upstream 1: G1 = dL/dz
     u_c = _unit_roundoff(numpy_dtype(dtype))  # the compute precision: float32 for half dtypes
     u_t = _unit_roundoff(numpy_dtype(dtype), internal=False)  # the dtype's own
@@ -287,8 +281,7 @@ def evaluate(case: Case, *, gradients: bool = True):
         grad_target = _scale_positions(logits_result.grad_target, upstream, class_axis)
         grad_target_scale = _scale_positions(_broadcast(logits_result.grad_target_scale, shape), abs_upstream, class_axis)
         target_sigma = _scale_positions(_broadcast(logits_result.grad_target_sigma, shape), abs_upstream, class_axis)
-        class_weight = np.ones(shape[class_axis]) if case.weight is None else np.abs(case.weight)
-        weights = class_weight.reshape((-1,) + (1,) * (len(shape) - class_axis - 1))
+        weights = _class_weights(case, shape, class_axis)
         factor = 1 - case.options["label_smoothing"] if case.options["label_smoothing"] > 0 else 1.0
         per_position = np.expand_dims(abs_upstream, class_axis) if abs_upstream.ndim else abs_upstream
         grad_target_sigma = _finite(np.hypot(target_sigma, per_position * factor * weights * sigma_dlogp))
@@ -343,14 +336,19 @@ def _target_mass(case: Case, shape: tuple[int, ...], class_axis: int) -> np.ndar
     a position is ignored): what the log-probabilities' gradient is made of."""
     classes = shape[class_axis]
     eps = max(case.options["label_smoothing"], 0.0)
-    weight = np.ones(classes) if case.weight is None else np.abs(case.weight)
-    weights = weight.reshape((-1,) + (1,) * (len(shape) - class_axis - 1))
+    weights = _class_weights(case, shape, class_axis)
     if case.is_probability_target:
         return weights * ((1 - eps) * np.abs(np.nan_to_num(case.target)) + eps / classes)
     target = np.expand_dims(case.target, class_axis)
-    valid = target != _resolved_ignore_index(case)
+    valid = target != resolved_ignore_index(case)
     one_hot = (np.arange(classes).reshape(weights.shape) == target).astype(np.float64)
     return np.where(valid, weights * ((1 - eps) * one_hot + eps / classes), 0.0)
+
+
+def _class_weights(case: Case, shape: tuple[int, ...], class_axis: int) -> np.ndarray:
+    """The class weights' magnitudes (ones without ``weight``), shaped to broadcast over the logits."""
+    weight = np.ones(shape[class_axis]) if case.weight is None else np.abs(case.weight)
+    return weight.reshape((-1,) + (1,) * (len(shape) - class_axis - 1))
 
 
 def _or_zero(value: np.ndarray | None) -> np.ndarray:

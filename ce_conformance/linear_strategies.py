@@ -25,6 +25,7 @@ from hypothesis import assume, strategies as st
 
 from .case import Case, Tensor
 from .dtypes import FLOAT_DTYPES
+from .cross_entropy import DEFAULT_IGNORE_INDEX, resolved_ignore_index
 from .errors import Rule
 from .linear_cross_entropy import LINEAR_CROSS_ENTROPY, linear_cross_entropy_case
 from .strategies import SizeLimits, label_smoothings
@@ -144,7 +145,7 @@ def linear_cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limit
                 pattern = "all"
             if kind == "in_range" and classes == 1 and "all_ignored" in exclude:
                 ignore_index, pattern = None, "none"  # one class in range: every target is the ignored one
-        resolved = -100 if ignore_index is None else ignore_index
+        resolved = DEFAULT_IGNORE_INDEX if ignore_index is None else ignore_index
         target = index_target_values(rng, logits, resolved, pattern)
         # byte-sized vocabularies; the ignore_index must be a byte too (-100 would wrap to 156)
         if classes <= 255 and not extra and 0 <= resolved <= 255 and wants("uint8_target", one_in(5)):
@@ -208,7 +209,7 @@ def invalid_linear_cases(draw, base: Case | None = None, rules: Sequence[Rule] =
     elif rule is Rule.IGNORE_INDEX_WITH_PROBABILITIES:
         changes["options"] = {"ignore_index": draw(st.sampled_from((-100, 0, -1)))}
     elif rule is Rule.TARGET_OUT_OF_BOUNDS:
-        resolved = -100 if base.ignore_index is None else base.ignore_index
+        resolved = resolved_ignore_index(base)
         target = base.target.copy().reshape(-1)
         target[rng.integers(0, target.size)] = draw(st.sampled_from(tuple(v for v in (classes, -1, classes + 7)
                                                                           if v != resolved)))
