@@ -25,10 +25,10 @@ from hypothesis import assume, strategies as st
 
 from .case import Case, Tensor
 from .dtypes import FLOAT_DTYPES
-from .cross_entropy import DEFAULT_IGNORE_INDEX, resolved_ignore_index
+from .cross_entropy import DEFAULT_IGNORE_INDEX
 from .errors import Rule
 from .linear_cross_entropy import LINEAR_CROSS_ENTROPY, linear_cross_entropy_case
-from .strategies import SizeLimits, label_smoothings
+from .strategies import LOGITS_RULES, SizeLimits, breach_of_a_logits_rule, label_smoothings
 from .values import (IGNORE_INDEX_KINDS, PROBABILITY_KINDS, WEIGHT_KINDS, grad_output_values, ignore_index_value,
                      index_target_values, output_shape, probability_values, weight_values)
 
@@ -208,19 +208,8 @@ def invalid_linear_cases(draw, base: Case | None = None, rules: Sequence[Rule] =
                                   "linear_bias": None}
     elif rule is Rule.IGNORE_INDEX_WITH_PROBABILITIES:
         changes["options"] = {"ignore_index": draw(st.sampled_from((-100, 0, -1)))}
-    elif rule is Rule.TARGET_OUT_OF_BOUNDS:
-        resolved = resolved_ignore_index(base)
-        target = base.target.copy().reshape(-1)
-        target[rng.integers(0, target.size)] = draw(st.sampled_from(tuple(v for v in (classes, -1, classes + 7)
-                                                                          if v != resolved)))
-        changes["tensors"] = {"target": Tensor(target.reshape(base.target.shape), "int64")}
-    elif rule is Rule.WEIGHT_SHAPE:
-        n = draw(st.sampled_from(tuple(k for k in (classes + 1, classes - 1, 2 * classes) if k > 0 and k != classes)))
-        changes["tensors"] = {"weight": Tensor(np.ones(n), dtype)}
-    elif rule is Rule.LABEL_SMOOTHING_RANGE:
-        changes["options"] = {"label_smoothing": draw(st.sampled_from((1.5, 1.0001, 2.0)))}
-    elif rule is Rule.REDUCTION_VALUE:
-        changes["options"] = {"reduction": draw(st.sampled_from(("avg", "average", "", "MEAN")))}
+    elif rule in LOGITS_RULES:
+        changes.update(breach_of_a_logits_rule(draw, rule, base, classes, rng))
     else:  # TARGET_SHAPE: one target more than inputs
         target = np.clip(base.target, 0, classes - 1) if base.target.size else base.target
         one_more = np.zeros((1, *target.shape[1:]), dtype=np.int64)

@@ -381,20 +381,10 @@ def invalid_cases(draw, base: Case | None = None, rules: Sequence[Rule] = INVALI
     rule = draw(st.sampled_from(feasible))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     changes: dict = {"expected_error": rule}
-    if rule is Rule.TARGET_OUT_OF_BOUNDS:
-        target = base.target.copy().reshape(-1)
-        bad = draw(st.sampled_from(tuple(v for v in (C, -1, C + 7) if v != base.ignore_index)))
-        target[rng.integers(0, target.size)] = bad
-        changes["tensors"] = {"target": _tensor(target.reshape(base.target.shape), "int64")}
-    elif rule is Rule.WEIGHT_SHAPE:
-        n = draw(st.sampled_from(tuple(k for k in (C + 1, C - 1, 2 * C) if k > 0 and k != C)))
-        changes["tensors"] = {"weight": _tensor(np.ones(n), base.dtype)}
-    elif rule is Rule.LABEL_SMOOTHING_RANGE:
-        changes["options"] = {"label_smoothing": draw(st.sampled_from((1.5, 1.0001, 2.0)))}
+    if rule in LOGITS_RULES:
+        changes.update(breach_of_a_logits_rule(draw, rule, base, C, rng))
     elif rule is Rule.IGNORE_INDEX_WITH_PROBABILITIES:
         changes["options"] = {"ignore_index": draw(st.integers(0, max(0, C - 1)))}
-    elif rule is Rule.REDUCTION_VALUE:
-        changes["options"] = {"reduction": draw(st.sampled_from(("avg", "average", "", "MEAN")))}
     elif rule is Rule.TARGET_DTYPE:
         if prob:
             changes["tensors"] = {"target": _tensor(np.zeros(x.shape, dtype=np.int64), "int64")}
@@ -417,6 +407,38 @@ def invalid_cases(draw, base: Case | None = None, rules: Sequence[Rule] = INVALI
         changes["tensors"] = {"target": _tensor(new, "int64")}
         changes["options"] = {"ignore_index": -100}
     return base.replace(**changes)
+
+
+LOGITS_RULES: Final = (Rule.TARGET_OUT_OF_BOUNDS, Rule.WEIGHT_SHAPE, Rule.LABEL_SMOOTHING_RANGE, Rule.REDUCTION_VALUE)
+"""Rules every family whose loss is cross-entropy of some logits breaks alike."""
+
+
+def breach_of_a_logits_rule(draw, rule: Rule, base: Case, classes: int, rng: np.random.Generator) -> dict | None:
+    """The changes (``tensors``, ``options``) that make ``base`` break one of :data:`LOGITS_RULES`
+    over its ``classes``: a target class out of bounds, a class weight of the wrong length,
+    smoothing above 1, an unknown reduction; None for any other rule. Shared by the families'
+    invalid-case strategies.
+
+    >>> case = Case.cross_entropy([[0.0, 1.0]], [1])
+    >>> changes = breach_of_a_logits_rule(lambda strategy: strategy.example(), Rule.WEIGHT_SHAPE, case, 2, None)
+    >>> changes["tensors"]["weight"].shape[0] in (1, 3, 4)
+    True
+    """
+    if rule is Rule.TARGET_OUT_OF_BOUNDS:
+        from .cross_entropy import resolved_ignore_index
+
+        target = base.target.copy().reshape(-1)
+        bad = draw(st.sampled_from(tuple(v for v in (classes, -1, classes + 7) if v != resolved_ignore_index(base))))
+        target[rng.integers(0, target.size)] = bad
+        return {"tensors": {"target": _tensor(target.reshape(base.target.shape), "int64")}}
+    if rule is Rule.WEIGHT_SHAPE:
+        n = draw(st.sampled_from(tuple(k for k in (classes + 1, classes - 1, 2 * classes) if k > 0 and k != classes)))
+        return {"tensors": {"weight": _tensor(np.ones(n), base.dtype)}}
+    if rule is Rule.LABEL_SMOOTHING_RANGE:
+        return {"options": {"label_smoothing": draw(st.sampled_from((1.5, 1.0001, 2.0)))}}
+    if rule is Rule.REDUCTION_VALUE:
+        return {"options": {"reduction": draw(st.sampled_from(("avg", "average", "", "MEAN")))}}
+    return None
 
 
 def _tensor(values: np.ndarray, dtype: str):
