@@ -63,6 +63,19 @@ class LossFamily:
 FAMILIES: dict[str, LossFamily] = {}
 
 
+def family_named(name: str) -> LossFamily:
+    """The registered family of that name; an unknown one is a configuration error (``--family``).
+
+    >>> family_named("linear_cross_entropy").torch_function
+    'torch.nn.functional.linear_cross_entropy'
+    """
+    from .errors import ConfigurationError
+
+    if name not in FAMILIES:
+        raise ConfigurationError(f"unknown loss family {name!r}; known: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[name]
+
+
 def register_family(family: LossFamily) -> LossFamily:
     """Make ``family`` known by name (case files, ``--family``); its module calls this on import."""
     FAMILIES[family.name] = family

@@ -54,9 +54,9 @@ def default_adapters(family: str = "cross_entropy", *, nightly: bool = False) ->
     >>> default_adapters("linear_cross_entropy")
     ('torch-linear', 'torch-linear-chunked')
     """
-    if family not in FAMILY_ADAPTERS:
-        raise ConfigurationError(f"unknown loss family {family!r}; known: {', '.join(sorted(FAMILY_ADAPTERS))}")
-    return FAMILY_ADAPTERS[family][1 if nightly else 0]
+    from ce_conformance.family import family_named
+
+    return FAMILY_ADAPTERS[family_named(family).name][1 if nightly else 0]
 
 
 def _torch(**kwargs: Any) -> Adapter:
@@ -245,12 +245,11 @@ def function_adapter(fn: Callable[..., Any], kind: str = "torch", *, features: s
                      name: str | None = None, device: str = "cpu", family: str = "cross_entropy") -> Adapter:
     """An adapter around a function object (``--kind`` semantics as for :func:`user_adapter`;
     ``device`` as for :func:`check_device`)."""
-    from ce_conformance.case import FAMILIES
+    from ce_conformance.family import family_named
 
     if kind not in KINDS:
         raise ConfigurationError(f"kind {kind!r}: expected one of {', '.join(KINDS)}")
-    if family not in FAMILIES:
-        raise ConfigurationError(f"unknown loss family {family!r}; known: {', '.join(sorted(FAMILIES))}")
+    family_named(family)
     if family != "cross_entropy" and kind != "torch":
         raise ConfigurationError(f"the {family} family runs torch functions only (--kind torch), not --kind {kind}")
     check_device(kind, device)

@@ -229,9 +229,9 @@ def family_function(family: str) -> Callable[..., Any]:
 
 
 def _family(name: str) -> Any:
-    from ce_conformance.case import FAMILIES
+    from ce_conformance.family import family_named
 
-    return FAMILIES[name]
+    return family_named(name)
 
 
 def _resolve(dotted: str) -> Any:
