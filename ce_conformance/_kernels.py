@@ -237,7 +237,7 @@ def _index_rows(rows, target, weight, scale, u, grad, threads):
     """The reference's index-target rows without label smoothing, one row per pass set: the
     log-sum-exp (``log1p`` of the sum without the maximal term, compensated), the NLL, the
     probability of the target, the summation model of the exp sum (``summation_root`` and root
-    sum of squares of p), the largest p |log p| and, where ``grad`` has rows, the gradient row
+    sum of squares of p), the largest p |log p|, the row's maximum and, where ``grad`` has rows, the gradient row
     ``p * w_y * scale`` with ``w_y * expm1(log p_y) * scale`` at the target.
     ``finite`` is False for a row whose maximum is not finite (NaN or +-inf): the caller
     takes the NumPy path for such chunks."""
@@ -249,6 +249,7 @@ def _index_rows(rows, target, weight, scale, u, grad, threads):
     rss = np.zeros(m)
     distinct = np.zeros(m, dtype=np.int64)
     p_logp = np.zeros(m)
+    tops = np.zeros(m)
     finite = np.ones(m, dtype=np.bool_)
     want_grad = grad.shape[0] == m and m > 0
     workers = max(1, min(m, threads))
@@ -271,6 +272,7 @@ def _index_rows(rows, target, weight, scale, u, grad, threads):
             if not ok or not np.isfinite(high):
                 finite[r] = False
                 continue
+            tops[r] = high
             total = 0.0  # Neumaier-compensated sum of exp(x - max) without the maximal term
             compensation = 0.0
             for k in range(width):
@@ -308,7 +310,7 @@ def _index_rows(rows, target, weight, scale, u, grad, threads):
             if want_grad:
                 out[y] = w_r * np.expm1(shifted_y - lse[r]) * scale_r
             root[r], distinct[r] = _row_root(p, u, False, r + 1, workspace)
-    return lse, nll, p_target, root, rss, distinct, p_logp, finite
+    return lse, nll, p_target, root, rss, distinct, p_logp, tops, finite
 
 
 def _variants(function):

@@ -21,6 +21,7 @@ mutation      ``mutation`` (the caller's input, target or weight changed)
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -31,7 +32,8 @@ from ce_conformance.case import FAMILIES, Case
 from ce_conformance.reference import ReferenceResult
 
 from .errors import Rule
-from .tolerance import error_figures, fused_error_figures, nonfinite_mismatch
+from .gradient_elements import GradientElements
+from .tolerance import ErrorFigures, error_figures, fused_error_figures, merge_figures, nonfinite_mismatch
 
 CHECK_FAMILIES: Final = {
     "error": "errors", "missing_error": "errors", "wrong_error": "errors", "crash": "errors", "timeout": "errors",
@@ -74,7 +76,10 @@ class Comparison:
 def _value_check(name: str, actual: np.ndarray | None, expected: np.ndarray, magnitude: np.ndarray | None,
                  dtype: str, comparison: Comparison, *, exact_kind: bool, n_classes: int,
                  sigma: np.ndarray | None = None, native: np.ndarray | None = None,
-                 intermediate: np.ndarray | None = None, budget_scale: float = 1.0, quantity: str | None = None) -> None:
+                 intermediate: np.ndarray | None = None, budget_scale: float = 1.0, quantity: str | None = None,
+                 elements: GradientElements | None = None) -> None:
+    """Judge ``actual`` against ``expected``; with ``elements`` (an input gradient's per-element
+    model) a block of positions at a time, each element in units of its own terms."""
     actual = np.asarray(actual)
     if actual.dtype not in (np.float32, np.float64):  # float32 stays: the fused kernel reads it as is
         actual = actual.astype(np.float64)
@@ -83,21 +88,35 @@ def _value_check(name: str, actual: np.ndarray | None, expected: np.ndarray, mag
             actual = np.broadcast_to(actual, expected.shape)
         except ValueError:
             return  # the shape check reports it
-    magnitude = np.abs(expected) if magnitude is None else magnitude
     native = None if native is None else np.asarray(native, dtype=np.float64)
     quantity = quantity or name  # the base budget's row (a parameter's gradient is budgeted as the input's)
-    figures = fused_error_figures(actual, expected, magnitude, sigma, dtype, quantity, n_classes, scale=budget_scale,
-                                  native=native)
-    if figures is None:  # small, or a NaN/inf somewhere: the NumPy path and its NaN/inf rules
-        mismatch = nonfinite_mismatch(actual, expected, dtype, exact_kind=exact_kind, intermediate=intermediate)
-        if mismatch.any():
-            where = tuple(int(i) for i in np.argwhere(mismatch)[0]) if mismatch.ndim else ()
-            comparison.verdicts.append(Verdict(
-                f"{name}_nonfinite",
-                f"{name} NaN/inf pattern differs at {int(mismatch.sum())} element(s), first at {list(where)}: "
-                f"got {np.float64(actual[where])!r}, expected {expected[where]!r}"))
-        figures = error_figures(actual, expected, magnitude, sigma, dtype, quantity, n_classes, scale=budget_scale,
-                                native=native, ignore=mismatch)
+    judge = functools.partial(_block_figures, dtype=dtype, quantity=quantity, n_classes=n_classes,
+                              scale=budget_scale, exact_kind=exact_kind)
+    if elements is None:
+        figures, mismatch = judge(actual, expected, np.abs(expected) if magnitude is None else magnitude, sigma,
+                                  native=native, intermediate=intermediate)
+        mismatches = [(mismatch, ())] if mismatch is not None else []
+    else:
+        blocks, mismatches = [], []
+        for start, stop in elements.blocks():
+            part = slice(None) if expected.ndim == 1 else slice(start, stop)
+            block_magnitude, block_sigma = elements.bounds(expected[part], start, stop)
+            block, mismatch = judge(actual[part], expected[part], block_magnitude, block_sigma,
+                                    native=None if native is None else native[part], intermediate=None)
+            offset = () if expected.ndim == 1 else (start,)
+            blocks.append((block, offset))
+            if mismatch is not None:
+                mismatches.append((mismatch, offset))
+        figures = merge_figures(blocks)
+    count = sum(int(m.sum()) for m, _ in mismatches)
+    if count:
+        mismatch, offset = next((m, o) for m, o in mismatches if m.any())
+        where = tuple(int(i) for i in np.argwhere(mismatch)[0]) if mismatch.ndim else ()
+        where = tuple(int(i) + (offset[k] if k < len(offset) else 0) for k, i in enumerate(where))
+        comparison.verdicts.append(Verdict(
+            f"{name}_nonfinite",
+            f"{name} NaN/inf pattern differs at {count} element(s), first at {list(where)}: "
+            f"got {np.float64(actual[where])!r}, expected {expected[where]!r}"))
     comparison.max_ulp[name] = figures.max_ulp
     comparison.max_ratio[name] = figures.max_ratio
     if figures.max_ratio > 1.0:
@@ -107,6 +126,20 @@ def _value_check(name: str, actual: np.ndarray | None, expected: np.ndarray, mag
             f"{name} off by {figures.worst_ulp:.3g} ulp ({dtype}; budget {figures.worst_budget:.3g}) at "
             f"{list(index)}: got {np.float64(actual[index])!r}, expected {expected[index]!r}",
             max_abs_error=figures.max_abs_error, max_ulp_error=figures.worst_ulp, budget=figures.worst_budget))
+
+
+def _block_figures(actual: np.ndarray, expected: np.ndarray, magnitude: np.ndarray, sigma: np.ndarray | None, *,
+                   dtype: str, quantity: str, n_classes: int, scale: float, exact_kind: bool,
+                   native: np.ndarray | None, intermediate: np.ndarray | None) -> tuple[ErrorFigures, np.ndarray | None]:
+    """Figures of one array (or block): the fused kernel where every element is finite, else the
+    NumPy path with its NaN/inf rules, whose mismatching elements it also returns."""
+    figures = fused_error_figures(actual, expected, magnitude, sigma, dtype, quantity, n_classes, scale=scale,
+                                  native=native)
+    if figures is not None:
+        return figures, None
+    mismatch = nonfinite_mismatch(actual, expected, dtype, exact_kind=exact_kind, intermediate=intermediate)
+    return error_figures(actual, expected, magnitude, sigma, dtype, quantity, n_classes, scale=scale,
+                         native=native, ignore=mismatch), mismatch
 
 
 def compare(case: Case, outcome: Outcome, reference: ReferenceResult | None, capabilities: Capabilities, *,
@@ -167,7 +200,7 @@ def compare(case: Case, outcome: Outcome, reference: ReferenceResult | None, cap
             else:
                 _value_check("grad_input", outcome.grad_input, reference.grad_input, reference.grad_input_scale,
                              dtype, comparison, exact_kind=False, n_classes=n_classes, budget_scale=budget_scale,
-                             sigma=reference.grad_input_sigma,
+                             sigma=reference.grad_input_sigma, elements=reference.grad_input_elements,
                              native=native.grad_input if native is not None and native.grad_input is not None else None)
     if capabilities.gradients and capabilities.target_gradients and reference.grad_target is not None:
         if outcome.grad_target is None:
@@ -234,5 +267,6 @@ def compare_pair(case: Case, expected: Outcome, actual: Outcome, reference: Refe
         output_dtype=expected.loss_dtype or reference.output_dtype,
         output_shape=tuple(expected.loss_shape or ()), loss_sigma=reference.loss_sigma,
         grad_input_sigma=reference.grad_input_sigma, grad_target_sigma=reference.grad_target_sigma,
-        grad_target_intermediate=reference.grad_target_intermediate)
+        grad_target_intermediate=reference.grad_target_intermediate,
+        grad_input_elements=reference.grad_input_elements)
     return compare(case, actual, as_reference, capabilities, budget_scale=PAIR_BUDGET_SCALE)

@@ -38,6 +38,7 @@ import numpy as np
 from .dtypes import FLOAT_DTYPES, compute_dtype, dtype_name, machine_epsilon, numpy_dtype, smallest_normal, smallest_subnormal
 from . import engine
 from .errors import InvalidInputError, Rule
+from .gradient_elements import CANCELLING, GradientElements, exponential_relative
 from .summation import (finite_row_max, flushed_pairs, flushed_products, grid_aligned, near_equal, root_sum_squares,
                         subnormal_products, summation_root)
 
@@ -290,6 +291,7 @@ class _Output:
     grad_target_scale: np.ndarray | None
     sigmas: "Sigmas | None" = None
     grad_target_intermediate: np.ndarray | None = None
+    elements: "dict[str, Any] | None" = None  # per-position arrays of the per-element gradient model
 
 
 def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> _Output:
@@ -336,7 +338,13 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
     loss_sigma = np.zeros(M)
     grad_target_coefficient = np.zeros(M)  # |d grad_target / d lse| per position
     grad_target_underflow = np.zeros(M)  # largest error of a subnormal partial product in w * log p * scale
-    backward_sigma = np.zeros(M)  # error of the backward's sum of upstream terms over classes, times max p  # largest sum an implementation may form before scaling (eps / C, 1 / D)
+    backward_sigma = np.zeros(M)  # error of the backward's sum of upstream terms over classes, times max p
+    # per-element model of the input gradient (conformance.gradient_elements), per position
+    terms_sum = np.zeros(M)  # K: the signed sum of the backward's upstream terms
+    terms_abs = np.zeros(M)  # their absolute sum
+    log_total = np.zeros(M)  # log S = lse - max
+    lse_abs = np.zeros(M)
+    backward_relative = np.zeros(M)  # the error of the sum K, relative to K
     grad_input = grad_target = grad_input_scale = grad_target_scale = None
     if gradients:
         dtype = object if A.exact else np.float64
@@ -361,6 +369,11 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
             wy_abs = np.abs(fused.weight)
             lse_sigma[positions] = u_c * np.hypot(fused.root, fused.rss) / np.sqrt(3.0)
             repetitive[positions] = fused.distinct < C / 2
+            terms_sum[positions] = np.where(v, fused.weight, 0)
+            terms_abs[positions] = np.abs(terms_sum[positions])
+            log_total[positions] = fused.lse
+            lse_abs[positions] = np.abs(fused.top + fused.lse)
+            lse_sigma[positions] = np.hypot(lse_sigma[positions], _lse_rounding(u_c, lse_abs[positions], fused.lse))
             with np.errstate(invalid="ignore", over="ignore"):
                 main_terms[positions] = np.where(v, fused.weight * fused.nll, 0)
                 loss_mag[positions] = unscaled_mag[positions] = np.where(v, wy_abs * (fused.nll + 1), 0)
@@ -386,6 +399,9 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                                                       root_sum_squares(p64)) / np.sqrt(3.0)
                 abs_logp = np.abs(np.where(np.isfinite(ls.logp), ls.logp, 0.0))
                 p_logp = finite_row_max(p64 * abs_logp) if half_backward else None
+                log_total[positions] = np.asarray(ls.lse, dtype=np.float64)
+                lse_abs[positions] = np.abs(rows.max(axis=1) + log_total[positions])  # NaN or inf: a row-level row
+                lse_sigma[positions] = np.hypot(lse_sigma[positions], _lse_rounding(u_c, lse_abs[positions], log_total[positions]))
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             if call.mode == "index":
                 v = valid[positions]
@@ -442,15 +458,23 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                             w_row = w_abs if w_abs is not None else np.ones(C)
                             gmag = gmag + (eps / C) * (p64 * w_row.sum() + w_row[None, :])
                         grad_input_scale[positions] = np.where(v, np.abs(scale) * finite_row_max(gmag), 0)
+                        k = (1 - eps) * np.asarray(wy, dtype=np.float64)
+                        if eps > 0:
+                            k = k + (eps / C) * (float(np.sum(call.weight)) if call.weight is not None else C)
+                        terms_sum[positions] = np.where(v, k, 0)
+                        terms_abs[positions] = np.where(v, (1 - eps) * wy_abs + (
+                            (eps / C) * (w_abs.sum() if w_abs is not None else C) if eps > 0 else 0.0), 0)
                         if eps > 0:  # log-softmax backward sums the upstream terms over classes
                             upstream_terms = np.broadcast_to((eps / C) * (w_abs if w_abs is not None else np.ones(C)), p64.shape).copy()
                             upstream_terms[r, yb] += (1 - eps) * wy_abs
                             # torch's K-dim backward sums these over a strided class axis; measured there:
                             # errors that add up linearly (20 sigma of a random walk at C = 262144)
                             strided = np.full(m, call.input.ndim > 2)
-                            backward_sigma[positions] = np.where(v, np.abs(scale) * p64.max(axis=1, initial=0) * u_c
-                                                                 * summation_root(upstream_terms, u_c, linear=strided)
-                                                                 / np.sqrt(3.0), 0)
+                            upstream_root = u_c * summation_root(upstream_terms, u_c, linear=strided) / np.sqrt(3.0)
+                            backward_sigma[positions] = np.where(v, np.abs(scale) * p64.max(axis=1, initial=0)
+                                                                 * upstream_root, 0)
+                            backward_relative[positions] = np.where(v & (terms_abs[positions] > 0), upstream_root
+                                                                    / np.where(terms_abs[positions] > 0, terms_abs[positions], 1), 0)
                         if half_backward:
                             p_coefficient = (1 - eps) * wy_abs + ((eps / C) * w_row.sum() if eps > 0 else 0.0)
                             backward_sigma[positions] = np.hypot(backward_sigma[positions], np.where(
@@ -502,8 +526,17 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                         abs_scale = np.abs(scale)
                         gmag = p * (abs_wt.sum(axis=1)[:, None]) + abs_wt
                         grad_input_scale[positions] = abs_scale * finite_row_max(gmag)
-                        backward_sigma[positions] = abs_scale * np.nan_to_num(np.asarray(p, dtype=np.float64)).max(axis=1, initial=0) \
-                            * u_c * summation_root(np.asarray(abs_wt, dtype=np.float64), u_c) / np.sqrt(3.0)
+                        upstream_root = u_c * summation_root(np.asarray(abs_wt, dtype=np.float64), u_c) / np.sqrt(3.0)
+                        backward_sigma[positions] = abs_scale * np.nan_to_num(np.asarray(p, dtype=np.float64)).max(
+                            axis=1, initial=0) * upstream_root
+                        k = np.asarray(wt.sum(axis=1), dtype=np.float64)
+                        terms_sum[positions] = k
+                        terms_abs[positions] = np.asarray(abs_wt, dtype=np.float64).sum(axis=1)
+                        # half dtypes: torch rounds each product w t to the dtype before summing K
+                        half_terms = u_t * terms_abs[positions] if u_t > u_c else 0.0
+                        with np.errstate(divide="ignore", invalid="ignore"):
+                            backward_relative[positions] = np.nan_to_num(np.hypot(upstream_root, half_terms) / np.abs(k),
+                                                                         posinf=0.0)
                         if half_backward:
                             backward_sigma[positions] = np.hypot(backward_sigma[positions], _logp_rounding(
                                 scale, np.asarray(abs_wt, dtype=np.float64).sum(axis=1), u_t, p_logp))
@@ -546,8 +579,50 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                              denominator, lse_sigma, loss_sigma, grad_input_scale, grad_target_coefficient,
                              grad_target_underflow, flush_bound,
                              grad_target_scale, repetitive, backward_sigma) if want_scale else None
+    elements = None
+    if gradients and want_scale:
+        finite_rows = np.isfinite(lse_abs) & np.isfinite(log_total) & np.isfinite(np.asarray(upstream, dtype=np.float64)) \
+            & np.isfinite(terms_sum)
+        scale64 = np.asarray(upstream, dtype=np.float64)
+        elements = dict(scale=scale64, terms_sum=terms_sum, log_total=log_total, backward_relative=backward_relative,
+                        absolute=_subnormal_sigma(call, scale64, terms_abs),
+                        elementwise=finite_rows & valid & (terms_abs > 0)
+                        & (np.abs(terms_sum) >= CANCELLING * terms_abs),
+                        unit_roundoff=u_c, half_roundoff=u_t if half_backward else 0.0,
+                        target_coefficient=(1 - eps) * np.asarray(wy_all, dtype=np.float64) if call.mode == "index" else None)
     return _Output(loss, loss_scale, intermediate, grad_input, grad_input_scale, grad_target, grad_target_scale, sigmas,
-                   grad_target_unscaled if call.mode == "probability" and gradients else None)
+                   grad_target_unscaled if call.mode == "probability" and gradients else None, elements)
+
+
+def _lse_rounding(u: float, lse_abs: np.ndarray, log_total: np.ndarray) -> np.ndarray:
+    """Sigma of the rounding of ``lse = max + log S`` where a kernel forms it as one number
+    (``log p = x - lse``, ``p = exp(x - lse)``: flash-attention's and cut-cross-entropy's Triton
+    kernels): every log p shifts by up to ``u |lse|``, and by no more than ``log S`` (``max`` itself
+    is representable), so a confident row keeps its exact log-sum-exp."""
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num(np.minimum(u * lse_abs, np.abs(log_total))) / math.sqrt(3.0)
+
+
+def _subnormal_sigma(call: _Call, scale: np.ndarray, terms_abs: np.ndarray) -> np.ndarray:
+    """Per position, sigma of what a gradient element loses where a partial product of its factors
+    (p, w, eps / C, the target, s) falls below the normal range: up to the compute precision's
+    smallest normal (a flushing kernel) times the largest product of the factors still to come;
+    for half probability targets, whose products torch forms in the dtype, half a subnormal step
+    of the dtype likewise. Negligible unless a factor is huge (s = 1 / D of a tiny total weight)."""
+    name = dtype_name(call.dtype)
+    w_max = float(np.abs(call.weight).max(initial=0)) if call.weight is not None else 1.0
+    if call.mode == "index":
+        w_total = float(np.abs(call.weight).sum()) if call.weight is not None else float(call.n_classes)
+        others = max(1.0, w_max, w_total)
+    else:
+        t_max = float(np.nanmax(np.abs(call.target), initial=0)) if call.target.size else 0.0
+        others = max(1.0, w_max, t_max, w_max * t_max)
+    with np.errstate(over="ignore", invalid="ignore"):
+        amplification = np.maximum(1.0, np.abs(scale)) * np.maximum(others, terms_abs)
+        step = smallest_normal(compute_dtype(name))
+        if call.mode == "probability" and compute_dtype(name) != name:
+            step = math.hypot(step, smallest_subnormal(name) / 2)
+        return np.nan_to_num(step * amplification / math.sqrt(3.0), posinf=np.finfo(np.float64).max)
 
 
 def _logp_rounding(scale: Any, coefficient: Any, u_t: float, p_logp: np.ndarray) -> np.ndarray:
@@ -570,6 +645,8 @@ class _FusedRows(NamedTuple):
     distinct: np.ndarray  # distinct probabilities per row
     p_logp: np.ndarray  # max over classes of p |log p|
     grad: np.ndarray  # gradient rows (empty when not requested)
+    lse: np.ndarray  # log S = log-sum-exp - max
+    top: np.ndarray  # the row's maximum
 
 
 def _fused_index_rows(rows: np.ndarray, target: np.ndarray, weight: np.ndarray, scale: np.ndarray, u: float,
@@ -584,13 +661,13 @@ def _fused_index_rows(rows: np.ndarray, target: np.ndarray, weight: np.ndarray, 
     scale = np.ascontiguousarray(scale, dtype=np.float64)
     grad = (out if out is not None else np.empty(rows.shape)) if gradients else np.empty((0, rows.shape[1]))
     index_rows, threads = engine.kernel("index_rows", rows.size)
-    lse, nll, p_target, root, rss, distinct, p_logp, finite = index_rows(
+    lse, nll, p_target, root, rss, distinct, p_logp, top, finite = index_rows(
         rows if rows.dtype in (np.float32, np.float64) and rows.flags.c_contiguous else
         np.ascontiguousarray(rows, dtype=np.float64), np.ascontiguousarray(target, dtype=np.int64), weight, scale,
         float(u), grad, threads)
     if not finite.all():
         return None
-    return _FusedRows(weight, scale, nll, p_target, root, rss, distinct, p_logp, grad)
+    return _FusedRows(weight, scale, nll, p_target, root, rss, distinct, p_logp, grad, lse, top)
 
 
 def _unit_roundoff(dtype: Any, internal: bool = True) -> float:
@@ -607,6 +684,8 @@ class Sigmas(NamedTuple):
     loss: np.ndarray
     grad_input: np.ndarray | None
     grad_target: np.ndarray | None
+    probability_relative: np.ndarray | None = None  # per position: of every p_c, from the exp sum (and half products)
+    scale_relative: float = 0.0  # of the upstream scale s = g / D: the mean's denominator
 
 
 def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: float, main_terms: np.ndarray,
@@ -650,18 +729,21 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
             loss_out = np.asarray(total_sigma)
         relative = np.sqrt(lse_sigma ** 2 + relative_denominator ** 2)
         grad_input = None if grad_input_scale is None else \
-            np.hypot(grad_input_scale * np.hypot(relative, term_unit), backward_sigma)
+            np.hypot(grad_input_scale * exponential_relative(np.hypot(relative, term_unit)), backward_sigma)
         grad_target = None
         if call.mode == "probability" and grad_target_scale is not None:
             # a subnormal partial product errs by up to half a step, uniformly: sigma = half step / sqrt 3
-            grad_target = np.hypot(np.hypot(grad_target_coefficient * relative, term_unit * grad_target_scale),
+            # (no half-dtype products: no term, not 0 * an overflowing row's inf scale = NaN = no budget)
+            half_products = term_unit * grad_target_scale if term_unit else 0.0
+            grad_target = np.hypot(np.hypot(grad_target_coefficient * relative, half_products),
                                    grad_target_underflow / math.sqrt(3))
 
     def finite(sigma: Any) -> np.ndarray | None:  # an overflowing scale means an overflowing value: no limit
         return None if sigma is None else np.nan_to_num(np.asarray(sigma, dtype=np.float64), nan=0.0,
                                                         posinf=np.finfo(np.float64).max)
 
-    return Sigmas(finite(loss_out), finite(grad_input), finite(grad_target))
+    return Sigmas(finite(loss_out), finite(grad_input), finite(grad_target), np.hypot(lse_sigma, term_unit),
+                  float(relative_denominator))
 
 
 def _nan_rows(grad: np.ndarray, finite_rows: np.ndarray, A: Any) -> np.ndarray:
@@ -747,6 +829,7 @@ class ReferenceResult:
     grad_input_sigma: np.ndarray | None = None  # per position; broadcast over the class axis
     grad_target_sigma: np.ndarray | None = None
     grad_target_intermediate: np.ndarray | None = None  # per position: largest w * log p before scaling
+    grad_input_elements: GradientElements | None = None  # per-element budgets of grad_input (model v2.1)
 
 
 def _case_call(case: Any) -> _Call:
@@ -818,4 +901,33 @@ def _evaluate_call(call: _Call, dtype: str, grad_output: Any, gradients: bool) -
         grad_input_sigma=per_class(out.sigmas.grad_input) if gradients else None,
         grad_target_sigma=per_class(out.sigmas.grad_target) if gradients else None,
         grad_target_intermediate=per_class(out.grad_target_intermediate),
+        grad_input_elements=_gradient_elements(call, out) if gradients and out.elements is not None else None,
     )
+
+
+def _gradient_elements(call: _Call, out: _Output) -> GradientElements:
+    """The per-position arrays of :class:`GradientElements` in its (outer, inner) layout."""
+    shape = tuple(call.input.shape)
+    grid = (1, 1) if len(shape) == 1 else (shape[0], math.prod(shape[2:]))
+    arrays = out.elements
+
+    def positions(values: Any) -> np.ndarray:
+        return np.asarray(values, dtype=np.float64).reshape(grid)
+
+    relative = np.hypot(out.sigmas.probability_relative, arrays["backward_relative"])
+    probabilities = None
+    if call.mode == "probability":
+        target = np.asarray(call.target)
+        probabilities = target.reshape(1, -1, 1) if target.ndim == 1 else target.reshape(shape[0], shape[1], grid[1])
+    return GradientElements(
+        shape=shape, n_classes=call.n_classes, scale=positions(arrays["scale"]), scale_relative=out.sigmas.scale_relative,
+        terms_sum=positions(arrays["terms_sum"]), log_total=positions(arrays["log_total"]),
+        relative=positions(np.broadcast_to(relative, (grid[0] * grid[1],))), absolute=positions(arrays["absolute"]),
+        elementwise=np.asarray(arrays["elementwise"]).reshape(grid),
+        row_magnitude=positions(out.grad_input_scale), row_sigma=positions(out.sigmas.grad_input),
+        unit_roundoff=arrays["unit_roundoff"], half_roundoff=arrays["half_roundoff"], smoothing=call.smoothing,
+        class_weight=None if call.weight is None else np.asarray(call.weight, dtype=np.float64),
+        target=None if call.mode != "index" else np.where(  # ignored positions: any class (their Q is 0)
+            (call.target >= 0) & (call.target < call.n_classes), call.target, 0).astype(np.int64).reshape(grid),
+        target_coefficient=None if arrays["target_coefficient"] is None else positions(arrays["target_coefficient"]),
+        probabilities=probabilities)

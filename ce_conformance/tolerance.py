@@ -6,7 +6,8 @@ Every compared element gets an **allowed absolute error**
 
 * ``unit`` is ``ulp(dtype, max(|expected|, magnitude))``, where the reference supplies the
   magnitude (for a loss: the sum of the absolute values of its terms plus one per log-sum-exp;
-  for a gradient: the largest term in its row), with the float16 :func:`underflow_floor`. The
+  for the input gradient: the element's own terms, :mod:`ce_conformance.gradient_elements`; for
+  other gradients: the largest term in the row), with the float16 :func:`underflow_floor`. The
   base budget covers the last few roundings every implementation makes (exp, log, the final
   rounding to the dtype): a handful of ulps, independent of the case's size.
 * ``sigma`` is the standard deviation of the rounding error of the sums the case really
@@ -85,7 +86,8 @@ def allowed_errors(unit: np.ndarray, sigma: np.ndarray | float | None, dtype: st
     """Elementwise allowed absolute error: ``scale * (base * unit + SIGMAS * sigma)``."""
     unit = np.asarray(unit, dtype=np.float64)
     sigma = np.zeros_like(unit) if sigma is None else np.broadcast_to(np.asarray(sigma, dtype=np.float64), unit.shape)
-    return scale * (base_budget(dtype, quantity) * unit + SIGMAS * sigma)
+    with np.errstate(over="ignore"):  # an unbounded sigma (an overflowing row) allows anything: inf
+        return scale * (base_budget(dtype, quantity) * unit + SIGMAS * sigma)
 
 
 def underflow_floor(dtype: str, n_classes: int) -> float:
@@ -261,3 +263,19 @@ def fused_error_figures(actual: np.ndarray, expected: np.ndarray, magnitude: np.
         return None
     index = tuple(int(i) for i in np.unravel_index(int(flat), shape)) if shape else ()
     return ErrorFigures(float(max_ulp), float(max_ratio), index, float(worst_ulp), float(worst_budget), float(max_abs))
+
+
+def merge_figures(blocks: "list[tuple[ErrorFigures, tuple[int, ...]]]") -> ErrorFigures:
+    """The figures of an array judged in blocks, each given with the offset of its first index
+    (the worst ratio's block supplies the index, its ulps and budget).
+
+    >>> a, b = ErrorFigures(2.0, 0.5, (1, 3), 2.0, 4.0, 1e-6), ErrorFigures(1.0, 0.7, (0, 2), 1.0, 1.4, 2e-6)
+    >>> merge_figures([(a, (0,)), (b, (4,))]).worst_index
+    (4, 2)
+    """
+    if not blocks:
+        return ErrorFigures(0.0, 0.0, (), 0.0, 0.0, 0.0)
+    worst, offset = max(blocks, key=lambda block: block[0].max_ratio)
+    index = tuple(i + (offset[k] if k < len(offset) else 0) for k, i in enumerate(worst.worst_index))
+    return ErrorFigures(max(f.max_ulp for f, _ in blocks), worst.max_ratio, index, worst.worst_ulp,
+                        worst.worst_budget, max(f.max_abs_error for f, _ in blocks))

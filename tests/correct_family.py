@@ -18,6 +18,9 @@ member                 arithmetic
 ``fp32_accumulate``    NumPy's own ``np.sum`` (eight interleaved accumulators, pairwise blocks of 128)
                        in the compute precision: float32 for half dtypes
 ``fp64_upcast``        everything in float64, rounded once at the end (more accurate than torch)
+``lse_form``           the log-sum-exp formed as one number, ``lse = max + log(sum)``, and
+                       ``log p = x - lse``, ``p = exp(x - lse)`` (flash-attention's and
+                       cut-cross-entropy's Triton kernels): ``lse``'s rounding shifts every ``p``
 ``compiled``           ``torch.compile(F.cross_entropy)`` (aot_eager: no C compiler needed)
 =====================  ============================================================================
 
@@ -84,7 +87,7 @@ def numpy_sum(values: np.ndarray) -> np.ndarray:
 
 SUMS = {"sequential": sequential_sum, "reversed": reversed_sum, "pairwise": pairwise_sum, "kahan": kahan_sum,
         "blocked_1024": pairwise_sum, "blocked_4096": pairwise_sum, "fp32_accumulate": numpy_sum,
-        "fp64_upcast": pairwise_sum}
+        "fp64_upcast": pairwise_sum, "lse_form": pairwise_sum}
 
 
 def _block(summation: str) -> int | None:
@@ -114,7 +117,11 @@ def log_softmax_rows(rows: np.ndarray, summation: str) -> tuple[np.ndarray, np.n
             top = run_max[..., None]
             shifted = (rows - top).astype(dtype)
             log_total = np.log(run_sum).astype(dtype)
-        logp = (shifted - log_total[..., None]).astype(dtype)
+        if summation == "lse_form":
+            lse = (top + log_total[..., None]).astype(dtype)
+            logp = (rows - lse).astype(dtype)
+        else:
+            logp = (shifted - log_total[..., None]).astype(dtype)
         # torch: a row whose max is +-inf or NaN is NaN throughout
         logp = np.where(np.isfinite(top), logp, np.nan).astype(dtype)
         p = np.exp(logp).astype(dtype)
@@ -254,6 +261,7 @@ blocked_4096 = _member("blocked_4096")
 kahan = _member("kahan")
 fp32_accumulate = _member("fp32_accumulate")
 fp64_upcast = _member("fp64_upcast")
+lse_form = _member("lse_form")
 
 
 @functools.lru_cache(maxsize=None)
@@ -270,7 +278,7 @@ def compiled(input, target, weight=None, size_average=None, ignore_index=-100, r
 
 MEMBERS = {"sequential": sequential, "reversed_order": reversed_order, "pairwise": pairwise, "blocked_1024": blocked_1024,
            "blocked_4096": blocked_4096, "kahan": kahan, "fp32_accumulate": fp32_accumulate,
-           "fp64_upcast": fp64_upcast, "compiled": compiled}
+           "fp64_upcast": fp64_upcast, "lse_form": lse_form, "compiled": compiled}
 """Every member by name: ``tests/correct_family.py:NAME`` is a valid ``--impl``."""
 
 NUMPY_MEMBERS = tuple(m for m in MEMBERS if m != "compiled")

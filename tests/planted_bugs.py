@@ -37,6 +37,26 @@ class _ScalarUpstream(torch.autograd.Function):
         return torch.full_like(grad, grad.mean()) if grad.numel() else grad
 
 
+class _LogSoftmaxFastBackwardExp(torch.autograd.Function):
+    """log_softmax whose backward recomputes p with a "fast" exp good to 13 bits (a polynomial of
+    too low a degree, switched on for large vocabularies; the forward is exact): every p is off
+    by up to 2^-13 relative, below the budget of a vocabulary row's largest term (the row-level
+    model of v2) but about a thousand ulps of each probability (bug 15)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        logp = torch.log_softmax(x, -1)
+        ctx.save_for_backward(logp)
+        return logp
+
+    @staticmethod
+    def backward(ctx, grad):
+        (logp,) = ctx.saved_tensors
+        p = torch.exp(logp)
+        p = (p.view(torch.int32) & ~0x3FF).view(torch.float32)  # 13 significant bits, truncated
+        return grad - p * grad.sum(-1, keepdim=True)
+
+
 def _sequential_half_sum(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Sum over the last axis one element at a time, rounding to ``dtype`` after every add
     (what a kernel with a low-precision accumulator does), forward value only."""
@@ -94,6 +114,8 @@ def scratch_cross_entropy(input, target, weight=None, size_average=None, ignore_
         truncated = (e.view(torch.int32) & ~0x3FF).view(torch.float32)
         e = e + (truncated - e).detach()
         logp = x - m - torch.log(e.sum(-1, keepdim=True))
+    elif bug == "vocab_fast_backward_exp" and compute == torch.float32 and C >= 16384:
+        logp = _LogSoftmaxFastBackwardExp.apply(x)
     else:
         logp = torch.log_softmax(x, -1)
     if bug == "log_prob_floor":
@@ -248,6 +270,7 @@ BUGS = {
     "wrong_none_shape": (14, {"loss_shape"}),
     "smoothing_range_unchecked": (14, {"missing_error"}),
     "vocab_fast_exp": (15, {"loss_value", "grad_input_value"}),
+    "vocab_fast_backward_exp": (15, {"grad_input_value"}),
     "mean_smoothing_in_range_ignore": (16, {"loss_value", "grad_input_value", "loss_nonfinite"}),
     "negative_ignore_means_none": (17, {"error", "loss_value"}),
     "log_prob_floor": (17, {"loss_value", "grad_input_value", "loss_nonfinite"}),

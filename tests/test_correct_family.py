@@ -10,7 +10,9 @@ import pytest
 
 import ce_conformance.adapters as adapters
 from ce_conformance import Case, reference
-from ce_conformance.runner import FuzzConfig, FuzzRun
+from ce_conformance.baseline import Baseline, resolve_baseline
+from ce_conformance.gate import run_gate
+from ce_conformance.runner import FuzzConfig
 
 from .correct_family import MEMBERS, NUMPY_MEMBERS, pairwise_sum, reversed_sum, sequential_sum, kahan_sum
 
@@ -21,10 +23,15 @@ SEEDS = range(5) if os.environ.get("CE_PROFILE") == "nightly" else range(1)
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("member", sorted(MEMBERS))
 def test_correct_member_passes_the_gate(member, seed, tmp_path, torch):
+    """``compiled`` runs torch's own ATen kernels, so torch's known divergences (its shipped
+    baseline: float16 log-softmax overflowing past 65504 classes) are its too."""
     adapter = adapters.user_adapter(f"{HERE}/correct_family.py:{member}")
-    summary = FuzzRun(FuzzConfig(adapters=[adapter], out_dir=tmp_path, seed=seed, max_examples=1000,
-                                 shrink=False, progress=False)).run()
-    assert summary.conformant, summary.summary_markdown
+    config = FuzzConfig(adapters=[adapter], out_dir=tmp_path, seed=seed, max_examples=1000, shrink=False,
+                        progress=False)
+    known = Baseline.load(resolve_baseline("torch-2.13-cpu")) \
+        if member == "compiled" else None
+    result = run_gate(config, known)
+    assert result.passed, result.summary.summary_markdown
 
 
 def test_summation_orders_really_differ():

@@ -1,0 +1,158 @@
+"""Per-element budgets for the gradient w.r.t. the input (tolerance model v2.1).
+
+Every element of a cross-entropy input gradient is the difference of two parts,
+
+    g_c = s (K p_c - Q_c),
+
+where ``s`` is the position's upstream scale (``grad_output``, ``1 / D``), ``K`` the sum of the
+upstream terms of its log-softmax backward (index targets: ``(1 - eps) w_y + eps / C sum(w)``;
+probability targets: ``sum_k w_k t_k``) and ``Q_c`` the subtracted term (``(1 - eps) w_y`` at
+the target and ``eps / C w_c``; ``w_c t_c``). The mean denominator's error scales the whole
+element; every other error a correct implementation makes in ``p_c`` is *relative* to ``p_c``:
+the exp sum's error (one per row, the reference's sigmas), the sum of the upstream terms, and the roundings on the way to
+``log p_c`` (``x_c - max``, ``log S``, the subtraction, ``exp``; the rounding of ``lse`` in
+kernels that form ``p_c = exp(x_c - lse)`` is one of the row's errors), each at most ``u`` times
+the size of its operand. So the element's unit is the ulp of its own terms,
+``max(|s K p_c|, |s Q_c|)``, and its sigma ``|s K p_c|`` times the root sum of squares of those
+relative errors — plus one absolute term: a partial product below the normal range (tiny
+weights, a tiny ``p``) loses up to the smallest normal (flushed to zero), times the factors
+still to come (``1 / D`` of a tiny total weight is 1e38).
+
+The row-level model (v2) measured every element of a row in ulps of the row's largest term: a
+relative error on the small probabilities of a vocabulary row stayed invisible until it reached
+thousands of their ulps. Rows where ``p`` cannot be read back from the gradient (a sum of
+targets that nearly cancels, an ignored or non-finite row) keep the row-level budget.
+
+The reference does not keep ``p`` (at vocabulary scale it would be another gigabyte): it keeps
+per position ``s``, ``K``, ``log S`` and the row errors, and the comparison recovers
+``p_c = (g_c + s Q_c) / (s K)`` from the expected gradient, a block of positions at a time.
+
+>>> import numpy as np
+>>> from ce_conformance import reference
+>>> from ce_conformance.case import Case
+>>> case = Case.cross_entropy(np.array([[0.0, 3.0, -9.0]]), np.array([1]), dtype="float32")
+>>> elements = reference.evaluate(case).grad_input_elements
+>>> magnitude, sigma = elements.bounds(reference.evaluate(case).grad_input, 0, 1)
+>>> bool(magnitude[0, 2] < 1e-4 < magnitude[0, 1])  # the tiny probability has its own unit
+True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+
+from .tolerance import SIGMAS
+
+CANCELLING: Final = 1.0 / 16
+"""A row whose signed sum of upstream terms is below this fraction of their absolute sum keeps
+the row-level budget: ``p`` read back from the gradient would carry the cancellation."""
+
+BLOCK_ELEMENTS: Final = 1 << 20
+"""Elements per block of positions the comparison judges at a time (a few arrays of 8 MB)."""
+
+
+def exponential_relative(sigma: np.ndarray) -> np.ndarray:
+    """The relative sigma of ``p = exp(log p)`` whose ``log p`` errs with sigma ``sigma``, such
+    that :data:`~ce_conformance.tolerance.SIGMAS` of them are ``expm1`` of as many of ``sigma``:
+    linear for small errors, and a shift of ``log p`` by 2 (a ``lse`` rounded at 1e35) multiplies
+    ``p`` by e^2, not by 3.
+
+    >>> round(float(exponential_relative(np.array(1e-8))) / 1e-8, 6), round(float(exponential_relative(np.array(0.4))), 2)
+    (1.0, 1.28)
+    """
+    with np.errstate(over="ignore"):
+        return np.expm1(SIGMAS * np.asarray(sigma, dtype=np.float64)) / SIGMAS
+
+
+@dataclass(frozen=True)
+class GradientElements:
+    """What the comparison needs to budget every element of an input gradient on its own.
+
+    Per-position arrays have shape (outer, inner): the positions of a gradient of shape
+    (N, C, d...) as (N, prod(d)), of a (C,) gradient as (1, 1)."""
+
+    shape: tuple[int, ...]
+    n_classes: int
+    scale: np.ndarray  # s, signed
+    terms_sum: np.ndarray  # K, signed
+    log_total: np.ndarray  # log S = lse - max
+    relative: np.ndarray  # sigma of the row-level relative error of every p_c
+    scale_relative: float  # sigma of the relative error of s (the mean's denominator): of the whole element
+    absolute: np.ndarray  # sigma of what subnormal partial products lose, amplified by the other factors
+    elementwise: np.ndarray  # bool: rows budgeted per element
+    row_magnitude: np.ndarray  # the row-level model's magnitude and sigma, for the other rows
+    row_sigma: np.ndarray
+    unit_roundoff: float  # of the compute precision
+    half_roundoff: float  # of a half dtype whose log-probabilities the backward re-reads (else 0)
+    smoothing: float = 0.0
+    class_weight: np.ndarray | None = None
+    target: np.ndarray | None = None  # index targets: class per position (outer, inner)
+    target_coefficient: np.ndarray | None = None  # (1 - eps) w_y per position
+    probabilities: np.ndarray | None = None  # probability targets, as (outer, C, inner)
+
+    @property
+    def outer(self) -> int:
+        return self.scale.shape[0]
+
+    def canonical(self, array: np.ndarray) -> np.ndarray:
+        """``array`` (the gradient's shape, or a block of its first axis) as (outer, C, inner)."""
+        array = np.asarray(array)
+        if len(self.shape) == 1:
+            return array.reshape(1, self.n_classes, 1)
+        return array.reshape(array.shape[0], self.n_classes, self.scale.shape[1])
+
+    def subtracted(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """``Q`` for the positions of outer rows [start, stop), as (rows, C, inner), and the
+        magnitude of its parts: a smoothed target ``t (1 - eps) + eps / C`` is formed (and
+        rounded) from two terms that may cancel."""
+        inner = self.scale.shape[1]
+        w = np.ones(self.n_classes) if self.class_weight is None else self.class_weight
+        if self.probabilities is not None:
+            t = np.asarray(self.probabilities[start:stop], dtype=np.float64)
+            if self.smoothing <= 0:
+                return t * w[None, :, None], np.abs(t * w[None, :, None])
+            eps_c = self.smoothing / self.n_classes
+            parts = (np.abs(t) * (1 - self.smoothing) + eps_c) * np.abs(w)[None, :, None]
+            return (t * (1 - self.smoothing) + eps_c) * w[None, :, None], parts
+        q = np.zeros((stop - start, self.n_classes, inner))
+        if self.smoothing > 0:
+            q += (self.smoothing / self.n_classes) * w[None, :, None]
+        rows, inner_index = np.meshgrid(np.arange(stop - start), np.arange(inner), indexing="ij")
+        q[rows, self.target[start:stop], inner_index] += self.target_coefficient[start:stop]
+        return q, np.abs(q)
+
+    def bounds(self, expected: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """(magnitude, sigma) of every element of ``expected`` (the gradient's outer rows
+        [start, stop)), in its shape."""
+        e = self.canonical(np.asarray(expected, dtype=np.float64))
+        s = self.scale[start:stop, None, :]
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            q, q_parts = self.subtracted(start, stop)
+            sq = s * q
+            proportional = np.abs(e + sq)  # |s K p_c|
+            p = np.clip(proportional / np.abs(s * self.terms_sum[start:stop, None, :]), 0.0, 1.0)
+            log_p = np.where(p > 0, np.log(p), 0.0)
+            log_total = self.log_total[start:stop, None, :]
+            u = self.unit_roundoff
+            relative_sq = (self.relative[start:stop, None, :] ** 2
+                           + (u * u / 3) * ((log_p + log_total) ** 2 + log_total ** 2 + log_p ** 2 + 1)
+                           + (self.half_roundoff ** 2 / 3) * log_p ** 2)
+            sigma = np.hypot(np.hypot(proportional * exponential_relative(np.sqrt(relative_sq)),
+                                      np.abs(e) * self.scale_relative), self.absolute[start:stop, None, :])
+            magnitude = np.maximum(proportional, np.abs(s) * q_parts)
+        keep = self.elementwise[start:stop, None, :] & np.isfinite(magnitude) & np.isfinite(sigma)
+        magnitude = np.where(keep, magnitude, self.row_magnitude[start:stop, None, :])
+        sigma = np.where(keep, sigma, self.row_sigma[start:stop, None, :])
+        block_shape = np.shape(expected)
+        return magnitude.reshape(block_shape), sigma.reshape(block_shape)
+
+    def blocks(self):
+        """(start, stop) ranges of outer rows of about :data:`BLOCK_ELEMENTS` elements each."""
+        per_row = max(1, math.prod(self.shape) // max(1, self.outer))
+        step = max(1, BLOCK_ELEMENTS // per_row)
+        for start in range(0, self.outer, step):
+            yield start, min(self.outer, start + step)
