@@ -313,6 +313,65 @@ def _index_rows(rows, target, weight, scale, u, grad, threads):
     return lse, nll, p_target, root, rss, distinct, p_logp, tops, finite
 
 
+def _element_bounds(expected, scale, terms_sum, log_total, relative, absolute, elementwise, row_magnitude,
+                    row_sigma, scale_relative, u, u_half, sigmas, probability, targets, target, target_coefficient,
+                    smoothing, weight, magnitude, sigma, threads):
+    """``GradientElements.bounds`` (its NumPy body is the specification) in one pass over an
+    (outer, classes, inner) block: each element's magnitude and sigma into ``magnitude`` and
+    ``sigma``. ``targets`` holds probability targets (``probability``), else ``target`` and
+    ``target_coefficient`` the index targets' class and ``(1 - eps) w_y``."""
+    outer, classes, inner = expected.shape
+    eps_c = smoothing / classes if classes else 0.0
+    workers = max(1, min(outer, threads))
+    per = (outer + workers - 1) // workers
+    for worker in prange(workers):
+        for o in range(worker * per, min(outer, (worker + 1) * per)):
+            for i in range(inner):
+                if not elementwise[o, i]:
+                    for c in range(classes):
+                        magnitude[o, c, i] = row_magnitude[o, i]
+                        sigma[o, c, i] = row_sigma[o, i]
+                    continue
+                s = scale[o, i]
+                denominator = abs(s * terms_sum[o, i])
+                base = relative[o, i] * relative[o, i]
+                total = log_total[o, i]
+                for c in range(classes):
+                    w = weight[c]
+                    if probability:
+                        t = targets[o, c, i]
+                        if smoothing > 0:
+                            q = (t * (1 - smoothing) + eps_c) * w
+                            parts = (abs(t) * (1 - smoothing) + eps_c) * abs(w)
+                        else:
+                            q = t * w
+                            parts = abs(q)
+                    else:
+                        q = eps_c * w if smoothing > 0 else 0.0
+                        if c == target[o, i]:
+                            q += target_coefficient[o, i]
+                        parts = abs(q)
+                    e = expected[o, c, i]
+                    proportional = abs(e + s * q)
+                    ratio = proportional / denominator if denominator > 0 else (np.inf if proportional > 0 else np.nan)
+                    log_p = 0.0
+                    if not np.isnan(ratio):
+                        p = min(ratio, 1.0)
+                        if p > 0:
+                            log_p = np.log(p)
+                    relative_sq = (base + (u * u / 3) * ((log_p + total) ** 2 + total * total + log_p * log_p + 1)
+                                   + (u_half * u_half / 3) * log_p * log_p)
+                    grown = np.expm1(sigmas * np.sqrt(relative_sq)) / sigmas
+                    value = np.hypot(np.hypot(proportional * grown, abs(e) * scale_relative), absolute[o, i])
+                    size = max(proportional, abs(s) * parts)
+                    if np.isfinite(size) and np.isfinite(value):
+                        magnitude[o, c, i] = size
+                        sigma[o, c, i] = value
+                    else:
+                        magnitude[o, c, i] = row_magnitude[o, i]
+                        sigma[o, c, i] = row_sigma[o, i]
+
+
 def _variants(function):
     """The threaded and the serial kernel of one Python function. The serial one is compiled from
     a renamed copy: numba's disk cache is keyed by the function's name and line, not by its
@@ -326,3 +385,4 @@ def _variants(function):
 summation_roots, summation_roots_serial = _variants(_summation_roots)
 error_summary, error_summary_serial = _variants(_error_summary)
 index_rows, index_rows_serial = _variants(_index_rows)
+element_bounds, element_bounds_serial = _variants(_element_bounds)

@@ -145,3 +145,28 @@ def test_a_nan_in_one_block_is_reported_with_its_index(monkeypatch):
     comparison = compare(case, _outcome(case, wrong), result, CAPABILITIES)
     assert [v.check for v in comparison.verdicts] == ["grad_input_nonfinite"]
     assert "1 element(s), first at [4, 1]" in comparison.verdicts[0].message
+
+
+@pytest.mark.parametrize("kind", ["index", "smoothed_weighted", "probability", "probability_smoothed_kdim", "bfloat16"])
+def test_the_kernel_computes_the_numpy_bounds(kind, monkeypatch):
+    from ce_conformance import engine
+
+    if not engine.available():
+        pytest.skip("numba engine not in use")
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((6, 300, 2)) * 3 if kind == "probability_smoothed_kdim" else rng.standard_normal((40, 300)) * 3
+    x[0, 5] = -np.inf  # a zero probability
+    positions = (x.shape[0], *x.shape[2:])
+    probability = kind.startswith("probability")
+    target = rng.standard_normal(x.shape) if probability else rng.integers(0, 300, positions)
+    case = Case.cross_entropy(x, target, dtype="bfloat16" if kind == "bfloat16" else "float32",
+                              weight=rng.uniform(0, 2, 300) if kind in ("smoothed_weighted", "probability_smoothed_kdim") else None,
+                              label_smoothing=0.3 if "smoothed" in kind else 0.0, reduction="sum")
+    result = reference.evaluate(case)
+    elements = result.grad_input_elements
+    monkeypatch.setattr(gradient_elements, "KERNEL_MIN_ELEMENTS", 1)
+    kernel = elements.bounds(result.grad_input, 0, elements.outer)
+    monkeypatch.setattr(gradient_elements, "KERNEL_MIN_ELEMENTS", 1 << 62)
+    numpy = elements.bounds(result.grad_input, 0, elements.outer)
+    for ours, spec in zip(kernel, numpy):
+        np.testing.assert_allclose(ours, spec, rtol=1e-12, atol=0)
