@@ -361,8 +361,16 @@ def _element_bounds(expected, scale, terms_sum, log_total, relative, absolute, e
                             log_p = np.log(p)
                     relative_sq = (base + (u * u / 3) * ((log_p + total) ** 2 + total * total + log_p * log_p + 1)
                                    + (u_half * u_half / 3) * log_p * log_p)
-                    grown = np.expm1(sigmas * np.sqrt(relative_sq)) / sigmas
-                    value = np.hypot(np.hypot(proportional * grown, abs(e) * scale_relative), absolute[o, i])
+                    root = np.sqrt(relative_sq)
+                    x = sigmas * root
+                    # expm1(x) / sigmas; its series where x is small (nearly always: expm1 is slow)
+                    grown = root * (1.0 + x * (0.5 + x * (1.0 / 6.0 + x / 24.0))) if x < 1e-3 else np.expm1(x) / sigmas
+                    a = proportional * grown
+                    b = abs(e) * scale_relative
+                    lost = absolute[o, i]
+                    value = np.sqrt(a * a + b * b + lost * lost)
+                    if not np.isfinite(value):  # squares past the float64 range: the careful way
+                        value = np.hypot(np.hypot(a, b), lost)
                     size = max(proportional, abs(s) * parts)
                     if np.isfinite(size) and np.isfinite(value):
                         magnitude[o, c, i] = size
