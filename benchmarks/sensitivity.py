@@ -37,6 +37,7 @@ DTYPES = ("float32", "float64", "bfloat16", "float16")
 LAYOUTS = ("nc", "c", "kdim")
 STAGES = ("lse", "softmax", "gradient", "reduction")
 FAMILY = ("sequential", "reversed_order", "pairwise", "blocked_1024", "blocked_4096", "kahan", "fp32_accumulate", "lse_form",
+          "autograd_order",
           "fp64_upcast")
 MAX_ELEMENTS = 1 << 19
 

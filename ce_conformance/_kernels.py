@@ -368,8 +368,10 @@ def _element_bounds(expected, scale, terms_sum, log_total, relative, absolute, e
                     a = proportional * grown
                     b = abs(e) * scale_relative
                     lost = absolute[o, i]
-                    value = np.sqrt(a * a + b * b + lost * lost)
-                    if not np.isfinite(value):  # squares past the float64 range: the careful way
+                    largest = max(a, b, lost)
+                    if 1e-150 < largest < 1e150:  # squares within the float64 range: the plain root
+                        value = np.sqrt(a * a + b * b + lost * lost)
+                    else:  # a probability of 1e-258 would square to 0: the careful way
                         value = np.hypot(np.hypot(a, b), lost)
                     size = max(proportional, abs(s) * parts)
                     if np.isfinite(size) and np.isfinite(value):

@@ -18,6 +18,9 @@ member                 arithmetic
 ``fp32_accumulate``    NumPy's own ``np.sum`` (eight interleaved accumulators, pairwise blocks of 128)
                        in the compute precision: float32 for half dtypes
 ``fp64_upcast``        everything in float64, rounded once at the end (more accurate than torch)
+``autograd_order``     index-target gradients as autograd forms them through log-softmax:
+                       ``g - p * sum(g)`` with the upstream terms ``g`` summed sequentially
+                       (classes and positions sequential, as ``sequential``)
 ``lse_form``           the log-sum-exp formed as one number, ``lse = max + log(sum)``, and
                        ``log p = x - lse``, ``p = exp(x - lse)`` (flash-attention's and
                        cut-cross-entropy's Triton kernels): ``lse``'s rounding shifts every ``p``
@@ -87,7 +90,7 @@ def numpy_sum(values: np.ndarray) -> np.ndarray:
 
 SUMS = {"sequential": sequential_sum, "reversed": reversed_sum, "pairwise": pairwise_sum, "kahan": kahan_sum,
         "blocked_1024": pairwise_sum, "blocked_4096": pairwise_sum, "fp32_accumulate": numpy_sum,
-        "fp64_upcast": pairwise_sum, "lse_form": pairwise_sum}
+        "fp64_upcast": pairwise_sum, "lse_form": pairwise_sum, "autograd_order": sequential_sum}
 
 
 def _block(summation: str) -> int | None:
@@ -194,6 +197,7 @@ class _FamilyCrossEntropy(torch.autograd.Function):
                     total = compute(position_add(part.astype(reduce_dtype)[None, :])[0])
                     out = compute(out + coefficient * (total / compute(denominator) if reduction == "mean" else total))
             ctx.save_for_backward(input)
+            ctx.summation = summation
             ctx.state = (logp, p, w, weights_of_rows, valid, eps, C, shape, probability, reduction,
                          denominator, compute, t if probability else y_safe)
         value = np.asarray(out, dtype=np.float64)
@@ -224,9 +228,15 @@ class _FamilyCrossEntropy(torch.autograd.Function):
                 onehot = np.zeros_like(p)
                 if M:
                     onehot[np.arange(M), tgt] = 1
-                grad = (compute(1 - eps) * weights_of_rows[:, None] * (p - onehot)).astype(compute)
-                if eps > 0:
-                    grad = (grad + compute(eps / C) * (p * w.sum() - w)).astype(compute)
+                if ctx.summation == "autograd_order":  # log-softmax backward: g - p * sum(g), the sum sequential
+                    upstream = (-(compute(1 - eps) * weights_of_rows[:, None] * onehot)).astype(compute)
+                    if eps > 0:
+                        upstream = (upstream - compute(eps / C) * w).astype(compute)
+                    grad = (upstream - p * sequential_sum(upstream)[:, None]).astype(compute)
+                else:
+                    grad = (compute(1 - eps) * weights_of_rows[:, None] * (p - onehot)).astype(compute)
+                    if eps > 0:
+                        grad = (grad + compute(eps / C) * (p * w.sum() - w)).astype(compute)
             # ignored positions get exactly 0 (also when the total weight is 0); NaN rows stay NaN, as in torch
             grad = np.where(valid[:, None], grad * scale[:, None], grad * 0)
             grad = _unrows(grad.astype(compute), shape)
@@ -262,6 +272,7 @@ kahan = _member("kahan")
 fp32_accumulate = _member("fp32_accumulate")
 fp64_upcast = _member("fp64_upcast")
 lse_form = _member("lse_form")
+autograd_order = _member("autograd_order")
 
 
 @functools.lru_cache(maxsize=None)
@@ -278,7 +289,7 @@ def compiled(input, target, weight=None, size_average=None, ignore_index=-100, r
 
 MEMBERS = {"sequential": sequential, "reversed_order": reversed_order, "pairwise": pairwise, "blocked_1024": blocked_1024,
            "blocked_4096": blocked_4096, "kahan": kahan, "fp32_accumulate": fp32_accumulate,
-           "fp64_upcast": fp64_upcast, "lse_form": lse_form, "compiled": compiled}
+           "fp64_upcast": fp64_upcast, "lse_form": lse_form, "autograd_order": autograd_order, "compiled": compiled}
 """Every member by name: ``tests/correct_family.py:NAME`` is a valid ``--impl``."""
 
 NUMPY_MEMBERS = tuple(m for m in MEMBERS if m != "compiled")

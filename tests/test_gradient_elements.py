@@ -156,10 +156,11 @@ def test_the_kernel_computes_the_numpy_bounds(kind, monkeypatch):
     rng = np.random.default_rng(8)
     x = rng.standard_normal((6, 300, 2)) * 3 if kind == "probability_smoothed_kdim" else rng.standard_normal((40, 300)) * 3
     x[0, 5] = -np.inf  # a zero probability
+    x[1, 7] = -600.0  # a probability of 1e-261 (float64), whose sigma squared underflows
     positions = (x.shape[0], *x.shape[2:])
     probability = kind.startswith("probability")
     target = rng.standard_normal(x.shape) if probability else rng.integers(0, 300, positions)
-    case = Case.cross_entropy(x, target, dtype="bfloat16" if kind == "bfloat16" else "float32",
+    case = Case.cross_entropy(x, target, dtype={"bfloat16": "bfloat16", "index": "float64"}.get(kind, "float32"),
                               weight=rng.uniform(0, 2, 300) if kind in ("smoothed_weighted", "probability_smoothed_kdim") else None,
                               label_smoothing=0.3 if "smoothed" in kind else 0.0, reduction="sum")
     result = reference.evaluate(case)
