@@ -33,7 +33,7 @@ from ce_conformance.reference import ReferenceResult
 
 from .errors import Rule
 from .gradient_elements import GradientElements
-from .tolerance import ErrorFigures, error_figures, fused_error_figures, merge_figures, nonfinite_mismatch
+from .tolerance import ErrorFigures, error_figures, fused_error_figures, merge_figures, nonfinite_mismatch, shifted
 
 CHECK_FAMILIES: Final = {
     "error": "errors", "missing_error": "errors", "wrong_error": "errors", "crash": "errors", "timeout": "errors",
@@ -95,24 +95,21 @@ def _value_check(name: str, actual: np.ndarray | None, expected: np.ndarray, mag
     if elements is None:
         figures, mismatch = judge(actual, expected, np.abs(expected) if magnitude is None else magnitude, sigma,
                                   native=native, intermediate=intermediate)
-        mismatches = [(mismatch, ())] if mismatch is not None else []
+        mismatches = [(mismatch, 0)] if mismatch is not None else []
     else:
         blocks, mismatches = [], []
-        for start, stop in elements.blocks():
-            part = slice(None) if expected.ndim == 1 else slice(start, stop)
+        for start, stop, part, first in elements.blocks():
             block_magnitude, block_sigma = elements.bounds(expected[part], start, stop)
             block, mismatch = judge(actual[part], expected[part], block_magnitude, block_sigma,
                                     native=None if native is None else native[part], intermediate=None)
-            offset = () if expected.ndim == 1 else (start,)
-            blocks.append((block, offset))
+            blocks.append((block, first))
             if mismatch is not None:
-                mismatches.append((mismatch, offset))
+                mismatches.append((mismatch, first))
         figures = merge_figures(blocks)
     count = sum(int(m.sum()) for m, _ in mismatches)
     if count:
-        mismatch, offset = next((m, o) for m, o in mismatches if m.any())
-        where = tuple(int(i) for i in np.argwhere(mismatch)[0]) if mismatch.ndim else ()
-        where = tuple(int(i) + (offset[k] if k < len(offset) else 0) for k, i in enumerate(where))
+        mismatch, first = next((m, f) for m, f in mismatches if m.any())
+        where = shifted(tuple(int(i) for i in np.argwhere(mismatch)[0]) if mismatch.ndim else (), first)
         comparison.verdicts.append(Verdict(
             f"{name}_nonfinite",
             f"{name} NaN/inf pattern differs at {count} element(s), first at {list(where)}: "

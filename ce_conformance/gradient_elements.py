@@ -119,7 +119,8 @@ class GradientElements:
         if self.probabilities is not None:
             t = np.asarray(self.probabilities[start:stop], dtype=np.float64)
             if self.smoothing <= 0:
-                return t * w[None, :, None], np.abs(t * w[None, :, None])
+                q = t * w[None, :, None]
+                return q, np.abs(q)
             eps_c = self.smoothing / self.n_classes
             parts = (np.abs(t) * (1 - self.smoothing) + eps_c) * np.abs(w)[None, :, None]
             return (t * (1 - self.smoothing) + eps_c) * w[None, :, None], parts
@@ -177,8 +178,15 @@ class GradientElements:
         return magnitude.reshape(shape), sigma.reshape(shape)
 
     def blocks(self):
-        """(start, stop) ranges of outer rows of about :data:`BLOCK_ELEMENTS` elements each."""
+        """(start, stop, part, first) for outer rows [start, stop) of about :data:`BLOCK_ELEMENTS`
+        elements each: ``part`` selects them from the gradient, ``first`` is what a block's index
+        adds on the gradient's first axis (an unbatched (C,) gradient is one block, its axis the
+        classes')."""
         per_row = max(1, math.prod(self.shape) // max(1, self.outer))
         step = max(1, BLOCK_ELEMENTS // per_row)
         for start in range(0, self.outer, step):
-            yield start, min(self.outer, start + step)
+            stop = min(self.outer, start + step)
+            if len(self.shape) == 1:
+                yield start, stop, slice(None), 0
+            else:
+                yield start, stop, slice(start, stop), start

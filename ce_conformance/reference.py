@@ -460,7 +460,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                         grad_input_scale[positions] = np.where(v, np.abs(scale) * finite_row_max(gmag), 0)
                         k = (1 - eps) * np.asarray(wy, dtype=np.float64)
                         if eps > 0:
-                            k = k + (eps / C) * (float(np.sum(call.weight)) if call.weight is not None else C)
+                            k = k + (eps / C) * float(total_w)
                         terms_sum[positions] = np.where(v, k, 0)
                         terms_abs[positions] = np.where(v, (1 - eps) * wy_abs + (
                             (eps / C) * (w_abs.sum() if w_abs is not None else C) if eps > 0 else 0.0), 0)
@@ -581,9 +581,8 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                              grad_target_scale, repetitive, backward_sigma) if want_scale else None
     elements = None
     if gradients and want_scale:
-        finite_rows = np.isfinite(lse_abs) & np.isfinite(log_total) & np.isfinite(np.asarray(upstream, dtype=np.float64)) \
-            & np.isfinite(terms_sum)
         scale64 = np.asarray(upstream, dtype=np.float64)
+        finite_rows = np.isfinite(lse_abs) & np.isfinite(log_total) & np.isfinite(scale64) & np.isfinite(terms_sum)
         elements = dict(scale=scale64, terms_sum=terms_sum, log_total=log_total, backward_relative=backward_relative,
                         absolute=_subnormal_sigma(call, scale64, terms_abs),
                         elementwise=finite_rows & valid & (terms_abs > 0)

@@ -265,17 +265,25 @@ def fused_error_figures(actual: np.ndarray, expected: np.ndarray, magnitude: np.
     return ErrorFigures(float(max_ulp), float(max_ratio), index, float(worst_ulp), float(worst_budget), float(max_abs))
 
 
-def merge_figures(blocks: "list[tuple[ErrorFigures, tuple[int, ...]]]") -> ErrorFigures:
-    """The figures of an array judged in blocks, each given with the offset of its first index
-    (the worst ratio's block supplies the index, its ulps and budget).
+def shifted(index: tuple[int, ...], first: int) -> tuple[int, ...]:
+    """A block's index as an index of the whole array: ``first`` added on the first axis.
+
+    >>> shifted((0, 2), 4), shifted((), 4)
+    ((4, 2), ())
+    """
+    return (index[0] + first, *index[1:]) if index else index
+
+
+def merge_figures(blocks: "list[tuple[ErrorFigures, int]]") -> ErrorFigures:
+    """The figures of an array judged in blocks along its first axis, each given with the index
+    of its first row there (the worst ratio's block supplies the index, its ulps and budget).
 
     >>> a, b = ErrorFigures(2.0, 0.5, (1, 3), 2.0, 4.0, 1e-6), ErrorFigures(1.0, 0.7, (0, 2), 1.0, 1.4, 2e-6)
-    >>> merge_figures([(a, (0,)), (b, (4,))]).worst_index
+    >>> merge_figures([(a, 0), (b, 4)]).worst_index
     (4, 2)
     """
     if not blocks:
         return ErrorFigures(0.0, 0.0, (), 0.0, 0.0, 0.0)
-    worst, offset = max(blocks, key=lambda block: block[0].max_ratio)
-    index = tuple(i + (offset[k] if k < len(offset) else 0) for k, i in enumerate(worst.worst_index))
-    return ErrorFigures(max(f.max_ulp for f, _ in blocks), worst.max_ratio, index, worst.worst_ulp,
-                        worst.worst_budget, max(f.max_abs_error for f, _ in blocks))
+    worst, first = max(blocks, key=lambda block: block[0].max_ratio)
+    return ErrorFigures(max(f.max_ulp for f, _ in blocks), worst.max_ratio, shifted(worst.worst_index, first),
+                        worst.worst_ulp, worst.worst_budget, max(f.max_abs_error for f, _ in blocks))
