@@ -249,3 +249,14 @@ def test_a_smoothed_target_below_the_half_normal_range_may_round_to_zero(torch):
     assert float(np.asarray(outcome.loss).ravel()[0]) == 0.0
     comparison = compare(case, outcome, reference.evaluate(case), adapter.capabilities)
     assert comparison.passed, [v.message for v in comparison.verdicts]
+
+
+def test_a_row_whose_target_gradient_overflows_keeps_a_budget_for_its_finite_elements():
+    # float64, logits at -4.5e307 beside ordinary ones, weight 3, upstream 3.6: w * log p * s
+    # overflows for the extreme classes, and the row's sigma was 0 * inf = NaN, i.e. no budget at
+    # all for its finite elements (an online-softmax member was 93 ulps off one of them)
+    x = np.array([[-4.4942328371557893e+307, 0.5, -1.0, 1.0]])
+    case = Case.cross_entropy(x, np.array([[0.2, 0.3, 0.1, 0.4]]), weight=[3.0, 1.0, 2.0, 1.0],
+                              grad_output=np.array([3.59785252]), reduction="none", dtype="float64")
+    sigma = reference.evaluate(case).grad_target_sigma
+    assert np.isfinite(sigma).all() and float(sigma.max()) > 0
