@@ -19,9 +19,9 @@ _GOLDEN: np.uint64 = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing of the t
 
 
 @njit(cache=True, nogil=True)
-def _row_root(values, u, linear, stamp, workspace):
+def _row_root(values, u, lost_weight, linear, stamp, workspace):
     """One row of ``summation_root``: scale by the row max, sequential partial sums in both
-    orders, terms lost below u * partial sum, equal terms grouped.
+    orders, terms lost below half an ulp of the partial sum, equal terms grouped.
 
     Grouping: a first pass marks, in a bit filter small enough for the L2 cache (16 bits per
     term), the hash buckets hit more than once; a term alone in its bucket is a group of its
@@ -36,7 +36,8 @@ def _row_root(values, u, linear, stamp, workspace):
         v = values[k]
         if np.isfinite(v) and v > top:
             top = v
-    scale = top if top > 0 else 1.0
+    # a power of two keeps every partial sum's binade (which decides what a sum loses)
+    scale = math.ldexp(1.0, math.frexp(top)[1] - 1) if top > 0 else 1.0
     total = 0.0
     for k in range(width):
         v = values[k]
@@ -67,10 +68,10 @@ def _row_root(values, u, linear, stamp, workspace):
         f = forward[k]
         b = total - f + t
         lost = t * inverse_u
-        if lost < f:
+        if f > 0.0 and lost <= math.ldexp(1.0, math.frexp(f)[1] - 1):
             lost_forward += lost
             f = 0.0
-        if lost < b:
+        if b > 0.0 and lost <= math.ldexp(1.0, math.frexp(b)[1] - 1):
             lost_backward += lost
             b = 0.0
         sum_forward += f
@@ -107,7 +108,7 @@ def _row_root(values, u, linear, stamp, workspace):
             var_forward += table[at + 2] * table[at + 2]
             var_backward += table[at + 3] * table[at + 3]
         root = np.sqrt(max(var_forward, var_backward))
-    return (root + max(lost_forward, lost_backward)) * top, distinct + grouped
+    return (root + lost_weight * max(lost_forward, lost_backward)) * scale, distinct + grouped
 
 
 @njit(cache=True, nogil=True)
@@ -133,7 +134,7 @@ def _workspace(width):
             np.empty(width), np.empty(width))
 
 
-def _summation_roots(values, u, linear, threads):
+def _summation_roots(values, u, lost_weight, linear, threads):
     """``summation_root`` of each row of a C-contiguous float64 (rows, width) array, with the
     number of distinct terms per row; rows are split into ``threads`` contiguous runs."""
     rows, width = values.shape
@@ -144,7 +145,7 @@ def _summation_roots(values, u, linear, threads):
     for worker in prange(workers):
         workspace = _workspace(width)
         for r in range(worker * per, min(rows, (worker + 1) * per)):
-            roots[r], distinct[r] = _row_root(values[r], u, linear[r], r + 1, workspace)
+            roots[r], distinct[r] = _row_root(values[r], u, lost_weight, linear[r], r + 1, workspace)
     return roots, distinct
 
 
@@ -233,7 +234,7 @@ def _error_summary(actual, expected, magnitude, sigma, native, use_native, top, 
             best_budget[pick], worst_error.max())
 
 
-def _index_rows(rows, target, weight, scale, u, grad, threads):
+def _index_rows(rows, target, weight, scale, u, lost_weight, grad, threads):
     """The reference's index-target rows without label smoothing, one row per pass set: the
     log-sum-exp (``log1p`` of the sum without the maximal term, compensated), the NLL, the
     probability of the target, the summation model of the exp sum (``summation_root`` and root
@@ -309,7 +310,7 @@ def _index_rows(rows, target, weight, scale, u, grad, threads):
             p_target[r] = p[y]
             if want_grad:
                 out[y] = w_r * np.expm1(shifted_y - lse[r]) * scale_r
-            root[r], distinct[r] = _row_root(p, u, False, r + 1, workspace)
+            root[r], distinct[r] = _row_root(p, u, lost_weight, False, r + 1, workspace)
     return lse, nll, p_target, root, rss, distinct, p_logp, tops, finite
 
 

@@ -39,8 +39,8 @@ from .dtypes import FLOAT_DTYPES, compute_dtype, dtype_name, machine_epsilon, nu
 from . import engine
 from .errors import InvalidInputError, Rule
 from .gradient_elements import CANCELLING, GradientElements, exponential_relative
-from .summation import (finite_row_max, flushed_pairs, flushed_products, grid_aligned, near_equal, root_sum_squares,
-                        subnormal_products, summation_root)
+from .summation import (LOST_WEIGHT, finite_row_max, flushed_pairs, flushed_products, grid_aligned, near_equal,
+                        root_sum_squares, subnormal_products, summation_root)
 
 REDUCTIONS: Final = ("none", "mean", "sum")
 CHUNK_ELEMENTS: Final = 1 << 21
@@ -433,7 +433,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                         w_row = w_abs if w_abs is not None else np.ones(C)
                         coefficient = coefficient + (eps / C) * w_row.sum()
                         smooth_terms_abs = abs_logp * w_row
-                        aligned = grid_aligned(rows, smooth_terms_abs, call.input.dtype, u_c)
+                        aligned = grid_aligned(rows, smooth_terms_abs, call.input.dtype, u_c, multipliers=w_row)
                         sigma_smooth = (eps / C * u_c / np.sqrt(3.0)) * np.hypot(
                             summation_root(smooth_terms_abs, u_c, linear=aligned), root_sum_squares(smooth_terms_abs))
                     else:
@@ -501,7 +501,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                                                          finite_row_max(partial * (np.abs(ls.logp) + 1)))
                     term_abs = np.asarray(abs_wt, dtype=np.float64) * abs_logp
                     # half dtypes: torch rounds log-probabilities and products to the dtype (u_t) per term
-                    aligned = grid_aligned(rows, term_abs, call.input.dtype, u_c)
+                    aligned = grid_aligned(rows, term_abs, call.input.dtype, u_c, multipliers=abs_wt)
                     loss_sigma[positions] = np.hypot(np.hypot(u_c * summation_root(term_abs, u_c, linear=aligned) / np.sqrt(3.0),
                                                               u_t * root_sum_squares(term_abs)),
                                                      np.asarray(abs_wt, dtype=np.float64).sum(axis=1) * lse_sigma[positions])
@@ -663,7 +663,7 @@ def _fused_index_rows(rows: np.ndarray, target: np.ndarray, weight: np.ndarray, 
     lse, nll, p_target, root, rss, distinct, p_logp, top, finite = index_rows(
         rows if rows.dtype in (np.float32, np.float64) and rows.flags.c_contiguous else
         np.ascontiguousarray(rows, dtype=np.float64), np.ascontiguousarray(target, dtype=np.int64), weight, scale,
-        float(u), grad, threads)
+        float(u), LOST_WEIGHT, grad, threads)
     if not finite.all():
         return None
     return _FusedRows(weight, scale, nll, p_target, root, rss, distinct, p_logp, grad, lse, top)

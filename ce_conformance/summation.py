@@ -19,6 +19,16 @@ import numpy as np
 
 from . import engine
 from .dtypes import dtype_name, ulp
+from .tolerance import SIGMAS
+
+LOST_WEIGHT = float(np.sqrt(3.0) / SIGMAS)
+"""What a lost term (at most half an ulp of the partial sum it meets) counts in ``sqrt(V)``, per
+unit of ``term / u``: it is a bias, not a random error, so it enters the standard deviation
+``u sqrt(V / 3)`` such that the budget's ``SIGMAS`` standard deviations hold it exactly once.
+Counted as a random error with the threshold ``u * s`` (v2.1) it was allowed 2.9 times, on twice
+the terms: at C = 262144 (standard-normal logits times 2, float32) 13 times what a sequential
+exp sum really drifts (1300-1544 u; the lost terms' bound 2900 u, half of which terms between
+half an ulp and an ulp give back by rounding up)."""
 
 
 def near_equal(values: np.ndarray, bits: int = 16) -> np.ndarray:
@@ -30,17 +40,64 @@ def near_equal(values: np.ndarray, bits: int = 16) -> np.ndarray:
         return np.where(values > 0, np.ceil(values / step) * step, values)
 
 
-def grid_aligned(rows: np.ndarray, terms: np.ndarray, dtype: np.dtype, u: float) -> np.ndarray:
+def grid_aligned(rows: np.ndarray, terms: np.ndarray, dtype: np.dtype, u: float,
+                 multipliers: np.ndarray | None = None) -> np.ndarray:
     """Rows whose logits lie on a grid at least as coarse as the ulp of the sum of ``terms``
     (large offsets; half dtypes summed in float32): every log-probability is then a grid value
     minus the same log-sum-exp, each addition rounds away the same residue, and the errors of
-    a sequential sum add up linearly instead of as a random walk."""
+    a sequential sum add up linearly instead of as a random walk.
+
+    ``terms`` are ``multipliers * |log p|`` (targets, weights; per row, or per class for all
+    rows): the residues repeat only where the multipliers do. Distinct multipliers (random soft
+    targets in float32) give each product its own residue, a random walk again: at C = 262144
+    the linear bound was 2400 times the error of a sequential float32 sum of such a row.
+
+    >>> rows = np.array([[9.0, 0.0, -9.0, 1.0]])  # a grid of 2**-20 in float32: coarser than the sum's ulp
+    >>> bool(grid_aligned(rows, np.array([[0.1, 1.0, 2.0, 3.0]]), np.float32, 2.0**-24)[0])
+    True
+    >>> bool(grid_aligned(rows, np.array([[0.1, 1.0, 2.0, 3.0]]), np.float32, 2.0**-24,
+    ...                   multipliers=np.array([[0.1, 0.2, 0.3, 0.4]]))[0])
+    False
+    """
     x = np.abs(np.asarray(rows, dtype=np.float64))
     quantum = ulp(np.where(np.isfinite(x), x, 0).max(axis=1, initial=0), dtype_name(dtype))
     total = np.where(np.isfinite(terms), terms, 0).sum(axis=1)
     with np.errstate(divide="ignore"):
         sum_ulp = 2 * u * np.exp2(np.floor(np.log2(np.where(total > 0, total, 1.0))))
-    return quantum >= sum_ulp
+    aligned = quantum >= sum_ulp
+    if multipliers is not None and aligned.any():
+        aligned &= repeated_values(multipliers, aligned)
+    return aligned
+
+
+def repeated_values(values: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Per row of ``values`` (a 1-D array is one row shared by all), whether its nonzero finite
+    values take fewer distinct values than half their count (as in :func:`summation_root`'s
+    ``repetitive``); only ``rows`` (a mask, optional) are examined, the others are False.
+
+    >>> repeated_values(np.array([[0.5, 0.5, 0.5, 0.0], [0.1, 0.2, 0.3, 0.4]])).tolist()
+    [True, False]
+    """
+    values = np.abs(np.asarray(values, dtype=np.float64))
+    if values.ndim == 1:
+        values = values[None, :]
+    shared = values.shape[0] == 1
+    wanted = np.ones(values.shape[0], dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
+    repeated = np.zeros(wanted.shape[0] if rows is not None else values.shape[0], dtype=bool)
+    picked = values if shared else values[wanted]
+    if picked.shape[0] == 0:
+        return repeated
+    ordered = np.sort(np.where(np.isfinite(picked) & (picked > 0), picked, 0.0), axis=1)
+    present = ordered > 0
+    new = present.copy()
+    new[:, 1:] &= ordered[:, 1:] != ordered[:, :-1]
+    verdict = new.sum(axis=1) < present.sum(axis=1) / 2
+    if shared:
+        repeated[:] = verdict[0]
+        repeated &= wanted
+    else:
+        repeated[wanted] = verdict
+    return repeated
 
 
 def summation_root(magnitudes: np.ndarray, u: float, repetitive: np.ndarray | None = None,
@@ -48,8 +105,9 @@ def summation_root(magnitudes: np.ndarray, u: float, repetitive: np.ndarray | No
     """Per row, ``sqrt(V)`` where ``(u**2 / 3) * V`` is the rounding variance of a sequential sum of
     the (finite, non-negative) magnitudes, for the worse of the forward and the reverse order.
 
-    Each addition k errs by at most min(u * s_k, t_k): a term below the partial sum's rounding
-    unit is lost, not more. Additions of *different*
+    Each addition k errs by at most min(u * s_k, t_k): a term of at most half an ulp of the
+    partial sum is lost, not more, and always toward zero, so lost terms add up linearly, as a
+    bias (:data:`LOST_WEIGHT`). Additions of *different*
     values err independently (V = sum_k s_k**2); additions of the *same* value err alike
     (within a binade the rounding of s + t repeats), so the partial sums of equal terms add up
     before squaring: (sum_{k: t_k = v} s_k)**2 per distinct value v. All terms distinct gives the
@@ -63,7 +121,7 @@ def summation_root(magnitudes: np.ndarray, u: float, repetitive: np.ndarray | No
         flags = np.zeros(flat.shape[0], dtype=bool) if linear is None else \
             np.ascontiguousarray(np.broadcast_to(linear, np.shape(magnitudes)[:-1]).reshape(-1))
         summation_roots, threads = engine.kernel("summation_roots", flat.size)
-        root, distinct = summation_roots(flat, float(u), flags, threads)
+        root, distinct = summation_roots(flat, float(u), LOST_WEIGHT, flags, threads)
         if repetitive is not None:
             repetitive[...] = (distinct < flat.shape[1] / 2).reshape(repetitive.shape)
         return root.reshape(np.shape(magnitudes)[:-1])
@@ -78,12 +136,19 @@ def _summation_root_numpy(magnitudes: np.ndarray, u: float, repetitive: np.ndarr
     if finite.shape[-1] == 0 or finite.size == 0:
         return np.zeros(finite.shape[:-1])
     top = finite.max(axis=-1, keepdims=True)
-    finite = finite / np.where(top > 0, top, 1.0)
+    # a power of two keeps every partial sum's binade (which decides what a sum loses)
+    top = np.where(top > 0, np.exp2(np.frexp(top)[1] - 1.0), 1.0)
+    finite = finite / top
     forward = np.cumsum(finite, axis=-1)
     backward = forward[..., -1:] - forward + finite
-    # a term below u * (partial sum) is lost whole, always toward zero: such errors add up
-    # linearly (a long tail of tiny probabilities after a dominant one), not as a random walk
-    lost_forward, lost_backward = finite / u < forward, finite / u < backward
+    # a term of at most half an ulp of the partial sum is lost whole, always toward zero: such
+    # errors add up linearly (a long tail of tiny probabilities after a dominant one), not as a
+    # random walk
+    def lost_in(partial: np.ndarray) -> np.ndarray:
+        half_ulp = np.exp2(np.frexp(partial)[1] - 1.0)
+        return (partial > 0) & (finite / u <= half_ulp)
+
+    lost_forward, lost_backward = lost_in(forward), lost_in(backward)
     lost = np.maximum(np.where(lost_forward, finite / u, 0).sum(axis=-1),
                       np.where(lost_backward, finite / u, 0).sum(axis=-1))
     forward = np.where(lost_forward, 0.0, forward)
@@ -112,7 +177,7 @@ def _summation_root_numpy(magnitudes: np.ndarray, u: float, repetitive: np.ndarr
     root = np.sqrt(np.maximum(grouped(forward), grouped(backward)))
     if linear is not None and np.any(linear):  # correlated roundings: one group per row
         root = np.where(linear, np.maximum(forward.sum(axis=-1), backward.sum(axis=-1)), root)
-    return (root + lost) * top[..., 0]
+    return (root + LOST_WEIGHT * lost) * top[..., 0]
 
 
 def _underflow_remainders(factors: tuple[np.ndarray, np.ndarray, np.ndarray], normal: float) -> np.ndarray:
