@@ -19,15 +19,16 @@ _GOLDEN: np.uint64 = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing of the t
 
 
 @njit(cache=True, nogil=True)
-def _row_root(values, u, lost_weight, linear, stamp, workspace):
+def _row_root(values, keys, u, lost_weight, linear, stamp, workspace):
     """One row of ``summation_root``: scale by the row max, sequential partial sums in both
-    orders, terms lost below half an ulp of the partial sum, equal terms grouped.
+    orders, terms lost below u * partial sum, equal terms grouped.
 
     Grouping: a first pass marks, in a bit filter small enough for the L2 cache (16 bits per
     term), the hash buckets hit more than once; a term alone in its bucket is a group of its
     own. Only the others (a few percent, true repeats and bucket collisions) go through an
     exact open-addressing table, whose slot is four words (key bits, stamp, forward sum,
     backward sum) and whose stamp marks the slots this row uses, so it is never cleared.
+    Terms are grouped by their own (scaled) value, or by ``keys`` where that row is not empty.
     ``workspace`` is the calling worker's :func:`_workspace`."""
     table, filters, slots, scaled, forward = workspace
     width = values.shape[0]
@@ -36,8 +37,7 @@ def _row_root(values, u, lost_weight, linear, stamp, workspace):
         v = values[k]
         if np.isfinite(v) and v > top:
             top = v
-    # a power of two keeps every partial sum's binade (which decides what a sum loses)
-    scale = math.ldexp(1.0, math.frexp(top)[1] - 1) if top > 0 else 1.0
+    scale = top if top > 0 else 1.0
     total = 0.0
     for k in range(width):
         v = values[k]
@@ -47,7 +47,7 @@ def _row_root(values, u, lost_weight, linear, stamp, workspace):
         scaled[k] = t
         total += t
         forward[k] = total
-    bits = scaled.view(np.int64)
+    bits = scaled.view(np.int64) if keys.shape[0] == 0 else keys.view(np.int64)
     half = filters.shape[0] // 2  # words of each filter: seen once, seen again
     filter_shift = np.uint64(64 - _log2(half * 64))
     for k in range(width):
@@ -68,10 +68,10 @@ def _row_root(values, u, lost_weight, linear, stamp, workspace):
         f = forward[k]
         b = total - f + t
         lost = t * inverse_u
-        if f > 0.0 and lost <= math.ldexp(1.0, math.frexp(f)[1] - 1):
+        if lost < f:
             lost_forward += lost
             f = 0.0
-        if b > 0.0 and lost <= math.ldexp(1.0, math.frexp(b)[1] - 1):
+        if lost < b:
             lost_backward += lost
             b = 0.0
         sum_forward += f
@@ -108,7 +108,7 @@ def _row_root(values, u, lost_weight, linear, stamp, workspace):
             var_forward += table[at + 2] * table[at + 2]
             var_backward += table[at + 3] * table[at + 3]
         root = np.sqrt(max(var_forward, var_backward))
-    return (root + lost_weight * max(lost_forward, lost_backward)) * scale, distinct + grouped
+    return (root + lost_weight * max(lost_forward, lost_backward)) * top, distinct + grouped
 
 
 @njit(cache=True, nogil=True)
@@ -134,18 +134,21 @@ def _workspace(width):
             np.empty(width), np.empty(width))
 
 
-def _summation_roots(values, u, lost_weight, linear, threads):
+def _summation_roots(values, keys, u, lost_weight, linear, threads):
     """``summation_root`` of each row of a C-contiguous float64 (rows, width) array, with the
-    number of distinct terms per row; rows are split into ``threads`` contiguous runs."""
+    number of distinct terms (or ``keys``, a C-contiguous array of the same shape, or of no
+    rows: group by value) per row; rows are split into ``threads`` contiguous runs."""
     rows, width = values.shape
     roots = np.zeros(rows)
     distinct = np.zeros(rows, dtype=np.int64)
     workers = max(1, min(rows, threads))
     per = (rows + workers - 1) // workers
+    no_keys = np.empty(0)
     for worker in prange(workers):
         workspace = _workspace(width)
         for r in range(worker * per, min(rows, (worker + 1) * per)):
-            roots[r], distinct[r] = _row_root(values[r], u, lost_weight, linear[r], r + 1, workspace)
+            row_keys = keys[r] if keys.shape[0] else no_keys
+            roots[r], distinct[r] = _row_root(values[r], row_keys, u, lost_weight, linear[r], r + 1, workspace)
     return roots, distinct
 
 
@@ -310,12 +313,12 @@ def _index_rows(rows, target, weight, scale, u, lost_weight, grad, threads):
             p_target[r] = p[y]
             if want_grad:
                 out[y] = w_r * np.expm1(shifted_y - lse[r]) * scale_r
-            root[r], distinct[r] = _row_root(p, u, lost_weight, False, r + 1, workspace)
+            root[r], distinct[r] = _row_root(p, p[:0], u, lost_weight, False, r + 1, workspace)
     return lse, nll, p_target, root, rss, distinct, p_logp, tops, finite
 
 
 def _element_bounds(expected, scale, terms_sum, log_total, relative, absolute, elementwise, row_magnitude,
-                    row_sigma, scale_relative, u, u_half, sigmas, probability, targets, target, target_coefficient,
+                    row_sigma, scale_relative, subtracted_relative, u, u_half, sigmas, probability, targets, target, target_coefficient,
                     smoothing, weight, magnitude, sigma, threads):
     """``GradientElements.bounds`` (its NumPy body is the specification) in one pass over an
     (outer, classes, inner) block: each element's magnitude and sigma into ``magnitude`` and
@@ -368,6 +371,9 @@ def _element_bounds(expected, scale, terms_sum, log_total, relative, absolute, e
                     grown = root * (1.0 + x * (0.5 + x * (1.0 / 6.0 + x / 24.0))) if x < 1e-3 else np.expm1(x) / sigmas
                     a = proportional * grown
                     b = abs(e) * scale_relative
+                    b_q = abs(s) * parts * subtracted_relative
+                    if b_q > 0.0:
+                        b = np.hypot(b, b_q)
                     lost = absolute[o, i]
                     largest = max(a, b, lost)
                     if 1e-150 < largest < 1e150:  # squares within the float64 range: the plain root

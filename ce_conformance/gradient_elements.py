@@ -14,9 +14,10 @@ the exp sum's error (one per row, the reference's sigmas), the sum of the upstre
 kernels that form ``p_c = exp(x_c - lse)`` is one of the row's errors), each at most ``u`` times
 the size of its operand. So the element's unit is the ulp of its own terms,
 ``max(|s K p_c|, |s Q_c|)``, and its sigma ``|s K p_c|`` times the root sum of squares of those
-relative errors — plus one absolute term: a partial product below the normal range (tiny
-weights, a tiny ``p``) loses up to the smallest normal (flushed to zero), times the factors
-still to come (``1 / D`` of a tiny total weight is 1e38).
+relative errors — plus the mean denominator's error (of the whole element), the roundings of
+``s Q_c`` where a half dtype forms it, and one absolute term: a partial product below the normal
+range (tiny weights, a tiny ``p``) loses up to the smallest normal (flushed to zero), times the
+factors still to come (``1 / D`` of a tiny total weight is 1e38).
 
 The row-level model (v2) measured every element of a row in ulps of the row's largest term: a
 relative error on the small probabilities of a vocabulary row stayed invisible until it reached
@@ -93,6 +94,7 @@ class GradientElements:
     row_sigma: np.ndarray
     unit_roundoff: float  # of the compute precision
     half_roundoff: float  # of a half dtype whose log-probabilities the backward re-reads (else 0)
+    subtracted_relative: float = 0.0  # sigma of the relative error of s Q_c formed in a half dtype
     smoothing: float = 0.0
     class_weight: np.ndarray | None = None
     target: np.ndarray | None = None  # index targets: class per position (outer, inner)
@@ -149,8 +151,9 @@ class GradientElements:
             relative_sq = (self.relative[start:stop, None, :] ** 2
                            + (u * u / 3) * ((log_p + log_total) ** 2 + log_total ** 2 + log_p ** 2 + 1)
                            + (self.half_roundoff ** 2 / 3) * log_p ** 2)
-            sigma = np.hypot(np.hypot(proportional * exponential_relative(np.sqrt(relative_sq)),
-                                      np.abs(e) * self.scale_relative), self.absolute[start:stop, None, :])
+            whole = np.hypot(np.abs(e) * self.scale_relative, np.abs(s) * q_parts * self.subtracted_relative)
+            sigma = np.hypot(np.hypot(proportional * exponential_relative(np.sqrt(relative_sq)), whole),
+                             self.absolute[start:stop, None, :])
             magnitude = np.maximum(proportional, np.abs(s) * q_parts)
         keep = self.elementwise[start:stop, None, :] & np.isfinite(magnitude) & np.isfinite(sigma)
         magnitude = np.where(keep, magnitude, self.row_magnitude[start:stop, None, :])
@@ -170,7 +173,7 @@ class GradientElements:
             np.ascontiguousarray(e), *(np.ascontiguousarray(a[part]) for a in (
                 self.scale, self.terms_sum, self.log_total, self.relative, self.absolute, self.elementwise,
                 self.row_magnitude, self.row_sigma)),
-            float(self.scale_relative), float(self.unit_roundoff), float(self.half_roundoff), float(SIGMAS), probability,
+            float(self.scale_relative), float(self.subtracted_relative), float(self.unit_roundoff), float(self.half_roundoff), float(SIGMAS), probability,
             np.ascontiguousarray(self.probabilities[part], dtype=np.float64) if probability else np.zeros((rows, 0, 0)),
             np.zeros((rows, 0), dtype=np.int64) if probability else np.ascontiguousarray(self.target[part]),
             np.zeros((rows, 0)) if probability else np.ascontiguousarray(self.target_coefficient[part]),

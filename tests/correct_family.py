@@ -24,6 +24,10 @@ member                 arithmetic
 ``lse_form``           the log-sum-exp formed as one number, ``lse = max + log(sum)``, and
                        ``log p = x - lse``, ``p = exp(x - lse)`` (flash-attention's and
                        cut-cross-entropy's Triton kernels): ``lse``'s rounding shifts every ``p``
+``saved_logp``         the log-probabilities rounded to the input dtype between forward and backward,
+                       and the backward's ``p = exp`` of them: ``F.nll_loss(F.log_softmax(x))`` as
+                       eager autograd runs it in a half dtype (``log_softmax``'s output is what it
+                       saves), and torch's own half kernels; in float32/float64 it is ``sequential``
 ``compiled``           ``torch.compile(F.cross_entropy)`` (aot_eager: no C compiler needed)
 =====================  ============================================================================
 
@@ -90,7 +94,8 @@ def numpy_sum(values: np.ndarray) -> np.ndarray:
 
 SUMS = {"sequential": sequential_sum, "reversed": reversed_sum, "pairwise": pairwise_sum, "kahan": kahan_sum,
         "blocked_1024": pairwise_sum, "blocked_4096": pairwise_sum, "fp32_accumulate": numpy_sum,
-        "fp64_upcast": pairwise_sum, "lse_form": pairwise_sum, "autograd_order": sequential_sum}
+        "fp64_upcast": pairwise_sum, "lse_form": pairwise_sum, "autograd_order": sequential_sum,
+        "saved_logp": sequential_sum}
 
 
 def _block(summation: str) -> int | None:
@@ -162,6 +167,10 @@ class _FamilyCrossEntropy(torch.autograd.Function):
         rows = _rows(_numpy(input, compute))
         M = rows.shape[0]
         logp, p = log_softmax_rows(rows, summation)
+        if summation == "saved_logp" and dtype in HALF:  # the saved log-softmax output is a half tensor
+            logp = _numpy(torch.from_numpy(logp).to(dtype), compute)
+            with np.errstate(over="ignore"):
+                p = np.exp(logp).astype(compute)
         w = np.ones(C, dtype=compute) if weight is None else _numpy(weight, compute)
         probability = target.is_floating_point()
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
@@ -273,6 +282,7 @@ fp32_accumulate = _member("fp32_accumulate")
 fp64_upcast = _member("fp64_upcast")
 lse_form = _member("lse_form")
 autograd_order = _member("autograd_order")
+saved_logp = _member("saved_logp")
 
 
 @functools.lru_cache(maxsize=None)
@@ -289,7 +299,8 @@ def compiled(input, target, weight=None, size_average=None, ignore_index=-100, r
 
 MEMBERS = {"sequential": sequential, "reversed_order": reversed_order, "pairwise": pairwise, "blocked_1024": blocked_1024,
            "blocked_4096": blocked_4096, "kahan": kahan, "fp32_accumulate": fp32_accumulate,
-           "fp64_upcast": fp64_upcast, "lse_form": lse_form, "autograd_order": autograd_order, "compiled": compiled}
+           "fp64_upcast": fp64_upcast, "lse_form": lse_form, "autograd_order": autograd_order,
+           "saved_logp": saved_logp, "compiled": compiled}
 """Every member by name: ``tests/correct_family.py:NAME`` is a valid ``--impl``."""
 
 NUMPY_MEMBERS = tuple(m for m in MEMBERS if m != "compiled")

@@ -57,6 +57,9 @@ def test_summation_root_kernel_matches_the_numpy_specification(numpy_engine, var
     spec = numpy_engine(summation.summation_root, values, 2.0**-24, flags_numpy, linear=linear)
     np.testing.assert_allclose(fast, spec, rtol=RTOL)
     assert flags_kernel.tolist() == flags_numpy.tolist()
+    groups = np.round(rng.random((5, width)) * 3) - 0.0 * values  # a few keys, -0.0 among them
+    np.testing.assert_allclose(summation.summation_root(values, 2.0**-24, groups=groups),
+                               numpy_engine(summation.summation_root, values, 2.0**-24, groups=groups), rtol=RTOL)
     if repeats and width > 2:
         assert flags_kernel[-1]  # one value throughout
 

@@ -1,0 +1,74 @@
+"""The summation error model against real sequential sums: what a sum loses, which roundings
+repeat, and that the model is not far looser than the arithmetic it describes."""
+
+import numpy as np
+import pytest
+
+from ce_conformance.summation import LOST_WEIGHT, residue_groups, summation_root
+from ce_conformance.tolerance import SIGMAS
+
+U32 = 2.0**-24
+
+
+def _sequential_error(terms: np.ndarray) -> float:
+    """Relative error of a strictly sequential float32 sum (NumPy's cumsum) of ``terms``."""
+    exact = terms.astype(np.float64).sum()
+    return float((np.cumsum(terms.astype(np.float32), dtype=np.float32)[-1] - exact) / exact)
+
+
+def test_a_term_below_u_times_the_partial_sum_is_lost_and_a_larger_one_rounds():
+    # after a leading 1.0 a term of 0.9 * 2**-24 vanishes, one of 1.5 * 2**-24 rounds up to a whole
+    # ulp: only the first is a bias; the second is an ordinary rounding
+    lost = summation_root(np.array([[1.0, 0.9 * U32]]), U32)[0]
+    kept = summation_root(np.array([[1.0, 1.5 * U32]]), U32)[0]
+    # the worse order: 1.0 first (partial sums 1, then lost) or last (partial sums 0.9u, then 1 + 0.9u)
+    assert lost == pytest.approx(1.0 + LOST_WEIGHT * 0.9, rel=1e-6)
+    assert kept == pytest.approx(np.sqrt(1.0 + (1.0 + 1.5 * U32) ** 2), rel=1e-9)
+    assert np.float32(1.0) + np.float32(0.9 * U32) == np.float32(1.0)  # the arithmetic behind it
+    assert np.float32(1.0) + np.float32(1.5 * U32) > np.float32(1.0)
+
+
+def test_lost_terms_are_a_bias_held_once_by_the_budget():
+    tail = np.full(1000, 0.4 * U32)  # a dominant term, then 1000 terms each below half an ulp
+    row = np.concatenate([[1.0], tail])[None, :]
+    bias = tail.sum()
+    sigma = U32 * summation_root(row, U32)[0] / np.sqrt(3.0)
+    assert SIGMAS * sigma == pytest.approx(bias, rel=0.01)
+    float32_sum = np.cumsum(row[0].astype(np.float32), dtype=np.float32)[-1]
+    assert float(row.sum() - float32_sum) == pytest.approx(bias, rel=1e-3)  # what the sequential sum really drops
+
+
+@pytest.mark.parametrize("classes, tightness", [(32000, 1 / 20), (262144, 1 / 8)])
+def test_the_exp_sum_model_bounds_a_sequential_float32_sum_within_a_few_times_its_error(classes, tightness):
+    # standard-normal logits times 2: at C = 262144 the terms a sequential float32 sum drops make
+    # its error a bias of ~1400 u, which v2.1's model allowed 13 times over (now ~4.5 times); at
+    # C = 32000 the error is a random walk, whose draws lie well inside 5 sigma
+    rng = np.random.default_rng(classes)
+    worst_ratio = 0.0
+    for _ in range(3):
+        x = 2 * rng.standard_normal(classes)
+        p = np.exp(x - x.max())
+        p /= p.sum()
+        allowed = SIGMAS * U32 * summation_root(p[None, :], U32)[0] / np.sqrt(3.0)
+        errors = [abs(_sequential_error(p)), abs(_sequential_error(p[::-1]))]
+        assert max(errors) < allowed
+        worst_ratio = max(worst_ratio, max(errors) / allowed)
+    assert worst_ratio > tightness  # the budget is not an order of magnitude above the arithmetic
+
+
+def test_aligned_rows_group_their_terms_by_multiplier():
+    rows = np.array([[9.0, 0.0, -9.0, 1.0], [1e-3, 2e-3, 3e-3, 4e-3]])  # a coarse grid, then a fine one
+    terms = np.array([[0.1, 1.0, 2.0, 3.0], [0.1, 1.0, 2.0, 3.0]])
+    groups = residue_groups(rows, terms, np.array([[0.5, 0.5, 0.25, 0.5], [1.0, 1.0, 1.0, 1.0]]), np.float32, U32)
+    assert groups.tolist() == [[0.5, 0.5, 0.25, 0.5], [0.1, 1.0, 2.0, 3.0]]  # the fine row keeps its own terms
+    assert residue_groups(rows[1:], terms[1:], np.ones(4), np.float32, U32) is None
+
+
+def test_random_multipliers_sum_as_a_random_walk_and_one_multiplier_linearly():
+    rng = np.random.default_rng(0)
+    terms = rng.uniform(0.5, 1.5, (1, 20000))
+    distinct = summation_root(terms, U32, groups=rng.uniform(0, 1, (1, 20000)))[0]
+    one = summation_root(terms, U32, groups=np.ones((1, 20000)))[0]
+    assert distinct == pytest.approx(summation_root(terms, U32)[0])
+    assert one == pytest.approx(np.cumsum(terms).sum(), rel=0.01)
+    assert one > 50 * distinct
