@@ -15,7 +15,7 @@ kernels that form ``p_c = exp(x_c - lse)`` is one of the row's errors), each at 
 the size of its operand. So the element's unit is the ulp of its own terms,
 ``max(|s K p_c|, |s Q_c|)``, and its sigma ``|s K p_c|`` times the root sum of squares of those
 relative errors — plus the mean denominator's error (of the whole element), the roundings of
-``s Q_c`` where a half dtype forms it, and one absolute term: a partial product below the normal
+``s Q_c`` formed in the dtype, and one absolute term: a partial product below the normal
 range (tiny weights, a tiny ``p``) loses up to the smallest normal (flushed to zero), times the
 factors still to come (``1 / D`` of a tiny total weight is 1e38).
 
@@ -94,7 +94,7 @@ class GradientElements:
     row_sigma: np.ndarray
     unit_roundoff: float  # of the compute precision
     half_roundoff: float  # of a half dtype whose log-probabilities the backward re-reads (else 0)
-    subtracted_relative: float = 0.0  # sigma of the relative error of s Q_c formed in a half dtype
+    subtracted_relative: float = 0.0  # sigma of the relative error of s Q_c, formed in the dtype
     smoothing: float = 0.0
     class_weight: np.ndarray | None = None
     target: np.ndarray | None = None  # index targets: class per position (outer, inner)
