@@ -3,8 +3,9 @@ arithmetic costs on the same cases.
 
 For each dtype, class count C and layout it builds cases (index targets with 'mean', without and
 with label smoothing 0.1, probability targets with 'none'; standard-normal logits), runs the
-correct family (tests/correct_family.py: sequential, reversed, pairwise, blocked 1024/4096,
-Kahan, np.sum, lse formed as one number, fp64 upcast) and torch, and records each one's largest error in ulps of the dtype. Then it
+correct family (tests/correct_family.py, every NumPy member: sequential, reversed, pairwise,
+blocked 1024/4096, Kahan, np.sum, lse formed as one number, autograd's order, log-probabilities
+saved in the dtype, fp64 upcast) and torch, and records each one's largest error in ulps of the dtype. Then it
 injects a relative error d into one stage of an otherwise float64-exact implementation, rounds
 its outputs to the dtype and asks the comparison whether it fails:
 
