@@ -318,8 +318,8 @@ def _index_rows(rows, target, weight, scale, u, lost_weight, grad, threads):
 
 
 def _element_bounds(expected, scale, terms_sum, log_total, relative, absolute, elementwise, row_magnitude,
-                    row_sigma, scale_relative, subtracted_relative, u, u_half, sigmas, probability, targets, target, target_coefficient,
-                    smoothing, weight, magnitude, sigma, threads):
+                    row_sigma, scale_relative, subtracted_relative, u, u_half, sigmas, probability, targets, target,
+                    target_coefficient, smoothing, weight, magnitude, sigma, threads):
     """``GradientElements.bounds`` (its NumPy body is the specification) in one pass over an
     (outer, classes, inner) block: each element's magnitude and sigma into ``magnitude`` and
     ``sigma``. ``targets`` holds probability targets (``probability``), else ``target`` and

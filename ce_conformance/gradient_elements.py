@@ -173,7 +173,8 @@ class GradientElements:
             np.ascontiguousarray(e), *(np.ascontiguousarray(a[part]) for a in (
                 self.scale, self.terms_sum, self.log_total, self.relative, self.absolute, self.elementwise,
                 self.row_magnitude, self.row_sigma)),
-            float(self.scale_relative), float(self.subtracted_relative), float(self.unit_roundoff), float(self.half_roundoff), float(SIGMAS), probability,
+            float(self.scale_relative), float(self.subtracted_relative), float(self.unit_roundoff),
+            float(self.half_roundoff), float(SIGMAS), probability,
             np.ascontiguousarray(self.probabilities[part], dtype=np.float64) if probability else np.zeros((rows, 0, 0)),
             np.zeros((rows, 0), dtype=np.int64) if probability else np.ascontiguousarray(self.target[part]),
             np.zeros((rows, 0)) if probability else np.ascontiguousarray(self.target_coefficient[part]),
