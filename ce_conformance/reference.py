@@ -552,9 +552,14 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                         w_row = w_abs if w_abs is not None else np.ones(C)
                         tmag = w_row[None, :] * (np.abs(ls.logp) + 1) * factor
                         grad_target_scale[positions] = abs_scale * finite_row_max(tmag)
-                        # the backward multiplies log p by w and by the upstream scale, in either order
-                        grad_target_unscaled[positions] = finite_row_max(
-                            np.maximum(w_row[None, :], np.reshape(abs_scale, (-1, 1))) * (np.abs(ls.logp) + 1))
+                        # the backward multiplies log p by w and by the upstream scale, in either order;
+                        # a product of a finite log p that overflows counts (inf: JAX's float64 (g log p)
+                        # (1 - eps) overflowed where g ((1 - eps) log p) = 1.4e308), a -inf logit's does not
+                        abs_logp_row = np.abs(ls.logp)
+                        with np.errstate(over="ignore", invalid="ignore"):
+                            grad_target_unscaled[positions] = np.where(np.isfinite(abs_logp_row), np.maximum(
+                                w_row[None, :], np.reshape(abs_scale, (-1, 1))) * (abs_logp_row + 1), 0).max(
+                                axis=1, initial=0)
                         grad_target_coefficient[positions] = abs_scale * factor * w_row.max(initial=0)
                         grad_target_underflow[positions] = subnormal_products(
                             (np.broadcast_to(w_row[None, :], p.shape), ls.logp, np.reshape(abs_scale * factor, (-1, 1))),

@@ -221,3 +221,15 @@ def test_torch_outcomes_hold_values_exactly_in_float32_or_float64(torch, dtype, 
     x = torch.tensor(case.input, dtype=getattr(torch, dtype), requires_grad=True)
     torch.nn.functional.cross_entropy(x, torch.tensor(case.target), reduction="none").sum().backward()
     assert np.array_equal(outcome.grad_input, x.grad.to(torch.float64).numpy())  # exact, no rounding
+
+
+def test_a_target_gradient_whose_intermediate_product_overflows_may_be_inf():
+    # JAX forms (g log p) (1 - eps): 6.1 * 4.5e307 overflows although the result, 1.4e308, does not;
+    # the reference's intermediate bound skipped the overflowing product (a finite-only row max)
+    pytest.importorskip("jax")
+    case = Case.cross_entropy(np.array([[-1.0, 0.0], [0.0, 4.49423284e+307]]),
+                              np.array([[0.56410403, 0.43589597], [0.63077023, 0.36922977]]), dtype="float64",
+                              reduction="sum", label_smoothing=0.5, grad_output=np.array(6.12275736))
+    outcome = JAX.timed_run(case)
+    assert np.isinf(outcome.grad_target[1, 0])
+    _assert_conforms(JAX, case)
