@@ -371,15 +371,13 @@ def _element_bounds(expected, scale, terms_sum, log_total, relative, absolute, e
                     grown = root * (1.0 + x * (0.5 + x * (1.0 / 6.0 + x / 24.0))) if x < 1e-3 else np.expm1(x) / sigmas
                     a = proportional * grown
                     b = abs(e) * scale_relative
-                    b_q = abs(s) * parts * subtracted_relative
-                    if b_q > 0.0:
-                        b = np.hypot(b, b_q)
+                    q = abs(s) * parts * subtracted_relative
                     lost = absolute[o, i]
-                    largest = max(a, b, lost)
+                    largest = max(a, b, q, lost)
                     if 1e-150 < largest < 1e150:  # squares within the float64 range: the plain root
-                        value = np.sqrt(a * a + b * b + lost * lost)
+                        value = np.sqrt(a * a + b * b + q * q + lost * lost)
                     else:  # a probability of 1e-258 would square to 0: the careful way
-                        value = np.hypot(np.hypot(a, b), lost)
+                        value = np.hypot(np.hypot(a, np.hypot(b, q)), lost)
                     size = max(proportional, abs(s) * parts)
                     if np.isfinite(size) and np.isfinite(value):
                         magnitude[o, c, i] = size

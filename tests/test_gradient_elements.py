@@ -1,9 +1,12 @@
 """Per-element budgets of the input gradient (tolerance model v2.1): each element in ulps of its
 own terms, recovered from the expected gradient a block of positions at a time."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+import ce_conformance.adapters as adapters
 import ce_conformance.gradient_elements as gradient_elements
 from ce_conformance import Case, reference
 from ce_conformance.adapters.base import Capabilities, Outcome
@@ -173,14 +176,16 @@ def test_the_kernel_computes_the_numpy_bounds(kind, monkeypatch):
         np.testing.assert_allclose(ours, spec, rtol=1e-12, atol=0)
 
 
+def _without_subtracted_rounding(expected):
+    """The reference result with the subtracted term's chain of roundings taken out of the budget."""
+    return dataclasses.replace(expected, grad_input_elements=dataclasses.replace(
+        expected.grad_input_elements, subtracted_relative=0.0))
+
+
 def test_torchs_half_rounding_of_the_subtracted_target_term_is_correct_arithmetic(torch):
     # bfloat16, smoothed weighted soft targets: torch forms s Q_c = (g / D) (t (1 - eps) + eps / C) w
     # one rounding per operation; at t = 0.01068, w = 3, D = 15 four of them went the same way
     # (1.3 %, 3.9 ulps) and failed the 3-ulp base (seed 3 of the nightly correct family)
-    import dataclasses
-
-    import ce_conformance.adapters as adapters
-
     rng = np.random.default_rng(0)
     x = rng.integers(-3, 4, (15, 1000)).astype(np.float64)
     x[0, 5] = -2.0
@@ -195,18 +200,13 @@ def test_torchs_half_rounding_of_the_subtracted_target_term_is_correct_arithmeti
     expected = reference.evaluate(case)
     assert abs(outcome.grad_input[0, 5] / expected.grad_input[0, 5] - 1) > 0.01  # torch's chain of roundings
     assert compare(case, outcome, expected, adapter.capabilities).max_ratio["grad_input"] < 1
-    without = dataclasses.replace(expected, grad_input_elements=dataclasses.replace(
-        expected.grad_input_elements, subtracted_relative=0.0))
+    without = _without_subtracted_rounding(expected)
     assert compare(case, outcome, without, adapter.capabilities).max_ratio["grad_input"] > 1
 
 
 def test_torchs_float64_chain_for_a_weighted_soft_target_is_correct_arithmetic(torch):
     # torch forms -(g * w) * t in float64, one rounding each: on this row (hypothesis.target() drew
     # it on seed 0 of the correct family) they add up to 4 ulps of the element, the whole base budget
-    import dataclasses
-
-    import ce_conformance.adapters as adapters
-
     def row(*hexes):
         return np.array([[float.fromhex(h) for h in hexes]])
 
@@ -229,8 +229,7 @@ def test_torchs_float64_chain_for_a_weighted_soft_target_is_correct_arithmetic(t
     expected = reference.evaluate(case)
     assert abs(outcome.grad_input[0, 8] - expected.grad_input[0, 8]) >= 3 * np.spacing(abs(expected.grad_input[0, 8]))
     assert compare(case, outcome, expected, adapter.capabilities).max_ratio["grad_input"] < 0.6
-    without = dataclasses.replace(expected, grad_input_elements=dataclasses.replace(
-        expected.grad_input_elements, subtracted_relative=0.0))
+    without = _without_subtracted_rounding(expected)
     assert compare(case, outcome, without, adapter.capabilities).max_ratio["grad_input"] > 0.7
 
 
@@ -238,8 +237,6 @@ def test_torchs_float64_chain_for_a_weighted_soft_target_is_correct_arithmetic(t
 def test_an_integer_total_weight_is_exact_only_up_to_2_to_the_precision(rows, exact, torch):
     # torch sums a half dtype's total weight in the dtype: bfloat16 integers are exact up to 256,
     # not 512 (the old bound 2 / u gave a 257-row total of 501 no error; torch's was 1.3 % off)
-    import ce_conformance.adapters as adapters
-
     rng = np.random.default_rng(rows)
     x = rng.standard_normal((rows, 4)) * 3
     y = rng.integers(0, 4, rows)
