@@ -260,3 +260,22 @@ def test_a_row_whose_target_gradient_overflows_keeps_a_budget_for_its_finite_ele
                               grad_output=np.array([3.59785252]), reduction="none", dtype="float64")
     sigma = reference.evaluate(case).grad_target_sigma
     assert np.isfinite(sigma).all() and float(sigma.max()) > 0
+
+
+def test_a_given_float16_soft_target_below_normal_is_exact(torch):
+    # 32000 targets of 1e-6 (subnormal in float16) beside a dominant logit (|log p| = 20): they are
+    # given, not formed in the dtype, so only products t * log p below normal round, by half a
+    # step each; the smoothed target's bound (half a step times |log p|) allowed 20 times that
+    import ce_conformance.adapters as adapters
+    from ce_conformance.compare import compare
+
+    x = np.zeros((1, 32000))
+    x[0, 0] = 20.0
+    t = np.full((1, 32000), 1e-6)
+    t[0, 0] = 1 - 1e-6 * 31999
+    case = Case.cross_entropy(x, t, dtype="float16", reduction="none")
+    result = reference.evaluate(case)
+    unit = ulp_units(result.loss, result.loss_scale, "float16", 32000)
+    assert float((allowed_errors(unit, result.loss_sigma, "float16", "loss") / unit)[0]) < 10
+    adapter = adapters.load_adapter("torch")
+    assert compare(case, adapter.timed_run(case), result, adapter.capabilities).passed
