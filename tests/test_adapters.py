@@ -233,3 +233,14 @@ def test_a_target_gradient_whose_intermediate_product_overflows_may_be_inf():
     outcome = JAX.timed_run(case)
     assert np.isinf(outcome.grad_target[1, 0])
     _assert_conforms(JAX, case)
+
+
+def test_a_flushed_smoothing_term_of_tiny_weights_is_correct_arithmetic():
+    # XLA flushes subnormals: eps / C * w = 0.18 * 1.2e-38 is one, so every smoothing term of the
+    # loss vanishes (1.51 for 1.93); the flush bound took only w * log p, never subnormal here
+    pytest.importorskip("jax")
+    weight = np.array([1.92423923e-38, 1.49262711e-38, 1.22365852e-38, 1.19492251e-38, 2.13148889e-38])
+    case = Case.cross_entropy(np.array([2.0, 1.0, 0.0, -2.0, -1.0]), np.array(4), dtype="float32", weight=weight,
+                              label_smoothing=0.9)
+    assert abs(float(JAX.timed_run(case).loss) - float(reference.evaluate(case).loss)) > 0.1
+    _assert_conforms(JAX, case)
