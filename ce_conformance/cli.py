@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ce_conformance.adapters import default_adapters
+from ce_conformance.adapters import KINDS, default_adapters
 
 from ._version import __version__
 from .errors import ConfigurationError
@@ -36,11 +36,20 @@ FAMILY_HELP = ("loss family: cross_entropy (default; --impl has F.cross_entropy'
                "linear_bias, weight, reduction, ignore_index, label_smoothing)")
 
 
+ECOSYSTEM_HELP = ("also run every framework's own cross-entropy (paddle, mlx, tinygrad, tensorflow, keras on jax, "
+                  "torch and tensorflow); frameworks not installed are listed with the reason")
+
+
 def _add_run_options(p: argparse.ArgumentParser, *, default_out: str) -> None:
     p.add_argument("--impl", metavar="SPEC", help="implementation under test: module.path:function or "
                    "path/to/file.py:function (a loss class such as torch.nn:CrossEntropyLoss works too)")
-    p.add_argument("--kind", choices=("torch", "jax", "numpy"), default="torch",
-                   help="what the --impl function takes: torch tensors (default), jax arrays or numpy arrays")
+    p.add_argument("--kind", choices=KINDS, default="torch",
+                   help="what the --impl function takes and differentiates with: torch tensors (default), jax "
+                        "or numpy arrays, or paddle, mlx, tinygrad, tensorflow or keras tensors (keras: on "
+                        "$KERAS_BACKEND)")
+    p.add_argument("--class-axis", type=int, choices=(1, -1), default=1,
+                   help="where the --impl function wants the classes: 1 (torch's layout, default) or -1 "
+                        "(last, as most other frameworks; logits, probability targets and gradients are moved)")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.add_argument("--family", default="cross_entropy", help=FAMILY_HELP)
     p.add_argument("--features", metavar="LIST", default=None,
@@ -102,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="comma-separated adapters (default: numpy,torch,jax,optax; for --family "
                            "linear_cross_entropy torch-linear,torch-linear-chunked; see 'adapters')")
     _add_run_options(fuzz, default_out="ce-out/fuzz")
+    fuzz.add_argument("--ecosystem", action="store_true", help=ECOSYSTEM_HELP)
 
     gate = sub.add_parser("gate", help="CI gate: exit 0 when --impl conforms, 1 on findings, 2 on bad config")
     _add_run_options(gate, default_out="ce-out/gate")
@@ -122,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("cases", nargs="+", type=Path, metavar="CASE.json", help="case files or directories")
     replay.add_argument("--adapters", default=None, help="comma-separated adapters (default: numpy,torch,jax,optax)")
     replay.add_argument("--impl", metavar="SPEC")
-    replay.add_argument("--kind", choices=("torch", "jax", "numpy"), default="torch")
+    replay.add_argument("--kind", choices=KINDS, default="torch")
+    replay.add_argument("--class-axis", type=int, choices=(1, -1), default=1)
     replay.add_argument("--device", default="cpu", help=DEVICE_HELP)
     replay.add_argument("--family", default=None, help="the --impl function's loss family (default: the cases')")
     replay.add_argument("--features", default="all")
@@ -135,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     nightly.add_argument("--adapters", default=None, help="comma-separated adapters (default: every built-in, "
                          "torch-cuda and torch-compile included; unavailable ones are reported)")
     _add_run_options(nightly, default_out="reports")
+    nightly.add_argument("--ecosystem", action="store_true", help=ECOSYSTEM_HELP)
     nightly.set_defaults(profile="nightly")
     budget = nightly.add_mutually_exclusive_group()
     budget.add_argument("--budget-minutes", type=float, metavar="M", help="run slices of 500 examples until M minutes")
@@ -164,8 +176,15 @@ def _adapters(args: argparse.Namespace, defaults: tuple[str, ...] = ()) -> list[
         args.features = "all"  # strict: the full checks, every feature included
     names = getattr(args, "adapters", None)
     chosen = load_adapters(names) if names else load_adapters(list(defaults))
+    if getattr(args, "ecosystem", False):
+        from ce_conformance.adapters import ECOSYSTEM_ADAPTERS
+
+        if args.family != "cross_entropy":
+            raise ConfigurationError("--ecosystem runs the frameworks' cross_entropy losses (--family cross_entropy)")
+        chosen += load_adapters([n for n in ECOSYSTEM_ADAPTERS if n not in {a.name for a in chosen}])
     if args.impl:
         chosen.append(user_adapter(args.impl, args.kind, features=args.features, device=args.device,
+                                   class_axis=getattr(args, "class_axis", 1),
                                    family=args.family))
     if not chosen:
         raise ConfigurationError("nothing to run: name --adapters or --impl")
@@ -389,8 +408,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
             if reason or missing:
                 rows.append((path.name, case.id, adapter.name, "skipped", reason or ",".join(missing)))
                 continue
-            comparison = compare(case, adapter.timed_run(case), ref, adapter.capabilities, strict=args.strict,
-                                 native=native)
+            outcome = adapter.timed_run(case)
+            if outcome.status == "skipped":  # the adapter cannot run it here (a dtype its framework lacks)
+                rows.append((path.name, case.id, adapter.name, "skipped", outcome.skip_reason))
+                continue
+            comparison = compare(case, outcome, ref, adapter.capabilities, strict=args.strict, native=native)
             if comparison.passed:
                 rows.append((path.name, case.id, adapter.name, "passed", ""))
             for verdict in comparison.verdicts:

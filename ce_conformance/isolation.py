@@ -70,8 +70,9 @@ def build_adapter(recipe: tuple[Any, ...]) -> Adapter:
     if kind == "user":
         from ce_conformance.adapters import user_adapter
 
-        _, spec, impl_kind, features, name, device, family = recipe
-        return user_adapter(spec, impl_kind, features=features, name=name, device=device, family=family)
+        _, spec, impl_kind, features, name, device, family, class_axis = recipe
+        return user_adapter(spec, impl_kind, features=features, name=name, device=device, family=family,
+                            class_axis=class_axis)
     if kind == "pickle":  # produced by recipe_of() in the parent process, never read from a file
         return pickle.loads(recipe[1])
     raise ValueError(f"unknown adapter recipe {kind!r}")

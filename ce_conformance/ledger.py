@@ -37,9 +37,12 @@ class FindingLedger:
 
     def __init__(self, recorder: Recorder, cases_dir: Path, *, impl_spec: str | None = None,
                  impl_kind: str | None = None, oracle: str = "reference", started: float | None = None,
-                 devices: dict[str, str] | None = None):
+                 devices: dict[str, str] | None = None, frameworks: dict[str, Any] | None = None):
+        """``frameworks``: the run's framework adapters by name, whose repro scripts are written
+        in their framework's API."""
         self.recorder = recorder
         self.devices = devices or {}
+        self.frameworks = frameworks or {}
         self.cases_dir = Path(cases_dir)
         self.impl_spec, self.impl_kind, self.oracle = impl_spec, impl_kind, oracle
         self.signatures: dict[tuple[str, str], dict[str, Any]] = {}
@@ -88,7 +91,8 @@ class FindingLedger:
         path = dataclasses.replace(case, note=note).save(self.cases_dir / f"{name}.json")
         write_repro(path.with_suffix(".py"), case, adapter_name=adapter_name, check=verdict.check,
                     message=verdict.message, case_path=path, impl_spec=self.impl_spec, impl_kind=self.impl_kind,
-                    oracle=self.oracle, device=self.devices.get(adapter_name, "cpu"))
+                    oracle=self.oracle, device=self.devices.get(adapter_name, "cpu"),
+                    framework=self.frameworks.get(adapter_name))
         return path
 
     def save_shrunk(self, case: Case, adapter_name: str, verdict: Verdict) -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import shlex
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,8 @@ from .errors import InvalidInputError
 
 
 def replay_command(case_path: str | Path, adapter_name: str, impl_spec: str | None = None,
-                   impl_kind: str | None = None, oracle: str = "reference", *, device: str = "cpu") -> str:
+                   impl_kind: str | None = None, oracle: str = "reference", *, device: str = "cpu",
+                   class_axis: int = 1) -> str:
     """The one-line CLI command that replays a saved case against the same adapter, on the same
     device, judged by the same oracle (a built-in adapter's name names its device already).
 
@@ -34,6 +36,7 @@ def replay_command(case_path: str | Path, adapter_name: str, impl_spec: str | No
     if impl_spec:
         parts += ["--impl", impl_spec] + (["--kind", impl_kind] if impl_kind and impl_kind != "torch" else [])
         parts += ["--device", device] if device != "cpu" else []
+        parts += ["--class-axis", str(class_axis)] if class_axis != 1 else []
     else:
         parts += ["--adapters", adapter_name]
     if oracle != "reference":
@@ -47,16 +50,54 @@ def _blob(values: np.ndarray, dtype: str) -> str:
     return base64.b64encode(raw.tobytes()).decode("ascii")
 
 
+def _framework_lines(adapter: Any, case: Case, impl_spec: str | None) -> list[str]:
+    """The case's call in the adapter's framework: its tensors (classes moved last where the
+    function takes them so), the function (a built-in's own source, or the user's import), and
+    the loss printed."""
+    lines = [*adapter.bridge.repro_prelude, ""]
+    if adapter.class_axis == -1:
+        lines.append("# classes on the last axis, as the function takes them")
+    for name, tensor in case.tensors.items():
+        if name == "grad_output":
+            continue
+        values = tensor.values
+        moves = adapter.class_axis == -1 and values.ndim >= 2 and (name == "input" or tensor.shape == case.input.shape)
+        values = np.moveaxis(values, 1, -1) if moves else values
+        storage = _storage_dtype(tensor.dtype)
+        lines.append(f"{name} = tensor({_blob(values, tensor.dtype)!r}, {storage!r}, {tensor.dtype!r}, "
+                     f"{list(values.shape)!r})")
+    if "weight" not in case.tensors:
+        lines.append("weight = None")
+    if adapter.source is None:  # a user's function: imported as the run did
+        lines += _import_lines(impl_spec or adapter.name.removeprefix("impl:"))
+    else:
+        lines += ["", *adapter.source.rstrip().splitlines(), "", f"fn = {adapter.fn.__name__}"]
+    options = {k: v for k, v in case.call_options().items()}
+    lines += [f"loss = fn(input, target, weight=weight, " + ", ".join(f"{k}={v!r}" for k, v in options.items()) + ")",
+              "print('got     ', loss)"]
+    return lines
+
+
+def _import_lines(impl_spec: str) -> list[str]:
+    module, _, attr = impl_spec.rpartition(":")
+    if module.endswith(".py"):
+        return ["import importlib.util", f"_spec = importlib.util.spec_from_file_location('impl', {module!r})",
+                "_mod = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(_mod)", f"fn = _mod.{attr}"]
+    return [f"from {module} import {attr.split('.')[0]} as fn"]
+
+
 def _storage_dtype(dtype: str) -> str:
     return "float32" if dtype == "bfloat16" else dtype
 
 
 def write_repro(path: Path, case: Case, *, adapter_name: str, check: str, message: str, case_path: Path,
                 impl_spec: str | None = None, impl_kind: str | None = None, oracle: str = "reference",
-                device: str = "cpu") -> Path:
+                device: str = "cpu", framework: Any = None) -> Path:
     """``message`` is the verdict on ``case`` itself (the saved, shrunk case), never another
     case's: the header must describe what the script reproduces. ``device``: where the failing
-    run put the torch tensors (``torch-cuda``, ``--device cuda``); the script does the same."""
+    run put the torch tensors (``torch-cuda``, ``--device cuda``); the script does the same.
+    ``framework``: the :class:`~ce_conformance.adapters.framework.FrameworkAdapter` that failed,
+    whose script is written in its framework's own API."""
     from . import reference
 
     kind = impl_kind or ("jax" if adapter_name in ("jax", "optax") else "torch")
@@ -64,13 +105,22 @@ def write_repro(path: Path, case: Case, *, adapter_name: str, check: str, messag
         expected = repr(reference.evaluate(case, gradients=False).loss.tolist()) if case.is_valid else None
     except InvalidInputError:
         expected = None
+    class_axis = getattr(framework, "class_axis", 1) if impl_spec else 1
     lines = [
         f"# ce-conformance repro for Case<{case.id}> — adapter {adapter_name!r}, check {check!r}",
         f"# {message[:300]}",
-        f"# replay: {replay_command(case_path, adapter_name, impl_spec, impl_kind, oracle, device=device)}",
+        f"# replay: {replay_command(case_path, adapter_name, impl_spec, impl_kind, oracle, device=device, class_axis=class_axis)}",
         "import base64",
         "",
     ]
+    if framework is not None:
+        lines += _framework_lines(framework, case, impl_spec)
+        if expected is not None:
+            lines.append(f"print('expected', {expected!r}, '(float64 reference, before rounding to {case.dtype})')")
+        elif case.expected_error is not None:
+            lines.append(f"print('expected an error:', {case.expected_error.value!r})")
+        path.write_text("\n".join(lines) + "\n")
+        return path
     if kind == "jax":
         lines += ["import numpy as np", "import jax", "jax.config.update('jax_enable_x64', True)", "import jax.numpy as jnp", "",
                   "def tensor(blob, storage, dtype, shape):",
@@ -104,13 +154,7 @@ def write_repro(path: Path, case: Case, *, adapter_name: str, check: str, messag
     keywords = [f"{name}={name if name in case.tensors else None}" for name in spec.optional_tensors
                 if name != "grad_output"]
     if impl_spec:
-        module, _, attr = impl_spec.rpartition(":")
-        if module.endswith(".py"):
-            lines += ["import importlib.util", f"_spec = importlib.util.spec_from_file_location('impl', {module!r})",
-                      "_mod = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(_mod)",
-                      f"fn = _mod.{attr}"]
-        else:
-            lines += [f"from {module} import {attr.split('.')[0]} as fn"]
+        lines += _import_lines(impl_spec)
     elif kind == "jax":
         lines += ["from ce_conformance.adapters.jax_adapter import JaxAdapter  # the built-in port; needs ce-conformance",
                   "from ce_conformance import Case",

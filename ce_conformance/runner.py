@@ -142,6 +142,10 @@ class FuzzRun:
             if guarded:
                 self.quarantine.observe(adapter.name, outcome.status, traits)
             stages[f"adapter:{adapter.name}"] += clock() - start
+            if outcome.status == "skipped":  # the adapter cannot run it here (a dtype its framework lacks)
+                if record:
+                    self.ledger.skipped(columns, adapter.name, phase, (outcome.skip_reason,))
+                continue
             start = clock()
             with np.errstate(all="ignore"):
                 comparison = compare(case, outcome, ref, adapter.capabilities, strict=self.config.strict,
@@ -183,7 +187,8 @@ class FuzzRun:
         self.recorder = Recorder(self.out_dir, append=self.append)
         self.ledger = FindingLedger(self.recorder, self.cases_dir, impl_spec=self.config.impl_spec,
                                     impl_kind=self.config.impl_kind, oracle=self.config.oracle, started=start,
-                                    devices=self.devices)
+                                    devices=self.devices,
+                                    frameworks={a.name: a for a in self.adapters if hasattr(a, "bridge")})
         self._write_config()
         if self.config.max_seconds is not None:
             self._deadline = start + self.config.max_seconds

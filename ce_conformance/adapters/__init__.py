@@ -3,12 +3,15 @@
 Built in: ``numpy`` (the reference itself), ``torch`` (CPU), ``torch-cuda``, ``jax`` (a port of
 torch's semantics), ``optax``; for the linear cross-entropy family ``torch-linear``
 (``F.linear_cross_entropy``'s reference path), ``torch-linear-chunked`` (its chunked path) and
-``torch-linear-compile``. User functions come in through :func:`user_adapter` (the CLI's
-``--impl SPEC --kind K``); third-party packages register factories under the entry-point
-group ``ce_conformance.adapters`` (a callable returning an :class:`Adapter`).
+``torch-linear-compile``; and the other frameworks' own cross-entropies (:data:`ECOSYSTEM_ADAPTERS`,
+``--ecosystem``). User functions come in through :func:`user_adapter` (the CLI's ``--impl SPEC
+--kind K``, K one of :data:`KINDS`); third-party packages register factories under the
+entry-point group ``ce_conformance.adapters`` (a callable returning an :class:`Adapter`).
 
->>> sorted(BUILTIN)
+>>> sorted(set(BUILTIN) - set(ECOSYSTEM_ADAPTERS))
 ['jax', 'numpy', 'optax', 'torch', 'torch-compile', 'torch-cuda', 'torch-linear', 'torch-linear-chunked', 'torch-linear-compile']
+>>> ECOSYSTEM_ADAPTERS[:4]
+('paddle', 'mlx', 'tinygrad', 'tinygrad-sparse')
 """
 
 from __future__ import annotations
@@ -29,7 +32,17 @@ from ce_conformance.selection import parse_features
 from .base import Adapter, Capabilities, Outcome, RaisedError
 
 ENTRY_POINT_GROUP: Final = "ce_conformance.adapters"
-KINDS: Final = ("torch", "jax", "numpy")
+KINDS: Final = ("torch", "jax", "numpy", "paddle", "mlx", "tinygrad", "tensorflow", "keras", "keras-jax",
+                "keras-torch", "keras-tensorflow")
+"""What an ``--impl`` function takes: torch tensors, jax or NumPy arrays, or another framework's
+tensors (``keras``: on ``$KERAS_BACKEND``'s tensors; ``keras-jax`` etc. name the backend)."""
+
+ECOSYSTEM_ADAPTERS: Final = (
+    "paddle", "mlx", "tinygrad", "tinygrad-sparse", "tensorflow",
+    "keras-sparse-jax", "keras-categorical-jax", "keras-sparse-torch", "keras-categorical-torch",
+    "keras-sparse-tensorflow", "keras-categorical-tensorflow",
+)
+"""Each framework's own cross-entropy (``--ecosystem`` adds them; those not installed are reported)."""
 
 DEFAULT_ADAPTERS: Final = ("numpy", "torch", "jax", "optax")
 """What ``fuzz`` runs when no adapter is named: the built-ins that run on a CPU."""
@@ -100,6 +113,46 @@ BUILTIN: Final[dict[str, Callable[[], Adapter]]] = {
     "torch-linear-chunked": lambda: _linear_chunked(),
     "torch-linear-compile": lambda: _torch_compile(name="torch-linear-compile", family="linear_cross_entropy"),
 }
+
+
+def _framework_builtin(module: str, function: str, capabilities: str, *, name: str, description: str,
+                       class_axis: int = -1, **bridge_options: Any) -> Callable[[], Adapter]:
+    """A factory for a framework's own loss: importing its module needs nothing but NumPy."""
+
+    def build() -> Adapter:
+        from .framework import builtin_adapter
+
+        loaded = importlib.import_module(f"{__name__}.{module}")
+        return builtin_adapter(getattr(loaded, function), module.removesuffix("_adapter"), name=name,
+                               description=description, capabilities=getattr(loaded, capabilities),
+                               class_axis=class_axis, **bridge_options)
+
+    return build
+
+
+BUILTIN.update({
+    "paddle": _framework_builtin("paddle_adapter", "paddle_cross_entropy", "PADDLE_CAPABILITIES", name="paddle",
+                                 description="paddle.nn.functional.cross_entropy (axis=-1; soft_label for "
+                                             "probability targets)"),
+    "mlx": _framework_builtin("mlx_adapter", "mlx_cross_entropy", "MLX_CAPABILITIES", name="mlx",
+                              description="mlx.nn.losses.cross_entropy (axis=-1)"),
+    "tinygrad": _framework_builtin("tinygrad_adapter", "tinygrad_cross_entropy", "TINYGRAD_CAPABILITIES",
+                                   name="tinygrad", class_axis=1, description="tinygrad Tensor.cross_entropy"),
+    "tinygrad-sparse": _framework_builtin("tinygrad_adapter", "tinygrad_sparse_cross_entropy",
+                                          "TINYGRAD_SPARSE_CAPABILITIES", name="tinygrad-sparse",
+                                          description="tinygrad Tensor.sparse_categorical_crossentropy"),
+    "tensorflow": _framework_builtin("tensorflow_adapter", "tensorflow_cross_entropy", "TENSORFLOW_CAPABILITIES",
+                                     name="tensorflow", description="tf.nn.(sparse_)softmax_cross_entropy_with_logits, "
+                                                                    "reduced with tf.reduce_sum/mean"),
+})
+for _backend in ("jax", "torch", "tensorflow"):
+    BUILTIN[f"keras-sparse-{_backend}"] = _framework_builtin(
+        "keras_adapter", "keras_sparse_cross_entropy", "KERAS_SPARSE_CAPABILITIES", name=f"keras-sparse-{_backend}",
+        backend=_backend, description=f"keras.losses.SparseCategoricalCrossentropy(from_logits=True) on {_backend}")
+    BUILTIN[f"keras-categorical-{_backend}"] = _framework_builtin(
+        "keras_adapter", "keras_categorical_cross_entropy", "KERAS_CATEGORICAL_CAPABILITIES",
+        name=f"keras-categorical-{_backend}", backend=_backend,
+        description=f"keras.losses.CategoricalCrossentropy(from_logits=True) on {_backend}")
 
 
 def _linear_chunked() -> Adapter:
@@ -210,16 +263,37 @@ def user_capabilities(features: str | None = None) -> Capabilities:
 
 
 def user_adapter(spec: str, kind: str = "torch", *, features: str | None = None, name: str | None = None,
-                 device: str = "cpu", family: str = "cross_entropy") -> Adapter:
+                 device: str = "cpu", family: str = "cross_entropy", class_axis: int = 1) -> Adapter:
     """An adapter around a user function (by SPEC) with the signature of its family's torch
     function (``F.cross_entropy``, ``F.linear_cross_entropy``)."""
     if kind not in KINDS:
         raise ConfigurationError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
     check_device(kind, device)
+    _check_class_axis(kind, class_axis)
     adapter = function_adapter(resolve_function(spec), kind, features=features, name=name or f"impl:{spec}",
-                               device=device, family=family)
-    adapter.recipe = ("user", spec, kind, features, name or f"impl:{spec}", device, family)  # how a worker rebuilds it
+                               device=device, family=family, class_axis=class_axis)
+    # how a worker rebuilds it
+    adapter.recipe = ("user", spec, kind, features, name or f"impl:{spec}", device, family, class_axis)
     return adapter
+
+
+def _check_class_axis(kind: str, class_axis: int) -> None:
+    """``--class-axis -1`` (classes last) is for the framework kinds; torch, jax and NumPy
+    functions take torch's layout.
+
+    >>> _check_class_axis("paddle", -1)
+    >>> _check_class_axis("torch", -1)
+    Traceback (most recent call last):
+    ...
+    ce_conformance.errors.ConfigurationError: --class-axis -1 needs a framework kind (paddle, mlx, tinygrad, tensorflow, keras); --kind torch functions take torch's layout (classes on axis 1)
+    """
+    from .framework import BRIDGES
+
+    if class_axis not in (1, -1):
+        raise ConfigurationError(f"--class-axis {class_axis}: expected 1 (torch's layout) or -1 (classes last)")
+    if class_axis == -1 and kind.partition("-")[0] not in BRIDGES:
+        raise ConfigurationError(f"--class-axis -1 needs a framework kind ({', '.join(BRIDGES)}); --kind {kind} "
+                                 "functions take torch's layout (classes on axis 1)")
 
 
 def check_device(kind: str, device: str) -> None:
@@ -242,7 +316,8 @@ def check_device(kind: str, device: str) -> None:
 
 
 def function_adapter(fn: Callable[..., Any], kind: str = "torch", *, features: str | None = None,
-                     name: str | None = None, device: str = "cpu", family: str = "cross_entropy") -> Adapter:
+                     name: str | None = None, device: str = "cpu", family: str = "cross_entropy",
+                     class_axis: int = 1) -> Adapter:
     """An adapter around a function object (``--kind`` semantics as for :func:`user_adapter`;
     ``device`` as for :func:`check_device`)."""
     from ce_conformance.family import family_named
@@ -253,6 +328,7 @@ def function_adapter(fn: Callable[..., Any], kind: str = "torch", *, features: s
     if family != "cross_entropy" and kind != "torch":
         raise ConfigurationError(f"the {family} family runs torch functions only (--kind torch), not --kind {kind}")
     check_device(kind, device)
+    _check_class_axis(kind, class_axis)
     if inspect.isclass(fn):
         fn = _module_loss(fn)
     capabilities = replace(user_capabilities(features), families=frozenset({family}))
@@ -268,11 +344,17 @@ def function_adapter(fn: Callable[..., Any], kind: str = "torch", *, features: s
         from .jax_adapter import JaxFunctionAdapter
 
         return JaxFunctionAdapter(fn, name=label, capabilities=capabilities)
+    if kind != "numpy":
+        from .framework import FrameworkAdapter, bridge_for
+
+        axis = "" if class_axis == 1 else ", classes last"
+        return FrameworkAdapter(fn, bridge_for(kind), name=label, class_axis=class_axis, capabilities=capabilities,
+                                description=f"user function {spec} ({kind}{axis})")
     from .numpy_adapter import NumpyAdapter
 
     return NumpyAdapter(fn, name=label, capabilities=replace(capabilities, gradients=False, target_gradients=False),
                         description=f"user function {spec} (numpy, forward only)")
 
 
-__all__ = ["Adapter", "Capabilities", "Outcome", "RaisedError", "BUILTIN", "DEFAULT_ADAPTERS", "default_adapters", "load_adapter",
+__all__ = ["Adapter", "Capabilities", "Outcome", "RaisedError", "BUILTIN", "DEFAULT_ADAPTERS", "ECOSYSTEM_ADAPTERS", "KINDS", "default_adapters", "load_adapter",
            "load_adapters", "user_adapter", "function_adapter", "check_device", "resolve_function", "available_names", "ENTRY_POINT_GROUP"]

@@ -24,6 +24,7 @@ from ce_conformance.case import Case
 from ce_conformance.dtypes import numpy_dtype
 
 from .base import Adapter, Capabilities, Outcome, float64_copy, same_values
+from .framework import Bridge
 
 ROW_BUCKETS = tuple(4**k for k in range(1, 11))  # 4 .. 1M rows: padding wastes at most 4x
 CLASS_BUCKETS = tuple(2 * 4**k for k in range(1, 10))  # 8 .. 524288 classes
@@ -343,3 +344,51 @@ def _as_int32(values: np.ndarray) -> np.ndarray:
     which keeps it equal to itself, negative or past every class."""
     info = np.iinfo(np.int32)
     return np.clip(values, info.min, info.max).astype(np.int32)
+
+
+class JaxBridge(Bridge):
+    """jax arrays and ``jax.vjp`` for the framework adapters (Keras on its JAX backend)."""
+
+    kind = "jax"
+    package = "jax"
+    extra = "jax"
+    repro_prelude = (
+        "import numpy as np",
+        "import jax",
+        "jax.config.update('jax_enable_x64', True)",
+        "import jax.numpy as jnp",
+        "",
+        "def tensor(blob, storage, dtype, shape):",
+        "    return jnp.asarray(np.frombuffer(base64.b64decode(blob), dtype=storage).reshape(shape), dtype=dtype)",
+    )
+
+    def module(self) -> Any:
+        return _jax()
+
+    def versions(self) -> dict[str, str]:
+        import jaxlib
+
+        return {"jax": _jax().__version__, "jaxlib": jaxlib.__version__}
+
+    def tensor(self, values: np.ndarray, dtype: str) -> Any:
+        _jax()
+        import jax.numpy as jnp
+
+        return jnp.asarray(np.array(values, copy=True))
+
+    def numpy(self, tensor: Any) -> np.ndarray:
+        return np.array(tensor, copy=True)
+
+    def vjp(self, fn: Callable[..., Any], primals: list[Any]) -> tuple[Any, Callable[[np.ndarray], list[Any]]]:
+        import jax.numpy as jnp
+
+        output, pullback = _jax().vjp(fn, *primals)
+        return output, lambda cotangent: list(pullback(jnp.asarray(cotangent, dtype=output.dtype)))
+
+    def move_axis(self, tensor: Any, source: int, destination: int) -> Any:
+        import jax.numpy as jnp
+
+        return jnp.moveaxis(tensor, source, destination)
+
+    def smoke(self, x: Any) -> Any:
+        return _jax().nn.logsumexp(x)

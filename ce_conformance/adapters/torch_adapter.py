@@ -14,6 +14,7 @@ import numpy as np
 from ce_conformance.case import Case, Tensor
 
 from .base import Adapter, Capabilities, Outcome, float64_copy
+from .framework import Bridge
 
 def torch_dtype(name: str) -> Any:
     import torch
@@ -310,3 +311,57 @@ def chunked_linear_cross_entropy(*args: Any, **kwargs: Any) -> Any:
 
     options = LinearCrossEntropyOptions(batch_chunk_size=LINEAR_CHUNK_ROWS, chunking_method=None)
     return F.linear_cross_entropy(*args, options=options, **kwargs)
+
+
+class TorchBridge(Bridge):
+    """torch tensors and ``torch.autograd.grad`` for the framework adapters (Keras on its torch
+    backend)."""
+
+    kind = "torch"
+    package = "torch"
+    extra = "torch"
+    repro_prelude = (
+        "import numpy as np",
+        "import torch",
+        "",
+        "def tensor(blob, storage, dtype, shape):",
+        "    return torch.from_numpy(np.frombuffer(base64.b64decode(blob), dtype=storage).reshape(shape).copy())"
+        ".to(getattr(torch, dtype))",
+    )
+
+    def module(self) -> Any:
+        return importlib.import_module("torch")
+
+    def versions(self) -> dict[str, str]:
+        return {"torch": self.module().__version__}
+
+    def tensor(self, values: np.ndarray, dtype: str) -> Any:
+        torch = self.module()
+        staging = np.float32 if dtype == "bfloat16" else None
+        return torch.from_numpy(np.array(values, dtype=staging, copy=True)).to(torch_dtype(dtype))
+
+    def numpy(self, tensor: Any) -> np.ndarray:
+        torch = self.module()
+        tensor = tensor.detach().cpu()
+        if tensor.dtype == torch.bfloat16:
+            import ml_dtypes
+
+            return tensor.to(torch.float32).numpy().astype(ml_dtypes.bfloat16)
+        return tensor.numpy().copy()
+
+    def vjp(self, fn: Callable[..., Any], primals: list[Any]) -> tuple[Any, Callable[[np.ndarray], list[Any]]]:
+        torch = self.module()
+        primals = [p.requires_grad_(True) for p in primals]
+        output = fn(*primals)
+
+        def pullback(cotangent: np.ndarray) -> list[Any]:
+            upstream = torch.from_numpy(np.asarray(cotangent, dtype=np.float64)).to(output.dtype)
+            return list(torch.autograd.grad(output, primals, upstream, allow_unused=True))
+
+        return output, pullback
+
+    def move_axis(self, tensor: Any, source: int, destination: int) -> Any:
+        return tensor.movedim(source, destination)
+
+    def smoke(self, x: Any) -> Any:
+        return x.logsumexp(dim=tuple(range(x.dim())))

@@ -1,0 +1,162 @@
+"""Framework kinds (paddle, mlx, tinygrad, tensorflow, keras): exact tensor conversion, the
+framework's own autodiff through a correct port (passes) and a planted bug (fails), built-in
+losses, repro scripts in the framework's API. Each test skips with the reason where its
+framework is not installed here."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import ce_conformance.adapters as adapters
+from ce_conformance import Case
+from ce_conformance.adapters.framework import BRIDGES, FrameworkAdapter, bridge_for
+from ce_conformance.dtypes import FLOAT_DTYPES, numpy_dtype
+from ce_conformance.repro import write_repro
+from ce_conformance.runner import FuzzConfig, FuzzRun
+from ce_conformance.selection import parse_dtypes
+
+HERE = Path(__file__).parent
+KINDS = (*[k for k in BRIDGES if k != "keras"], "keras-jax")
+PORT_FEATURES = ("default,-weights,-ignore_index,-ignore_index_in_range,-all_ignored,-label_smoothing,-empty_batch,"
+                 "-invalid_input")
+"""What the ports in framework_ports.py implement (they check no arguments)."""
+
+
+def _bridge_or_skip(kind):
+    bridge = bridge_for(kind)
+    reason = bridge.availability()
+    if reason:
+        pytest.skip(reason)
+    return bridge
+
+
+def _runnable_dtypes(kind, bridge):
+    probe = FrameworkAdapter(lambda *a, **k: None, bridge, name=f"probe-{kind}")
+    return [d for d in FLOAT_DTYPES if probe.dtype_reason(d) is None]
+
+
+def _in_subprocess(code):
+    """Frameworks run in their own process, as the adapters do: Paddle and TensorFlow (or two
+    Keras backends) loaded into one process can crash it."""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=HERE.parent)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tensors_cross_into_each_framework_and_back_bit_for_bit(kind):
+    _bridge_or_skip(kind)
+    _in_subprocess(f"from tests.test_frameworks import check_round_trip; check_round_trip({kind!r})")
+
+
+def check_round_trip(kind):
+    bridge = bridge_for(kind)
+    runnable = _runnable_dtypes(kind, bridge)
+    assert "float32" in runnable
+    for dtype in runnable:
+        info = ml_dtypes.finfo(numpy_dtype(dtype))
+        values = np.array([0.0, -0.0, 1.0, float(info.max), -float(info.max), float(info.smallest_normal),
+                           float(info.smallest_subnormal), 1 + float(info.eps), np.inf, -np.inf]).astype(numpy_dtype(dtype))
+        back = bridge.numpy(bridge.tensor(values, dtype))
+        assert back.dtype == values.dtype, (dtype, back.dtype)
+        assert np.array_equal(back.view(f"u{values.itemsize}"), values.view(f"u{values.itemsize}")), dtype
+    targets = np.array([0, 3, 1], dtype=np.int64)
+    assert np.array_equal(bridge.numpy(bridge.tensor(targets, "int64")), targets)
+
+
+def _gate(kind, function, tmp_path):
+    _bridge_or_skip(kind)
+    adapter = adapters.user_adapter(f"{HERE}/framework_ports.py:{function}", kind, class_axis=-1,
+                                    features=PORT_FEATURES)
+    # MLX's CPU float64 exp/log are float32-accurate (found by this gate: 1e9 float64 ulps), so
+    # no MLX function can be correct in float64 there
+    dtypes = parse_dtypes("-float64" if kind == "mlx" else None)
+    config = FuzzConfig(adapters=[adapter], out_dir=tmp_path, shrink=False, progress=False, dtypes=dtypes)
+    return FuzzRun(config).run()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_correct_port_passes_with_gradients_from_the_frameworks_autodiff(kind, tmp_path):
+    summary = _gate(kind, f"{kind.partition('-')[0]}_correct", tmp_path)
+    assert summary.conformant, summary.summary_markdown
+    import pandas as pd
+
+    results = pd.read_parquet(tmp_path / "results.parquet")
+    ran = results[results["status"] != "skipped"]
+    assert len(ran) > 50 and ran["grad_input_ulp"].notna().sum() > 25  # gradients were checked
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_planted_k_dim_mean_bug_fails(kind, tmp_path):
+    summary = _gate(kind, f"{kind.partition('-')[0]}_bug", tmp_path)
+    assert not summary.conformant
+    assert {check for _, check in summary.signatures} & {"loss_value", "grad_input_value"}
+
+
+def test_a_dtype_the_framework_cannot_run_is_a_skip_with_its_reason():
+    _bridge_or_skip("paddle")
+    reason = _in_subprocess(
+        "from ce_conformance import Case; from ce_conformance.adapters import load_adapter\n"
+        "outcome = load_adapter('paddle').run(Case.cross_entropy([[0.5, 1.0, -1.0]], [2], dtype='float16'))\n"
+        "print(outcome.status, outcome.skip_reason)").strip().splitlines()[-1]  # Paddle may print first
+    assert reason.startswith("skipped paddle cannot run float16") and "not registered" in reason
+
+
+def test_class_axis_moves_the_classes_last_and_the_gradient_back():
+    bridge = _bridge_or_skip("mlx")  # MLX runs beside anything: in this process
+    seen = {}
+
+    def port(input, target, weight=None, **options):
+        import mlx.core as mx
+
+        seen["shape"] = tuple(input.shape)
+        logp = input - mx.logsumexp(input, axis=-1, keepdims=True)
+        return -(mx.take_along_axis(logp, mx.expand_dims(target, -1), -1).squeeze(-1)).sum()
+
+    adapter = adapters.function_adapter(port, "mlx", class_axis=-1)
+    case = Case.cross_entropy(np.arange(24.0).reshape(2, 3, 4) / 7, np.array([[0, 1, 2, 0], [2, 2, 1, 0]]),
+                              reduction="sum")
+    outcome = adapter.run(case)
+    from ce_conformance import reference
+
+    expected = reference.evaluate(case)
+    assert seen["shape"] == (2, 4, 3) and outcome.grad_input_shape == (2, 3, 4)
+    assert np.allclose(outcome.grad_input, expected.grad_input, rtol=1e-5, atol=1e-6)
+    assert bridge.kind == "mlx"
+
+
+def test_a_framework_builtins_repro_script_runs_in_that_framework_alone(tmp_path):
+    _bridge_or_skip("mlx")
+    adapter = adapters.load_adapter("mlx")
+    case = Case.cross_entropy([[0.5, 1.0, -1.0], [2.0, 0.0, 0.25]], [2, 0], label_smoothing=1.0)
+    assert adapter.run(case).status == "error"  # MLX refuses a smoothing of 1 that torch accepts
+    path = case.save(tmp_path / "case.json")
+    script = write_repro(tmp_path / "case.py", case, adapter_name="mlx", check="error", message="m", case_path=path,
+                         framework=adapter)
+    text = script.read_text()
+    assert "import mlx.core as mx" in text and "import torch" not in text and "ce_conformance" not in text
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": ""}, cwd=tmp_path)
+    assert "Label smoothing must be in [0, 1)" in run.stderr
+
+
+def test_ecosystem_adds_every_frameworks_builtin():
+    from ce_conformance.cli import _adapters, build_parser
+
+    args = build_parser().parse_args(["fuzz", "--ecosystem", "--adapters", "numpy"])
+    names = [a.name for a in _adapters(args)]
+    assert names == ["numpy", *adapters.ECOSYSTEM_ADAPTERS]
+    described = {a.name: a.describe() for a in _adapters(args)}
+    assert all(info["description"] for info in described.values())
+
+
+def test_class_axis_minus_one_needs_a_framework_kind():
+    from ce_conformance.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="needs a framework kind"):
+        adapters.user_adapter("torch.nn.functional:cross_entropy", "torch", class_axis=-1)
