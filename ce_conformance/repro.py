@@ -72,8 +72,8 @@ def _framework_lines(adapter: Any, case: Case, impl_spec: str | None) -> list[st
         lines += _import_lines(impl_spec or adapter.name.removeprefix("impl:"))
     else:
         lines += ["", *adapter.source.rstrip().splitlines(), "", f"fn = {adapter.fn.__name__}"]
-    options = {k: v for k, v in case.call_options().items()}
-    lines += [f"loss = fn(input, target, weight=weight, " + ", ".join(f"{k}={v!r}" for k, v in options.items()) + ")",
+    options = ", ".join(f"{k}={v!r}" for k, v in case.call_options().items())
+    lines += [f"loss = fn(input, target, weight=weight, {options})",
               "print('got     ', loss)"]
     return lines
 
@@ -114,11 +114,7 @@ def write_repro(path: Path, case: Case, *, adapter_name: str, check: str, messag
         "",
     ]
     if framework is not None:
-        lines += _framework_lines(framework, case, impl_spec)
-        if expected is not None:
-            lines.append(f"print('expected', {expected!r}, '(float64 reference, before rounding to {case.dtype})')")
-        elif case.expected_error is not None:
-            lines.append(f"print('expected an error:', {case.expected_error.value!r})")
+        lines += _framework_lines(framework, case, impl_spec) + _expectation_lines(case, expected)
         path.write_text("\n".join(lines) + "\n")
         return path
     if kind == "jax":
@@ -165,9 +161,15 @@ def write_repro(path: Path, case: Case, *, adapter_name: str, check: str, messag
         lines += [f"fn = {spec.torch_function}"]
     lines += [f"loss = fn({positional}, " + ", ".join(keywords + [f"{k}={v!r}" for k, v in options.items()]) + ")",
               "print('got     ', loss)"]
-    if expected is not None:
-        lines.append(f"print('expected', {expected!r}, '(float64 reference, before rounding to {case.dtype})')")
-    elif case.expected_error is not None:
-        lines.append(f"print('expected an error:', {case.expected_error.value!r})")
+    lines += _expectation_lines(case, expected)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _expectation_lines(case: Case, expected: str | None) -> list[str]:
+    """What the script prints beside the result: the reference loss, or the error torch raises."""
+    if expected is not None:
+        return [f"print('expected', {expected!r}, '(float64 reference, before rounding to {case.dtype})')"]
+    if case.expected_error is not None:
+        return [f"print('expected an error:', {case.expected_error.value!r})"]
+    return []

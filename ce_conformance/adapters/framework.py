@@ -171,9 +171,9 @@ class FrameworkAdapter(Adapter):
         shape_rank = len(tuple(getattr(tensor, "shape", ())))
         return tensor if self.class_axis == 1 or shape_rank < 2 else self.bridge.move_axis(tensor, -1, 1)
 
-    def _tensors(self, case: Case) -> tuple[list[Any], Callable[..., Any], list[np.ndarray]]:
+    def _tensors(self, case: Case) -> tuple[list[Any], Callable[..., Any], list[tuple[np.ndarray, Any]]]:
         """The primals (the logits, and probability targets when their gradient is checked), the
-        call taking them, and the arrays handed over (for the mutation check)."""
+        call taking them, and each array handed over beside its tensor (for the mutation check)."""
         bridge = self.bridge
         (x_np, t_np), kwargs = case.arguments()
         x_call = self._to_call_layout(x_np)
@@ -190,8 +190,7 @@ class FrameworkAdapter(Adapter):
             target = primals[1] if differentiate_target else t
             return self.fn(primals[0], target, weight=weight, **kwargs)
 
-        self._handed = list(zip(handed, tensors))
-        return ([x, t] if differentiate_target else [x]), call, handed
+        return ([x, t] if differentiate_target else [x]), call, list(zip(handed, tensors))
 
     def dtype_reason(self, dtype: str) -> str | None:
         """Why this framework cannot run ``dtype`` here (None when it can), probed once."""
@@ -230,7 +229,7 @@ class FrameworkAdapter(Adapter):
             loss, pullback = bridge.vjp(call, primals)
             loss_np = bridge.numpy(loss)
         except Exception as exc:
-            return Outcome.failed(exc, "forward", mutated=self._mutated())
+            return Outcome.failed(exc, "forward", mutated=self._mutated(handed))
         outcome = Outcome(loss=float64_copy(loss_np), loss_dtype=dtype_name(loss_np.dtype),
                           loss_shape=tuple(loss_np.shape))
         if case.is_valid and self.capabilities.gradients:
@@ -240,7 +239,7 @@ class FrameworkAdapter(Adapter):
                 grads = [None if g is None else bridge.numpy(self._from_call_layout(g)) for g in pullback(cotangent)]
             except Exception as exc:
                 outcome.status, outcome.error = "error", Outcome.failed(exc, "backward").error
-                outcome.mutated = self._mutated()
+                outcome.mutated = self._mutated(handed)
                 return outcome
             for name, grad in zip(("input", "target"), grads):
                 if grad is None:  # no gradient flowed: the framework says zero, torch gives zeros
@@ -249,14 +248,14 @@ class FrameworkAdapter(Adapter):
                 setattr(outcome, f"grad_{name}_dtype", dtype_name(grad.dtype))
                 if name == "input":
                     outcome.grad_input_shape = tuple(grad.shape)
-        outcome.mutated = self._mutated()
+        outcome.mutated = self._mutated(handed)
         return outcome
 
-    def _mutated(self) -> tuple[str, ...]:
+    def _mutated(self, handed: list[tuple[np.ndarray, Any]]) -> tuple[str, ...]:
         """The arguments whose framework tensors no longer hold what was handed over."""
         names = ("input", "target", "weight")
         changed = []
-        for name, (original, tensor) in zip(names, self._handed):
+        for name, (original, tensor) in zip(names, handed):
             try:
                 now = self.bridge.numpy(tensor)
             except Exception:
