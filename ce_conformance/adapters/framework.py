@@ -25,7 +25,7 @@ from typing import Any, Callable, Final
 import numpy as np
 
 from ce_conformance.case import Case
-from ce_conformance.dtypes import FLOAT_DTYPES, dtype_name, numpy_dtype
+from ce_conformance.dtypes import dtype_name, numpy_dtype
 
 from .base import Adapter, Capabilities, Outcome, float64_copy, same_values
 
@@ -41,16 +41,17 @@ class Bridge(abc.ABC):
     kind: str = ""
     package: str = ""  # what must import
     extra: str = ""  # pip extra that installs it
+    distributions: tuple[str, ...] = ()  # the pip distributions that provide it (default: the package's name)
     #: lines of a repro script that define ``tensor(blob, storage, dtype, shape)`` in the framework
     repro_prelude: tuple[str, ...] = ()
 
     def availability(self) -> str | None:
+        """Installed or not, without importing it: the run asks in its own process, and two
+        frameworks loaded into one process can crash it (Paddle after TensorFlow segfaults on
+        import). A wheel that installs but cannot load here shows in the worker, as the dtype
+        probe's skip reason."""
         if importlib.util.find_spec(self.package) is None:
             return f"{self.package} is not installed (pip install 'ce-conformance[{self.extra}]')"
-        try:
-            self.module()
-        except Exception as exc:  # a wheel that installs but cannot load here (CPU features, libs)
-            return f"{self.package} does not import here: {type(exc).__name__}: {str(exc)[:200]}"
         return None
 
     def module(self) -> Any:
@@ -61,8 +62,15 @@ class Bridge(abc.ABC):
         return None
 
     def versions(self) -> dict[str, str]:
-        module = self.module()
-        return {self.package: str(getattr(module, "__version__", "?"))}
+        """From the installed distribution's metadata, for the same reason as :meth:`availability`."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        for distribution in self.distributions or (self.package,):
+            try:
+                return {self.package: version(distribution)}
+            except PackageNotFoundError:
+                continue
+        return {self.package: "?"}
 
     @abc.abstractmethod
     def tensor(self, values: np.ndarray, dtype: str) -> Any:
@@ -155,13 +163,6 @@ class FrameworkAdapter(Adapter):
 
     def versions(self) -> dict[str, str]:
         return self.bridge.versions()
-
-    def describe(self) -> dict[str, Any]:
-        info = super().describe()
-        if info["available"]:
-            skipped = {d: r for d in FLOAT_DTYPES if (r := self.dtype_reason(d))}
-            info["reason"] = "; ".join(f"{d}: {r}" for d, r in skipped.items())
-        return info
 
     # -- the call -------------------------------------------------------------------------------
     def _to_call_layout(self, values: np.ndarray) -> np.ndarray:

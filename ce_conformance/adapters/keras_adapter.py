@@ -89,7 +89,7 @@ class KerasBridge(Bridge):
         return keras
 
     def versions(self) -> dict[str, str]:
-        return {"keras": self.module().__version__, "keras_backend": self.backend, **self.inner.versions()}
+        return {**super().versions(), "keras_backend": self.backend, **self.inner.versions()}
 
     def tensor(self, values: np.ndarray, dtype: str) -> Any:
         self.module()

@@ -33,11 +33,6 @@ class MlxBridge(Bridge):
 
         return mlx.core
 
-    def versions(self) -> dict[str, str]:
-        import mlx.core as mx
-
-        return {"mlx": mx.__version__, "mlx_device": str(mx.default_device())}
-
     def tensor(self, values: np.ndarray, dtype: str) -> Any:
         import mlx.core as mx
 

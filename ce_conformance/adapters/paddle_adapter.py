@@ -18,6 +18,7 @@ class PaddleBridge(Bridge):
     kind = "paddle"
     package = "paddle"
     extra = "paddle"
+    distributions = ("paddlepaddle", "paddlepaddle-gpu")
     repro_prelude = (
         "import numpy as np",
         "import paddle",

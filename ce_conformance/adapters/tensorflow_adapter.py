@@ -22,6 +22,7 @@ class TensorFlowBridge(Bridge):
     kind = "tensorflow"
     package = "tensorflow"
     extra = "tensorflow"
+    distributions = ("tensorflow-cpu", "tensorflow")
     repro_prelude = (
         "import numpy as np",
         "import tensorflow as tf",
