@@ -160,3 +160,15 @@ def test_class_axis_minus_one_needs_a_framework_kind():
 
     with pytest.raises(ConfigurationError, match="needs a framework kind"):
         adapters.user_adapter("torch.nn.functional:cross_entropy", "torch", class_axis=-1)
+
+
+def test_asking_the_framework_adapters_about_themselves_loads_no_framework():
+    """The run asks every adapter for its availability, versions and description in its own
+    process; loading Paddle there after TensorFlow segfaults it, so nothing may be imported."""
+    loaded = _in_subprocess(
+        "import sys\n"
+        "from ce_conformance.adapters import ECOSYSTEM_ADAPTERS, load_adapters\n"
+        "for adapter in load_adapters(list(ECOSYSTEM_ADAPTERS)):\n"
+        "    adapter.availability(); adapter.versions(); adapter.describe()\n"
+        "print(sorted(m for m in ('paddle', 'tensorflow', 'mlx', 'keras') if m in sys.modules))")
+    assert loaded.strip().splitlines()[-1] == "[]"
