@@ -4,7 +4,9 @@ A baseline is a human-edited TOML file. Each ``[[divergence]]`` entry matches fi
 adapter, check and dtype (shell-style patterns), by features the finding's case must have (and
 optionally must not have), and optionally by a regular expression on the message; it carries the
 reason and an optional upstream link. ``gate --baseline`` fails only on findings no entry
-covers and reports entries that matched nothing (stale).
+covers and reports entries that matched nothing (stale). A top-level ``adapter`` pattern is
+every entry's default: a framework's shipped file (:mod:`ce_conformance.ecosystem`) names its
+adapters once.
 
 .. code-block:: toml
 
@@ -113,12 +115,15 @@ class Baseline:
         def fail(message: str, where: str) -> CaseFormatError:
             return CaseFormatError(message, field=where, path=path or None)
 
-        unknown = sorted(set(data) - {"schema_version", "divergence", "implementation", "note"})
+        unknown = sorted(set(data) - {"schema_version", "divergence", "implementation", "note", "adapter"})
         if unknown:
             raise fail(f"unexpected key(s) {unknown}", unknown[0])
         if data.get("schema_version") != BASELINE_SCHEMA_VERSION:
             raise fail(f"unsupported schema version {data.get('schema_version')!r} "
                        f"(this tool reads {BASELINE_SCHEMA_VERSION})", "schema_version")
+        default_adapter = data.get("adapter", "*")  # a framework's file names its adapters once
+        if not isinstance(default_adapter, str):
+            raise fail("must be a string (an adapter pattern)", "adapter")
         raw_entries = data.get("divergence", [])
         if not isinstance(raw_entries, list):
             raise fail("must be an array of tables ([[divergence]])", "divergence")
@@ -144,7 +149,7 @@ class Baseline:
                 except re.error as exc:
                     raise fail(f"invalid regular expression ({exc})", f"{where}.message") from None
             entries.append(Divergence(
-                reason=raw["reason"], adapter=raw.get("adapter", "*"), check=raw.get("check", "*"),
+                reason=raw["reason"], adapter=raw.get("adapter", default_adapter), check=raw.get("check", "*"),
                 dtype=raw.get("dtype", "*"), features=tuple(raw.get("features", ())),
                 absent_features=tuple(raw.get("absent_features", ())), message=raw.get("message", ""),
                 link=raw.get("link", "")))

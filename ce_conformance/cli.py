@@ -37,7 +37,15 @@ FAMILY_HELP = ("loss family: cross_entropy (default; --impl has F.cross_entropy'
 
 
 ECOSYSTEM_HELP = ("also run every framework's own cross-entropy (paddle, mlx, tinygrad, tensorflow, keras on jax, "
-                  "torch and tensorflow); frameworks not installed are listed with the reason")
+                  "torch and tensorflow) and apply each installed framework version's shipped baseline; frameworks "
+                  "not installed are listed with the reason")
+RUN_BASELINE_HELP = ("known divergences (TOML, or a shipped one by name), repeatable: the findings it covers are "
+                     "reported as known, with the reason, and only the others fail the run")
+
+
+def _add_ecosystem_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ecosystem", action="store_true", help=ECOSYSTEM_HELP)
+    p.add_argument("--baseline", action="append", default=[], metavar="FILE", help=RUN_BASELINE_HELP)
 
 
 def _add_run_options(p: argparse.ArgumentParser, *, default_out: str) -> None:
@@ -111,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="comma-separated adapters (default: numpy,torch,jax,optax; for --family "
                            "linear_cross_entropy torch-linear,torch-linear-chunked; see 'adapters')")
     _add_run_options(fuzz, default_out="ce-out/fuzz")
-    fuzz.add_argument("--ecosystem", action="store_true", help=ECOSYSTEM_HELP)
+    _add_ecosystem_options(fuzz)
 
     gate = sub.add_parser("gate", help="CI gate: exit 0 when --impl conforms, 1 on findings, 2 on bad config")
     _add_run_options(gate, default_out="ce-out/gate")
@@ -146,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     nightly.add_argument("--adapters", default=None, help="comma-separated adapters (default: every built-in, "
                          "torch-cuda and torch-compile included; unavailable ones are reported)")
     _add_run_options(nightly, default_out="reports")
-    nightly.add_argument("--ecosystem", action="store_true", help=ECOSYSTEM_HELP)
+    _add_ecosystem_options(nightly)
     nightly.set_defaults(profile="nightly")
     budget = nightly.add_mutually_exclusive_group()
     budget.add_argument("--budget-minutes", type=float, metavar="M", help="run slices of 500 examples until M minutes")
@@ -191,6 +199,23 @@ def _adapters(args: argparse.Namespace, defaults: tuple[str, ...] = ()) -> list[
     return chosen
 
 
+def _run_baselines(args: argparse.Namespace, adapters: list[Any]) -> tuple[list[Any], list[str]]:
+    """The baselines that explain a fuzz or nightly run's findings: each ``--baseline`` for every
+    adapter, and under ``--ecosystem`` each framework's shipped one for its own adapters. Loaded
+    here, so a bad file is refused before anything runs."""
+    from .baseline import Baseline, resolve_baseline
+    from .ecosystem import AppliedBaseline, EcosystemBaselines
+
+    applied = []
+    for name in args.baseline:
+        Baseline.load(name)
+        applied.append(AppliedBaseline(str(resolve_baseline(name))))
+    if not args.ecosystem:
+        return applied, []
+    shipped = EcosystemBaselines.for_adapters([a.describe() for a in adapters])
+    return applied + shipped.applied, shipped.missing
+
+
 DEFAULT_GATE_EXAMPLES = 1000
 DEFAULT_GATE_SHRINK_SECONDS = 30.0
 
@@ -230,19 +255,39 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     from .runner import FuzzRun
 
     adapters = _adapters(args, () if args.impl else default_adapters(args.family))
+    applied, missing = _run_baselines(args, adapters)
     run = FuzzRun(_fuzz_config(args, adapters, "ce-conformance fuzz"))
     summary = run.run()
+    unexplained = summary.findings
     counts = (f"{summary.results} adapter runs, {summary.findings} findings in {summary.seconds:.1f} s; "
               f"tables in {summary.out_dir} (results/findings .csv/.parquet, summary.md)")
     lines = [summary.summary_markdown, counts]
+    if applied or missing:
+        unexplained, explained_line = _explained(summary.out_dir, applied, missing)
+        lines.append(explained_line)
     if summary.jax_compilations:
         lines.append("JAX compilations: " + ", ".join(f"{k} {v}" for k, v in summary.jax_compilations.items()))
-    verdict = ("CONFORMANT: " if summary.conformant else "FINDINGS: ") + counts
+    conformant = summary.conformant or (unexplained == 0 and summary.results > 0 and bool(applied))
+    verdict = ("CONFORMANT: " if conformant else "FINDINGS: ") + counts
     blocks = [Block.markdown(summary.summary_markdown)] + [Block.text(t) for t in lines[2:]]
-    show(verdict, ok=summary.conformant, blocks=blocks, plain="\n".join(lines))
+    show(verdict, ok=conformant, blocks=blocks, plain="\n".join(lines))
     if summary.interrupted:
         return _interrupt_code(summary.interrupted)
-    return EXIT_OK if summary.conformant else EXIT_FINDINGS
+    return EXIT_OK if conformant else EXIT_FINDINGS
+
+
+def _explained(run_dir: Path, applied: list[Any], missing: list[str]) -> tuple[int, str]:
+    """Record the baselines in the run, and say how many findings they explain."""
+    from .ecosystem import explain, record_baselines
+    from .findings import load_run
+
+    record_baselines(run_dir, applied, missing)
+    findings = explain(load_run(run_dir)[1], applied)
+    unexplained = int((findings["known"] == "").sum())
+    names = ", ".join(Path(b.path).name for b in applied) or "none"
+    text = (f"baselines ({names}): {len(findings) - unexplained} finding(s) known, {unexplained} unexplained"
+            + "".join(f"\n  {note}" for note in missing))
+    return unexplained, text
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
@@ -335,17 +380,24 @@ def cmd_nightly(args: argparse.Namespace) -> int:
         if len(parts) != 2 or not set(parts) <= names:
             raise ConfigurationError(f"--pair {text!r}: expected two of the run's adapters ({', '.join(sorted(names))})")
         pairs.append(parts)
+    applied, missing = _run_baselines(args, chosen)
     config = _fuzz_config(args, chosen, "ce-conformance nightly")
     result = run_nightly(config, out_root=args.out, shard=shard, slices=args.slices,
-                         budget_minutes=args.budget_minutes, pairs=pairs, run_name=args.name)
+                         budget_minutes=args.budget_minutes, pairs=pairs, run_name=args.name,
+                         baselines=(applied, missing))
     counts = result.diff.groupby("status").size().to_dict() if len(result.diff) else {}
+    new_unexplained = int(((result.diff["status"] == "new") & (result.diff["known"] == "")).sum()) \
+        if len(result.diff) else 0
     print(f"nightly run {result.run_dir.name}: {result.findings} findings in {result.seconds:.0f} s; "
           f"since {result.previous.name if result.previous else 'nothing (first run)'}: "
-          + ", ".join(f"{k} {counts.get(k, 0)}" for k in ("new", "fixed", "still failing")))
+          + ", ".join(f"{k} {counts.get(k, 0)}" for k in ("new", "fixed", "still failing"))
+          + (f" ({counts.get('new', 0) - new_unexplained} of the new explained by baselines)" if applied else ""))
+    for note in missing:
+        print(note)
     print(f"report: {result.report}")
     if result.interrupted:
         return _interrupt_code(result.interrupted)
-    return EXIT_FINDINGS if counts.get("new") else EXIT_OK
+    return EXIT_FINDINGS if new_unexplained else EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:

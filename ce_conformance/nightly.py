@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .ecosystem import explain, mark_known, record_baselines
 from .errors import ConfigurationError
 from .findings import Recorder, finalize
 from .report import append_history, diff_findings, previous_run, write_html, _load
@@ -54,8 +55,10 @@ class NightlyResult:
 
 def run_nightly(config: FuzzConfig, *, out_root: Path, shard: tuple[int, int] = (1, 1), slices: int | None = None,
                 budget_minutes: float | None = None, pairs: list[tuple[str, str]] | None = None,
-                run_name: str | None = None) -> NightlyResult:
-    """Run the shard's slices into ``out_root/<date>-shard-i-of-n``, then report."""
+                run_name: str | None = None, baselines: tuple[list, list[str]] = ([], [])) -> NightlyResult:
+    """Run the shard's slices into ``out_root/<date>-shard-i-of-n``, then report. ``baselines``:
+    the :class:`~ce_conformance.ecosystem.AppliedBaseline` list that explains findings, and the
+    notes on frameworks without one; the diff's ``known`` column carries their reasons."""
     index, count = shard
     start = time.monotonic()
     stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
@@ -94,8 +97,10 @@ def run_nightly(config: FuzzConfig, *, out_root: Path, shard: tuple[int, int] = 
                 budget_minutes=budget_minutes)
     (run_dir / "config.json").write_text(json.dumps(meta, indent=1, default=str))
     finalize(run_dir, title=f"ce-conformance nightly {run_dir.name}")
+    record_baselines(run_dir, *baselines)
     previous = previous_run(out_root, run_dir)
     diff = diff_findings(_load(previous)[1] if previous else _load(run_dir)[1].iloc[0:0], _load(run_dir)[1])
+    diff = mark_known(diff, explain(_load(run_dir)[1], baselines[0]))
     diff.to_csv(run_dir / "diff.csv", index=False)
     history = append_history(out_root, run_dir)
     report = write_html(run_dir, diff=diff, previous=previous, history=history)

@@ -6,7 +6,8 @@
   (run, adapter) with its counts; the report plots findings per adapter per night from it.
 * :func:`merge_runs` concatenates shard directories into one run directory.
 * :func:`write_html` renders one HTML file, every plot embedded as a base64 PNG, no scripts and
-  no network: pass-rate heat maps, ULP-error ECDFs against the budget, the support matrix, the
+  no network: the conformance matrix (:mod:`ce_conformance.ecosystem`; findings the run's
+  baselines cover marked known, with their reason), pass-rate heat maps, ULP-error ECDFs against the budget, the support matrix, the
   diff, the trend, the top findings with their repro scripts, the configuration and versions.
 """
 
@@ -22,6 +23,8 @@ from typing import Any
 
 import pandas as pd
 
+from .ecosystem import MATRIX_DTYPES, ALL_FEATURES_ROW, adapter_frameworks, conformance_matrix, explain, \
+    mark_known, recorded_baselines
 from .errors import ConfigurationError
 from .findings import (cell_mix, feature_pass_rates, finalize, load_run, pass_rates, read_coverage, run_coverage,
                        support_matrix)
@@ -232,7 +235,10 @@ def write_html(run_dir: Path, *, diff: pd.DataFrame | None = None, previous: Pat
     matplotlib.use("Agg")
     results, findings = _load(run_dir)
     config = _config(run_dir)
+    findings = explain(findings, recorded_baselines(config))
     parts = [f"<h1>ce-conformance nightly — {html.escape(run_dir.name)}</h1>"]
+    parts += ["<h2>Conformance matrix</h2>", _matrix_html(conformance_matrix(results, findings),
+                                                          adapter_frameworks(config), config)]
     counts = results.groupby(["adapter", "status"]).size().unstack("status").fillna(0).astype(int) \
         if not results.empty else pd.DataFrame()
     if not counts.empty:
@@ -241,6 +247,7 @@ def write_html(run_dir: Path, *, diff: pd.DataFrame | None = None, previous: Pat
     parts += ["<h2>Changes since the previous run</h2>",
               f"<p>previous: {html.escape(previous.name) if previous else 'none (first run)'}</p>"]
     if diff is not None:
+        diff = mark_known(diff, findings)
         summary = diff.groupby("status").size().reindex(list(DIFF_STATUSES)).fillna(0).astype(int)
         parts.append("<p>" + ", ".join(f"<b>{k}</b>: {v}" for k, v in summary.items()) + "</p>")
         parts.append(_table(diff.drop(columns=["signature"]), index=False))
@@ -271,12 +278,17 @@ def write_html(run_dir: Path, *, diff: pd.DataFrame | None = None, previous: Pat
     else:
         grouped = findings.groupby(["adapter", "check"]).agg(
             count=("case_id", "size"), worst_ulp=("max_ulp_error", "max"), message=("message", "first"),
+            known=("known", lambda s: "; ".join(dict.fromkeys(r for r in s if r))),
+            unexplained=("known", lambda s: int((s == "").sum())),
             case_path=("case_path", lambda s: next((p for p in s if isinstance(p, str) and p), ""))) \
             .reset_index().sort_values("count", ascending=False).head(top)
         for row in grouped.itertuples():
             repro = Path(row.case_path).with_suffix(".py") if row.case_path else None
             snippet = repro.read_text()[:6000] if repro and repro.exists() else ""
-            parts.append(f"<h3>{html.escape(row.adapter)} — {html.escape(row.check)} ({row.count})</h3>"
+            status = (f"<p><b>unexplained</b>: {row.unexplained} of {row.count} no baseline covers</p>"
+                      if row.unexplained else "")
+            status += f"<p>known divergence: {html.escape(row.known)}</p>" if row.known else ""
+            parts.append(f"<h3>{html.escape(row.adapter)} — {html.escape(row.check)} ({row.count})</h3>{status}"
                          f"<p>{html.escape(str(row.message))}</p><p>case: <code>{html.escape(row.case_path)}</code></p>"
                          + (f"<details><summary>repro script</summary><pre>{html.escape(snippet)}</pre></details>"
                             if snippet else ""))
@@ -294,6 +306,55 @@ def write_html(run_dir: Path, *, diff: pd.DataFrame | None = None, previous: Pat
 
 
 __all__ = ["diff_findings", "compare_runs", "merge_runs", "append_history", "write_html", "previous_run"]
+
+
+def _matrix_html(matrix: pd.DataFrame, frameworks: dict[str, str], config: dict) -> str:
+    """Adapter x dtype (pass rate, worst error against its budget), grouped by framework, each
+    adapter's feature x dtype table folded under it; findings split into known and unexplained."""
+    if matrix.empty:
+        return "<p><em>nothing ran</em></p>"
+    intro = ("<p>Each cell: share of runs that passed · the worst error of any run as a share of its budget "
+             "(hover for runs and ulps). <b>Outlined</b>: findings no baseline explains.</p>")
+    notes = [f"<li>{html.escape(n)}</li>" for n in config.get("baselines_missing") or []]
+    applied = [f"<li>baseline {html.escape(Path(b.path).name)} for {html.escape(', '.join(b.adapters or ['every adapter']))}"
+               "</li>" for b in recorded_baselines(config)]
+    dtypes = [d for d in MATRIX_DTYPES if d in set(matrix["dtype"])]
+    overall = matrix[matrix["feature"] == ALL_FEATURES_ROW]
+    order = sorted(overall["adapter"].unique(), key=lambda a: (frameworks.get(a, "?"), a))
+    head = "<tr><th>framework</th><th>adapter</th>" + "".join(f"<th>{d}</th>" for d in dtypes) + \
+        "<th>findings: known / unexplained</th></tr>"
+    rows, details = [], []
+    for adapter in order:
+        mine = overall[overall["adapter"] == adapter].set_index("dtype")
+        found, unexplained = int(mine["findings"].sum()), int(mine["unexplained"].sum())
+        rows.append(f"<tr><td>{html.escape(frameworks.get(adapter, '?'))}</td><td>{html.escape(adapter)}</td>"
+                    + "".join(_matrix_cell(mine.loc[d] if d in mine.index else None) for d in dtypes)
+                    + f"<td>{found - unexplained} / <b>{unexplained}</b></td></tr>")
+        features = matrix[(matrix["adapter"] == adapter) & (matrix["feature"] != ALL_FEATURES_ROW)]
+        if features.empty:
+            continue
+        body = []
+        for feature, group in features.groupby("feature"):
+            cells = group.set_index("dtype")
+            body.append(f"<tr><td>{html.escape(feature)}</td>"
+                        + "".join(_matrix_cell(cells.loc[d] if d in cells.index else None) for d in dtypes) + "</tr>")
+        details.append(f"<details><summary>{html.escape(adapter)}: feature × dtype</summary><table class='grid'>"
+                       f"<tr><th>feature</th>{''.join(f'<th>{d}</th>' for d in dtypes)}</tr>{''.join(body)}"
+                       "</table></details>")
+    listed = f"<ul>{''.join(applied + notes)}</ul>" if applied or notes else ""
+    return intro + listed + f"<table class='grid'>{head}{''.join(rows)}</table>" + "".join(details)
+
+
+def _matrix_cell(row: pd.Series | None) -> str:
+    if row is None:
+        return "<td></td>"
+    rate, budget = float(row["pass_rate"]), row["worst_budget"]
+    text = f"{rate:.0%}" + ("" if pd.isna(budget) else f" · {budget:.2g}×")
+    worst = "" if pd.isna(row["worst_ulp"]) else f"; worst {row['worst_ulp']:.3g} ulp"
+    tip = f"{int(row['runs'])} runs{worst}; {int(row['findings'])} findings, {int(row['unexplained'])} unexplained"
+    outline = ";outline:2px solid #b00;outline-offset:-2px" if row["unexplained"] else ""
+    return (f"<td title='{html.escape(tip)}' style='background:hsl({120 * rate:.0f},65%,82%){outline}'>"
+            f"{html.escape(text)}</td>")
 
 
 def _shares_text(config: dict) -> str:

@@ -10,6 +10,7 @@ reference value computed by ce-conformance when the case was saved.
 from __future__ import annotations
 
 import base64
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,39 @@ def _framework_lines(adapter: Any, case: Case, impl_spec: str | None) -> list[st
     return lines
 
 
+def _gradient_lines(adapter: Any, case: Case, check: str, message: str) -> list[str]:
+    """For a gradient finding: that gradient from the framework's own autodiff with the run's
+    upstream gradient, printed at the element the finding names beside the float64 reference."""
+    from . import reference
+
+    if not (check.startswith("grad_") and case.is_valid and adapter.capabilities.gradients):
+        return []
+    options = ", ".join(f"{k}={v!r}" for k, v in case.call_options().items())
+    which = "target" if check.startswith("grad_target") else "input"
+    lines = ["", *adapter.bridge.repro_gradient, ""]
+    upstream = case.tensors.get("grad_output")
+    if upstream is None:
+        lines.append("grad_output = None  # ones")
+    else:
+        lines.append(f"grad_output = tensor({_blob(upstream.values, upstream.dtype)!r}, "
+                     f"{_storage_dtype(upstream.dtype)!r}, {upstream.dtype!r}, {list(upstream.shape)!r})")
+    call = ("lambda t: fn(input, t, weight=weight, " if which == "target" else "lambda x: fn(x, target, weight=weight, ")
+    lines.append(f"loss, grad = gradient({call}{options}), {which}, grad_output)")
+    if adapter.class_axis == -1 and case.input.ndim >= 2:
+        lines.append("grad = np.moveaxis(grad, -1, 1)  # back to torch's layout: classes on axis 1")
+    expected = getattr(reference.evaluate(case), f"grad_{which}")
+    found = re.search(r"at \[([\d, ]*)\]", message)
+    index = tuple(int(i) for i in found.group(1).split(",") if i.strip()) if found else None
+    if expected is not None and index is not None and len(index) == expected.ndim:
+        lines += [f"print('got      grad_{which}{list(index)}', grad[{index!r}])",
+                  f"print('expected grad_{which}{list(index)}', {float(expected[index])!r}, '(float64 reference)')"]
+    else:
+        lines.append(f"print('got      grad_{which}', grad)")
+        if expected is not None and expected.size <= 64:
+            lines.append(f"print('expected grad_{which}', {expected.tolist()!r}, '(float64 reference)')")
+    return lines
+
+
 def _import_lines(impl_spec: str) -> list[str]:
     module, _, attr = impl_spec.rpartition(":")
     if module.endswith(".py"):
@@ -114,7 +148,8 @@ def write_repro(path: Path, case: Case, *, adapter_name: str, check: str, messag
         "",
     ]
     if framework is not None:
-        lines += _framework_lines(framework, case, impl_spec) + _expectation_lines(case, expected)
+        lines += (_framework_lines(framework, case, impl_spec) + _expectation_lines(case, expected)
+                  + _gradient_lines(framework, case, check, message))
         path.write_text("\n".join(lines) + "\n")
         return path
     if kind == "jax":

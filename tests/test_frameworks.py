@@ -172,3 +172,46 @@ def test_asking_the_framework_adapters_about_themselves_loads_no_framework():
         "    adapter.availability(); adapter.versions(); adapter.describe()\n"
         "print(sorted(m for m in ('paddle', 'tensorflow', 'mlx', 'keras') if m in sys.modules))")
     assert loaded.strip().splitlines()[-1] == "[]"
+
+
+GRADIENT_SCRIPT_ADAPTERS = ("paddle", "mlx", "tinygrad", "tensorflow", "keras-sparse-jax", "keras-categorical-torch",
+                            "keras-sparse-tensorflow")
+
+
+@pytest.mark.parametrize("name", GRADIENT_SCRIPT_ADAPTERS)
+def test_a_gradient_findings_repro_script_differentiates_with_the_frameworks_autodiff(name, tmp_path):
+    adapter = adapters.load_adapter(name)
+    if reason := adapter.availability():
+        pytest.skip(reason)
+    case = Case.cross_entropy(np.array([[0.5, 1.0, -1.0, 0.25], [2.0, 0.0, 0.25, -3.0], [1.0, 1.5, 0.0, 0.5]]),
+                              np.array([2, 0, 3]), dtype="float32", reduction="none",
+                              grad_output=np.array([1.0, -2.0, 0.5], np.float32))
+    path = case.save(tmp_path / "case.json")
+    script = write_repro(tmp_path / "case.py", case, adapter_name=name, check="grad_input_value", case_path=path,
+                         message="grad_input off by 9 ulp (float32; budget 4) at [1, 2]: got 0.1, expected 0.2",
+                         framework=adapter)
+    assert "ce_conformance" not in script.read_text()
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": ""}, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    values = [float(line.split("]", 1)[1].split()[0]) for line in run.stdout.splitlines()
+              if line.startswith(("got      grad_input[1, 2]", "expected grad_input[1, 2]"))]
+    assert len(values) == 2 and values[0] == pytest.approx(values[1], rel=1e-5), run.stdout
+
+
+def test_the_mlx_soft_target_gradient_divergence_reproduces_in_its_script(tmp_path):
+    adapter = adapters.load_adapter("mlx")
+    if reason := adapter.availability():
+        pytest.skip(reason)
+    case = Case.cross_entropy(np.array([[1.0, 2.0, 3.0], [0.5, 0.1, -1.0]]),
+                              np.array([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]]), dtype="float32")
+    path = case.save(tmp_path / "case.json")
+    script = write_repro(tmp_path / "case.py", case, adapter_name="mlx", check="grad_target_value", case_path=path,
+                         message="grad_target off by 1.7e+06 ulp (float32; budget 6.11) at [1, 1]: got 0.5",
+                         framework=adapter)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": ""}, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got, expected = (float(line.split("]", 1)[1].split()[0]) for line in run.stdout.splitlines()
+                     if "grad_target[1, 1]" in line)
+    assert abs(got - expected) > 0.1  # MLX leaves out the log-sum-exp term; the script shows it

@@ -114,6 +114,9 @@ class Adapter(abc.ABC):
 
     name: str = "adapter"
     description: str = ""
+    #: the framework whose semantics it runs (torch, jax, paddle...): a report's matrix groups by it,
+    #: and its installed version picks the shipped baseline (ce_conformance.ecosystem)
+    framework: str = ""
     capabilities: Capabilities = Capabilities()
     #: Whether the runner should isolate this adapter in a worker process by default.
     isolate_by_default: bool = False
@@ -155,7 +158,17 @@ class Adapter(abc.ABC):
             "target_gradients": caps.target_gradients,
             "unsupported": ",".join(sorted(ALL_FEATURES - caps.features)),
             "description": self.description,
+            "framework": self.framework,
+            "version": self._framework_version(),
         }
+
+    def _framework_version(self) -> str:
+        if not self.framework or self.availability() is not None:
+            return ""
+        try:
+            return str(self.versions().get(self.framework, ""))
+        except Exception:  # a report line, never a reason to fail
+            return ""
 
 
 def float64_copy(array: Any) -> np.ndarray:

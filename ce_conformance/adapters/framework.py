@@ -44,6 +44,9 @@ class Bridge(abc.ABC):
     distributions: tuple[str, ...] = ()  # the pip distributions that provide it (default: the package's name)
     #: lines of a repro script that define ``tensor(blob, storage, dtype, shape)`` in the framework
     repro_prelude: tuple[str, ...] = ()
+    #: lines that define ``gradient(f, x, upstream) -> (f(x), the vjp as float64 NumPy)`` with the
+    #: framework's autodiff (``upstream``: the cotangent, or None for ones), for gradient findings
+    repro_gradient: tuple[str, ...] = ()
 
     def availability(self) -> str | None:
         """Installed or not, without importing it: the run asks in its own process, and two
@@ -164,6 +167,10 @@ class FrameworkAdapter(Adapter):
     def versions(self) -> dict[str, str]:
         return self.bridge.versions()
 
+    @property
+    def framework(self) -> str:  # type: ignore[override]
+        return self.bridge.package
+
     # -- the call -------------------------------------------------------------------------------
     def _to_call_layout(self, values: np.ndarray) -> np.ndarray:
         return values if self.class_axis == 1 or values.ndim < 2 else np.moveaxis(values, 1, -1)
@@ -235,8 +242,14 @@ class FrameworkAdapter(Adapter):
                           loss_shape=tuple(loss_np.shape))
         if case.is_valid and self.capabilities.gradients:
             upstream = case.grad_output if case.grad_output is not None else np.ones(loss_np.shape)
+            if np.shape(upstream) != loss_np.shape:  # torch's upstream gradient has torch's loss shape
+                outcome.status, outcome.mutated = "error", self._mutated(handed)
+                outcome.error = Outcome.failed(ValueError(
+                    f"the upstream gradient of shape {tuple(np.shape(upstream))} (torch's loss shape) cannot be "
+                    f"applied to a loss of shape {tuple(loss_np.shape)}"), "backward").error
+                return outcome
             try:
-                cotangent = np.broadcast_to(np.asarray(upstream), loss_np.shape).astype(loss_np.dtype)
+                cotangent = np.asarray(upstream).astype(loss_np.dtype)
                 grads = [None if g is None else bridge.numpy(self._from_call_layout(g)) for g in pullback(cotangent)]
             except Exception as exc:
                 outcome.status, outcome.error = "error", Outcome.failed(exc, "backward").error

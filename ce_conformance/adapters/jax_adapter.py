@@ -87,6 +87,10 @@ class _BucketedJaxAdapter(Adapter):
     package = "jax"
     pad_classes = True
 
+    @property
+    def framework(self) -> str:  # type: ignore[override]
+        return self.package
+
     def __init__(self) -> None:
         self.compilations = 0  # traces (= compilations) this instance triggered
 
@@ -292,6 +296,7 @@ class JaxFunctionAdapter(Adapter):
     Called at the case's exact shapes (no padding: that would change a user's mean)."""
 
     isolate_by_default = True
+    framework = "jax"
 
     def __init__(self, fn: Callable[..., Any], *, name: str, capabilities: Capabilities | None = None):
         self.fn = fn
@@ -360,6 +365,13 @@ class JaxBridge(Bridge):
         "",
         "def tensor(blob, storage, dtype, shape):",
         "    return jnp.asarray(np.frombuffer(base64.b64decode(blob), dtype=storage).reshape(shape), dtype=dtype)",
+    )
+    repro_gradient = (
+        'def gradient(f, x, upstream):',
+        '    loss, pullback = jax.vjp(f, x)',
+        '    up = jnp.ones_like(loss) if upstream is None else jnp.asarray(upstream, loss.dtype).reshape(loss.shape)',
+        '    (g,) = pullback(up)',
+        '    return loss, np.asarray(g.astype(jnp.float32) if g.dtype == jnp.bfloat16 else g, dtype=np.float64)',
     )
 
     def module(self) -> Any:

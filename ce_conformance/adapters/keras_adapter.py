@@ -60,6 +60,10 @@ class KerasBridge(Bridge):
         return (f"import os; os.environ['KERAS_BACKEND'] = {self.backend!r}", "import keras",
                 *self.inner.repro_prelude)
 
+    @property
+    def repro_gradient(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self.inner.repro_gradient
+
     def availability(self) -> str | None:
         """Installed packages only: importing Keras here would fix this process's backend, and
         each Keras adapter runs in its own worker (see :meth:`conflict`)."""

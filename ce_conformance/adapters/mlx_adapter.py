@@ -27,6 +27,13 @@ class MlxBridge(Bridge):
         "def tensor(blob, storage, dtype, shape):",
         "    return mx.array(np.frombuffer(base64.b64decode(blob), dtype=storage).reshape(shape)).astype(getattr(mx, dtype))",
     )
+    repro_gradient = (
+        'def gradient(f, x, upstream):',
+        '    loss = f(x)',
+        '    up = mx.ones_like(loss) if upstream is None else upstream.astype(loss.dtype).reshape(loss.shape)',
+        '    _, (g,) = mx.vjp(f, [x], [up])',
+        '    return loss, np.array(g.astype(mx.float32), dtype=np.float64)',
+    )
 
     def module(self) -> Any:
         import mlx.core

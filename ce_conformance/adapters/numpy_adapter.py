@@ -18,6 +18,8 @@ from .base import Adapter, Capabilities, Outcome, float64_copy, same_values
 class NumpyAdapter(Adapter):
     """Calls ``fn(input, target, weight=..., ...)`` on NumPy arrays in the case's dtypes."""
 
+    framework = "numpy"
+
     def __init__(self, fn: Callable[..., Any] | None = None, *, name: str = "numpy",
                  capabilities: Capabilities | None = None, description: str = ""):
         self._fn = fn

@@ -26,6 +26,14 @@ class PaddleBridge(Bridge):
         "def tensor(blob, storage, dtype, shape):",
         "    return paddle.to_tensor(np.frombuffer(base64.b64decode(blob), dtype=storage).reshape(shape)).astype(dtype)",
     )
+    repro_gradient = (
+        'def gradient(f, x, upstream):',
+        '    x.stop_gradient = False',
+        '    loss = f(x)',
+        '    up = paddle.ones_like(loss) if upstream is None else upstream.astype(loss.dtype).reshape(loss.shape)',
+        '    (g,) = paddle.grad([loss], [x], grad_outputs=[up], allow_unused=True)',
+        "    return loss, None if g is None else g.astype('float64').numpy()",
+    )
 
     def tensor(self, values: np.ndarray, dtype: str) -> Any:
         import paddle

@@ -30,6 +30,15 @@ class TensorFlowBridge(Bridge):
         "def tensor(blob, storage, dtype, shape):",
         "    return tf.cast(tf.constant(np.frombuffer(base64.b64decode(blob), dtype=storage).reshape(shape)), dtype)",
     )
+    repro_gradient = (
+        'def gradient(f, x, upstream):',
+        '    with tf.GradientTape() as tape:',
+        '        tape.watch(x)',
+        '        loss = f(x)',
+        '    up = tf.ones_like(loss) if upstream is None else tf.reshape(tf.cast(upstream, loss.dtype), loss.shape)',
+        '    g = tape.gradient(loss, x, output_gradients=up)',
+        '    return loss, None if g is None else tf.cast(g, tf.float64).numpy()',
+    )
 
     def module(self) -> Any:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up banner is not a result

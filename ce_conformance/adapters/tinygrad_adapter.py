@@ -29,6 +29,14 @@ class TinygradBridge(Bridge):
         "    return Tensor(np.frombuffer(base64.b64decode(blob), dtype=storage).reshape(shape).copy())"
         ".cast(getattr(dtypes, dtype))",
     )
+    repro_gradient = (
+        'def gradient(f, x, upstream):',
+        '    x.requires_grad = True',
+        '    loss = f(x)',
+        '    up = Tensor.ones_like(loss) if upstream is None else upstream.cast(loss.dtype).reshape(loss.shape)',
+        '    (g,) = loss.gradient(x, gradient=up)',
+        '    return loss, g.cast(dtypes.float32).numpy().astype(np.float64)',
+    )
 
     def availability(self) -> str | None:
         reason = super().availability()

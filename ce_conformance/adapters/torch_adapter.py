@@ -52,6 +52,8 @@ class TorchAdapter(Adapter):
     """Runs a torch function with the signature of its family's torch function (``F.cross_entropy``,
     ``F.linear_cross_entropy``): the family's required tensors positionally, the rest by keyword."""
 
+    framework = "torch"
+
     def __init__(self, fn: Callable[..., Any] | None = None, *, name: str = "torch", device: str = "cpu",
                  capabilities: Capabilities | None = None, description: str = "", family: str = "cross_entropy",
                  needs: tuple[str, ...] | None = None):
@@ -77,6 +79,9 @@ class TorchAdapter(Adapter):
         if self.device != "cpu":
             return _device_unavailable(self.device)
         return None
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "device": self.device}
 
     def versions(self) -> dict[str, str]:
         import torch
@@ -327,6 +332,14 @@ class TorchBridge(Bridge):
         "def tensor(blob, storage, dtype, shape):",
         "    return torch.from_numpy(np.frombuffer(base64.b64decode(blob), dtype=storage).reshape(shape).copy())"
         ".to(getattr(torch, dtype))",
+    )
+    repro_gradient = (
+        'def gradient(f, x, upstream):',
+        '    x = x.detach().requires_grad_(True)',
+        '    loss = f(x)',
+        '    up = torch.ones_like(loss) if upstream is None else upstream.to(loss.dtype).reshape(loss.shape)',
+        '    (g,) = torch.autograd.grad(loss, x, up, allow_unused=True)',
+        '    return loss, None if g is None else g.double().numpy()',
     )
 
     def module(self) -> Any:
