@@ -318,7 +318,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     if args.junit:
         write_junit(args.junit, name=args.impl, new=result.new, covered=result.covered, seconds=summary.seconds,
                     runs=summary.results, impl_spec=args.impl, impl_kind=args.kind, coverage=coverage,
-                    reported=result.reported, oracle=args.oracle, devices=summary.devices)
+                    reported=result.reported, oracle=args.oracle, devices=summary.devices, class_axis=args.class_axis)
     if summary.interrupted:
         print(f"interrupted ({summary.interrupted}); partial tables in {summary.out_dir}", file=sys.stderr)
         return _interrupt_code(summary.interrupted)
@@ -345,9 +345,10 @@ def _show_gate(verdict: str, result: Any, args: argparse.Namespace, coverage: di
     from .covering import coverage_frame, coverage_text
     from .gate import blocks_text
 
-    failing = result.report_blocks(args.impl, args.kind)
+    failing = result.report_blocks(args.impl, args.kind, class_axis=args.class_axis)
     reported = result.reported_text()
-    reported_blocks = result.report_blocks(args.impl, args.kind, findings=result.reported) if reported else []
+    reported_blocks = (result.report_blocks(args.impl, args.kind, findings=result.reported, class_axis=args.class_axis)
+                       if reported else [])
     plain = [result.baseline_text] if result.baseline_text else []
     plain.append(verdict)
     quarantined = "\n".join(f"quarantined for {q['adapter']}: {q['quarantine']} ({q['hits']} seen, then "

@@ -48,14 +48,15 @@ class GateResult:
         return (f"reported, not gating (--checks {','.join(f for f in CHECK_FAMILY_NAMES if f in self.gating)}): "
                 + ", ".join(f"{check} x{n}" for check, n in sorted(counts.items())))
 
-    def report(self, impl_spec: str | None, impl_kind: str | None, *, findings: pd.DataFrame | None = None) -> str:
+    def report(self, impl_spec: str | None, impl_kind: str | None, *, findings: pd.DataFrame | None = None,
+               class_axis: int = 1) -> str:
         """A table of the failing checks (count, worst ULP error, the minimal case's message,
         minimal case) followed by the minimal cases and one replay command per case;
         ``findings`` defaults to ``new``."""
-        return blocks_text(self.report_blocks(impl_spec, impl_kind, findings=findings))
+        return blocks_text(self.report_blocks(impl_spec, impl_kind, findings=findings, class_axis=class_axis))
 
     def report_blocks(self, impl_spec: str | None, impl_kind: str | None, *,
-                      findings: pd.DataFrame | None = None) -> "list[Block]":
+                      findings: pd.DataFrame | None = None, class_axis: int = 1) -> "list[Block]":
         """:meth:`report` as console blocks (a table, the minimal cases, the replay commands)."""
         from .console import Block
 
@@ -72,7 +73,7 @@ class GateResult:
             rows.append((check, len(group), "" if pd.isna(worst) else f"{worst:.3g}", str(message)[:110], case))
             if case:
                 replays.append(replay_command(case, adapter, impl_spec, impl_kind, self.summary.oracle,
-                                              device=self.summary.devices.get(adapter, "cpu")))
+                                              device=self.summary.devices.get(adapter, "cpu"), class_axis=class_axis))
         blocks = [Block.table(pd.DataFrame(rows, columns=["check", "findings", "worst ulp", "message", "minimal case"]))]
         minimal = [r[4] for r in rows if r[4]]
         if minimal:

@@ -29,7 +29,7 @@ def _table(findings: pd.DataFrame) -> str:
 def write_junit(path: str | Path, *, name: str, new: pd.DataFrame, covered: pd.DataFrame, seconds: float,
                 runs: int, impl_spec: str | None = None, impl_kind: str | None = None,
                 coverage: dict | None = None, reported: pd.DataFrame | None = None,
-                oracle: str = "reference", devices: dict[str, str] | None = None) -> Path:
+                oracle: str = "reference", devices: dict[str, str] | None = None, class_axis: int = 1) -> Path:
     """``coverage`` (a run's coverage.json) adds a ``coverage`` test case, passing, whose output
     is the coverage matrix with the unreached cells named, and pairs/triples properties."""
     suite = ET.Element("testsuite", name=f"ce-conformance gate: {name}", tests=str(len(FAMILIES)),
@@ -47,7 +47,8 @@ def write_junit(path: str | Path, *, name: str, new: pd.DataFrame, covered: pd.D
             worst = mine.groupby("check").size().to_dict()
             failure = ET.SubElement(case, "failure", type="ConformanceFailure",
                                     message=f"{len(mine)} finding(s): " + ", ".join(f"{k} x{v}" for k, v in worst.items()))
-            replays = sorted({replay_command(p, a, impl_spec, impl_kind, oracle, device=(devices or {}).get(a, "cpu"))
+            replays = sorted({replay_command(p, a, impl_spec, impl_kind, oracle, device=(devices or {}).get(a, "cpu"),
+                                             class_axis=class_axis)
                               for p, a in zip(mine["case_path"], mine["adapter"]) if isinstance(p, str) and p})
             failure.text = _table(mine) + "\n\nreplay:\n" + "\n".join(f"  {r}" for r in replays)
         shown = reported[reported["check"].isin(checks)]

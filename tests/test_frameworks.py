@@ -215,3 +215,18 @@ def test_the_mlx_soft_target_gradient_divergence_reproduces_in_its_script(tmp_pa
     got, expected = (float(line.split("]", 1)[1].split()[0]) for line in run.stdout.splitlines()
                      if "grad_target[1, 1]" in line)
     assert abs(got - expected) > 0.1  # MLX leaves out the log-sum-exp term; the script shows it
+
+
+def test_the_gates_replay_lines_keep_the_class_axis(tmp_path, capsys):
+    _bridge_or_skip("mlx")
+    from ce_conformance.cli import main
+
+    junit = tmp_path / "gate.xml"
+    code = main(["gate", "--impl", f"{HERE}/framework_ports.py:mlx_bug", "--kind", "mlx", "--class-axis", "-1",
+                 "--features", PORT_FEATURES, "--dtypes", "float32", "--max-examples", "40", "--no-progress",
+                 "--shrink-seconds", "5", "--covering", "0", "--out", str(tmp_path / "gate"), "--junit", str(junit)])
+    out = capsys.readouterr().out
+    assert code == 1
+    replays = [line for line in out.splitlines() if "ce-conformance replay" in line]
+    assert replays and all("--kind mlx" in line and "--class-axis -1" in line for line in replays), out
+    assert "--class-axis -1" in junit.read_text()
