@@ -25,6 +25,8 @@ import pandas as pd
 from .baseline import SHIPPED_DIR, Baseline
 
 MATRIX_DTYPES: Final = ("float16", "bfloat16", "float32", "float64")
+ECOSYSTEM_FRAMEWORKS: Final = ("paddle", "mlx", "tinygrad", "tensorflow", "keras", "transformers", "torch")
+"""The frameworks whose built-in adapters pick up a shipped baseline by version."""
 ALL_FEATURES_ROW: Final = "(all cases)"
 
 
@@ -63,13 +65,11 @@ class EcosystemBaselines:
     def for_adapters(cls, descriptions: list[dict[str, Any]]) -> "EcosystemBaselines":
         """``descriptions``: :meth:`Adapter.describe` of each adapter. Built-in adapters only: a
         user's ``--impl`` port must not inherit the divergences of the framework it is written in."""
-        from .adapters.framework import BRIDGES
-
         chosen: dict[str, AppliedBaseline] = {}
         missing: list[str] = []
         for info in descriptions:
             framework, version = info.get("framework", ""), info.get("version", "")
-            if framework not in (*BRIDGES, "torch") or not version or str(info.get("adapter", "")).startswith("impl:"):
+            if framework not in ECOSYSTEM_FRAMEWORKS or not version or str(info.get("adapter", "")).startswith("impl:"):
                 continue
             name = shipped_baseline_name(framework, version, info.get("device") or "cpu")
             path = SHIPPED_DIR / f"{name}.toml"
@@ -179,5 +179,5 @@ def recorded_baselines(config: dict[str, Any]) -> list[AppliedBaseline]:
     return [AppliedBaseline.from_dict(item) for item in config.get("baselines") or []]
 
 
-__all__ = ["AppliedBaseline", "EcosystemBaselines", "conformance_matrix", "explain", "mark_known", "adapter_frameworks",
+__all__ = ["ECOSYSTEM_FRAMEWORKS", "AppliedBaseline", "EcosystemBaselines", "conformance_matrix", "explain", "mark_known", "adapter_frameworks",
            "shipped_baseline_name", "record_baselines", "recorded_baselines"]

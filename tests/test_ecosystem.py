@@ -11,10 +11,10 @@ import pytest
 
 from ce_conformance import Case
 from ce_conformance.adapters import ECOSYSTEM_ADAPTERS
-from ce_conformance.adapters.framework import BRIDGES, FrameworkAdapter
+from ce_conformance.adapters.framework import FrameworkAdapter
 from ce_conformance.baseline import SHIPPED_DIR, Baseline
 from ce_conformance.cli import main
-from ce_conformance.ecosystem import (ALL_FEATURES_ROW, AppliedBaseline, EcosystemBaselines, conformance_matrix,
+from ce_conformance.ecosystem import (ALL_FEATURES_ROW, ECOSYSTEM_FRAMEWORKS, AppliedBaseline, EcosystemBaselines, conformance_matrix,
                                       explain, mark_known, shipped_baseline_name)
 from ce_conformance.findings import FINDING_COLUMNS, finding_signature, load_run
 
@@ -77,7 +77,8 @@ def test_a_file_level_adapter_pattern_scopes_every_entry(tmp_path):
         Baseline.load(path)
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in SHIPPED_DIR.glob("*.toml") if p.stem.split("-")[0] in BRIDGES))
+@pytest.mark.parametrize("name", sorted(p.stem for p in SHIPPED_DIR.glob("*.toml")
+                                        if p.stem.split("-")[0] in ECOSYSTEM_FRAMEWORKS[:-1]))  # torch's is torch's
 def test_each_shipped_framework_baseline_speaks_only_for_that_frameworks_builtins(name):
     framework = name.split("-")[0]
     mine = [a for a in ECOSYSTEM_ADAPTERS if a.startswith(framework)]
@@ -153,3 +154,23 @@ def test_an_upstream_gradient_that_does_not_fit_the_loss_is_named_not_a_numpy_br
     assert outcome.status == "error" and outcome.error.stage == "backward"
     assert "upstream gradient of shape (2,)" in outcome.error.message and "(2, 1)" in outcome.error.message
     assert outcome.loss_shape == (2, 1)  # the forward result is kept, so the shape check still reports it
+
+
+def test_transformers_causal_lm_loss_conforms_in_float32_and_shows_its_float_upcast(tmp_path):
+    pytest.importorskip("torch")
+    from ce_conformance.adapters import load_adapter
+    from ce_conformance.runner import FuzzConfig, FuzzRun
+
+    adapter = load_adapter("transformers")
+    if reason := adapter.availability():
+        pytest.skip(reason)
+    case = Case.cross_entropy(np.arange(24.0).reshape(2, 3, 4) / 7, np.array([[0, 1, 2, 0], [2, -100, 1, 0]]),
+                              dtype="float64", reduction="sum")
+    outcome = adapter.run(case)
+    assert outcome.loss_dtype == "float32"  # .float(): float64 logits computed in float32
+    assert adapter.capabilities.missing(case.replace(options={"reduction": "none"})) == ("reduction:none",)
+    run = FuzzRun(FuzzConfig(adapters=[adapter], out_dir=tmp_path, shrink=False, progress=False, max_examples=60,
+                             dtypes=("float32",), covering=0)).run()
+    results = pd.read_parquet(tmp_path / "results.parquet")
+    ran = results[results["status"] != "skipped"]
+    assert run.conformant and len(ran) > 20 and ran["grad_input_ulp"].notna().any(), run.summary_markdown

@@ -40,7 +40,7 @@ tensors (``keras``: on ``$KERAS_BACKEND``'s tensors; ``keras-jax`` etc. name the
 ECOSYSTEM_ADAPTERS: Final = (
     "paddle", "mlx", "tinygrad", "tinygrad-sparse", "tensorflow",
     "keras-sparse-jax", "keras-categorical-jax", "keras-sparse-torch", "keras-categorical-torch",
-    "keras-sparse-tensorflow", "keras-categorical-tensorflow",
+    "keras-sparse-tensorflow", "keras-categorical-tensorflow", "transformers",
 )
 """Each framework's own cross-entropy (``--ecosystem`` adds them; those not installed are reported)."""
 
@@ -145,6 +145,13 @@ BUILTIN.update({
                                      name="tensorflow", description="tf.nn.(sparse_)softmax_cross_entropy_with_logits, "
                                                                     "reduced with tf.reduce_sum/mean"),
 })
+def _transformers() -> Adapter:
+    from .transformers_adapter import TransformersAdapter
+
+    return TransformersAdapter()
+
+
+BUILTIN["transformers"] = _transformers
 for _backend in ("jax", "torch", "tensorflow"):
     BUILTIN[f"keras-sparse-{_backend}"] = _framework_builtin(
         "keras_adapter", "keras_sparse_cross_entropy", "KERAS_SPARSE_CAPABILITIES", name=f"keras-sparse-{_backend}",

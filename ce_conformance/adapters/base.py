@@ -41,6 +41,8 @@ class Capabilities:
     gradients: bool = True
     target_gradients: bool = True
     families: frozenset[str] = frozenset({"cross_entropy"})
+    #: the reductions it computes (a library helper may have no 'none')
+    reductions: frozenset[str] = frozenset({"mean", "sum", "none"})
 
     def missing(self, case: Case) -> tuple[str, ...]:
         """Why this adapter cannot run the case (empty when it can)."""
@@ -50,6 +52,9 @@ class Capabilities:
         if case.is_valid and case.dtype not in self.dtypes:
             reasons.append(f"dtype:{case.dtype}")
         reasons.extend(sorted(f for f in case.features - self.features))
+        reduction = case.options.get("reduction", "mean")
+        if reduction not in self.reductions:
+            reasons.append(f"reduction:{reduction}")
         return tuple(reasons)
 
     def without(self, *features: str) -> "Capabilities":
@@ -156,7 +161,8 @@ class Adapter(abc.ABC):
             "dtypes": ",".join(d for d in FLOAT_DTYPES if d in caps.dtypes),
             "gradients": caps.gradients,
             "target_gradients": caps.target_gradients,
-            "unsupported": ",".join(sorted(ALL_FEATURES - caps.features)),
+            "unsupported": ",".join(sorted(ALL_FEATURES - caps.features)
+                                    + [f"reduction:{r}" for r in ("mean", "sum", "none") if r not in caps.reductions]),
             "description": self.description,
             "framework": self.framework,
             "version": self._framework_version(),
