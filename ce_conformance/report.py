@@ -7,8 +7,9 @@
 * :func:`merge_runs` concatenates shard directories into one run directory.
 * :func:`write_html` renders one HTML file, every plot embedded as a base64 PNG, no scripts and
   no network: the conformance matrix (:mod:`ce_conformance.ecosystem`; findings the run's
-  baselines cover marked known, with their reason), pass-rate heat maps, ULP-error ECDFs against the budget, the support matrix, the
-  diff, the trend, the top findings with their repro scripts, the configuration and versions.
+  baselines cover marked known, with their reason), pass-rate heat maps, ULP-error ECDFs against
+  the budget, the support matrix, the diff, the trend, the top findings with their repro
+  scripts, the configuration and versions.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def _framework_lines(adapter: Any, case: Case, impl_spec: str | None) -> list[st
         lines += ["", *adapter.source.rstrip().splitlines(), "", f"fn = {adapter.fn.__name__}"]
     options = ", ".join(f"{k}={v!r}" for k, v in case.call_options().items())
     lines += [f"loss = fn(input, target, weight=weight, {options})",
-              "print('got     ', loss)"]
+              f"print('got     ', ({adapter.bridge.repro_value.format('loss')}), loss.dtype)"]
     return lines
 
 
@@ -96,7 +96,9 @@ def _gradient_lines(adapter: Any, case: Case, check: str, message: str) -> list[
         lines.append(f"grad_output = tensor({_blob(upstream.values, upstream.dtype)!r}, "
                      f"{_storage_dtype(upstream.dtype)!r}, {upstream.dtype!r}, {list(upstream.shape)!r})")
     call = ("lambda t: fn(input, t, weight=weight, " if which == "target" else "lambda x: fn(x, target, weight=weight, ")
-    lines.append(f"loss, grad = gradient({call}{options}), {which}, grad_output)")
+    lines += [f"loss, grad = gradient({call}{options}), {which}, grad_output)",
+              "if grad is None:  # no gradient flowed: zeros, as the run counted it",
+              f"    grad = np.zeros({list(_call_shape(adapter, case))!r})"]
     if adapter.class_axis == -1 and case.input.ndim >= 2:
         lines.append("grad = np.moveaxis(grad, -1, 1)  # back to torch's layout: classes on axis 1")
     expected = getattr(reference.evaluate(case), f"grad_{which}")
@@ -104,12 +106,29 @@ def _gradient_lines(adapter: Any, case: Case, check: str, message: str) -> list[
     index = tuple(int(i) for i in found.group(1).split(",") if i.strip()) if found else None
     if expected is not None and index is not None and len(index) == expected.ndim:
         lines += [f"print('got      grad_{which}{list(index)}', grad[{index!r}])",
-                  f"print('expected grad_{which}{list(index)}', {float(expected[index])!r}, '(float64 reference)')"]
+                  f"print('expected grad_{which}{list(index)}', {_literal(float(expected[index]))}, '(float64 reference)')"]
     else:
         lines.append(f"print('got      grad_{which}', grad)")
         if expected is not None and expected.size <= 64:
-            lines.append(f"print('expected grad_{which}', {expected.tolist()!r}, '(float64 reference)')")
+            lines.append(f"print('expected grad_{which}', np.array({_literal(expected.tolist())}), '(float64 reference)')")
     return lines
+
+
+def _call_shape(adapter: Any, case: Case) -> tuple[int, ...]:
+    """The input's shape as the adapter's function receives it (classes last for class_axis -1)."""
+    shape = tuple(case.input.shape)
+    return shape[:1] + shape[2:] + shape[1:2] if adapter.class_axis == -1 and len(shape) >= 2 else shape
+
+
+def _literal(value: Any) -> str:
+    """Python source for a float or nested list of floats, NaN and infinities included.
+
+    >>> _literal([1.5, float("nan"), -float("inf")])
+    "[1.5, float('nan'), float('-inf')]"
+    """
+    if isinstance(value, list):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    return repr(value) if np.isfinite(value) else f"float({str(value)!r})"
 
 
 def _import_lines(impl_spec: str) -> list[str]:

@@ -230,3 +230,22 @@ def test_the_gates_replay_lines_keep_the_class_axis(tmp_path, capsys):
     replays = [line for line in out.splitlines() if "ce-conformance replay" in line]
     assert replays and all("--kind mlx" in line and "--class-axis -1" in line for line in replays), out
     assert "--class-axis -1" in junit.read_text()
+
+
+def test_a_gradient_the_framework_does_not_give_is_shown_as_zeros_as_the_run_judged_it(tmp_path):
+    adapter = adapters.load_adapter("paddle")
+    if reason := adapter.availability():
+        pytest.skip(reason)
+    case = Case.cross_entropy(np.array([[1.0, 2.0, 3.0], [0.5, 0.1, -1.0]]),
+                              np.array([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]]), dtype="float32")
+    path = case.save(tmp_path / "case.json")
+    script = write_repro(tmp_path / "case.py", case, adapter_name="paddle", check="grad_target_value", case_path=path,
+                         message="grad_target off by 1e+07 ulp (float32; budget 6.11) at [1, 2]: got 0.0",
+                         framework=adapter)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": ""}, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got, expected = (float(line.split("]", 1)[1].split()[0]) for line in run.stdout.splitlines()
+                     if "grad_target[1, 2]" in line)
+    assert got == 0.0 and expected > 0.5  # Paddle's soft labels get no gradient: the script shows it
+    assert "Tensor(shape" not in run.stdout  # values, not the framework's tensor repr

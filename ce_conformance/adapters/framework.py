@@ -47,6 +47,9 @@ class Bridge(abc.ABC):
     #: lines that define ``gradient(f, x, upstream) -> (f(x), the vjp as float64 NumPy)`` with the
     #: framework's autodiff (``upstream``: the cotangent, or None for ones), for gradient findings
     repro_gradient: tuple[str, ...] = ()
+    #: an expression turning the tensor ``{0}`` into NumPy (bfloat16 through float32), so a repro
+    #: script prints values, not a lazy tensor's repr
+    repro_value: str = "np.asarray({0})"
 
     def availability(self) -> str | None:
         """Installed or not, without importing it: the run asks in its own process, and two

@@ -64,6 +64,10 @@ class KerasBridge(Bridge):
     def repro_gradient(self) -> tuple[str, ...]:  # type: ignore[override]
         return self.inner.repro_gradient
 
+    @property
+    def repro_value(self) -> str:  # type: ignore[override]
+        return self.inner.repro_value
+
     def availability(self) -> str | None:
         """Installed packages only: importing Keras here would fix this process's backend, and
         each Keras adapter runs in its own worker (see :meth:`conflict`)."""

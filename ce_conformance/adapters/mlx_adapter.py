@@ -27,6 +27,7 @@ class MlxBridge(Bridge):
         "def tensor(blob, storage, dtype, shape):",
         "    return mx.array(np.frombuffer(base64.b64decode(blob), dtype=storage).reshape(shape)).astype(getattr(mx, dtype))",
     )
+    repro_value = 'np.array({0}.astype(mx.float32) if {0}.dtype == mx.bfloat16 else {0})'
     repro_gradient = (
         'def gradient(f, x, upstream):',
         '    loss = f(x)',

@@ -26,6 +26,7 @@ class PaddleBridge(Bridge):
         "def tensor(blob, storage, dtype, shape):",
         "    return paddle.to_tensor(np.frombuffer(base64.b64decode(blob), dtype=storage).reshape(shape)).astype(dtype)",
     )
+    repro_value = "{0}.astype('float32' if str({0}.dtype).endswith('bfloat16') else {0}.dtype).numpy()"
     repro_gradient = (
         'def gradient(f, x, upstream):',
         '    x.stop_gradient = False',

@@ -30,6 +30,7 @@ class TensorFlowBridge(Bridge):
         "def tensor(blob, storage, dtype, shape):",
         "    return tf.cast(tf.constant(np.frombuffer(base64.b64decode(blob), dtype=storage).reshape(shape)), dtype)",
     )
+    repro_value = '({0}.numpy() if {0}.dtype != tf.bfloat16 else tf.cast({0}, tf.float32).numpy())'
     repro_gradient = (
         'def gradient(f, x, upstream):',
         '    with tf.GradientTape() as tape:',

@@ -29,6 +29,7 @@ class TinygradBridge(Bridge):
         "    return Tensor(np.frombuffer(base64.b64decode(blob), dtype=storage).reshape(shape).copy())"
         ".cast(getattr(dtypes, dtype))",
     )
+    repro_value = '{0}.cast(dtypes.float32 if {0}.dtype == dtypes.bfloat16 else {0}.dtype).numpy()'
     repro_gradient = (
         'def gradient(f, x, upstream):',
         '    x.requires_grad = True',

@@ -333,6 +333,7 @@ class TorchBridge(Bridge):
         "    return torch.from_numpy(np.frombuffer(base64.b64decode(blob), dtype=storage).reshape(shape).copy())"
         ".to(getattr(torch, dtype))",
     )
+    repro_value = '{0}.detach().float().numpy() if {0}.dtype == torch.bfloat16 else {0}.detach().numpy()'
     repro_gradient = (
         'def gradient(f, x, upstream):',
         '    x = x.detach().requires_grad_(True)',
