@@ -3,6 +3,9 @@ adapters only; findings split into known and unexplained; the conformance matrix
 with; the framework adapters' upstream-gradient shape check."""
 
 import fnmatch
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ from ce_conformance.cli import main
 from ce_conformance.ecosystem import (ALL_FEATURES_ROW, ECOSYSTEM_FRAMEWORKS, AppliedBaseline, EcosystemBaselines, conformance_matrix,
                                       explain, mark_known, shipped_baseline_name)
 from ce_conformance.findings import FINDING_COLUMNS, finding_signature, load_run
+from ce_conformance.repro import write_repro
 
 HERE = Path(__file__).parent
 SMALL = ["--profile", "ci", "--max-examples", "40", "--no-progress", "--no-shrink", "--covering", "0"]
@@ -168,6 +172,13 @@ def test_transformers_causal_lm_loss_conforms_in_float32_and_shows_its_float_upc
                               dtype="float64", reduction="sum")
     outcome = adapter.run(case)
     assert outcome.loss_dtype == "float32"  # .float(): float64 logits computed in float32
+    script = write_repro(tmp_path / "case.py", case, adapter_name="transformers", check="loss_dtype",
+                         message="loss dtype float32, expected float64", case_path=case.save(tmp_path / "case.json"),
+                         framework=adapter)
+    assert "ForCausalLMLoss" in script.read_text() and "ce_conformance" not in script.read_text()
+    ran = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": ""}, cwd=tmp_path)
+    assert ran.returncode == 0 and "torch.float32" in ran.stdout, ran.stdout + ran.stderr[-2000:]
     assert adapter.capabilities.missing(case.replace(options={"reduction": "none"})) == ("reduction:none",)
     run = FuzzRun(FuzzConfig(adapters=[adapter], out_dir=tmp_path, shrink=False, progress=False, max_examples=60,
                              dtypes=("float32",), covering=0)).run()

@@ -12,6 +12,7 @@ class weights, no label smoothing and no probability targets.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from typing import Any
 
 from .base import Capabilities
@@ -35,14 +36,21 @@ TRANSFORMERS_CAPABILITIES = Capabilities(reductions=frozenset({"mean", "sum"})).
 
 
 class TransformersAdapter(TorchAdapter):
-    """A transformers loss helper on torch tensors (judged as torch's F.cross_entropy)."""
+    """A transformers loss helper on torch tensors (judged as torch's F.cross_entropy). Its
+    ``bridge``, ``source`` and ``class_axis`` make its repro scripts call the helper itself
+    (:func:`ce_conformance.repro.write_repro`), not F.cross_entropy."""
 
     framework = "transformers"
+    class_axis = 1
 
     def __init__(self) -> None:
+        from .torch_adapter import TorchBridge
+
         super().__init__(transformers_causal_lm_loss, name="transformers", capabilities=TRANSFORMERS_CAPABILITIES,
                          description="transformers.loss.loss_utils.ForCausalLMLoss (shift_labels = the targets; "
                                      "'sum' as num_items_in_batch=1)")
+        self.bridge = TorchBridge()
+        self.source = inspect.getsource(transformers_causal_lm_loss)
 
     def availability(self) -> str | None:
         if importlib.util.find_spec("transformers") is None:
