@@ -16,13 +16,17 @@ pickled adapter passed from this process to its own child.
 
 from __future__ import annotations
 
+import faulthandler
 import multiprocessing
+import os
 import pickle
 import re
 import signal
+import sys
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ce_conformance.adapters.base import Adapter, Outcome, RaisedError
@@ -90,9 +94,16 @@ def _limit_memory(megabytes: int | None) -> None:
         pass
 
 
-def _worker_main(conn: Any, recipe: tuple[Any, ...], memory_mb: int | None) -> None:
+def _worker_main(conn: Any, recipe: tuple[Any, ...], memory_mb: int | None, log_path: str | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     warnings.simplefilter("ignore")
+    if log_path is not None:  # the framework's own chatter (C++ logs, compilers) goes to the run's log
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        sys.stdout = os.fdopen(os.dup(1), "w", buffering=1)
+        sys.stderr = os.fdopen(os.dup(2), "w", buffering=1)
+        faulthandler.enable(file=sys.stderr)  # a segfault leaves its Python stack there
     try:
         adapter = build_adapter(recipe)
     except BaseException as exc:  # noqa: BLE001 - report anything, the parent decides
@@ -121,15 +132,20 @@ def _worker_main(conn: Any, recipe: tuple[Any, ...], memory_mb: int | None) -> N
 class _Worker:
     process: Any
     conn: Any
+    log: str | None = None
+    log_offset: int = 0  # the log's size when the current case was sent: what it wrote since is its own
 
 
 class WorkerExecutor:
     """Runs isolated adapters in worker processes; others in-process (see ``isolate``)."""
 
     def __init__(self, *, timeout: float = DEFAULT_TIMEOUT, memory_mb: int | None = DEFAULT_MEMORY_MB,
-                 isolate: str = "default"):
+                 isolate: str = "default", log_dir: Path | None = None):
+        """``log_dir``: where each worker's stdout and stderr go (``<adapter>.log``, appended);
+        None leaves them on this process's terminal."""
         if isolate not in ("default", "all", "none"):
             raise ValueError(f"isolate must be 'default', 'all' or 'none', not {isolate!r}")
+        self.log_dir = log_dir
         self.timeout = timeout
         self.memory_mb = memory_mb
         self.isolate = isolate
@@ -152,6 +168,11 @@ class WorkerExecutor:
         if isinstance(worker, Outcome):
             return worker
         start = time.perf_counter()
+        if worker.log is not None:
+            try:
+                worker.log_offset = os.path.getsize(worker.log)
+            except OSError:
+                worker.log_offset = 0
         try:
             worker.conn.send(case)
         except (BrokenPipeError, OSError):
@@ -175,7 +196,8 @@ class WorkerExecutor:
             self.not_isolated[adapter.name] = "the adapter cannot be sent to a worker process (not picklable)"
             return None
         parent, child = self._context.Pipe()
-        process = self._context.Process(target=_worker_main, args=(child, recipe, self.memory_mb), daemon=True,
+        log = self._log_path(adapter.name)
+        process = self._context.Process(target=_worker_main, args=(child, recipe, self.memory_mb, log), daemon=True,
                                         name=f"ce-conformance worker: {adapter.name}")
         process.start()
         child.close()
@@ -191,7 +213,7 @@ class WorkerExecutor:
         if kind != "ready":
             process.join(1)
             return Outcome.failed(RuntimeError(f"worker could not build the adapter: {payload.message}"), "setup")
-        worker = _Worker(process, parent)
+        worker = _Worker(process, parent, log)
         self._workers[adapter.name] = worker
         return worker
 
@@ -199,9 +221,16 @@ class WorkerExecutor:
         worker.process.join(5)
         code = worker.process.exitcode
         self._kill(adapter.name)
+        last = _last_words(worker.log, worker.log_offset)
         return Outcome(status="crash", seconds=time.perf_counter() - start, error=RaisedError(
             "WorkerCrash", f"the implementation killed its worker process ({_exit_text(code)}); "
-                           "worker restarted", "forward"))
+                           "worker restarted" + (f"; its last output: {last}" if last else ""), "forward"))
+
+    def _log_path(self, name: str) -> str | None:
+        if self.log_dir is None:
+            return None
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        return str(self.log_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)[:120]}.log")
 
     def _kill(self, name: str) -> None:
         worker = self._workers.pop(name, None)
@@ -225,6 +254,23 @@ class WorkerExecutor:
                 worker.process.join(2)
             worker.conn.close()
             self._workers.pop(name, None)
+
+
+def _last_words(log_path: str | None, since: int = 0, limit: int = 300) -> str:
+    """What a dead worker wrote while running its last case (from byte ``since`` on): the fatal
+    error line when the faulthandler wrote one ("Fatal Python error: Segmentation fault"),
+    else its last line."""
+    if log_path is None:
+        return ""
+    try:
+        with open(log_path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(since, handle.tell() - 16384))
+            lines = [line.strip() for line in handle.read().decode("utf-8", "replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    fatal = [line for line in lines if line.startswith("Fatal Python error")]
+    return (fatal[-1] if fatal else lines[-1] if lines else "")[:limit]
 
 
 def _exit_text(code: int | None) -> str:

@@ -64,7 +64,8 @@ class FuzzRun:
         else:
             from .isolation import WorkerExecutor
 
-            self.executor = WorkerExecutor(timeout=config.timeout, memory_mb=config.memory_mb, isolate=config.isolate)
+            self.executor = WorkerExecutor(timeout=config.timeout, memory_mb=config.memory_mb, isolate=config.isolate,
+                                           log_dir=config.out_dir / "workers")
         self.recorder: Recorder | None = None
         self.ledger: FindingLedger | None = None  # signatures and saved cases, from run()
         self._native_cache: dict[str, Outcome] = {}

@@ -31,6 +31,22 @@ def test_abort_becomes_a_crash_finding_and_the_run_goes_on(tmp_path, torch):
     assert len(crashes) > 0 and crashes["features"].str.contains("weights").all()
     assert Path(crashes["case_path"].iloc[0]).exists()
     assert (results["status"] == "passed").sum() > 10  # the other checks still ran
+    # the worker's output went to the run's log, and the crash names what it last said
+    assert crashes["message"].str.contains("its last output: Fatal Python error: Aborted").all()
+    log = (tmp_path / "abort_on_weights" / "workers").glob("*.log")
+    assert any("Fatal Python error: Aborted" in p.read_text() for p in log)
+
+
+def test_a_worker_that_crashes_silently_is_not_blamed_for_earlier_output(tmp_path):
+    from ce_conformance.isolation import _last_words
+
+    log = tmp_path / "w.log"
+    log.write_text("loaded the kernel\nFatal Python error: from an earlier crash\n")
+    since = log.stat().st_size
+    assert _last_words(str(log), since) == ""
+    with log.open("a") as handle:
+        handle.write("Fatal Python error: Segmentation fault\n\nCurrent thread 0x1 (most recent call first):\n  File x\n")
+    assert _last_words(str(log), since) == "Fatal Python error: Segmentation fault"
 
 
 def test_hang_becomes_a_timeout_finding(tmp_path, torch):
