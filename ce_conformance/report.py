@@ -8,8 +8,8 @@
 * :func:`write_html` renders one HTML file, every plot embedded as a base64 PNG, no scripts and
   no network: the conformance matrix (:mod:`ce_conformance.ecosystem`; findings the run's
   baselines cover marked known, with their reason), pass-rate heat maps, ULP-error ECDFs against
-  the budget, the support matrix, the diff, the trend, the top findings with their repro
-  scripts, the configuration and versions.
+  the budget, the support matrix, the diff, the trend, each framework's findings with their
+  repro scripts, the configuration and versions.
 """
 
 from __future__ import annotations
@@ -273,26 +273,7 @@ def write_html(run_dir: Path, *, diff: pd.DataFrame | None = None, previous: Pat
                   "budget left out because their cell was over its share of judging time.</p>",
                   _table(mix.assign(**{"adapter seconds": mix["adapter seconds"].round(1),
                                        "time share": mix["time share"].map(lambda v: f"{v:.0%}")}))]
-    parts.append("<h2>Top findings</h2>")
-    if findings.empty:
-        parts.append("<p>No findings.</p>")
-    else:
-        grouped = findings.groupby(["adapter", "check"]).agg(
-            count=("case_id", "size"), worst_ulp=("max_ulp_error", "max"), message=("message", "first"),
-            known=("known", lambda s: "; ".join(dict.fromkeys(r for r in s if r))),
-            unexplained=("known", lambda s: int((s == "").sum())),
-            case_path=("case_path", lambda s: next((p for p in s if isinstance(p, str) and p), ""))) \
-            .reset_index().sort_values("count", ascending=False).head(top)
-        for row in grouped.itertuples():
-            repro = Path(row.case_path).with_suffix(".py") if row.case_path else None
-            snippet = repro.read_text()[:6000] if repro and repro.exists() else ""
-            status = (f"<p><b>unexplained</b>: {row.unexplained} of {row.count} no baseline covers</p>"
-                      if row.unexplained else "")
-            status += f"<p>known divergence: {html.escape(row.known)}</p>" if row.known else ""
-            parts.append(f"<h3>{html.escape(row.adapter)} — {html.escape(row.check)} ({row.count})</h3>{status}"
-                         f"<p>{html.escape(str(row.message))}</p><p>case: <code>{html.escape(row.case_path)}</code></p>"
-                         + (f"<details><summary>repro script</summary><pre>{html.escape(snippet)}</pre></details>"
-                            if snippet else ""))
+    parts += ["<h2>Findings by framework</h2>", _findings_html(findings, adapter_frameworks(config), top)]
     parts += ["<h2>Configuration and versions</h2>",
               f"<pre>{html.escape(json.dumps(config, indent=1, default=str))}</pre>"]
     style = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
@@ -307,6 +288,38 @@ def write_html(run_dir: Path, *, diff: pd.DataFrame | None = None, previous: Pat
 
 
 __all__ = ["diff_findings", "compare_runs", "merge_runs", "append_history", "write_html", "previous_run"]
+
+
+def _findings_html(findings: pd.DataFrame, frameworks: dict[str, str], top: int) -> str:
+    """Each framework's findings, grouped by (adapter, check), unexplained ones first, at most
+    ``top`` groups per framework: count, known reason or unexplained, message, minimal case and
+    its repro script (in that framework's own API)."""
+    if findings.empty:
+        return "<p>No findings.</p>"
+    grouped = findings.groupby(["adapter", "check"]).agg(
+        count=("case_id", "size"), message=("message", "first"),
+        known=("known", lambda s: "; ".join(dict.fromkeys(r for r in s if r))),
+        unexplained=("known", lambda s: int((s == "").sum())),
+        case_path=("case_path", lambda s: next((p for p in s if isinstance(p, str) and p), ""))).reset_index()
+    grouped["framework"] = grouped["adapter"].map(lambda a: frameworks.get(a, "?"))
+    parts = []
+    for framework, mine in grouped.groupby("framework", sort=True):
+        mine = mine.sort_values(["unexplained", "count"], ascending=False)
+        parts.append(f"<h3>{html.escape(framework)}: {int(mine['count'].sum())} findings, "
+                     f"{int(mine['unexplained'].sum())} unexplained</h3>")
+        for row in mine.head(top).itertuples():
+            repro = Path(row.case_path).with_suffix(".py") if row.case_path else None
+            snippet = repro.read_text()[:6000] if repro and repro.exists() else ""
+            status = (f"<p><b>unexplained</b>: {row.unexplained} of {row.count} no baseline covers</p>"
+                      if row.unexplained else "")
+            status += f"<p>known divergence: {html.escape(row.known)}</p>" if row.known else ""
+            parts.append(f"<h4>{html.escape(row.adapter)} — {html.escape(row.check)} ({row.count})</h4>{status}"
+                         f"<p>{html.escape(str(row.message))}</p><p>case: <code>{html.escape(row.case_path)}</code></p>"
+                         + (f"<details><summary>repro script</summary><pre>{html.escape(snippet)}</pre></details>"
+                            if snippet else ""))
+        if len(mine) > top:
+            parts.append(f"<p>… and {len(mine) - top} more (adapter, check) groups in findings.parquet</p>")
+    return "\n".join(parts)
 
 
 def _matrix_html(matrix: pd.DataFrame, frameworks: dict[str, str], config: dict) -> str:

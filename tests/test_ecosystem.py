@@ -138,6 +138,7 @@ def test_fuzz_and_nightly_report_known_divergences_and_fail_only_on_unexplained_
     page = (run / "2026-01-01-a" / "report.html").read_text()
     assert page.index("Conformance matrix") < page.index("<h2>Outcomes")
     assert "known divergence: the planted smoothing bug" in page and "known.toml" in page
+    assert page.index("<h2>Findings by framework") < page.index("<h3>torch 2.") < page.index("known divergence: the planted")
     assert (pd.read_csv(run / "2026-01-01-a" / "diff.csv")["known"].notna()).all()
 
 

@@ -42,7 +42,7 @@ def test_nightly_report_is_self_contained_with_embedded_plots(tmp_path, torch):
     for src in parser.images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
-    for heading in ("Pass rate: adapter × feature", "Error distributions", "Support matrix", "Top findings",
+    for heading in ("Pass rate: adapter × feature", "Error distributions", "Support matrix", "Findings by framework",
                     "Configuration and versions"):
         assert heading in page
     assert "torch" in page and "&quot;versions&quot;" in page
