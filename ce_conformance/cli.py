@@ -203,13 +203,14 @@ def _run_baselines(args: argparse.Namespace, adapters: list[Any]) -> tuple[list[
     """The baselines that explain a fuzz or nightly run's findings: each ``--baseline`` for every
     adapter, and under ``--ecosystem`` each framework's shipped one for its own adapters. Loaded
     here, so a bad file is refused before anything runs."""
-    from .baseline import Baseline, resolve_baseline
+    from .baseline import SHIPPED_DIR, Baseline, resolve_baseline
     from .ecosystem import AppliedBaseline, EcosystemBaselines
 
     applied = []
     for name in args.baseline:
         Baseline.load(name)
-        applied.append(AppliedBaseline(str(resolve_baseline(name))))
+        shipped = resolve_baseline(name).parent == SHIPPED_DIR
+        applied.append(AppliedBaseline(Path(name).name.removesuffix(".toml") if shipped else str(Path(name).resolve())))
     if not args.ecosystem:
         return applied, []
     shipped = EcosystemBaselines.for_adapters([a.describe() for a in adapters])
@@ -284,7 +285,7 @@ def _explained(run_dir: Path, applied: list[Any], missing: list[str]) -> tuple[i
     record_baselines(run_dir, applied, missing)
     findings = explain(load_run(run_dir)[1], applied)
     unexplained = int((findings["known"] == "").sum())
-    names = ", ".join(Path(b.path).name for b in applied) or "none"
+    names = ", ".join(b.name for b in applied) or "none"
     text = (f"baselines ({names}): {len(findings) - unexplained} finding(s) known, {unexplained} unexplained"
             + "".join(f"\n  {note}" for note in missing))
     return unexplained, text

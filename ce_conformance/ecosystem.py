@@ -38,10 +38,25 @@ def shipped_baseline_name(framework: str, version: str, device: str = "cpu") -> 
 
 @dataclass
 class AppliedBaseline:
-    """A baseline file and the adapters it speaks for (``None``: every adapter of the run)."""
+    """A baseline and the adapters it speaks for (``None``: every adapter of the run). ``path``
+    is a shipped baseline's name (so a run reported after an upgrade or from another install
+    still finds it) or a file's path."""
 
     path: str
     adapters: list[str] | None = None
+
+    def load(self) -> Baseline | None:
+        """The baseline, or None when it cannot be read any more (see :func:`unreadable`)."""
+        from .errors import CaseFormatError
+
+        try:
+            return Baseline.load(self.path)
+        except CaseFormatError:
+            return None
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name.removesuffix(".toml")
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "adapters": self.adapters}
@@ -74,7 +89,7 @@ class EcosystemBaselines:
             name = shipped_baseline_name(framework, version, info.get("device") or "cpu")
             path = SHIPPED_DIR / f"{name}.toml"
             if path.exists():
-                chosen.setdefault(name, AppliedBaseline(str(path), [])).adapters.append(info["adapter"])
+                chosen.setdefault(name, AppliedBaseline(name, [])).adapters.append(info["adapter"])
             else:
                 note = f"{framework} {version}: no shipped baseline ({name}.toml), its findings count as unexplained"
                 missing += [note] if note not in missing else []
@@ -87,14 +102,14 @@ def explain(findings: pd.DataFrame, applied: list[AppliedBaseline]) -> pd.DataFr
     known = pd.Series("", index=findings.index, dtype=object)
     source = pd.Series("", index=findings.index, dtype=object)
     for scope in applied:
-        if findings.empty:
-            break
-        baseline = Baseline.load(scope.path)
+        baseline = scope.load()
+        if findings.empty or baseline is None:
+            continue
         mine = findings if scope.adapters is None else findings[findings["adapter"].isin(scope.adapters)]
         open_rows = mine[known.loc[mine.index] == ""]  # the first file that explains a finding wins
         covered = baseline.apply(open_rows).covered["baseline_entry"].astype(int)
         known.loc[covered.index] = [baseline.entries[i].reason for i in covered]
-        source.loc[covered.index] = [Path(scope.path).name] * len(covered)
+        source.loc[covered.index] = [scope.name] * len(covered)
     return findings.assign(known=known, known_in=source)
 
 
@@ -165,6 +180,12 @@ def _finding_counts(findings: pd.DataFrame) -> pd.DataFrame:
 
 
 
+def unreadable(applied: list[AppliedBaseline]) -> list[str]:
+    """The recorded baselines that can no longer be read: a report says so, and shows their
+    findings as unexplained, rather than failing."""
+    return [scope.path for scope in applied if scope.load() is None]
+
+
 def record_baselines(run_dir: Path, applied: list[AppliedBaseline], missing: list[str]) -> None:
     """Note in the run's config.json which baselines explain its findings (``report`` re-reads it)."""
     import json
@@ -180,4 +201,4 @@ def recorded_baselines(config: dict[str, Any]) -> list[AppliedBaseline]:
 
 
 __all__ = ["ECOSYSTEM_FRAMEWORKS", "AppliedBaseline", "EcosystemBaselines", "conformance_matrix", "explain", "mark_known", "adapter_frameworks",
-           "shipped_baseline_name", "record_baselines", "recorded_baselines"]
+           "shipped_baseline_name", "record_baselines", "recorded_baselines", "unreadable"]

@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from .ecosystem import MATRIX_DTYPES, ALL_FEATURES_ROW, adapter_frameworks, conformance_matrix, explain, \
-    mark_known, recorded_baselines
+    mark_known, recorded_baselines, unreadable
 from .errors import ConfigurationError
 from .findings import (cell_mix, feature_pass_rates, finalize, load_run, pass_rates, read_coverage, run_coverage,
                        support_matrix)
@@ -330,8 +330,11 @@ def _matrix_html(matrix: pd.DataFrame, frameworks: dict[str, str], config: dict)
     intro = ("<p>Each cell: share of runs that passed · the worst error of any run as a share of its budget "
              "(hover for runs and ulps). <b>Outlined</b>: findings no baseline explains.</p>")
     notes = [f"<li>{html.escape(n)}</li>" for n in config.get("baselines_missing") or []]
-    applied = [f"<li>baseline {html.escape(Path(b.path).name)} for {html.escape(', '.join(b.adapters or ['every adapter']))}"
-               "</li>" for b in recorded_baselines(config)]
+    recorded = recorded_baselines(config)
+    applied = [f"<li>baseline {html.escape(b.name)} for {html.escape(', '.join(b.adapters or ['every adapter']))}"
+               "</li>" for b in recorded]
+    notes += [f"<li><b>baseline {html.escape(p)} can no longer be read</b>: its findings show as unexplained</li>"
+              for p in unreadable(recorded)]
     dtypes = [d for d in MATRIX_DTYPES if d in set(matrix["dtype"])]
     overall = matrix[matrix["feature"] == ALL_FEATURES_ROW]
     order = sorted(overall["adapter"].unique(), key=lambda a: (frameworks.get(a, "?"), a))

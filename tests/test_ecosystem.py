@@ -47,9 +47,9 @@ def test_a_framework_version_picks_its_shipped_baseline_for_its_own_adapters_onl
                  {"adapter": "impl:port.py:ce", "framework": "paddle", "version": "3.3.1"},  # a user's port inherits none
                  {"adapter": "tinygrad", "framework": "tinygrad", "version": ""}]  # not installed
     chosen = EcosystemBaselines.for_adapters(described)
-    assert {Path(b.path).name: b.adapters for b in chosen.applied} == {
-        "paddle-3.3-cpu.toml": ["paddle"], "keras-3.15-cpu.toml": ["keras-sparse-jax", "keras-categorical-jax"],
-        "torch-2.13-cpu.toml": ["torch"]}
+    assert {b.path: b.adapters for b in chosen.applied} == {  # shipped ones by name: found after an upgrade too
+        "paddle-3.3-cpu": ["paddle"], "keras-3.15-cpu": ["keras-sparse-jax", "keras-categorical-jax"],
+        "torch-2.13-cpu": ["torch"]}
     assert chosen.missing == ["mlx 9.1.0: no shipped baseline (mlx-9.1-cpu.toml), its findings count as unexplained",
                               "torch 2.13.0: no shipped baseline (torch-2.13-cuda.toml), its findings count as "
                               "unexplained"]
@@ -63,9 +63,20 @@ def test_a_baseline_explains_only_the_adapters_it_was_applied_to():
     mlx = AppliedBaseline(str(SHIPPED_DIR / "mlx-0.32-cpu.toml"), ["mlx"])
     explained = explain(findings, [mlx])
     assert explained["known"].str.contains("log-sum-exp").tolist() == [True, False, False]
-    assert explained["known_in"].tolist() == ["mlx-0.32-cpu.toml", "", ""]
+    assert explained["known_in"].tolist() == ["mlx-0.32-cpu", "", ""]
     everyone = explain(findings, [AppliedBaseline(str(SHIPPED_DIR / "mlx-0.32-cpu.toml"))])
     assert (everyone["known"] != "").tolist() == [True, False, False]  # the file names its adapter, too
+
+
+def test_a_baseline_that_can_no_longer_be_read_leaves_its_findings_unexplained_and_is_named(tmp_path):
+    from ce_conformance.ecosystem import unreadable
+
+    gone = AppliedBaseline(str(tmp_path / "moved.toml"), ["mlx"])
+    shipped = AppliedBaseline("mlx-0.32-cpu", ["mlx"])
+    findings = _findings(_finding("mlx", "grad_target_value", "probability_targets"))
+    assert explain(findings, [gone])["known"].tolist() == [""]
+    assert explain(findings, [gone, shipped])["known_in"].tolist() == ["mlx-0.32-cpu"]
+    assert unreadable([gone, shipped]) == [gone.path]
 
 
 def test_a_file_level_adapter_pattern_scopes_every_entry(tmp_path):
@@ -139,6 +150,10 @@ def test_fuzz_and_nightly_report_known_divergences_and_fail_only_on_unexplained_
     assert page.index("Conformance matrix") < page.index("<h2>Outcomes")
     assert "known divergence: the planted smoothing bug" in page and "known.toml" in page
     assert page.index("<h2>Findings by framework") < page.index("<h3>torch 2.") < page.index("known divergence: the planted")
+    baseline.unlink()  # reported again after the file went away: named, its findings unexplained
+    assert main(["report", str(run / "2026-01-01-a")]) == 0
+    page = (run / "2026-01-01-a" / "report.html").read_text()
+    assert "can no longer be read" in page and "known divergence" not in page
     assert (pd.read_csv(run / "2026-01-01-a" / "diff.csv")["known"].notna()).all()
 
 
