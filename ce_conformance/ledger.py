@@ -66,9 +66,8 @@ class FindingLedger:
         for verdict in comparison.verdicts:
             key = (adapter_name, verdict.check)
             path = case_path
-            if key not in self.signatures:
-                if not path:
-                    path = str(self.save_case(case, adapter_name, verdict))
+            if key not in self.signatures:  # a curated case too: the run keeps a copy and its repro script
+                path = str(self.save_case(case, adapter_name, verdict))
                 self.signatures[key] = {"count": 0, "first_case": path, "shrunk_case": "", "message": verdict.message,
                                         "shrunk_message": "", "explored": False}
             self.signatures[key]["count"] += 1
