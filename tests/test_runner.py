@@ -141,3 +141,12 @@ def test_shrink_budget_is_shared_and_timeouts_get_two_calls(monkeypatch):
     assert 9.0 < budgets["loss_value"] <= 10.0  # a third of 30 s
     assert 14.0 < budgets["grad_input_value"] <= 15.0  # half of what is left
     assert 3.5 < budgets["timeout"] <= phases.SLOW_SHRINK_CALLS * (1.0 + 1)
+
+
+def test_a_curated_case_that_finds_a_bug_is_kept_in_the_run_with_its_repro_script(tmp_path, torch):
+    summary = _run(tmp_path, impl="smoothing_by_target_weight", names=(), max_examples=1, covering=0, shrink=False)
+    _, findings = load_run(summary.out_dir)
+    curated = findings[findings["phase"] == "curated"]
+    assert len(curated)
+    first = Path(curated["case_path"].iloc[0])
+    assert first.parent == summary.out_dir / "cases" and first.with_suffix(".py").exists()
