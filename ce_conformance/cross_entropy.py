@@ -26,7 +26,7 @@ FAMILY: Final = "cross_entropy"
 
 FEATURES: Final = (
     "weights", "ignore_index", "ignore_index_in_range", "all_ignored", "label_smoothing", "negative_smoothing",
-    "probability_targets", "k_dim", "unbatched", "empty_batch", "single_class", "legacy_reduction",
+    "probability_targets", "unnormalised_targets", "k_dim", "unbatched", "empty_batch", "single_class", "legacy_reduction",
     "upstream_gradient", "non_contiguous", "low_precision", "vocab_scale", "nonfinite_logits", "uint8_target",
     "invalid_input",
 )
@@ -47,6 +47,27 @@ def resolved_ignore_index(case: Case) -> int:
     return DEFAULT_IGNORE_INDEX if value is None else int(value)
 
 
+def unnormalised(target: np.ndarray, class_axis: int, dtype: str) -> bool:
+    """Probability targets that are not a distribution at some position: a negative value, or
+    classes summing away from 1 by more than rounding to ``dtype`` explains. torch takes them as
+    given (``-sum_c t_c log q_c``); a kernel whose gradient is ``softmax - t`` assumes they sum
+    to 1.
+
+    >>> unnormalised(np.array([[0.25, 0.75], [1.0, 0.0]]), 1, "float32")
+    False
+    >>> unnormalised(np.array([[0.5, 0.75]]), 1, "float32"), unnormalised(np.array([[1.5, -0.5]]), 1, "float32")
+    (True, True)
+    """
+    values = np.asarray(target, dtype=np.float64)
+    if values.size == 0:
+        return False
+    if (values < 0).any():
+        return True
+    epsilon = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23}.get(dtype, 2.0**-52)
+    slack = 1e-3 + 16 * epsilon  # softmax targets rounded to a half dtype stay within it
+    return bool((np.abs(values.sum(axis=class_axis) - 1.0) > slack).any())
+
+
 def logits_features(case: Case) -> frozenset[str]:
     """The features of a case read on the logits its loss is taken over (the input of
     ``cross_entropy``; a projection's output for ``linear_cross_entropy``): every family whose
@@ -64,6 +85,8 @@ def logits_features(case: Case) -> frozenset[str]:
         found.add("weights")
     if case.is_probability_target:
         found.add("probability_targets")
+        if unnormalised(t, class_axis, case.target_dtype):
+            found.add("unnormalised_targets")
     elif t.size and is_float(case.target_dtype) is False:
         ignored = t == ignore_index
         if ignored.any():

@@ -128,7 +128,8 @@ def linear_cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limit
     ignore_index: int | None = None
     target_dtype = None
     if probabilities:
-        target = probability_values(pick(PROBABILITY_KINDS), rng, logits, dtype)
+        kinds = ("softmax", "one_hot") if "unnormalised_targets" in exclude else PROBABILITY_KINDS
+        target = probability_values(pick(kinds), rng, logits, dtype)
     else:
         pattern = "none"
         if wants("ignore_index") or "all_ignored" in require:

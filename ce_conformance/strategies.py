@@ -287,7 +287,9 @@ def cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limits: Size
     ignore_index = -100
     target_dtype: str | None = None
     if use_probabilities:
-        target = draw(probability_targets(shape, dtype))
+        # excluded: distributions only ("sparse" can leave a position all zero)
+        kinds = ("softmax", "one_hot") if "unnormalised_targets" in exclude else PROBABILITY_KINDS
+        target = draw(probability_targets(shape, dtype, kinds))
         ignore_index = draw(ignore_indices(C, ("default", "negative")))
     else:
         if not plain or require & {"ignore_index", "all_ignored"}:

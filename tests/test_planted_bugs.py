@@ -43,3 +43,10 @@ def test_gate_passes_correct_implementations(spec, seed, tmp_path, torch):
         assert new.empty, new.to_string()
         return
     assert summary.conformant, summary.summary_markdown
+
+
+def test_a_kernel_that_assumes_normalised_targets_passes_once_it_declares_so(tmp_path, torch):
+    spec = f"{HERE}/planted_bugs.py:probability_grad_assumes_normalised"
+    adapter = adapters.user_adapter(spec, features="all,-unnormalised_targets")
+    summary = FuzzRun(FuzzConfig(adapters=[adapter], out_dir=tmp_path, shrink=False, progress=False)).run()
+    assert summary.conformant, summary.summary_markdown  # the bug lives only where targets do not sum to 1
