@@ -29,7 +29,7 @@ from .cross_entropy import DEFAULT_IGNORE_INDEX
 from .errors import Rule
 from .linear_cross_entropy import LINEAR_CROSS_ENTROPY, linear_cross_entropy_case
 from .strategies import LOGITS_RULES, SizeLimits, breach_of_a_logits_rule, label_smoothings
-from .values import (IGNORE_INDEX_KINDS, PROBABILITY_KINDS, WEIGHT_KINDS, grad_output_values, ignore_index_value,
+from .values import (IGNORE_INDEX_KINDS, WEIGHT_KINDS, grad_output_values, ignore_index_value, probability_kinds,
                      index_target_values, output_shape, probability_values, weight_values)
 
 CHUNK_BOUNDARY_ROWS: Final = (1, 2, 3, 4, 5, 7, 8, 9, 63, 64, 65, 127, 128, 129, 255, 256, 257, 1023, 1024, 1025)
@@ -128,8 +128,7 @@ def linear_cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limit
     ignore_index: int | None = None
     target_dtype = None
     if probabilities:
-        kinds = ("softmax", "one_hot") if "unnormalised_targets" in exclude else PROBABILITY_KINDS
-        target = probability_values(pick(kinds), rng, logits, dtype)
+        target = probability_values(pick(probability_kinds(exclude)), rng, logits, dtype)
     else:
         pattern = "none"
         if wants("ignore_index") or "all_ignored" in require:

@@ -31,6 +31,7 @@ from .cross_entropy import CROSS_ENTROPY
 from .dtypes import FLOAT_DTYPES
 from .errors import Rule
 from .values import (IGNORE_INDEX_KINDS, LOGIT_DISTRIBUTIONS, NONFINITE_DISTRIBUTIONS, PROBABILITY_KINDS,
+                     probability_kinds,
                      SMOOTHINGS, TINY_SMOOTHINGS, WEIGHT_KINDS, grad_output_values, ignore_index_value,
                      index_target_values, logit_distributions_for, logit_values, output_shape, probability_values,
                      weight_values)
@@ -287,9 +288,7 @@ def cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limits: Size
     ignore_index = -100
     target_dtype: str | None = None
     if use_probabilities:
-        # excluded: distributions only ("sparse" can leave a position all zero)
-        kinds = ("softmax", "one_hot") if "unnormalised_targets" in exclude else PROBABILITY_KINDS
-        target = draw(probability_targets(shape, dtype, kinds))
+        target = draw(probability_targets(shape, dtype, probability_kinds(exclude)))
         ignore_index = draw(ignore_indices(C, ("default", "negative")))
     else:
         if not plain or require & {"ignore_index", "all_ignored"}:

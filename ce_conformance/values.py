@@ -32,6 +32,13 @@ subnormal magnitudes, ``nan`` a few NaNs (their propagation must match torch's).
 
 NONFINITE_DISTRIBUTIONS: Final = frozenset({"neg_inf", "nan"})
 PROBABILITY_KINDS: Final = ("softmax", "one_hot", "sparse", "unnormalised", "negative")
+DISTRIBUTION_KINDS: Final = ("softmax", "one_hot")
+"""The probability kinds that always sum to 1 at every position ("sparse" can leave one all zero):
+what is drawn when a run excludes ``unnormalised_targets``."""
+
+
+def probability_kinds(exclude: frozenset[str] | set[str]) -> tuple[str, ...]:
+    return DISTRIBUTION_KINDS if "unnormalised_targets" in exclude else PROBABILITY_KINDS
 WEIGHT_KINDS: Final = ("positive", "integers", "with_zeros", "tiny", "huge")
 """``tiny`` weights reach the dtype's smallest normal (their products are subnormal); ``huge`` ones sit at sqrt(max finite)."""
 
