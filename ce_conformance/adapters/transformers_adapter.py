@@ -16,7 +16,7 @@ import inspect
 from typing import Any
 
 from .base import Capabilities
-from .torch_adapter import TorchAdapter
+from .torch_adapter import TorchAdapter, TorchBridge
 
 
 def transformers_causal_lm_loss(input, target, weight=None, ignore_index=-100, reduction="mean",
@@ -44,8 +44,6 @@ class TransformersAdapter(TorchAdapter):
     class_axis = 1
 
     def __init__(self) -> None:
-        from .torch_adapter import TorchBridge
-
         super().__init__(transformers_causal_lm_loss, name="transformers", capabilities=TRANSFORMERS_CAPABILITIES,
                          description="transformers.loss.loss_utils.ForCausalLMLoss (shift_labels = the targets; "
                                      "'sum' as num_items_in_batch=1)")
