@@ -152,12 +152,8 @@ def conformance_matrix(results: pd.DataFrame, findings: pd.DataFrame) -> pd.Data
     if ran.empty:
         return pd.DataFrame(columns=columns)
     ulp_columns = [c for c in ("loss_ulp", "grad_input_ulp", "grad_target_ulp") if c in ran]
-    ran = ran.assign(worst=ran[ulp_columns].astype(float).max(axis=1, skipna=True),
-                     passed=ran["status"] == "passed", feature=ran["features"].fillna("").str.split(","))
-    exploded = ran.explode("feature")
-    exploded = exploded[exploded["feature"] != ""]
-    both = pd.concat([ran.assign(feature=ALL_FEATURES_ROW), exploded], ignore_index=True)
-    table = both.groupby(["adapter", "feature", "dtype"]).agg(
+    ran = ran.assign(worst=ran[ulp_columns].astype(float).max(axis=1, skipna=True), passed=ran["status"] == "passed")
+    table = _per_feature(ran).groupby(["adapter", "feature", "dtype"]).agg(
         runs=("case_id", "size"), pass_rate=("passed", "mean"), worst_ulp=("worst", "max"),
         worst_budget=("budget_ratio", "max")).reset_index()
     counts = _finding_counts(findings)
@@ -166,18 +162,20 @@ def conformance_matrix(results: pd.DataFrame, findings: pd.DataFrame) -> pd.Data
     return table[columns]
 
 
+def _per_feature(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each row once as :data:`ALL_FEATURES_ROW` and once per feature in its ``features``."""
+    split = frame.assign(feature=frame["features"].fillna("").str.split(",")).explode("feature")
+    return pd.concat([frame.assign(feature=ALL_FEATURES_ROW), split[split["feature"] != ""]], ignore_index=True)
+
+
 def _finding_counts(findings: pd.DataFrame) -> pd.DataFrame:
     keys = ["adapter", "feature", "dtype"]
     if findings.empty:
         return pd.DataFrame(columns=keys + ["findings", "unexplained"])
     known = findings["known"] if "known" in findings else pd.Series("", index=findings.index)
-    marked = findings.assign(unexplained=known.fillna("") == "", feature=findings["features"].fillna("").str.split(","))
-    exploded = marked.explode("feature")
-    exploded = exploded[exploded["feature"] != ""]
-    both = pd.concat([marked.assign(feature=ALL_FEATURES_ROW), exploded], ignore_index=True)
-    return both.groupby(keys).agg(findings=("check", "size"), unexplained=("unexplained", "sum")).reset_index()
-
-
+    marked = findings.assign(unexplained=known.fillna("") == "")
+    return _per_feature(marked).groupby(keys).agg(findings=("check", "size"),
+                                                  unexplained=("unexplained", "sum")).reset_index()
 
 
 def unreadable(applied: list[AppliedBaseline]) -> list[str]:

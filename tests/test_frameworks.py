@@ -176,44 +176,49 @@ def test_asking_the_framework_adapters_about_themselves_loads_no_framework():
 
 GRADIENT_SCRIPT_ADAPTERS = ("paddle", "mlx", "tinygrad", "tensorflow", "keras-sparse-jax", "keras-categorical-torch",
                             "keras-sparse-tensorflow")
+SOFT_TARGET_CASE = dict(input=np.array([[1.0, 2.0, 3.0], [0.5, 0.1, -1.0]]),
+                        target=np.array([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]]), dtype="float32")
 
 
-@pytest.mark.parametrize("name", GRADIENT_SCRIPT_ADAPTERS)
-def test_a_gradient_findings_repro_script_differentiates_with_the_frameworks_autodiff(name, tmp_path):
+def _repro_run(name, case, check, message, tmp_path):
+    """Write the repro script of a ``check`` finding of built-in ``name`` on ``case`` and run it
+    with nothing but the framework importable; its stdout."""
     adapter = adapters.load_adapter(name)
     if reason := adapter.availability():
         pytest.skip(reason)
-    case = Case.cross_entropy(np.array([[0.5, 1.0, -1.0, 0.25], [2.0, 0.0, 0.25, -3.0], [1.0, 1.5, 0.0, 0.5]]),
-                              np.array([2, 0, 3]), dtype="float32", reduction="none",
-                              grad_output=np.array([1.0, -2.0, 0.5], np.float32))
     path = case.save(tmp_path / "case.json")
-    script = write_repro(tmp_path / "case.py", case, adapter_name=name, check="grad_input_value", case_path=path,
-                         message="grad_input off by 9 ulp (float32; budget 4) at [1, 2]: got 0.1, expected 0.2",
+    script = write_repro(tmp_path / "case.py", case, adapter_name=name, check=check, case_path=path, message=message,
                          framework=adapter)
     assert "ce_conformance" not in script.read_text()
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "PYTHONPATH": ""}, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    values = [float(line.split("]", 1)[1].split()[0]) for line in run.stdout.splitlines()
-              if line.startswith(("got      grad_input[1, 2]", "expected grad_input[1, 2]"))]
-    assert len(values) == 2 and values[0] == pytest.approx(values[1], rel=1e-5), run.stdout
+    return run.stdout
+
+
+def _got_and_expected(stdout, element):
+    """The script's two printed values of a gradient element, e.g. ``grad_input[1, 2]``."""
+    values = [float(line.split("]", 1)[1].split()[0]) for line in stdout.splitlines()
+              if line.startswith((f"got      {element}", f"expected {element}"))]
+    assert len(values) == 2, stdout
+    return values
+
+
+@pytest.mark.parametrize("name", GRADIENT_SCRIPT_ADAPTERS)
+def test_a_gradient_findings_repro_script_differentiates_with_the_frameworks_autodiff(name, tmp_path):
+    case = Case.cross_entropy(np.array([[0.5, 1.0, -1.0, 0.25], [2.0, 0.0, 0.25, -3.0], [1.0, 1.5, 0.0, 0.5]]),
+                              np.array([2, 0, 3]), dtype="float32", reduction="none",
+                              grad_output=np.array([1.0, -2.0, 0.5], np.float32))
+    stdout = _repro_run(name, case, "grad_input_value",
+                        "grad_input off by 9 ulp (float32; budget 4) at [1, 2]: got 0.1, expected 0.2", tmp_path)
+    got, expected = _got_and_expected(stdout, "grad_input[1, 2]")
+    assert got == pytest.approx(expected, rel=1e-5), stdout
 
 
 def test_the_mlx_soft_target_gradient_divergence_reproduces_in_its_script(tmp_path):
-    adapter = adapters.load_adapter("mlx")
-    if reason := adapter.availability():
-        pytest.skip(reason)
-    case = Case.cross_entropy(np.array([[1.0, 2.0, 3.0], [0.5, 0.1, -1.0]]),
-                              np.array([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]]), dtype="float32")
-    path = case.save(tmp_path / "case.json")
-    script = write_repro(tmp_path / "case.py", case, adapter_name="mlx", check="grad_target_value", case_path=path,
-                         message="grad_target off by 1.7e+06 ulp (float32; budget 6.11) at [1, 1]: got 0.5",
-                         framework=adapter)
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": ""}, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
-    got, expected = (float(line.split("]", 1)[1].split()[0]) for line in run.stdout.splitlines()
-                     if "grad_target[1, 1]" in line)
+    stdout = _repro_run("mlx", Case.cross_entropy(**SOFT_TARGET_CASE), "grad_target_value",
+                        "grad_target off by 1.7e+06 ulp (float32; budget 6.11) at [1, 1]: got 0.5", tmp_path)
+    got, expected = _got_and_expected(stdout, "grad_target[1, 1]")
     assert abs(got - expected) > 0.1  # MLX leaves out the log-sum-exp term; the script shows it
 
 
@@ -233,19 +238,8 @@ def test_the_gates_replay_lines_keep_the_class_axis(tmp_path, capsys):
 
 
 def test_a_gradient_the_framework_does_not_give_is_shown_as_zeros_as_the_run_judged_it(tmp_path):
-    adapter = adapters.load_adapter("paddle")
-    if reason := adapter.availability():
-        pytest.skip(reason)
-    case = Case.cross_entropy(np.array([[1.0, 2.0, 3.0], [0.5, 0.1, -1.0]]),
-                              np.array([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]]), dtype="float32")
-    path = case.save(tmp_path / "case.json")
-    script = write_repro(tmp_path / "case.py", case, adapter_name="paddle", check="grad_target_value", case_path=path,
-                         message="grad_target off by 1e+07 ulp (float32; budget 6.11) at [1, 2]: got 0.0",
-                         framework=adapter)
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": ""}, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
-    got, expected = (float(line.split("]", 1)[1].split()[0]) for line in run.stdout.splitlines()
-                     if "grad_target[1, 2]" in line)
+    stdout = _repro_run("paddle", Case.cross_entropy(**SOFT_TARGET_CASE), "grad_target_value",
+                        "grad_target off by 1e+07 ulp (float32; budget 6.11) at [1, 2]: got 0.0", tmp_path)
+    got, expected = _got_and_expected(stdout, "grad_target[1, 2]")
     assert got == 0.0 and expected > 0.5  # Paddle's soft labels get no gradient: the script shows it
-    assert "Tensor(shape" not in run.stdout  # values, not the framework's tensor repr
+    assert "Tensor(shape" not in stdout  # values, not the framework's tensor repr

@@ -153,11 +153,12 @@ class Adapter(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         caps = self.capabilities
+        reason = self.availability()
         return {
             "adapter": self.name,
             "families": ",".join(sorted(caps.families)),
-            "available": self.availability() is None,
-            "reason": self.availability() or "",
+            "available": reason is None,
+            "reason": reason or "",
             "dtypes": ",".join(d for d in FLOAT_DTYPES if d in caps.dtypes),
             "gradients": caps.gradients,
             "target_gradients": caps.target_gradients,
@@ -165,11 +166,11 @@ class Adapter(abc.ABC):
                                     + [f"reduction:{r}" for r in ("mean", "sum", "none") if r not in caps.reductions]),
             "description": self.description,
             "framework": self.framework,
-            "version": self._framework_version(),
+            "version": self._framework_version() if reason is None else "",
         }
 
     def _framework_version(self) -> str:
-        if not self.framework or self.availability() is not None:
+        if not self.framework:
             return ""
         try:
             return str(self.versions().get(self.framework, ""))
