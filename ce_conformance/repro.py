@@ -79,12 +79,11 @@ def _framework_lines(adapter: Any, case: Case, impl_spec: str | None) -> list[st
     return lines
 
 
-def _gradient_lines(adapter: Any, case: Case, check: str, message: str) -> list[str]:
+def _gradient_lines(adapter: Any, case: Case, check: str, message: str, result: Any) -> list[str]:
     """For a gradient finding: that gradient from the framework's own autodiff with the run's
-    upstream gradient, printed at the element the finding names beside the float64 reference."""
-    from . import reference
-
-    if not (check.startswith("grad_") and case.is_valid and adapter.capabilities.gradients):
+    upstream gradient, printed at the element the finding names beside ``result``'s (the
+    reference's, gradients included)."""
+    if result is None or not (check.startswith("grad_") and case.is_valid and adapter.capabilities.gradients):
         return []
     options = ", ".join(f"{k}={v!r}" for k, v in case.call_options().items())
     which = "target" if check.startswith("grad_target") else "input"
@@ -101,7 +100,7 @@ def _gradient_lines(adapter: Any, case: Case, check: str, message: str) -> list[
               f"    grad = np.zeros({list(_call_shape(adapter, case))!r})"]
     if adapter.class_axis == -1 and case.input.ndim >= 2:
         lines.append("grad = np.moveaxis(grad, -1, 1)  # back to torch's layout: classes on axis 1")
-    expected = getattr(reference.evaluate(case), f"grad_{which}")
+    expected = getattr(result, f"grad_{which}")
     found = re.search(r"at \[([\d, ]*)\]", message)
     index = tuple(int(i) for i in found.group(1).split(",") if i.strip()) if found else None
     if expected is not None and index is not None and len(index) == expected.ndim:
@@ -154,10 +153,12 @@ def write_repro(path: Path, case: Case, *, adapter_name: str, check: str, messag
     from . import reference
 
     kind = impl_kind or ("jax" if adapter_name in ("jax", "optax") else "torch")
+    gradients = framework is not None and check.startswith("grad_")  # the script prints one (_gradient_lines)
     try:
-        expected = repr(reference.evaluate(case, gradients=False).loss.tolist()) if case.is_valid else None
+        result = reference.evaluate(case, gradients=gradients) if case.is_valid else None
     except InvalidInputError:
-        expected = None
+        result = None
+    expected = None if result is None else repr(result.loss.tolist())
     class_axis = getattr(framework, "class_axis", 1) if impl_spec else 1
     lines = [
         f"# ce-conformance repro for Case<{case.id}> — adapter {adapter_name!r}, check {check!r}",
@@ -168,7 +169,7 @@ def write_repro(path: Path, case: Case, *, adapter_name: str, check: str, messag
     ]
     if framework is not None:
         lines += (_framework_lines(framework, case, impl_spec) + _expectation_lines(case, expected)
-                  + _gradient_lines(framework, case, check, message))
+                  + _gradient_lines(framework, case, check, message, result))
         path.write_text("\n".join(lines) + "\n")
         return path
     if kind == "jax":
