@@ -48,6 +48,7 @@ def figures(rows: int, classes: int, dtype: str) -> dict:
     native()  # warm-up: first-call allocations are not the kernel's cost
     out = {"native": _best(native)[0]}
     adapter = load_adapter("torch")
+    adapter.timed_run(case)  # warm-up, as the native call's: torch's first backward on fresh memory is slower
     out["adapter"], outcome = _best(lambda: adapter.timed_run(case))
     # the engine's kernels load (or compile, in a fresh environment) on first use: a one-off per
     # process, like torch's first-call allocations, so a small case takes it before timing

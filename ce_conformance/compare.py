@@ -99,9 +99,13 @@ def _value_check(name: str, actual: np.ndarray | None, expected: np.ndarray, mag
     else:
         blocks, mismatches = [], []
         for start, stop, part, first in elements.blocks():
-            block_magnitude, block_sigma = elements.bounds(expected[part], start, stop)
-            block, mismatch = judge(actual[part], expected[part], block_magnitude, block_sigma,
-                                    native=None if native is None else native[part], intermediate=None)
+            block_native = None if native is None else native[part]
+            block, mismatch = elements.figures(actual[part], expected[part], start, stop, dtype=dtype, quantity=quantity,
+                                               scale=budget_scale, native=block_native), None
+            if block is None:
+                block_magnitude, block_sigma = elements.bounds(expected[part], start, stop)
+                block, mismatch = judge(actual[part], expected[part], block_magnitude, block_sigma,
+                                        native=block_native, intermediate=None)
             blocks.append((block, first))
             if mismatch is not None:
                 mismatches.append((mismatch, first))

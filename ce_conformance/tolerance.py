@@ -254,11 +254,26 @@ def fused_error_figures(actual: np.ndarray, expected: np.ndarray, magnitude: np.
 
     zeros = np.broadcast_to(np.zeros(()), shape)
     error_summary, threads = engine.kernel("error_summary", expected.size)
-    ok, max_ulp, max_ratio, flat, worst_ulp, worst_budget, max_abs = error_summary(
+    top, floor, spacings, min_exponent, base = kernel_units(dtype, quantity, n_classes)
+    figures = error_summary(
         canonical(actual, keep_float32=True), canonical(expected), canonical(magnitude), canonical(zeros if sigma is None else sigma),
-        canonical(zeros if native is None else native), native is not None, max_finite(dtype),
-        underflow_floor(dtype, n_classes), spacing_table(dtype), math.frexp(smallest_normal(dtype))[1] - 1, base_budget(dtype, quantity),
+        canonical(zeros if native is None else native), native is not None, top, floor, spacings, min_exponent, base,
         SIGMAS, float(scale), RELATIVE_ORACLE_MARGIN, threads)
+    return kernel_figures(figures, shape)
+
+
+def kernel_units(dtype: str, quantity: str, n_classes: int) -> tuple[float, float, np.ndarray, int, float]:
+    """What the numba kernels need to form :func:`ulp_units` and the base budget: the dtype's
+    largest finite value, the underflow floor, the spacing table and its first binary exponent,
+    the base budget in ulps."""
+    return (max_finite(dtype), underflow_floor(dtype, n_classes), spacing_table(dtype),
+            math.frexp(smallest_normal(dtype))[1] - 1, base_budget(dtype, quantity))
+
+
+def kernel_figures(figures: tuple, shape: tuple[int, ...]) -> ErrorFigures | None:
+    """A figures kernel's tuple (ok, max ulp, max ratio, flat index, ulps and budget there, max
+    absolute error) as :class:`ErrorFigures` of an array of ``shape``; None where not ``ok``."""
+    ok, max_ulp, max_ratio, flat, worst_ulp, worst_budget, max_abs = figures
     if not ok:
         return None
     index = tuple(int(i) for i in np.unravel_index(int(flat), shape)) if shape else ()

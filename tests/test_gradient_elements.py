@@ -11,7 +11,7 @@ import ce_conformance.gradient_elements as gradient_elements
 from ce_conformance import Case, reference
 from ce_conformance.adapters.base import Capabilities, Outcome
 from ce_conformance.compare import compare
-from ce_conformance.tolerance import allowed_errors, ulp_units
+from ce_conformance.tolerance import allowed_errors, error_figures, ulp_units
 
 CAPABILITIES = Capabilities(gradients=True, target_gradients=True)
 
@@ -150,12 +150,11 @@ def test_a_nan_in_one_block_is_reported_with_its_index(monkeypatch):
     assert "1 element(s), first at [4, 1]" in comparison.verdicts[0].message
 
 
-@pytest.mark.parametrize("kind", ["index", "smoothed_weighted", "probability", "probability_smoothed_kdim", "bfloat16"])
-def test_the_kernel_computes_the_numpy_bounds(kind, monkeypatch):
-    from ce_conformance import engine
+KINDS = ["index", "smoothed_weighted", "probability", "probability_smoothed_kdim", "bfloat16", "float16_upstream"]
 
-    if not engine.available():
-        pytest.skip("numba engine not in use")
+
+def _kind_case(kind):
+    """A case of each element-model shape the kernels handle, with a zero and a tiny probability."""
     rng = np.random.default_rng(8)
     x = rng.standard_normal((6, 300, 2)) * 3 if kind == "probability_smoothed_kdim" else rng.standard_normal((40, 300)) * 3
     x[0, 5] = -np.inf  # a zero probability
@@ -163,10 +162,25 @@ def test_the_kernel_computes_the_numpy_bounds(kind, monkeypatch):
     positions = (x.shape[0], *x.shape[2:])
     probability = kind.startswith("probability")
     target = rng.standard_normal(x.shape) if probability else rng.integers(0, 300, positions)
-    case = Case.cross_entropy(x, target, dtype={"bfloat16": "bfloat16", "index": "float64"}.get(kind, "float32"),
+    upstream = kind.endswith("upstream")
+    dtype = {"bfloat16": "bfloat16", "index": "float64", "float16_upstream": "float16"}.get(kind, "float32")
+    return Case.cross_entropy(x, target, dtype=dtype,
                               weight=rng.uniform(0, 2, 300) if kind in ("smoothed_weighted", "probability_smoothed_kdim") else None,
-                              label_smoothing=0.3 if "smoothed" in kind else 0.0, reduction="sum")
-    result = reference.evaluate(case)
+                              label_smoothing=0.3 if "smoothed" in kind else 0.0, reduction="none" if upstream else "sum",
+                              grad_output=rng.uniform(-2, 2, positions) if upstream else None)
+
+
+def _numba_engine():
+    from ce_conformance import engine
+
+    if not engine.available():
+        pytest.skip("numba engine not in use")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_kernel_computes_the_numpy_bounds(kind, monkeypatch):
+    _numba_engine()
+    result = reference.evaluate(_kind_case(kind))
     elements = result.grad_input_elements
     monkeypatch.setattr(gradient_elements, "KERNEL_MIN_ELEMENTS", 1)
     kernel = elements.bounds(result.grad_input, 0, elements.outer)
@@ -174,6 +188,51 @@ def test_the_kernel_computes_the_numpy_bounds(kind, monkeypatch):
     numpy = elements.bounds(result.grad_input, 0, elements.outer)
     for ours, spec in zip(kernel, numpy):
         np.testing.assert_allclose(ours, spec, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+@pytest.mark.parametrize("native", [False, True])
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_one_pass_comparison_gives_the_two_pass_figures(kind, native, threaded, monkeypatch):
+    # the fused kernel skips the costly part of a sigma where a lower bound of the allowed error
+    # says the element cannot be the worst: the figures must be the unscreened ones, exactly
+    _numba_engine()
+    from ce_conformance import engine
+
+    monkeypatch.setattr(engine, "PARALLEL_MIN_ELEMENTS", 1 if threaded else 1 << 62)
+    case = _kind_case(kind)
+    result = reference.evaluate(case)
+    elements, expected = result.grad_input_elements, result.grad_input
+    rng = np.random.default_rng(len(kind))
+    ulp = np.spacing(np.abs(expected).astype(np.float32)).astype(np.float64)
+    for sizes in ([0.3, 1.0], [1e-3, 1e3]):  # errors within the budget; a few far outside it
+        actual = expected + rng.choice(sizes, expected.shape) * rng.standard_normal(expected.shape) * ulp
+        other = expected + rng.standard_normal(expected.shape) * ulp if native else None
+        monkeypatch.setattr(gradient_elements, "KERNEL_MIN_ELEMENTS", 1)
+        fused = elements.figures(actual, expected, 0, elements.outer, dtype=case.dtype, quantity="grad_input",
+                                 scale=1.5, native=other)
+        monkeypatch.setattr(gradient_elements, "KERNEL_MIN_ELEMENTS", 1 << 62)
+        magnitude, sigma = elements.bounds(expected, 0, elements.outer)
+        spec = error_figures(actual, expected, magnitude, sigma, case.dtype, "grad_input", elements.n_classes, scale=1.5,
+                             native=other)
+        assert fused is not None
+        assert fused.worst_index == spec.worst_index
+        np.testing.assert_allclose([fused.max_ulp, fused.max_ratio, fused.worst_ulp, fused.worst_budget,
+                                    fused.max_abs_error],
+                                   [spec.max_ulp, spec.max_ratio, spec.worst_ulp, spec.worst_budget,
+                                    spec.max_abs_error], rtol=1e-12)
+
+
+def test_the_one_pass_comparison_declines_nonfinite_elements(monkeypatch):
+    _numba_engine()
+    result = reference.evaluate(_kind_case("index"))
+    actual = result.grad_input.copy()
+    actual[3, 4] = np.nan  # the NaN/inf rules are the NumPy path's
+    monkeypatch.setattr(gradient_elements, "KERNEL_MIN_ELEMENTS", 1)
+    elements = result.grad_input_elements
+    assert elements.figures(actual, result.grad_input, 0, elements.outer, dtype="float64", quantity="grad_input") is None
+    assert elements.figures(result.grad_input, result.grad_input, 0, elements.outer, dtype="float64",
+                            quantity="grad_input").max_ratio == 0.0
 
 
 def _without_subtracted_rounding(expected):

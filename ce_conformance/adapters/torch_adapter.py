@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -27,10 +28,14 @@ def to_torch(tensor: Tensor, device: str, memory_layout: str = "contiguous") -> 
     import torch
 
     dtype = torch_dtype(tensor.dtype)
-    # one conversion pass: half dtypes go through float32, which holds their values exactly
-    # (bfloat16 has no NumPy dtype torch accepts); a fresh array, so the caller's is never shared
-    staging = {"float16": np.float16, "bfloat16": np.float32, "float32": np.float32}.get(tensor.dtype)
-    values = torch.from_numpy(np.array(tensor.values, dtype=staging, order="C", copy=True))
+    # one conversion pass, torch's (threaded): the case's float64 (or int64) values hold every
+    # value of the dtype exactly, so converting them is exact; a fresh tensor, so the case's
+    # read-only array is never shared with the function under test
+    source = np.require(tensor.values, requirements="C")  # (ascontiguousarray would make a 0-d array 1-d)
+    with warnings.catch_warnings():  # from_numpy of a read-only array: nothing writes to this view
+        warnings.simplefilter("ignore", UserWarning)
+        view = torch.from_numpy(source)
+    values = view.to(dtype) if view.dtype != dtype else view.clone()
     shape = tensor.shape
     if memory_layout == "transposed" and len(shape) >= 2:
         order = tuple(reversed(range(len(shape))))
