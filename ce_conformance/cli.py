@@ -89,6 +89,9 @@ def _add_run_options(p: argparse.ArgumentParser, *, default_out: str) -> None:
     p.add_argument("--strict", action="store_true",
                    help="full checks: every feature (implies --features all) and arguments outside their "
                         "documented range that are silently accepted")
+    p.add_argument("--deterministic", action="store_true",
+                   help="run every case twice and fail on any bit that differs between the two runs (by default "
+                        "only the curated and covering cases run twice, and a difference is reported, not failing)")
     p.add_argument("--oracle", choices=("reference", "torch"), default="reference",
                    help="'reference' (default): the float64 oracle and per-dtype budgets; 'torch': no worse "
                         "than torch's own result in the same dtype plus a margin")
@@ -248,6 +251,7 @@ def _fuzz_config(args: argparse.Namespace, adapters: list[Any], title: str):
                       cell_shares=parse_shares(args.cell_share),
                       impl_spec=args.impl, impl_kind=args.kind if args.impl else None, max_seconds=args.max_time,
                       timeout=args.timeout, memory_mb=args.worker_memory_mb or None, family=args.family,
+                      deterministic=args.deterministic,
                       isolate="none" if args.in_process else ("all" if args.isolate_all else "default"))
 
 
@@ -259,12 +263,13 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     applied, missing = _run_baselines(args, adapters)
     run = FuzzRun(_fuzz_config(args, adapters, "ce-conformance fuzz"))
     summary = run.run()
-    unexplained = summary.findings
+    checks = _gating_checks(args)
+    unexplained = summary.gating_findings(checks)
     counts = (f"{summary.results} adapter runs, {summary.findings} findings in {summary.seconds:.1f} s; "
               f"tables in {summary.out_dir} (results/findings .csv/.parquet, summary.md)")
     lines = [summary.summary_markdown, counts]
     if applied or missing:
-        unexplained, explained_line = _explained(summary.out_dir, applied, missing)
+        unexplained, explained_line = _explained(summary.out_dir, applied, missing, checks)
         lines.append(explained_line)
     if summary.jax_compilations:
         lines.append("JAX compilations: " + ", ".join(f"{k} {v}" for k, v in summary.jax_compilations.items()))
@@ -277,14 +282,23 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     return EXIT_OK if conformant else EXIT_FINDINGS
 
 
-def _explained(run_dir: Path, applied: list[Any], missing: list[str]) -> tuple[int, str]:
-    """Record the baselines in the run, and say how many findings they explain."""
+def _gating_checks(args: argparse.Namespace) -> frozenset[str]:
+    """The check families whose findings fail a fuzz or nightly run: all but ``determinism``,
+    which ``--deterministic`` adds."""
+    from .selection import DEFAULT_CHECKS
+
+    return DEFAULT_CHECKS | ({"determinism"} if args.deterministic else set())
+
+
+def _explained(run_dir: Path, applied: list[Any], missing: list[str], checks: frozenset[str]) -> tuple[int, str]:
+    """Record the baselines in the run, and say how many findings they explain and how many of
+    the others fail the run (those of a family in ``checks``)."""
     from .ecosystem import explain, record_baselines
     from .findings import load_run
 
     record_baselines(run_dir, applied, missing)
     findings = explain(load_run(run_dir)[1], applied)
-    unexplained = int((findings["known"] == "").sum())
+    unexplained = int(((findings["known"] == "") & findings["family"].isin(checks)).sum())
     names = ", ".join(b.name for b in applied) or "none"
     text = (f"baselines ({names}): {len(findings) - unexplained} finding(s) known, {unexplained} unexplained"
             + "".join(f"\n  {note}" for note in missing))
@@ -301,7 +315,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     if not args.impl:
         raise ConfigurationError("gate needs --impl SPEC (the implementation to gate)")
     baseline = Baseline.load(args.baseline) if args.baseline else None  # refuse a bad file before running
-    checks = parse_checks(args.checks)
+    checks = parse_checks(args.checks) | ({"determinism"} if args.deterministic else set())
     adapters = _adapters(args)
     result = run_gate(_fuzz_config(args, adapters, f"ce-conformance gate: {args.impl}"), baseline, checks)
     summary = result.summary
@@ -388,7 +402,11 @@ def cmd_nightly(args: argparse.Namespace) -> int:
                          budget_minutes=args.budget_minutes, pairs=pairs, run_name=args.name,
                          baselines=(applied, missing))
     counts = result.diff.groupby("status").size().to_dict() if len(result.diff) else {}
-    new_unexplained = int(((result.diff["status"] == "new") & (result.diff["known"] == "")).sum()) \
+    from .compare import CHECK_FAMILIES
+
+    gating = result.diff["check"].map(lambda check: CHECK_FAMILIES.get(check, "other")).isin(
+        _gating_checks(args) | {"other"}) if len(result.diff) else None
+    new_unexplained = int(((result.diff["status"] == "new") & (result.diff["known"] == "") & gating).sum()) \
         if len(result.diff) else 0
     print(f"nightly run {result.run_dir.name}: {result.findings} findings in {result.seconds:.0f} s; "
           f"since {result.previous.name if result.previous else 'nothing (first run)'}: "

@@ -100,6 +100,7 @@ class Recorder:
         self._findings = open(self.out_dir / "findings.jsonl", mode, encoding="utf-8")
         self.result_count = 0
         self.finding_count = 0
+        self.family_counts: dict[str, int] = {}
 
     def _write(self, handle, row: dict[str, Any]) -> None:
         handle.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
@@ -115,6 +116,8 @@ class Recorder:
         with self._lock:
             self._write(self._findings, row)
             self.finding_count += 1
+            family = str(row.get("family") or "other")
+            self.family_counts[family] = self.family_counts.get(family, 0) + 1
 
     def close(self) -> None:
         with self._lock:

@@ -15,7 +15,7 @@ from .baseline import Baseline, Divergence
 from .findings import load_run
 from .repro import replay_command
 from .runner import FuzzConfig, FuzzRun, RunSummary
-from .selection import CHECK_FAMILY_NAMES
+from .selection import CHECK_FAMILY_NAMES, DEFAULT_CHECKS
 
 if TYPE_CHECKING:
     from .console import Block
@@ -34,7 +34,7 @@ class GateResult:
     stale: list[Divergence] = field(default_factory=list)
     baseline_text: str = ""
     reported: pd.DataFrame | None = None
-    gating: frozenset[str] = frozenset(CHECK_FAMILY_NAMES)
+    gating: frozenset[str] = DEFAULT_CHECKS
 
     @property
     def passed(self) -> bool:
@@ -99,7 +99,7 @@ def _indented(block: "Block") -> str:
 
 
 def run_gate(config: FuzzConfig, baseline: Baseline | None = None,
-             checks: frozenset[str] = frozenset(CHECK_FAMILY_NAMES)) -> GateResult:
+             checks: frozenset[str] = DEFAULT_CHECKS) -> GateResult:
     """Run ``config`` and judge it: findings the baseline covers pass, as do (reported, not
     failing) findings whose check family is not in ``checks``."""
     summary = FuzzRun(config).run()

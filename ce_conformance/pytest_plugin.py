@@ -59,8 +59,8 @@ _OPTIONS = {
     "baseline": ("known-divergence baseline (TOML path or shipped name) for --ce-impl", None),
     "features": ("features to test: default, all, or a comma-separated list ('-name' takes one away)", None),
     "dtypes": ("dtypes to draw cases in (default all; e.g. float32,bfloat16 or -float64)", None),
-    "checks": ("check families that fail a test (default all: errors,contract,values,gradients,mutation); "
-               "the others are still run and reported", None),
+    "checks": ("check families that fail a test (default: errors,contract,values,gradients,mutation; 'all' adds "
+               "determinism); the others are still run and reported", None),
     "seed": ("Hypothesis seed (default 0)", "0"),
     "max-examples": ("examples per feature family (default: the profile's)", None),
     "out": ("directory for run tables and saved cases (default: <rootdir>/.ce-conformance)", None),

@@ -61,6 +61,7 @@ class FuzzConfig:
     max_seconds: float | None = None  # --max-time: the whole run, tables included
     cell_shares: dict[str, float] | None = None  # --cell-share; None: the profile's (budget.NIGHTLY_SHARES)
     family: str = "cross_entropy"  # --family: the loss family whose cases are drawn
+    deterministic: bool = False  # --deterministic: every case runs twice (else the curated and covering ones)
 
 
 @dataclass
@@ -80,6 +81,14 @@ class RunSummary:
     out_of_time: bool = False  # stopped at --max-time
     quarantined: list[dict[str, Any]] = field(default_factory=list)
     devices: dict[str, str] = field(default_factory=dict)  # adapter -> torch device, where not the CPU
+    finding_families: dict[str, int] = field(default_factory=dict)  # findings per check family
+
+    def gating_findings(self, checks: "frozenset[str] | None" = None) -> int:
+        """Findings of the check families that fail a run (default: all but ``determinism``)."""
+        from .selection import DEFAULT_CHECKS
+
+        checks = DEFAULT_CHECKS if checks is None else checks
+        return sum(n for family, n in self.finding_families.items() if family in checks or family == "other")
 
     @property
     def conformant(self) -> bool:
@@ -111,3 +120,32 @@ def check_family(config: FuzzConfig) -> None:
              if config.family not in a.capabilities.families]
     if wrong:
         raise ConfigurationError(f"--family {config.family}: adapter(s) of another loss family: {'; '.join(wrong)}")
+
+
+def write_config(out_dir: Path, config: FuzzConfig, devices: dict[str, str], cell_shares: Any) -> None:
+    """``config.json`` of a run: what it was given and the versions it ran with (reports and
+    ``nightly`` diffs read it)."""
+    import json
+    import platform
+    import time
+
+    import hypothesis
+    import numpy
+
+    from . import engine
+    from ._version import __version__
+
+    versions: dict[str, str] = {"ce-conformance": __version__, "python": platform.python_version(),
+                                "numpy": numpy.__version__, "hypothesis": hypothesis.__version__}
+    for adapter in config.adapters:
+        try:
+            versions.update(adapter.versions())
+        except Exception:  # a report line, never a reason to fail the run
+            pass
+    written = {"family": config.family, "seed": config.seed, "profile": config.profile,
+               "max_examples": config.max_examples, "adapters": [a.describe() for a in config.adapters],
+               "strict": config.strict, "deterministic": config.deterministic, "oracle": config.oracle,
+               "impl": config.impl_spec, "kind": config.impl_kind, "devices": devices, "versions": versions,
+               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "engine": engine.name(),
+               "cell_shares": cell_shares}
+    (out_dir / "config.json").write_text(json.dumps(written, indent=1, default=str))

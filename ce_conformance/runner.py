@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import json
 import math
-import platform
 import time
 
 import numpy as np
@@ -23,8 +22,7 @@ from typing import Any, Callable, Iterator
 
 from ce_conformance.adapters.base import Adapter, Outcome
 
-from . import engine, phases, reference
-from ._version import __version__
+from . import determinism, phases, reference
 from .budget import NIGHTLY_SHARES, CellBudget
 from .case import Case
 from .control import Interrupted, OutOfTime, interrupt_guard
@@ -34,7 +32,7 @@ from .findings import Recorder, case_columns, finalize
 from .ledger import FindingLedger
 from .profiles import settings_for
 from .quarantine import Quarantine, case_traits
-from .run_config import (DEFAULT_CURATED_DIR, Executor, FuzzConfig, RunSummary,  # noqa: F401  (the run's API)
+from .run_config import (DEFAULT_CURATED_DIR, Executor, FuzzConfig, RunSummary, write_config,  # noqa: F401  (the run's API)
                          check_family, oracle_adapter)
 
 GUARDED_PHASES = ("curated", "covering", "explore")
@@ -152,6 +150,11 @@ class FuzzRun:
                 comparison = compare(case, outcome, ref, adapter.capabilities, strict=self.config.strict,
                                      native=self._native(case))
             stages["compare"] += clock() - start
+            if outcome.status == "ok" and determinism.repeats(phase, self.config.deterministic):
+                start = clock()  # the same call again: any differing bit is a finding (reported by default)
+                verdict = determinism.repeat_verdict(outcome, self.executor.run(adapter, case))
+                stages[f"adapter:{adapter.name}"] += clock() - start
+                comparison.verdicts += [verdict] if verdict else []
             compared.append((adapter, comparison))
             if record:
                 start = clock()
@@ -190,7 +193,7 @@ class FuzzRun:
                                     impl_kind=self.config.impl_kind, oracle=self.config.oracle, started=start,
                                     devices=self.devices,
                                     frameworks={a.name: a for a in self.adapters if hasattr(a, "bridge")})
-        self._write_config()
+        write_config(self.out_dir, self.config, self.devices, self.cell_budget.shares)
         if self.config.max_seconds is not None:
             self._deadline = start + self.config.max_seconds
         interrupted: str | None = None
@@ -248,27 +251,8 @@ class FuzzRun:
         return RunSummary(self.out_dir, self.recorder.result_count, self.recorder.finding_count, self.signatures,
                           interrupted, summary, time.perf_counter() - start, compilations,
                           dict(self.stage_seconds), self.examples, self.ledger.first_finding_seconds,
-                          self.config.oracle, out_of_time, quarantined, self.devices)
-
-    def _write_config(self) -> None:
-        versions: dict[str, str] = {"ce-conformance": __version__, "python": platform.python_version()}
-        import hypothesis
-        import numpy
-
-        versions.update(numpy=numpy.__version__, hypothesis=hypothesis.__version__)
-        for adapter in self.adapters:
-            try:
-                versions.update(adapter.versions())
-            except Exception:
-                pass
-        config = {"family": self.config.family, "seed": self.config.seed, "profile": self.config.profile,
-                  "max_examples": self.config.max_examples,
-                  "adapters": [a.describe() for a in self.config.adapters], "strict": self.config.strict,
-                  "oracle": self.config.oracle, "impl": self.config.impl_spec, "kind": self.config.impl_kind,
-                  "devices": self.devices,
-                  "versions": versions, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  "engine": engine.name(), "cell_shares": self.cell_budget.shares}
-        (self.out_dir / "config.json").write_text(json.dumps(config, indent=1, default=str))
+                          self.config.oracle, out_of_time, quarantined, self.devices,
+                          dict(self.recorder.family_counts))
 
     @contextmanager
     def _progress_bar(self) -> Iterator[Callable[[], None]]:

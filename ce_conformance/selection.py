@@ -4,7 +4,7 @@ One grammar for all three, so a kernel author learns it once: comma-separated na
 keywords ``all`` and ``default``, and ``-name`` to take one away. A list that starts with a
 subtraction starts from the default. Unknown names are refused with the valid ones listed.
 
->>> sorted(parse_checks("all,-errors"))
+>>> sorted(parse_checks("default,-errors"))
 ['contract', 'gradients', 'mutation', 'values']
 >>> parse_dtypes("bfloat16,float32")
 ('bfloat16', 'float32')
@@ -24,8 +24,12 @@ DEFAULT_EXCLUDED_FEATURES: Final = frozenset({"legacy_reduction", "uint8_target"
 """Corners most kernels do not claim (deprecated ``size_average``/``reduce``, uint8 targets,
 negative smoothing): ``default`` leaves them out, ``all`` takes them in."""
 
-CHECK_FAMILY_NAMES: Final = ("errors", "contract", "values", "gradients", "mutation")
+CHECK_FAMILY_NAMES: Final = ("errors", "contract", "values", "gradients", "mutation", "determinism")
 """Check families, in report order (:data:`ce_conformance.compare.CHECK_FAMILIES` maps checks to them)."""
+
+DEFAULT_CHECKS: Final = frozenset(CHECK_FAMILY_NAMES) - {"determinism"}
+"""What fails a run unless told otherwise: every family but ``determinism`` (two runs of one call
+giving different bits is reported, and gates only with ``--deterministic`` or ``all``)."""
 
 
 def parse_selection(text: str | Iterable[str] | None, *, universe: Iterable[str], default: Iterable[str],
@@ -85,9 +89,12 @@ def parse_dtypes(text: str | Iterable[str] | None) -> tuple[str, ...] | None:
 
 
 def parse_checks(text: str | Iterable[str] | None) -> frozenset[str]:
-    """Check families that fail a gate (the others are still run and reported); all by default.
+    """Check families that fail a gate (the others are still run and reported); by default
+    :data:`DEFAULT_CHECKS`.
 
     >>> sorted(parse_checks("values,gradients"))
     ['gradients', 'values']
+    >>> "determinism" in parse_checks(None), "determinism" in parse_checks("all")
+    (False, True)
     """
-    return parse_selection(text, universe=CHECK_FAMILY_NAMES, default=CHECK_FAMILY_NAMES, option="--checks")
+    return parse_selection(text, universe=CHECK_FAMILY_NAMES, default=DEFAULT_CHECKS, option="--checks")

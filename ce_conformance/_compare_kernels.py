@@ -1,0 +1,314 @@
+"""numba kernels of the comparison (:mod:`ce_conformance.tolerance`,
+:mod:`ce_conformance.gradient_elements`): an array judged against the reference in one pass.
+Compiled by :mod:`ce_conformance._kernels`, which documents the conventions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+@njit(cache=True, nogil=True)
+def _binade(bits):
+    """floor(log2|x|) from float64 bits (-1023 for zero and float64 subnormals, 1024 for inf/NaN)."""
+    return ((bits >> 52) & 0x7FF) - 1023
+
+
+def _error_summary(actual, expected, magnitude, sigma, native, use_native, top, floor, spacings, min_exponent,
+                  base, sigmas, scale, margin, threads):
+    """``compare._value_check``'s figures over (outer, classes, inner) arrays, in one pass: worst
+    ulp error, worst error-to-allowed ratio with its flat index and the ulps and budget there,
+    worst absolute error. ``ok`` is False (and the figures unset) when any element is not
+    finite: the NaN/inf rules are the NumPy path's. The unit is ``tolerance.ulp_units``: the
+    dtype's spacing (``spacings[exponent - min_exponent]``) at min(max(|expected|, magnitude),
+    top), at least ``floor``, an exact zero counting as 0.5's binade, as ``dtypes.ulp`` does;
+    the binade is read from the float64 bits, since max and min preserve it."""
+    expected_bits = expected.view(np.int64)
+    magnitude_bits = magnitude.view(np.int64)
+    top_binade = math.frexp(top)[1] - 1
+    outer, classes, inner = expected.shape
+    workers = max(1, min(outer, threads))
+    per = (outer + workers - 1) // workers
+    best_ratio = np.full(workers, -1.0)
+    best_index = np.zeros(workers, dtype=np.int64)
+    best_ulps = np.zeros(workers)
+    best_budget = np.zeros(workers)
+    worst_ulps = np.zeros(workers)
+    worst_error = np.zeros(workers)
+    finite = np.ones(workers, dtype=np.bool_)
+    for worker in prange(workers):
+        # per-worker figures live in locals: writing the shared arrays per element would make the
+        # threads fight over one cache line
+        ratio_best, index_best, ulps_best, budget_best = -1.0, 0, 0.0, 0.0
+        ulps_worst = error_worst = 0.0
+        all_finite = True
+        for o in range(worker * per, min(outer, (worker + 1) * per)):
+            for c in range(classes):
+                for i in range(inner):
+                    a = actual[o, c, i]
+                    e = expected[o, c, i]
+                    m = magnitude[o, c, i]
+                    s = sigma[o, c, i]
+                    n = native[o, c, i] if use_native else 0.0
+                    if not (np.isfinite(a) and np.isfinite(e) and np.isfinite(m) and np.isfinite(s)
+                            and np.isfinite(n)):
+                        all_finite = False
+                        continue
+                    unit = _unit(e, expected_bits[o, c, i], m, _binade(magnitude_bits[o, c, i]), top_binade,
+                                 spacings, min_exponent, floor)
+                    error = abs(a - e)
+                    allowed = scale * (base * unit + sigmas * s)
+                    if use_native:
+                        allowed = max(allowed, abs(n - e) + margin * unit)
+                    ratio = error / allowed
+                    ulps = error / unit
+                    if ratio > ratio_best:
+                        ratio_best = ratio
+                        index_best = (o * classes + c) * inner + i
+                        ulps_best = ulps
+                        budget_best = allowed / unit
+                    ulps_worst = max(ulps_worst, ulps)
+                    error_worst = max(error_worst, error)
+        best_ratio[worker] = ratio_best
+        best_index[worker] = index_best
+        best_ulps[worker] = ulps_best
+        best_budget[worker] = budget_best
+        worst_ulps[worker] = ulps_worst
+        worst_error[worker] = error_worst
+        finite[worker] = all_finite
+    ok = True
+    for worker in range(workers):
+        ok = ok and finite[worker]
+    pick = 0
+    for worker in range(1, workers):  # the first worst element, as np.argmax finds it
+        if best_ratio[worker] > best_ratio[pick]:
+            pick = worker
+    return (ok, max(worst_ulps.max(), 0.0), max(best_ratio[pick], 0.0), best_index[pick], best_ulps[pick],
+            best_budget[pick], worst_error.max())
+
+
+@njit(cache=True, nogil=True)
+def _subtracted(probability, targets, target, target_coefficient, smoothing, eps_c, w, o, c, i):
+    """``GradientElements.subtracted`` of one element: ``Q_c`` and the magnitude of its parts."""
+    if probability:
+        t = targets[o, c, i]
+        if smoothing > 0:
+            return (t * (1 - smoothing) + eps_c) * w, (abs(t) * (1 - smoothing) + eps_c) * abs(w)
+        return t * w, abs(t * w)
+    q = eps_c * w if smoothing > 0 else 0.0
+    if c == target[o, i]:
+        q += target_coefficient[o, i]
+    return q, abs(q)
+
+
+@njit(cache=True, nogil=True)
+def _element_bound(e, s, q, parts, denominator, base, total, lost, u, u_half, sigmas, scale_relative,
+                   subtracted_relative, row_magnitude, row_sigma):
+    """``GradientElements.bounds`` of one element of an element-wise row: (magnitude, sigma)."""
+    proportional = abs(e + s * q)
+    ratio = proportional / denominator if denominator > 0 else (np.inf if proportional > 0 else np.nan)
+    log_p = 0.0
+    if not np.isnan(ratio):
+        p = min(ratio, 1.0)
+        if p > 0:
+            log_p = np.log(p)
+    relative_sq = (base + (u * u / 3) * ((log_p + total) ** 2 + total * total + log_p * log_p + 1)
+                   + (u_half * u_half / 3) * log_p * log_p)
+    root = np.sqrt(relative_sq)
+    x = sigmas * root
+    # expm1(x) / sigmas; its series where x is small (nearly always: expm1 is slow)
+    grown = root * (1.0 + x * (0.5 + x * (1.0 / 6.0 + x / 24.0))) if x < 1e-3 else np.expm1(x) / sigmas
+    a = proportional * grown
+    b = abs(e) * scale_relative
+    c = abs(s) * parts * subtracted_relative
+    largest = max(a, b, c, lost)
+    if 1e-150 < largest < 1e150:  # squares within the float64 range: the plain root
+        value = np.sqrt(a * a + b * b + c * c + lost * lost)
+    else:  # a probability of 1e-258 would square to 0: the careful way
+        value = np.hypot(np.hypot(a, np.hypot(b, c)), lost)
+    size = max(proportional, abs(s) * parts)
+    if np.isfinite(size) and np.isfinite(value):
+        return size, value
+    return row_magnitude, row_sigma
+
+
+def _element_bounds(expected, scale, terms_sum, log_total, relative, absolute, elementwise, row_magnitude,
+                    row_sigma, scale_relative, subtracted_relative, u, u_half, sigmas, probability, targets, target,
+                    target_coefficient, smoothing, weight, magnitude, sigma, threads):
+    """``GradientElements.bounds`` (its NumPy body is the specification) in one pass over an
+    (outer, classes, inner) block: each element's magnitude and sigma into ``magnitude`` and
+    ``sigma``. ``targets`` holds probability targets (``probability``), else ``target`` and
+    ``target_coefficient`` the index targets' class and ``(1 - eps) w_y``."""
+    outer, classes, inner = expected.shape
+    eps_c = smoothing / classes if classes else 0.0
+    workers = max(1, min(outer, threads))
+    per = (outer + workers - 1) // workers
+    for worker in prange(workers):
+        for o in range(worker * per, min(outer, (worker + 1) * per)):
+            for i in range(inner):
+                if not elementwise[o, i]:
+                    for c in range(classes):
+                        magnitude[o, c, i] = row_magnitude[o, i]
+                        sigma[o, c, i] = row_sigma[o, i]
+                    continue
+                s = scale[o, i]
+                denominator = abs(s * terms_sum[o, i])
+                base = relative[o, i] * relative[o, i]
+                for c in range(classes):
+                    q, parts = _subtracted(probability, targets, target, target_coefficient, smoothing, eps_c,
+                                           weight[c], o, c, i)
+                    magnitude[o, c, i], sigma[o, c, i] = _element_bound(
+                        expected[o, c, i], s, q, parts, denominator, base, log_total[o, i], absolute[o, i], u,
+                        u_half, sigmas, scale_relative, subtracted_relative, row_magnitude[o, i], row_sigma[o, i])
+
+
+@njit(cache=True, nogil=True)
+def _unit(e, e_bits, m, m_binade, top_binade, spacings, min_exponent, floor):
+    """``tolerance.ulp_units`` of one element: the dtype's spacing at min(max(|e|, m), top), at
+    least ``floor``, an exact zero counting as 0.5's binade (binades read from the float64 bits,
+    which max and min preserve)."""
+    if e == 0.0 and m <= 0.0:
+        exponent = -1
+    else:
+        exponent = _binade(e_bits) if e != 0.0 else -1075
+        if m > 0.0:
+            exponent = max(exponent, m_binade)
+        exponent = min(exponent, top_binade)
+    return max(spacings[max(exponent, min_exponent) - min_exponent], floor)
+
+
+_SCREEN: float = 1.0 - 2.0**-40  # keeps a lower bound below the exact value it is rounded near
+
+
+@njit(cache=True, nogil=True)
+def _position_figures(actual, expected, expected_bits, o, i, state, scale, terms_sum, log_total, relative, absolute,
+                      elementwise, row_magnitude, row_sigma, scale_relative, subtracted_relative, u, u_half, sigmas,
+                      probability, targets, target, target_coefficient, smoothing, eps_c, weight, native, use_native,
+                      top_binade, floor, spacings, min_exponent, base_ulps, budget_scale, margin, scratch):
+    """:func:`_element_figures` over the classes of one position (o, i): ``state`` is the running
+    (ratio, flat index, ulps, budget) at the worst ratio, the worst ulps and absolute error, and
+    whether every element was finite; returns it updated."""
+    ratio_best, index_best, ulps_best, budget_best, ulps_worst, error_worst, all_finite = state
+    classes, inner = expected.shape[1], expected.shape[2]
+    scratch_bits = scratch.view(np.int64)
+    wise = elementwise[o, i]
+    s = scale[o, i]
+    denominator = abs(s * terms_sum[o, i])
+    base = relative[o, i] * relative[o, i]
+    total = log_total[o, i]
+    lost = absolute[o, i]
+    row_m = row_magnitude[o, i]
+    row_s = row_sigma[o, i]
+    # the relative sigma without the terms in log p: (log p + T)^2 + log p^2 >= T^2 / 2
+    floor_root = np.sqrt(base + (u * u / 3) * (1.5 * total * total + 1))
+    half_root = u_half / np.sqrt(3.0) if denominator > 0 else 0.0
+    scratch[1] = denominator
+    denominator_binade = _binade(scratch_bits[1])
+    for c in range(classes):
+        a = actual[o, c, i]
+        e = expected[o, c, i]
+        n = native[o, c, i] if use_native else 0.0
+        if not (np.isfinite(a) and np.isfinite(e) and np.isfinite(n)):
+            all_finite = False
+            continue
+        error = abs(a - e)
+        q = 0.0
+        parts = 0.0
+        proportional = 0.0
+        sigma = row_s
+        m = row_m
+        exact = True
+        if wise:
+            q, parts = _subtracted(probability, targets, target, target_coefficient, smoothing, eps_c, weight[c],
+                                   o, c, i)
+            proportional = abs(e + s * q)
+            m = max(proportional, abs(s) * parts)
+            exact = not np.isfinite(m)
+            if exact:  # falls back to its row's figures
+                m, sigma = _element_bound(e, s, q, parts, denominator, base, total, lost, u, u_half, sigmas,
+                                          scale_relative, subtracted_relative, row_m, row_s)
+        scratch[0] = m
+        unit = _unit(e, expected_bits[o, c, i], m, _binade(scratch_bits[0]), top_binade, spacings, min_exponent,
+                     floor)
+        if error > ulps_worst * unit:
+            ulps_worst = error / unit
+        error_worst = max(error_worst, error)
+        if not exact:  # a lower bound of the allowed error first
+            root = floor_root
+            if half_root > 0 and proportional > 0:
+                # p = proportional / denominator < 2^(binade difference + 1), so |log p| is above
+                # that many ln 2 (no division: the binades of the two), and sqrt(a + b) >= sqrt(b)
+                scratch[1] = proportional
+                below = denominator_binade - _binade(scratch_bits[1]) - 1
+                if below > 0:
+                    root = max(root, half_root * below * 0.6931471805599453)
+            least = max(proportional * root, abs(e) * scale_relative,
+                        abs(s) * parts * subtracted_relative, lost)
+            bound = budget_scale * (base_ulps * unit + sigmas * least) * _SCREEN
+            if use_native:
+                bound = max(bound, (abs(n - e) + margin * unit) * _SCREEN)
+            if ratio_best >= 0 and not error > ratio_best * bound:
+                continue
+            m, sigma = _element_bound(e, s, q, parts, denominator, base, total, lost, u, u_half, sigmas,
+                                      scale_relative, subtracted_relative, row_m, row_s)
+        allowed = budget_scale * (base_ulps * unit + sigmas * sigma)
+        if use_native:
+            allowed = max(allowed, abs(n - e) + margin * unit)
+        ratio = error / allowed
+        if ratio > ratio_best:
+            ratio_best = ratio
+            index_best = (o * classes + c) * inner + i
+            ulps_best = error / unit
+            budget_best = allowed / unit
+    return ratio_best, index_best, ulps_best, budget_best, ulps_worst, error_worst, all_finite
+
+
+def _element_figures(actual, expected, scale, terms_sum, log_total, relative, absolute, elementwise, row_magnitude,
+                     row_sigma, scale_relative, subtracted_relative, u, u_half, sigmas, probability, targets, target,
+                     target_coefficient, smoothing, weight, native, use_native, top, floor, spacings, min_exponent,
+                     base_ulps, budget_scale, margin, threads):
+    """:func:`_element_bounds` and :func:`_error_summary` in one pass, with no magnitude or sigma
+    array in between: ``_error_summary``'s figures of an input-gradient block judged element by
+    element. An element's magnitude (so its unit and ulps) is cheap and computed for every
+    element; its sigma costs a log and two square roots, so it is computed only where a lower
+    bound of the allowed error (the row's relative error without the element's log-probability
+    terms; for half dtypes, ``|log p|`` bounded below from ``p``'s binade) leaves the element a
+    chance of beating the worst ratio found so far. The figures are the unscreened ones exactly.
+    The caller checks that the rows' own figures (``relative``, ``absolute``, the row-level
+    magnitude and sigma) are finite, so an element's sigma is finite wherever its magnitude is."""
+    outer, classes, inner = expected.shape
+    expected_bits = expected.view(np.int64)
+    top_binade = math.frexp(top)[1] - 1
+    eps_c = smoothing / classes if classes else 0.0
+    workers = max(1, min(outer, threads))
+    per = (outer + workers - 1) // workers
+    best_ratio = np.full(workers, -1.0)
+    best_index = np.zeros(workers, dtype=np.int64)
+    best_ulps = np.zeros(workers)
+    best_budget = np.zeros(workers)
+    worst_ulps = np.zeros(workers)
+    worst_error = np.zeros(workers)
+    finite = np.ones(workers, dtype=np.bool_)
+    for worker in prange(workers):
+        scratch = np.empty(2)  # a float64 whose bits are read back: the binade of a computed value
+        state = (-1.0, 0, 0.0, 0.0, 0.0, 0.0, True)
+        for o in range(worker * per, min(outer, (worker + 1) * per)):
+            for i in range(inner):
+                state = _position_figures(
+                    actual, expected, expected_bits, o, i, state, scale, terms_sum, log_total, relative, absolute,
+                    elementwise, row_magnitude, row_sigma, scale_relative, subtracted_relative, u, u_half, sigmas,
+                    probability, targets, target, target_coefficient, smoothing, eps_c, weight, native, use_native,
+                    top_binade, floor, spacings, min_exponent, base_ulps, budget_scale, margin, scratch)
+        best_ratio[worker], best_index[worker], best_ulps[worker], best_budget[worker] = state[0], state[1], \
+            state[2], state[3]
+        worst_ulps[worker], worst_error[worker], finite[worker] = state[4], state[5], state[6]
+    ok = True
+    for worker in range(workers):
+        ok = ok and finite[worker]
+    pick = 0
+    for worker in range(1, workers):  # the first worst element, as np.argmax finds it
+        if best_ratio[worker] > best_ratio[pick]:
+            pick = worker
+    return (ok, max(worst_ulps.max(), 0.0), max(best_ratio[pick], 0.0), best_index[pick], best_ulps[pick],
+            best_budget[pick], worst_error.max())

@@ -1,0 +1,313 @@
+"""numba kernels of the reference (:mod:`ce_conformance.reference`) and of the summation error
+model (:mod:`ce_conformance.summation`): the rows of a case, one pass set per row. Compiled
+by :mod:`ce_conformance._kernels`, which documents the conventions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+_GOLDEN: np.uint64 = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing of the terms' bit patterns
+
+
+@njit(cache=True, nogil=True)
+def _row_root(values, keys, u, lost_weight, linear, stamp, workspace):
+    """One row of ``summation_root``: the terms scaled by the row max, their forward partial
+    sums, then :func:`_scaled_root`. ``workspace`` is the calling worker's :func:`_workspace`."""
+    scaled, forward = workspace[3], workspace[4]
+    width = values.shape[0]
+    top = 0.0
+    for k in range(width):
+        v = values[k]
+        if np.isfinite(v) and v > top:
+            top = v
+    scale = top if top > 0 else 1.0
+    total = 0.0
+    for k in range(width):
+        v = values[k]
+        t = v / scale if np.isfinite(v) else 0.0
+        if t == 0.0:
+            t = 0.0  # -0.0 and 0.0 are one value
+        scaled[k] = t
+        total += t
+        forward[k] = total
+    bits = scaled.view(np.int64) if keys.shape[0] == 0 else keys.view(np.int64)
+    root, distinct = _scaled_root(scaled, bits, forward, total, u, lost_weight, linear, stamp, workspace)
+    return root * top, distinct
+
+
+@njit(cache=True, nogil=True)
+def _scaled_root(scaled, bits, forward, total, u, lost_weight, linear, stamp, workspace, marked=False):
+    """``summation_root`` of one row of finite, non-negative ``scaled`` terms (their maximum 1,
+    or all 0), given their forward partial sums and ``total``: sequential partial sums in both
+    orders, terms lost below u * partial sum, equal terms (equal ``bits``: their own bit patterns,
+    or keys) grouped.
+
+    Grouping: a first pass marks, in a bit filter small enough for the L2 cache (16 bits per
+    term), the hash buckets hit more than once; a term alone in its bucket is a group of its
+    own. Only the others (a few percent, true repeats and bucket collisions) go through an
+    exact open-addressing table, whose slot is four words (key bits, stamp, forward sum,
+    backward sum) and whose stamp marks the slots this row uses, so it is never cleared.
+    ``marked``: the caller has run :func:`_mark` over the row already."""
+    table, filters = workspace[0], workspace[1]
+    slots = workspace[2]
+    width = scaled.shape[0]
+    half = filters.shape[0] // 2  # words of each filter: seen once, seen again
+    filter_shift = np.uint64(64 - _log2(half * 64))
+    if not marked:
+        _mark(bits, 0, width, filters)
+    words = table.view(np.int64)
+    mask = table.shape[0] // 4 - 1
+    lost_forward = lost_backward = sum_forward = sum_backward = 0.0
+    var_forward = var_backward = 0.0
+    distinct = grouped = 0
+    inverse_u = 1.0 / u  # u is a power of two: t * inverse_u is t / u exactly
+    for k in range(width):
+        t = scaled[k]
+        f = forward[k]
+        b = total - f + t
+        lost = t * inverse_u
+        if lost < f:
+            lost_forward += lost
+            f = 0.0
+        if lost < b:
+            lost_backward += lost
+            b = 0.0
+        sum_forward += f
+        sum_backward += b
+        key = bits[k]
+        bucket = (np.uint64(key) * _GOLDEN) >> filter_shift
+        if not filters[half + (bucket >> np.uint64(6))] & (np.uint64(1) << (bucket & np.uint64(63))):
+            var_forward += f * f  # alone in its bucket: a group of one
+            var_backward += b * b
+            distinct += 1
+            continue
+        slot = np.int64((np.uint64(key) * _GOLDEN) >> np.uint64(32)) & mask
+        while True:
+            at = 4 * slot
+            if words[at + 1] != stamp:
+                words[at] = key
+                words[at + 1] = stamp
+                table[at + 2] = f
+                table[at + 3] = b
+                slots[grouped] = at
+                grouped += 1
+                break
+            if words[at] == key:
+                table[at + 2] += f
+                table[at + 3] += b
+                break
+            slot = (slot + 1) & mask
+    filters[:] = 0
+    if linear:
+        root = max(sum_forward, sum_backward)
+    else:
+        for i in range(grouped):
+            at = slots[i]
+            var_forward += table[at + 2] * table[at + 2]
+            var_backward += table[at + 3] * table[at + 3]
+        root = np.sqrt(max(var_forward, var_backward))
+    return root + lost_weight * max(lost_forward, lost_backward), distinct + grouped
+
+
+@njit(cache=True, nogil=True)
+def _mark(bits, start, stop, filters):
+    """The grouping's first pass over ``bits[start:stop]``: set each key's bit in the first
+    half of ``filters`` (seen once), or in the second (seen again) where it is set already."""
+    half = filters.shape[0] // 2
+    filter_shift = np.uint64(64 - _log2(half * 64))
+    for k in range(start, stop):
+        bucket = (np.uint64(bits[k]) * _GOLDEN) >> filter_shift
+        word, bit = bucket >> np.uint64(6), np.uint64(1) << (bucket & np.uint64(63))
+        if filters[word] & bit:
+            filters[half + word] |= bit
+        else:
+            filters[word] |= bit
+
+
+@njit(cache=True, nogil=True)
+def _log2(power):
+    exponent = 0
+    while (1 << exponent) < power:
+        exponent += 1
+    return exponent
+
+
+@njit(cache=True, nogil=True)
+def _workspace(width):
+    """One worker's buffers for :func:`_row_root` on rows of ``width`` terms: the hash table
+    (at most half full, zeroed), two bit filters of at least 16 bits per term (zeroed, as uint64
+    words), the slots used, and the scaled terms with their forward partial sums."""
+    size = 2
+    while size < 2 * width:
+        size *= 2
+    words = 1
+    while words * 64 < 16 * width:
+        words *= 2
+    return (np.zeros(4 * size), np.zeros(2 * words, dtype=np.uint64), np.empty(width, dtype=np.int64),
+            np.empty(width), np.empty(width))
+
+
+def _summation_roots(values, keys, u, lost_weight, linear, threads):
+    """``summation_root`` of each row of a C-contiguous float64 (rows, width) array, with the
+    number of distinct terms (or ``keys``, a C-contiguous array of the same shape, or of no
+    rows: group by value) per row; rows are split into ``threads`` contiguous runs."""
+    rows, width = values.shape
+    roots = np.zeros(rows)
+    distinct = np.zeros(rows, dtype=np.int64)
+    workers = max(1, min(rows, threads))
+    per = (rows + workers - 1) // workers
+    no_keys = np.empty(0)
+    for worker in prange(workers):
+        workspace = _workspace(width)
+        for r in range(worker * per, min(rows, (worker + 1) * per)):
+            row_keys = keys[r] if keys.shape[0] else no_keys
+            roots[r], distinct[r] = _row_root(values[r], row_keys, u, lost_weight, linear[r], r + 1, workspace)
+    return roots, distinct
+
+
+_LOG2E = 1.4426950408889634
+_LN2_HIGH = 6.93147180369123816490e-01  # ln 2 in 32 bits (fdlibm's split): k * _LN2_HIGH is exact
+_LN2_LOW = 1.90821492927058770002e-10
+_ROUNDER = 6755399441055744.0  # 1.5 * 2**52: adding and subtracting it rounds to an integer
+_ROUNDER_BITS = np.int64(0x4338000000000000)
+_EXPONENT_BIAS = 1023.0 + _ROUNDER
+_TAYLOR = tuple(1.0 / math.factorial(k) for k in range(14))
+_EXP_BLOCK = 512
+
+
+@njit(cache=True, nogil=True)
+def _exp_block(x, start, stop, high, out, first, second):
+    """``out[k] = exp(x[k] - high)`` for k in [start, stop), at most ``_EXP_BLOCK`` of them, in
+    float64 and vectorised (libm's exp is a call per element: most of the reference's time at
+    vocabulary scale). ``x - high = k ln 2 + r`` with ``|r| <= ln 2 / 2``, ``exp(r)`` by its Taylor
+    polynomial of degree 13 (truncation below 1e-17) in Estrin's scheme, and ``2^k`` as two
+    factors built from their exponent bits, so results down to the subnormal range round once.
+    At most 2 float64 ulps from the correctly rounded value (``tests/test_engine.py``);
+    ``x - high <= 0`` (the row's maximum subtracted), ``-inf`` gives 0. ``first`` and
+    ``second`` are scratch of ``_EXP_BLOCK`` float64s."""
+    first_bits = first.view(np.int64)
+    second_bits = second.view(np.int64)
+    n = stop - start
+    c2, c3, c4, c5, c6, c7 = _TAYLOR[2], _TAYLOR[3], _TAYLOR[4], _TAYLOR[5], _TAYLOR[6], _TAYLOR[7]
+    c8, c9, c10, c11, c12, c13 = _TAYLOR[8], _TAYLOR[9], _TAYLOR[10], _TAYLOR[11], _TAYLOR[12], _TAYLOR[13]
+    for j in range(n):
+        t = max(np.float64(x[start + j]) - high, -1400.0)  # exp(-1400) is 0: keeps 2^k's halves normal
+        k = (t * _LOG2E + _ROUNDER) - _ROUNDER
+        r = (t - k * _LN2_HIGH) - k * _LN2_LOW
+        r2 = r * r
+        r4 = r2 * r2
+        low = (1.0 + r) + (c2 + c3 * r) * r2 + ((c4 + c5 * r) + (c6 + c7 * r) * r2) * r4
+        high_part = (c8 + c9 * r) + (c10 + c11 * r) * r2 + (c12 + c13 * r) * r4
+        out[start + j] = low + high_part * (r4 * r4)
+        half = (k * 0.5 + _ROUNDER) - _ROUNDER
+        first[j] = half + _EXPONENT_BIAS  # the integer k / 2 + 1023 in the low bits
+        second[j] = (k - half) + _EXPONENT_BIAS
+    for j in range(n):
+        first_bits[j] = (first_bits[j] - _ROUNDER_BITS) << 52  # 2^(k/2) as a float64
+        second_bits[j] = (second_bits[j] - _ROUNDER_BITS) << 52
+    for j in range(n):
+        out[start + j] = out[start + j] * first[j] * second[j]
+
+
+def _index_rows(rows, target, weight, scale, u, lost_weight, grad, threads):
+    """The reference's index-target rows without label smoothing: the log-sum-exp (``log1p`` of
+    the sum without the maximal term, compensated), the NLL, the probability of the target, the
+    summation model of the exp sum (``summation_root`` and root sum of squares of p), the
+    largest p |log p|, the row's maximum and, where ``grad`` has rows, the gradient row
+    ``p * w_y * scale`` with ``w_y * expm1(log p_y) * scale`` at the target.
+
+    Three passes over a row's C logits and one over the exp terms: the maximum, the terms
+    ``e = exp(x - max)`` (:func:`_exp_block`) with their compensated sum, their forward partial
+    sums and their sum of squares, then :func:`_scaled_root` on the terms themselves (their
+    maximum is 1: they are ``p / max p``) and the gradient row. ``p |log p| = e (max - x + lse)
+    / S`` is largest at the maximal term where ``lse >= 1`` (it decreases in ``max - x`` there),
+    so only rows with ``lse < 1`` scan for it. ``finite`` is False for a row whose maximum is not
+    finite (NaN or +-inf): the caller takes the NumPy path for such chunks."""
+    m, width = rows.shape
+    lse = np.zeros(m)
+    nll = np.zeros(m)
+    p_target = np.zeros(m)
+    root = np.zeros(m)
+    rss = np.zeros(m)
+    distinct = np.zeros(m, dtype=np.int64)
+    p_logp = np.zeros(m)
+    tops = np.zeros(m)
+    finite = np.ones(m, dtype=np.bool_)
+    want_grad = grad.shape[0] == m and m > 0
+    workers = max(1, min(m, threads))
+    per = (m + workers - 1) // workers
+    for worker in prange(workers):
+        workspace = _workspace(width)
+        forward = workspace[4]
+        e = workspace[3]
+        e_bits = e.view(np.int64)
+        filters = workspace[1]
+        first = np.empty(_EXP_BLOCK)
+        second = np.empty(_EXP_BLOCK)
+        for r in range(worker * per, min(m, (worker + 1) * per)):
+            x = rows[r]  # float32 (holding float32 or half values exactly) or float64
+            high = np.float64(x[0])
+            ok = not np.isnan(high)
+            for k in range(1, width):
+                v = np.float64(x[k])
+                ok = ok and not np.isnan(v)
+                high = max(high, v)
+            if not ok or not np.isfinite(high):
+                finite[r] = False
+                continue
+            top = 0
+            while np.float64(x[top]) != high:
+                top += 1
+            tops[r] = high
+            total = 0.0  # Neumaier-compensated sum of the terms without the maximal one
+            compensation = 0.0
+            running = 0.0  # plain sum of every term, for the partial-sum model
+            squares = 0.0
+            for start in range(0, width, _EXP_BLOCK):
+                stop = min(width, start + _EXP_BLOCK)
+                _exp_block(x, start, stop, high, e, first, second)
+                for k in range(start, stop):
+                    term = e[k]
+                    running += term
+                    forward[k] = running
+                    squares += term * term
+                    if k == top:
+                        continue
+                    t = total + term
+                    if abs(total) >= abs(term):
+                        compensation += (total - t) + term
+                    else:
+                        compensation += (term - t) + total
+                    total = t
+                _mark(e_bits, start, stop, filters)  # while the block is in L1
+            rest = total + compensation
+            lse_r = np.log1p(rest)
+            lse[r] = lse_r
+            denominator = rest + 1.0
+            rss[r] = np.sqrt(squares) / denominator
+            if lse_r >= 1.0:
+                p_logp[r] = lse_r / denominator
+            else:
+                largest = 0.0
+                for k in range(width):
+                    weighted = e[k] / denominator * abs(np.float64(x[k]) - high - lse_r)
+                    if weighted > largest:  # a -inf logit gives 0 * inf = NaN, which never wins
+                        largest = weighted
+                p_logp[r] = largest
+            y = target[r]
+            shifted_y = np.float64(x[y]) - high
+            nll[r] = lse_r - shifted_y
+            p_target[r] = e[y] / denominator
+            if want_grad:
+                out = grad[r]
+                factor = weight[r] * scale[r] / denominator
+                for k in range(width):
+                    out[k] = e[k] * factor
+                out[y] = weight[r] * np.expm1(shifted_y - lse_r) * scale[r]
+            root_r, distinct[r] = _scaled_root(e, e_bits, forward, running, u, lost_weight, False, r + 1, workspace,
+                                               True)
+            root[r] = root_r / denominator
+    return lse, nll, p_target, root, rss, distinct, p_logp, tops, finite
