@@ -89,7 +89,7 @@ def test_checks_choose_what_fails_the_gate_and_still_report_the_rest(tmp_path, c
                  "--junit", str(junit)])
     out = capsys.readouterr().out
     assert code == 0 and out.startswith("PASS")
-    assert "reported, not gating (--checks contract,values,gradients,mutation): missing_error x" in out
+    assert "reported, not gating (--checks contract,values,gradients,mutation,determinism): missing_error x" in out
     suite = ET.parse(junit).getroot().find("testsuite")
     errors = next(case for case in suite.iter("testcase") if case.get("name") == "errors")
     assert errors.find("failure") is None and "not gating" in errors.find("skipped").get("message")
