@@ -36,8 +36,7 @@ from ce_conformance.adapters.base import Outcome, same_values
 from .compare import Verdict
 from .dtypes import FLOAT_DTYPES, ulp
 
-CHECK: Final = "nondeterministic"
-FAMILY: Final = "determinism"
+CHECK: Final = "nondeterministic"  # of the "determinism" family (ce_conformance.compare.CHECK_FAMILIES)
 
 REPEATED_PHASES: Final = frozenset({"curated", "covering"})
 """Phases whose cases run twice by default: every configuration once, at a few percent of a run."""
@@ -82,18 +81,24 @@ def repeat_verdict(first: Outcome, second: Outcome) -> Verdict | None:
 
 
 def _value_verdict(name: str, a: np.ndarray, b: np.ndarray, dtype: str) -> Verdict:
+    """The elements whose bits differ, and the one that differs most as a number (a NaN in one
+    run only counts as infinitely far; a signed zero or a NaN payload differs in bits only)."""
+    unsigned = np.dtype(f"u{a.dtype.itemsize}") if a.dtype.itemsize in (1, 2, 4, 8) else None
     wide_a, wide_b = a.astype(np.float64), b.astype(np.float64)
+    both_nan = np.isnan(wide_a) & np.isnan(wide_b)
+    if unsigned is not None:
+        differs = np.ascontiguousarray(a).view(unsigned) != np.ascontiguousarray(b).view(unsigned)
+    else:
+        differs = ~((wide_a == wide_b) | both_nan)
     with np.errstate(invalid="ignore"):
-        differs = ~((wide_a == wide_b) | (np.isnan(wide_a) & np.isnan(wide_b)))
-        gap = np.where(differs, np.abs(wide_a - wide_b), 0.0)
+        gap = np.where(differs & ~both_nan, np.abs(wide_a - wide_b), 0.0)
     gap = np.where(np.isnan(gap), np.inf, gap)  # a NaN in one run only: the worst difference
-    index = np.unravel_index(int(np.argmax(gap)), gap.shape) if gap.ndim else ()
-    where = [int(i) for i in index]
+    flat = int(np.argmax(gap)) if gap.max(initial=0.0) > 0 else int(np.argmax(differs))
+    index = np.unravel_index(flat, gap.shape) if gap.ndim else ()
     known = dtype in FLOAT_DTYPES and np.isfinite(gap[index])
     spacing = float(ulp(max(abs(float(a[index])), abs(float(b[index]))), dtype)) if known else float("nan")
     ulps = float(gap[index]) / spacing if spacing > 0 else float("nan")
     apart = f" ({ulps:.3g} {dtype} ulp apart)" if np.isfinite(ulps) else ""
-    count = int(differs.sum()) if differs.any() else int(a.size)  # bits only (NaN payloads, -0.0): all equal as numbers
-    return Verdict(CHECK, f"two runs of the same call differ: {name} in {count} of {a.size} element(s), most at "
-                          f"{where}: {str(a[index])} then {str(b[index])}{apart}",
+    return Verdict(CHECK, f"two runs of the same call differ: {name} in {int(differs.sum())} of {a.size} element(s), "
+                          f"most at {[int(i) for i in index]}: {str(a[index])} then {str(b[index])}{apart}",
                    max_abs_error=float(gap[index]), max_ulp_error=ulps)

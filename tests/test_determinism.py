@@ -29,8 +29,11 @@ def test_identical_runs_agree_and_any_differing_bit_is_named():
     assert np.isclose(moved.max_ulp_error, 1.0)
     nan = repeat_verdict(first, _outcome([0.5, np.nan, np.nan]))  # NaN in one run only: the worst difference
     assert "most at [1]" in nan.message
-    signed_zero = repeat_verdict(_outcome([0.0]), _outcome([-0.0]))  # equal as numbers, not as bits
-    assert signed_zero is not None and "1 of 1" in signed_zero.message
+    signed_zero = repeat_verdict(_outcome([0.5, 0.0, 0.0]), _outcome([0.5, 0.0, -0.0]))  # equal as numbers, not as bits
+    assert signed_zero is not None and "1 of 3 element(s), most at [2]" in signed_zero.message
+    payload = np.array([np.nan], dtype=np.float32)
+    payload.view(np.uint32)[0] |= 1
+    assert "1 of 1" in repeat_verdict(_outcome([np.nan]), _outcome(payload)).message
 
 
 def test_a_different_status_shape_or_output_set_is_a_difference():
