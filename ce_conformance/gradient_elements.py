@@ -195,8 +195,8 @@ class GradientElements:
         part = slice(start, stop)
         rows = (self.relative[part], self.absolute[part], self.row_magnitude[part], self.row_sigma[part])
         if not all(np.isfinite(a).all() for a in rows) or not (
-                np.isfinite(self.scale_relative) and np.isfinite(self.subtracted_relative)):
-            return None
+                np.isfinite(self.scale_relative) and np.isfinite(self.subtracted_relative)) or (rows[0] >= 1).any():
+            return None  # (a relative sigma of 1 or more could overflow an element's sigma: the two passes' rules)
         a = np.asarray(actual)
         if a.dtype != np.float32:
             a = a.astype(np.float64, copy=False)
