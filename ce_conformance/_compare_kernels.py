@@ -30,13 +30,7 @@ def _error_summary(actual, expected, magnitude, sigma, native, use_native, top, 
     outer, classes, inner = expected.shape
     workers = max(1, min(outer, threads))
     per = (outer + workers - 1) // workers
-    best_ratio = np.full(workers, -1.0)
-    best_index = np.zeros(workers, dtype=np.int64)
-    best_ulps = np.zeros(workers)
-    best_budget = np.zeros(workers)
-    worst_ulps = np.zeros(workers)
-    worst_error = np.zeros(workers)
-    finite = np.ones(workers, dtype=np.bool_)
+    best_ratio, best_index, best_ulps, best_budget, worst_ulps, worst_error, finite = _worker_figures(workers)
     for worker in prange(workers):
         # per-worker figures live in locals: writing the shared arrays per element would make the
         # threads fight over one cache line
@@ -58,9 +52,7 @@ def _error_summary(actual, expected, magnitude, sigma, native, use_native, top, 
                     unit = _unit(e, expected_bits[o, c, i], m, _binade(magnitude_bits[o, c, i]), top_binade,
                                  spacings, min_exponent, floor)
                     error = abs(a - e)
-                    allowed = scale * (base * unit + sigmas * s)
-                    if use_native:
-                        allowed = max(allowed, abs(n - e) + margin * unit)
+                    allowed = _allowed(unit, s, e, n, use_native, base, sigmas, scale, margin)
                     ratio = error / allowed
                     ulps = error / unit
                     if ratio > ratio_best:
@@ -77,15 +69,7 @@ def _error_summary(actual, expected, magnitude, sigma, native, use_native, top, 
         worst_ulps[worker] = ulps_worst
         worst_error[worker] = error_worst
         finite[worker] = all_finite
-    ok = True
-    for worker in range(workers):
-        ok = ok and finite[worker]
-    pick = 0
-    for worker in range(1, workers):  # the first worst element, as np.argmax finds it
-        if best_ratio[worker] > best_ratio[pick]:
-            pick = worker
-    return (ok, max(worst_ulps.max(), 0.0), max(best_ratio[pick], 0.0), best_index[pick], best_ulps[pick],
-            best_budget[pick], worst_error.max())
+    return _merged_figures(best_ratio, best_index, best_ulps, best_budget, worst_ulps, worst_error, finite)
 
 
 @njit(cache=True, nogil=True)
@@ -161,6 +145,39 @@ def _element_bounds(expected, scale, terms_sum, log_total, relative, absolute, e
                     magnitude[o, c, i], sigma[o, c, i] = _element_bound(
                         expected[o, c, i], s, q, parts, denominator, base, log_total[o, i], absolute[o, i], u,
                         u_half, sigmas, scale_relative, subtracted_relative, row_magnitude[o, i], row_sigma[o, i])
+
+
+@njit(cache=True, nogil=True)
+def _worker_figures(workers):
+    """Each worker's running figures, written once at its end (per-element writes to shared
+    arrays would make the threads fight over one cache line): ratio, flat index, ulps and budget
+    at its worst ratio, its worst ulps and absolute error, whether every element was finite."""
+    return (np.full(workers, -1.0), np.zeros(workers, dtype=np.int64), np.zeros(workers), np.zeros(workers),
+            np.zeros(workers), np.zeros(workers), np.ones(workers, dtype=np.bool_))
+
+
+@njit(cache=True, nogil=True)
+def _merged_figures(best_ratio, best_index, best_ulps, best_budget, worst_ulps, worst_error, finite):
+    """The workers' figures as one: (ok, max ulps, max ratio, its flat index, ulps and budget
+    there, max absolute error), the first worst element winning ties, as np.argmax finds it."""
+    ok = True
+    for worker in range(finite.shape[0]):
+        ok = ok and finite[worker]
+    pick = 0
+    for worker in range(1, best_ratio.shape[0]):
+        if best_ratio[worker] > best_ratio[pick]:
+            pick = worker
+    return (ok, max(worst_ulps.max(), 0.0), max(best_ratio[pick], 0.0), best_index[pick], best_ulps[pick],
+            best_budget[pick], worst_error.max())
+
+
+@njit(cache=True, nogil=True)
+def _allowed(unit, sigma, e, n, use_native, base, sigmas, scale, margin):
+    """``tolerance.allowed_errors`` of one element (widened to the native result's own error
+    plus ``margin`` ulps under ``--oracle torch``): one formula for both figure kernels, so the
+    one-pass comparison's figures are the two passes'."""
+    allowed = scale * (base * unit + sigmas * sigma)
+    return max(allowed, abs(n - e) + margin * unit) if use_native else allowed
 
 
 @njit(cache=True, nogil=True)
@@ -252,9 +269,7 @@ def _position_figures(actual, expected, expected_bits, o, i, state, scale, terms
                 continue
             m, sigma = _element_bound(e, s, q, parts, denominator, base, total, lost, u, u_half, sigmas,
                                       scale_relative, subtracted_relative, row_m, row_s)
-        allowed = budget_scale * (base_ulps * unit + sigmas * sigma)
-        if use_native:
-            allowed = max(allowed, abs(n - e) + margin * unit)
+        allowed = _allowed(unit, sigma, e, n, use_native, base_ulps, sigmas, budget_scale, margin)
         ratio = error / allowed
         if ratio > ratio_best:
             ratio_best = ratio
@@ -283,13 +298,7 @@ def _element_figures(actual, expected, scale, terms_sum, log_total, relative, ab
     eps_c = smoothing / classes if classes else 0.0
     workers = max(1, min(outer, threads))
     per = (outer + workers - 1) // workers
-    best_ratio = np.full(workers, -1.0)
-    best_index = np.zeros(workers, dtype=np.int64)
-    best_ulps = np.zeros(workers)
-    best_budget = np.zeros(workers)
-    worst_ulps = np.zeros(workers)
-    worst_error = np.zeros(workers)
-    finite = np.ones(workers, dtype=np.bool_)
+    best_ratio, best_index, best_ulps, best_budget, worst_ulps, worst_error, finite = _worker_figures(workers)
     for worker in prange(workers):
         scratch = np.empty(2)  # a float64 whose bits are read back: the binade of a computed value
         state = (-1.0, 0, 0.0, 0.0, 0.0, 0.0, True)
@@ -303,12 +312,4 @@ def _element_figures(actual, expected, scale, terms_sum, log_total, relative, ab
         best_ratio[worker], best_index[worker], best_ulps[worker], best_budget[worker] = state[0], state[1], \
             state[2], state[3]
         worst_ulps[worker], worst_error[worker], finite[worker] = state[4], state[5], state[6]
-    ok = True
-    for worker in range(workers):
-        ok = ok and finite[worker]
-    pick = 0
-    for worker in range(1, workers):  # the first worst element, as np.argmax finds it
-        if best_ratio[worker] > best_ratio[pick]:
-            pick = worker
-    return (ok, max(worst_ulps.max(), 0.0), max(best_ratio[pick], 0.0), best_index[pick], best_ulps[pick],
-            best_budget[pick], worst_error.max())
+    return _merged_figures(best_ratio, best_index, best_ulps, best_budget, worst_ulps, worst_error, finite)

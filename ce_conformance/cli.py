@@ -282,12 +282,12 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     return EXIT_OK if conformant else EXIT_FINDINGS
 
 
-def _gating_checks(args: argparse.Namespace) -> frozenset[str]:
-    """The check families whose findings fail a fuzz or nightly run: all but ``determinism``,
-    which ``--deterministic`` adds."""
+def _gating_checks(args: argparse.Namespace, chosen: frozenset[str] | None = None) -> frozenset[str]:
+    """The check families whose findings fail the run: ``chosen`` (gate's ``--checks``; fuzz and
+    nightly: all but ``determinism``), and ``determinism`` with ``--deterministic``."""
     from .selection import DEFAULT_CHECKS
 
-    return DEFAULT_CHECKS | ({"determinism"} if args.deterministic else set())
+    return (DEFAULT_CHECKS if chosen is None else chosen) | ({"determinism"} if args.deterministic else set())
 
 
 def _explained(run_dir: Path, applied: list[Any], missing: list[str], checks: frozenset[str]) -> tuple[int, str]:
@@ -315,7 +315,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     if not args.impl:
         raise ConfigurationError("gate needs --impl SPEC (the implementation to gate)")
     baseline = Baseline.load(args.baseline) if args.baseline else None  # refuse a bad file before running
-    checks = parse_checks(args.checks) | ({"determinism"} if args.deterministic else set())
+    checks = _gating_checks(args, parse_checks(args.checks))
     adapters = _adapters(args)
     result = run_gate(_fuzz_config(args, adapters, f"ce-conformance gate: {args.impl}"), baseline, checks)
     summary = result.summary

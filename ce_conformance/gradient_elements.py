@@ -164,22 +164,25 @@ class GradientElements:
     def _kernel_bounds(self, e: np.ndarray, start: int, stop: int, shape: tuple[int, ...]):
         """:meth:`bounds` in one pass of the numba kernel."""
         magnitude, sigma = np.empty(e.shape), np.empty(e.shape)
+        element_bounds, threads = engine.kernel("element_bounds", e.size)
+        element_bounds(np.ascontiguousarray(e), *self._kernel_model(start, stop, e.shape[0]), magnitude, sigma, threads)
+        return magnitude.reshape(shape), sigma.reshape(shape)
+
+    def _kernel_model(self, start: int, stop: int, rows: int) -> tuple:
+        """The element model of outer rows [start, stop) (``rows`` of them) as the element kernels
+        take it: the per-position arrays, the scalars, the targets and the class weights."""
         part = slice(start, stop)
         probability = self.probabilities is not None
-        rows = e.shape[0]
         weight = np.ones(self.n_classes) if self.class_weight is None else np.ascontiguousarray(self.class_weight)
-        element_bounds, threads = engine.kernel("element_bounds", e.size)
-        element_bounds(
-            np.ascontiguousarray(e), *(np.ascontiguousarray(a[part]) for a in (
-                self.scale, self.terms_sum, self.log_total, self.relative, self.absolute, self.elementwise,
-                self.row_magnitude, self.row_sigma)),
-            float(self.scale_relative), float(self.subtracted_relative), float(self.unit_roundoff),
-            float(self.half_roundoff), float(SIGMAS), probability,
-            np.ascontiguousarray(self.probabilities[part], dtype=np.float64) if probability else np.zeros((rows, 0, 0)),
-            np.zeros((rows, 0), dtype=np.int64) if probability else np.ascontiguousarray(self.target[part]),
-            np.zeros((rows, 0)) if probability else np.ascontiguousarray(self.target_coefficient[part]),
-            float(self.smoothing), weight, magnitude, sigma, threads)
-        return magnitude.reshape(shape), sigma.reshape(shape)
+        return (*(np.ascontiguousarray(a[part]) for a in (
+                    self.scale, self.terms_sum, self.log_total, self.relative, self.absolute, self.elementwise,
+                    self.row_magnitude, self.row_sigma)),
+                float(self.scale_relative), float(self.subtracted_relative), float(self.unit_roundoff),
+                float(self.half_roundoff), float(SIGMAS), probability,
+                np.ascontiguousarray(self.probabilities[part], dtype=np.float64) if probability else np.zeros((rows, 0, 0)),
+                np.zeros((rows, 0), dtype=np.int64) if probability else np.ascontiguousarray(self.target[part]),
+                np.zeros((rows, 0)) if probability else np.ascontiguousarray(self.target_coefficient[part]),
+                float(self.smoothing), weight)
 
     def figures(self, actual: np.ndarray, expected: np.ndarray, start: int, stop: int, *, dtype: str, quantity: str,
                 scale: float = 1.0, native: np.ndarray | None = None) -> ErrorFigures | None:
@@ -200,22 +203,11 @@ class GradientElements:
         a = np.asarray(actual)
         if a.dtype != np.float32:
             a = a.astype(np.float64, copy=False)
-        probability = self.probabilities is not None
-        count = e.shape[0] if len(self.shape) > 1 else 1
-        weight = np.ones(self.n_classes) if self.class_weight is None else np.ascontiguousarray(self.class_weight)
         element_figures, threads = engine.kernel("element_figures", e.size)
         top, floor, spacings, min_exponent, base = kernel_units(dtype, quantity, self.n_classes)
         canonical = self.canonical(np.asarray(e, dtype=np.float64))
         figures = element_figures(
-            self.canonical(a), canonical, *(np.ascontiguousarray(x[part]) for x in (
-                self.scale, self.terms_sum, self.log_total, self.relative, self.absolute, self.elementwise,
-                self.row_magnitude, self.row_sigma)),
-            float(self.scale_relative), float(self.subtracted_relative), float(self.unit_roundoff),
-            float(self.half_roundoff), float(SIGMAS), probability,
-            np.ascontiguousarray(self.probabilities[part], dtype=np.float64) if probability else np.zeros((count, 0, 0)),
-            np.zeros((count, 0), dtype=np.int64) if probability else np.ascontiguousarray(self.target[part]),
-            np.zeros((count, 0)) if probability else np.ascontiguousarray(self.target_coefficient[part]),
-            float(self.smoothing), weight,
+            self.canonical(a), canonical, *self._kernel_model(start, stop, canonical.shape[0]),
             canonical if native is None else self.canonical(np.asarray(native, dtype=np.float64)), native is not None,
             top, floor, spacings, min_exponent, base, float(scale), RELATIVE_ORACLE_MARGIN, threads)
         return kernel_figures(figures, e.shape)
