@@ -65,3 +65,16 @@ def test_a_nondeterministic_kernel_is_reported_and_fails_only_when_asked(tmp_pat
     assert "FAIL" in out and "two runs of the same call differ" in out
     assert main(["gate", "--impl", "torch.nn.functional:cross_entropy", "--out", str(tmp_path / "torch"),
                  "--deterministic", *FAST]) == 0  # torch on the CPU: every call the same bits
+
+
+def test_a_run_with_only_determinism_findings_is_conformant(tmp_path):
+    from ce_conformance.run_config import RunSummary
+
+    def summary(families):
+        return RunSummary(tmp_path, results=4, findings=sum(families.values()), signatures={}, interrupted=None,
+                          summary_markdown="", seconds=0.0, jax_compilations={}, finding_families=families)
+
+    assert summary({"determinism": 2}).conformant
+    assert summary({"determinism": 2}).gating_findings(frozenset({"determinism"})) == 2
+    assert not summary({"determinism": 2, "values": 1}).conformant
+    assert not summary({"other": 1}).conformant  # a check of no known family fails, as before
