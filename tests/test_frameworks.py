@@ -155,6 +155,17 @@ def test_ecosystem_adds_every_frameworks_builtin():
     assert all(info["description"] for info in described.values())
 
 
+def test_tinygrad_without_clang_is_unavailable_with_the_reason(monkeypatch):
+    """tinygrad 0.14 with no compiler raises "no usable devices" from ``Device.DEFAULT``; the
+    adapter says what to install instead of crashing the run."""
+    pytest.importorskip("tinygrad")
+    from ce_conformance.adapters import tinygrad_adapter
+
+    monkeypatch.setattr(tinygrad_adapter.shutil, "which", lambda name: None)
+    reason = adapters.load_adapter("tinygrad").availability()
+    assert reason is None or "apt-get install clang" in reason  # None only where tinygrad has a non-CPU device
+
+
 def test_class_axis_minus_one_needs_a_framework_kind():
     from ce_conformance.errors import ConfigurationError
 

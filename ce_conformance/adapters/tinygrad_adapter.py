@@ -44,7 +44,11 @@ class TinygradBridge(Bridge):
         if reason is None and shutil.which("clang") is None:
             from tinygrad import Device
 
-            if Device.DEFAULT == "CPU":
+            try:
+                default = Device.DEFAULT
+            except RuntimeError:  # tinygrad 0.14 without a compiler: "no usable devices"
+                default = "CPU"
+            if default == "CPU":
                 return "tinygrad's CPU device compiles with clang, which is not on the PATH (apt-get install clang)"
         return reason
 
