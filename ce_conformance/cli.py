@@ -36,9 +36,10 @@ FAMILY_HELP = ("loss family: cross_entropy (default; --impl has F.cross_entropy'
                "linear_bias, weight, reduction, ignore_index, label_smoothing)")
 
 
-ECOSYSTEM_HELP = ("also run every framework's own cross-entropy (paddle, mlx, tinygrad, tensorflow, keras on jax, "
-                  "torch and tensorflow) and apply each installed framework version's shipped baseline; frameworks "
-                  "not installed are listed with the reason")
+ECOSYSTEM_HELP = ("also run every framework's and kernel library's own loss of the family (cross_entropy: paddle, "
+                  "mlx, tinygrad, tensorflow, keras on jax, torch and tensorflow, transformers, liger; "
+                  "linear_cross_entropy: cut-cross-entropy, liger-linear) and apply each installed version's "
+                  "shipped baseline; those not installed, or needing a GPU, are listed with the reason")
 RUN_BASELINE_HELP = ("known divergences (TOML, or a shipped one by name), repeatable: the findings it covers are "
                      "reported as known, with the reason, and only the others fail the run")
 
@@ -188,11 +189,11 @@ def _adapters(args: argparse.Namespace, defaults: tuple[str, ...] = ()) -> list[
     names = getattr(args, "adapters", None)
     chosen = load_adapters(names) if names else load_adapters(list(defaults))
     if getattr(args, "ecosystem", False):
-        from ce_conformance.adapters import ECOSYSTEM_ADAPTERS
+        from ce_conformance.adapters import FAMILY_ECOSYSTEMS
+        from ce_conformance.family import family_named
 
-        if args.family != "cross_entropy":
-            raise ConfigurationError("--ecosystem runs the frameworks' cross_entropy losses (--family cross_entropy)")
-        chosen += load_adapters([n for n in ECOSYSTEM_ADAPTERS if n not in {a.name for a in chosen}])
+        ecosystem = FAMILY_ECOSYSTEMS[family_named(args.family).name]
+        chosen += load_adapters([n for n in ecosystem if n not in {a.name for a in chosen}])
     if args.impl:
         chosen.append(user_adapter(args.impl, args.kind, features=args.features, device=args.device,
                                    class_axis=getattr(args, "class_axis", 1),

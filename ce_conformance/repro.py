@@ -138,6 +138,15 @@ def _import_lines(impl_spec: str) -> list[str]:
     return [f"from {module} import {attr.split('.')[0]} as fn"]
 
 
+def _defined_name(source: str) -> str:
+    """The function a wrapper's source defines.
+
+    >>> _defined_name("def liger_cross_entropy(input, target):\\n    pass")
+    'liger_cross_entropy'
+    """
+    return re.search(r"^def (\w+)", source, re.MULTILINE).group(1)
+
+
 def _storage_dtype(dtype: str) -> str:
     return "float32" if dtype == "bfloat16" else dtype
 
@@ -149,10 +158,13 @@ def write_repro(path: Path, case: Case, *, adapter_name: str, check: str, messag
     case's: the header must describe what the script reproduces. ``device``: where the failing
     run put the torch tensors (``torch-cuda``, ``--device cuda``); the script does the same.
     ``framework``: the :class:`~ce_conformance.adapters.framework.FrameworkAdapter` that failed,
-    whose script is written in its framework's own API."""
+    whose script is written in its framework's own API, or a kernel library's adapter
+    (:class:`~ce_conformance.adapters.library.LibraryAdapter`), whose script calls its wrapper."""
     from . import reference
 
     kind = impl_kind or ("jax" if adapter_name in ("jax", "optax") else "torch")
+    library_source = getattr(framework, "source", None) if framework is not None and kind == "torch" else None
+    framework = framework if hasattr(framework, "bridge") else None  # a kernel library's is torch's script
     gradients = framework is not None and check.startswith("grad_")  # the script prints one (_gradient_lines)
     try:
         result = reference.evaluate(case, gradients=gradients) if case.is_valid else None
@@ -206,6 +218,8 @@ def write_repro(path: Path, case: Case, *, adapter_name: str, check: str, messag
                 if name != "grad_output"]
     if impl_spec:
         lines += _import_lines(impl_spec)
+    elif library_source is not None:  # a kernel library's loss: the adapter's own wrapper, which calls it
+        lines += ["", *library_source.rstrip().splitlines(), "", f"fn = {_defined_name(library_source)}"]
     elif kind == "jax":
         lines += ["from ce_conformance.adapters.jax_adapter import JaxAdapter  # the built-in port; needs ce-conformance",
                   "from ce_conformance import Case",
@@ -215,7 +229,7 @@ def write_repro(path: Path, case: Case, *, adapter_name: str, check: str, messag
     else:
         lines += [f"fn = {spec.torch_function}"]
     lines += [f"loss = fn({positional}, " + ", ".join(keywords + [f"{k}={v!r}" for k, v in options.items()]) + ")",
-              "print('got     ', loss)"]
+              "print('got     ', loss, getattr(loss, 'dtype', ''))"]
     lines += _expectation_lines(case, expected)
     path.write_text("\n".join(lines) + "\n")
     return path

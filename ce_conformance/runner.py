@@ -192,7 +192,8 @@ class FuzzRun:
         self.ledger = FindingLedger(self.recorder, self.cases_dir, impl_spec=self.config.impl_spec,
                                     impl_kind=self.config.impl_kind, oracle=self.config.oracle, started=start,
                                     devices=self.devices,
-                                    frameworks={a.name: a for a in self.adapters if hasattr(a, "bridge")})
+                                    frameworks={a.name: a for a in self.adapters
+                                                if hasattr(a, "bridge") or getattr(a, "source", None)})
         write_config(self.out_dir, self.config, self.devices, self.cell_budget.shares)
         if self.config.max_seconds is not None:
             self._deadline = start + self.config.max_seconds

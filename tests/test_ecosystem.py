@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from ce_conformance import Case
-from ce_conformance.adapters import ECOSYSTEM_ADAPTERS
+from ce_conformance.adapters import ECOSYSTEM_ADAPTERS, LINEAR_ECOSYSTEM_ADAPTERS, load_adapter
 from ce_conformance.adapters.framework import FrameworkAdapter
 from ce_conformance.baseline import SHIPPED_DIR, Baseline
 from ce_conformance.cli import main
@@ -92,12 +92,17 @@ def test_a_file_level_adapter_pattern_scopes_every_entry(tmp_path):
         Baseline.load(path)
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in SHIPPED_DIR.glob("*.toml")
-                                        if p.stem.split("-")[0] in ECOSYSTEM_FRAMEWORKS[:-1]))  # torch's is torch's
+def _framework_of(baseline: str) -> str | None:
+    """The framework a shipped baseline belongs to (its name's prefix; torch's is torch's own)."""
+    return next((f for f in ECOSYSTEM_FRAMEWORKS[:-1] if baseline.startswith(f"{f}-")), None)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in SHIPPED_DIR.glob("*.toml") if _framework_of(p.stem)))
 def test_each_shipped_framework_baseline_speaks_only_for_that_frameworks_builtins(name):
-    framework = name.split("-")[0]
-    mine = [a for a in ECOSYSTEM_ADAPTERS if a.startswith(framework)]
-    others = [a for a in ECOSYSTEM_ADAPTERS if a not in mine] + ["torch", "jax", "numpy", f"impl:{framework}_port.py:ce"]
+    framework = _framework_of(name)
+    builtins = (*ECOSYSTEM_ADAPTERS, *LINEAR_ECOSYSTEM_ADAPTERS)
+    mine = [a for a in builtins if load_adapter(a).framework == framework]
+    others = [a for a in builtins if a not in mine] + ["torch", "jax", "numpy", f"impl:{framework}_port.py:ce"]
     assert mine, name
     for entry in Baseline.load(name).entries:
         assert any(fnmatch.fnmatchcase(a, entry.adapter) for a in mine), entry

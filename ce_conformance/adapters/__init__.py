@@ -3,12 +3,12 @@
 Built in: ``numpy`` (the reference itself), ``torch`` (CPU), ``torch-cuda``, ``jax`` (a port of
 torch's semantics), ``optax``; for the linear cross-entropy family ``torch-linear``
 (``F.linear_cross_entropy``'s reference path), ``torch-linear-chunked`` (its chunked path) and
-``torch-linear-compile``; and the other frameworks' own cross-entropies (:data:`ECOSYSTEM_ADAPTERS`,
-``--ecosystem``). User functions come in through :func:`user_adapter` (the CLI's ``--impl SPEC
+``torch-linear-compile``; and the other frameworks' and kernel libraries' own cross-entropies
+(:data:`FAMILY_ECOSYSTEMS`, ``--ecosystem``). User functions come in through :func:`user_adapter` (the CLI's ``--impl SPEC
 --kind K``, K one of :data:`KINDS`); third-party packages register factories under the
 entry-point group ``ce_conformance.adapters`` (a callable returning an :class:`Adapter`).
 
->>> sorted(set(BUILTIN) - set(ECOSYSTEM_ADAPTERS))
+>>> sorted(set(BUILTIN) - set(ECOSYSTEM_ADAPTERS) - set(LINEAR_ECOSYSTEM_ADAPTERS))
 ['jax', 'numpy', 'optax', 'torch', 'torch-compile', 'torch-cuda', 'torch-linear', 'torch-linear-chunked', 'torch-linear-compile']
 >>> ECOSYSTEM_ADAPTERS[:4]
 ('paddle', 'mlx', 'tinygrad', 'tinygrad-sparse')
@@ -40,9 +40,16 @@ tensors (``keras``: on ``$KERAS_BACKEND``'s tensors; ``keras-jax`` etc. name the
 ECOSYSTEM_ADAPTERS: Final = (
     "paddle", "mlx", "tinygrad", "tinygrad-sparse", "tensorflow",
     "keras-sparse-jax", "keras-categorical-jax", "keras-sparse-torch", "keras-categorical-torch",
-    "keras-sparse-tensorflow", "keras-categorical-tensorflow", "transformers",
+    "keras-sparse-tensorflow", "keras-categorical-tensorflow", "transformers", "liger",
 )
-"""Each framework's own cross-entropy (``--ecosystem`` adds them; those not installed are reported)."""
+"""Each framework's and kernel library's own cross-entropy (``--ecosystem`` adds them; those not
+installed, or needing a GPU there is not, are reported with the reason)."""
+
+LINEAR_ECOSYSTEM_ADAPTERS: Final = ("cut-cross-entropy", "cut-cross-entropy-cce", "liger-linear")
+"""The kernel libraries' fused linear cross-entropies (``--ecosystem --family linear_cross_entropy``)."""
+
+FAMILY_ECOSYSTEMS: Final = {"cross_entropy": ECOSYSTEM_ADAPTERS, "linear_cross_entropy": LINEAR_ECOSYSTEM_ADAPTERS}
+"""What ``--ecosystem`` adds for each loss family."""
 
 DEFAULT_ADAPTERS: Final = ("numpy", "torch", "jax", "optax")
 """What ``fuzz`` runs when no adapter is named: the built-ins that run on a CPU."""
@@ -152,6 +159,19 @@ def _transformers() -> Adapter:
 
 
 BUILTIN["transformers"] = _transformers
+
+
+def _library(module: str, factory: str) -> Callable[[], Adapter]:
+    """A kernel library's adapter: its module imports nothing of the library until it runs."""
+    return lambda: getattr(importlib.import_module(f"{__name__}.{module}"), factory)()
+
+
+BUILTIN.update({
+    "cut-cross-entropy": _library("cut_cross_entropy_adapter", "torch_compile_adapter"),
+    "cut-cross-entropy-cce": _library("cut_cross_entropy_adapter", "triton_adapter"),
+    "liger": _library("liger_adapter", "cross_entropy_adapter"),
+    "liger-linear": _library("liger_adapter", "fused_linear_adapter"),
+})
 for _backend in ("jax", "torch", "tensorflow"):
     BUILTIN[f"keras-sparse-{_backend}"] = _framework_builtin(
         "keras_adapter", "keras_sparse_cross_entropy", "KERAS_SPARSE_CAPABILITIES", name=f"keras-sparse-{_backend}",
@@ -363,5 +383,5 @@ def function_adapter(fn: Callable[..., Any], kind: str = "torch", *, features: s
                         description=f"user function {spec} (numpy, forward only)")
 
 
-__all__ = ["Adapter", "Capabilities", "Outcome", "RaisedError", "BUILTIN", "DEFAULT_ADAPTERS", "ECOSYSTEM_ADAPTERS", "KINDS", "default_adapters", "load_adapter",
+__all__ = ["Adapter", "Capabilities", "Outcome", "RaisedError", "BUILTIN", "DEFAULT_ADAPTERS", "ECOSYSTEM_ADAPTERS", "LINEAR_ECOSYSTEM_ADAPTERS", "FAMILY_ECOSYSTEMS", "KINDS", "default_adapters", "load_adapter",
            "load_adapters", "user_adapter", "function_adapter", "check_device", "resolve_function", "available_names", "ENTRY_POINT_GROUP"]
