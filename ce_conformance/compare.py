@@ -42,7 +42,8 @@ CHECK_FAMILIES: Final = {
     "loss_value": "values", "loss_nonfinite": "values",
     "grad_input_value": "gradients", "grad_input_nonfinite": "gradients", "grad_input_missing": "gradients",
     "grad_target_value": "gradients", "grad_target_nonfinite": "gradients", "grad_target_missing": "gradients",
-    "mutation": "mutation", "error_parity": "errors", "nondeterministic": "determinism",
+    "mutation": "mutation", "saved_tensor_modified": "mutation", "error_parity": "errors",
+    "nondeterministic": "determinism",
 }
 CHECK_FAMILIES.update({f"grad_{name}_{check}": "gradients" for family in FAMILIES.values()
                        for name in family.parameter_gradients

@@ -76,13 +76,15 @@ def repeat_verdict(first: Outcome, second: Outcome) -> Verdict | None:
         if a.shape != b.shape or a.dtype != b.dtype or dtype != other:
             return Verdict(CHECK, f"two runs of the same call differ: {name} {dtype}{list(a.shape)} then "
                                   f"{other}{list(b.shape)}")
-        return _value_verdict(name, a, b, dtype)
+        return value_difference(name, a, b, dtype)
     return None
 
 
-def _value_verdict(name: str, a: np.ndarray, b: np.ndarray, dtype: str) -> Verdict:
+def value_difference(name: str, a: np.ndarray, b: np.ndarray, dtype: str, check: str = CHECK,
+                   what: str = "two runs of the same call differ") -> Verdict:
     """The elements whose bits differ, and the one that differs most as a number (a NaN in one
-    run only counts as infinitely far; a signed zero or a NaN payload differs in bits only)."""
+    run only counts as infinitely far; a signed zero or a NaN payload differs in bits only);
+    ``check`` and ``what`` name the comparison (:mod:`ce_conformance.saved_tensors` uses it too)."""
     unsigned = np.dtype(f"u{a.dtype.itemsize}") if a.dtype.itemsize in (1, 2, 4, 8) else None
     wide_a, wide_b = a.astype(np.float64), b.astype(np.float64)
     both_nan = np.isnan(wide_a) & np.isnan(wide_b)
@@ -99,6 +101,6 @@ def _value_verdict(name: str, a: np.ndarray, b: np.ndarray, dtype: str) -> Verdi
     spacing = float(ulp(max(abs(float(a[index])), abs(float(b[index]))), dtype)) if known else float("nan")
     ulps = float(gap[index]) / spacing if spacing > 0 else float("nan")
     apart = f" ({ulps:.3g} {dtype} ulp apart)" if np.isfinite(ulps) else ""
-    return Verdict(CHECK, f"two runs of the same call differ: {name} in {int(differs.sum())} of {a.size} element(s), "
+    return Verdict(check, f"{what}: {name} in {int(differs.sum())} of {a.size} element(s), "
                           f"most at {[int(i) for i in index]}: {str(a[index])} then {str(b[index])}{apart}",
                    max_abs_error=float(gap[index]), max_ulp_error=ulps)

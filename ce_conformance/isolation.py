@@ -116,13 +116,14 @@ def _worker_main(conn: Any, recipe: tuple[Any, ...], memory_mb: int | None, log_
     conn.send(("ready", None))
     while True:
         try:
-            case = conn.recv()
+            message = conn.recv()
         except (EOFError, OSError):
             return
-        if case is None:
+        if message is None:
             return
+        case, probe = message
         try:
-            outcome = adapter.timed_run(case)
+            outcome = adapter.timed_run(case, probe)
         except MemoryError as exc:
             outcome = Outcome.failed(exc, "forward")
         conn.send(("outcome", outcome))
@@ -159,12 +160,12 @@ class WorkerExecutor:
             return False
         return self.isolate == "all" or adapter.isolate_by_default
 
-    def run(self, adapter: Adapter, case: Any) -> Outcome:
+    def run(self, adapter: Adapter, case: Any, probe: str | None = None) -> Outcome:
         if not self.isolated(adapter):
-            return adapter.timed_run(case)
+            return adapter.timed_run(case, probe)
         worker = self._workers.get(adapter.name) or self._start(adapter)
         if worker is None:
-            return adapter.timed_run(case)  # could not be sent to a worker: noted in not_isolated
+            return adapter.timed_run(case, probe)  # could not be sent to a worker: noted in not_isolated
         if isinstance(worker, Outcome):
             return worker
         start = time.perf_counter()
@@ -174,7 +175,7 @@ class WorkerExecutor:
             except OSError:
                 worker.log_offset = 0
         try:
-            worker.conn.send(case)
+            worker.conn.send((case, probe))
         except (BrokenPipeError, OSError):
             return self._crashed(adapter, worker, start)
         if not worker.conn.poll(self.timeout):

@@ -21,8 +21,9 @@ class Executor:
     """Runs one adapter on one case. The in-process executor calls it directly; isolating
     executors (worker processes with timeouts) implement the same method."""
 
-    def run(self, adapter: Adapter, case: Case) -> Outcome:
-        return adapter.timed_run(case)
+    def run(self, adapter: Adapter, case: Case, probe: str | None = None) -> Outcome:
+        """``probe``: one of the adapter's :attr:`~ce_conformance.adapters.base.Adapter.probes`."""
+        return adapter.timed_run(case, probe)
 
     def close(self) -> None:
         pass

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 
 from ce_conformance.adapters.base import Adapter, Outcome
 
-from . import determinism, phases, reference
+from . import determinism, phases, reference, saved_tensors
 from .budget import NIGHTLY_SHARES, CellBudget
 from .case import Case
 from .control import Interrupted, OutOfTime, interrupt_guard
@@ -151,10 +151,11 @@ class FuzzRun:
                                      native=self._native(case))
             stages["compare"] += clock() - start
             if outcome.status == "ok" and determinism.repeats(phase, self.config.deterministic):
-                start = clock()  # the same call again: any differing bit is a finding (reported by default)
-                verdict = determinism.repeat_verdict(outcome, self.executor.run(adapter, case))
+                start = clock()  # the same call again, differentiated twice where the adapter can:
+                again = self.executor.run(adapter, case, saved_tensors.probe_for(adapter, case))
                 stages[f"adapter:{adapter.name}"] += clock() - start
-                comparison.verdicts += [verdict] if verdict else []
+                verdicts = determinism.repeat_verdict(outcome, again), saved_tensors.second_backward_verdict(again)
+                comparison.verdicts += [verdict for verdict in verdicts if verdict]
             compared.append((adapter, comparison))
             if record:
                 start = clock()

@@ -57,6 +57,22 @@ class _LogSoftmaxFastBackwardExp(torch.autograd.Function):
         return grad - p * grad.sum(-1, keepdim=True)
 
 
+class _KeptGradient(torch.autograd.Function):
+    """The gradient computed in the forward and kept (as fused kernels do to free the logits);
+    the backward scales the kept buffer in place by ``grad_output`` and returns it: right once,
+    scaled again by a second backward over the same graph (bug 12). Kept as a ``ctx`` attribute,
+    out of autograd's sight, as a Triton kernel writing through a pointer is."""
+
+    @staticmethod
+    def forward(ctx, x, value, gradient):
+        ctx.kept = gradient
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.kept.mul_(grad.to(ctx.kept.dtype)), None, None
+
+
 def _sequential_half_sum(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Sum over the last axis one element at a time, rounding to ``dtype`` after every add
     (what a kernel with a low-precision accumulator does), forward value only."""
@@ -226,6 +242,10 @@ def scratch_cross_entropy(input, target, weight=None, size_average=None, ignore_
             input.mul_(0.5)
     if bug == "fp32_output" and input.dtype in HALF:
         return out.to(torch.float32)
+    if bug == "gradient_kept_in_place" and out.dim() == 0 and input.requires_grad:
+        value = out.to(input.dtype)
+        (gradient,) = torch.autograd.grad(value, input)
+        return _KeptGradient.apply(input, value.detach(), gradient)
     return out.to(input.dtype)
 
 
@@ -269,6 +289,7 @@ BUGS = {
     "weights_missing_from_gradient": (12, {"grad_input_value"}),
     "scalar_upstream_gradient": (12, {"grad_input_value"}),
     "mutates_input": (12, {"mutation"}),
+    "gradient_kept_in_place": (12, {"saved_tensor_modified"}),
     "strides_ignored": (12, {"loss_value", "grad_input_value", "loss_nonfinite"}),
     "partial_block_dropped": (13, {"loss_value", "grad_input_value"}),
     "fp32_output": (14, {"loss_dtype"}),

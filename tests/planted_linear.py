@@ -73,7 +73,10 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             else:
                 scale = grad_output.to(compute) / (ctx.denominator if ctx.reduction == "mean" else 1)
             # as torch: an ignored row gets no gradient, a counted one over a zero total weight 0/0 = NaN
-            g = torch.where(valid[:, None], g * scale, 0)
+            if ctx.bug == "grad_scaled_in_place":  # over the kept chunk: a second backward scales it again
+                g = torch.where(valid[:, None], g.mul_(scale), 0)
+            else:
+                g = torch.where(valid[:, None], g * scale, 0)
             grad_x[start:start + len(g)] = g @ w.to(compute)
             grad_w = (grad_w.to(compute) + g.T @ x[start:start + len(g)].to(compute)).to(accumulate)
             grad_b += g.sum(0)
@@ -95,7 +98,9 @@ def _make(bug):
 
 
 chunked = _make(None)
-PLANTED = ("dropped_last_chunk", "first_grad_output", "weight_grad_in_dtype", "bias_grad_missing", "normaliser_twice")
-dropped_last_chunk, first_grad_output, weight_grad_in_dtype, bias_grad_missing, normaliser_twice = map(_make, PLANTED)
+PLANTED = ("dropped_last_chunk", "first_grad_output", "weight_grad_in_dtype", "bias_grad_missing", "normaliser_twice",
+           "grad_scaled_in_place")
+(dropped_last_chunk, first_grad_output, weight_grad_in_dtype, bias_grad_missing, normaliser_twice,
+ grad_scaled_in_place) = map(_make, PLANTED)
 SUPPORTED_FEATURES = frozenset({"weights", "ignore_index", "all_ignored", "upstream_gradient", "low_precision",
                                 "linear_bias", "empty_batch", "single_class", "vocab_scale"})

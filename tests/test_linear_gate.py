@@ -117,11 +117,15 @@ def test_the_gate_passes_our_correct_chunked_kernel(tmp_path, torch, capsys):
     assert config["family"] == "linear_cross_entropy"
 
 
-@pytest.mark.parametrize("bug", ["dropped_last_chunk", "first_grad_output", "bias_grad_missing", "normaliser_twice"])
+@pytest.mark.parametrize("bug", ["dropped_last_chunk", "first_grad_output", "bias_grad_missing", "normaliser_twice",
+                                 "grad_scaled_in_place"])
 def test_the_default_gate_fails_planted_fused_kernel_bugs(tmp_path, torch, capsys, bug):
     code = _gate(tmp_path, f"{PLANTED}:{bug}", "--features", _features(), "--max-examples", "200", "--covering", "2",
                  "--no-shrink")
-    assert code == 1, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert code == 1, out
+    if bug == "grad_scaled_in_place":  # right on the first backward: only the second one shows it
+        assert "saved_tensor_modified" in out and "grad_input_value" not in out, out
 
 
 def test_the_gate_runs_torchs_own_linear_cross_entropy_and_saves_loadable_cases(tmp_path, torch, capsys):

@@ -127,6 +127,11 @@ class Adapter(abc.ABC):
     isolate_by_default: bool = False
     #: How a worker process rebuilds this adapter (see conformance.isolation); None: pickle it.
     recipe: tuple | None = None
+    #: The extra facts it can report about one call beyond ``run`` (see :meth:`probe`):
+    #: ``"backward_twice"`` differentiates the same graph a second time, the second gradients in
+    #: ``Outcome.extra["second_backward"]`` (a kernel that writes into a tensor autograd saved
+    #: for backward returns other ones).
+    probes: frozenset[str] = frozenset()
 
     def availability(self) -> str | None:
         """None when usable here, else a human-readable reason (missing package, no GPU...)."""
@@ -136,12 +141,17 @@ class Adapter(abc.ABC):
     def run(self, case: Case) -> Outcome:
         """Run the case (forward and, if supported, backward); never raise for backend errors."""
 
-    def timed_run(self, case: Case) -> Outcome:
+    def probe(self, case: Case, name: str) -> Outcome:
+        """``run`` with the probe ``name`` (one of :attr:`probes`): the same outcome, plus what
+        the probe saw in ``Outcome.extra``."""
+        raise NotImplementedError(f"{self.name} has no probe {name!r}")
+
+    def timed_run(self, case: Case, probe: str | None = None) -> Outcome:
         start = time.perf_counter()
         try:
             with warnings.catch_warnings():  # backend deprecation chatter is not a finding
                 warnings.simplefilter("ignore")
-                outcome = self.run(case)
+                outcome = self.run(case) if probe is None else self.probe(case, probe)
         except Exception as exc:  # an adapter bug still becomes an outcome, never a lost run
             outcome = Outcome.failed(exc, "setup")
         outcome.seconds = time.perf_counter() - start

@@ -113,7 +113,22 @@ class TorchAdapter(Adapter):
             elif hasattr(getattr(torch, kind, None), "synchronize"):
                 getattr(torch, kind).synchronize()
 
+    probes = frozenset({"backward_twice"})
+
     def run(self, case: Case) -> Outcome:
+        return self._call(case)
+
+    def probe(self, case: Case, name: str) -> Outcome:
+        if name not in self.probes:
+            return super().probe(case, name)
+        return self._call(case, backward_twice=True)
+
+    def _call(self, case: Case, *, backward_twice: bool = False) -> Outcome:
+        """Forward, backward with the case's upstream gradient and, with ``backward_twice``, the
+        same backward again over the retained graph: its gradients go to
+        ``extra["second_backward"]`` (or its error to ``extra["second_backward_error"]``); the
+        first ones are copied out before it, since a kernel that writes into what it saved may
+        write into what it returned."""
         import torch
 
         spec = case.spec
@@ -154,9 +169,10 @@ class TorchAdapter(Adapter):
                     upstream = torch.ones_like(loss)
             else:
                 upstream = torch.ones_like(loss)
+            inputs, upstream = [tensors[name] for name in leaves], upstream.to(loss.dtype)
             try:
-                grads = torch.autograd.grad(loss, [tensors[name] for name in leaves],
-                                            grad_outputs=upstream.to(loss.dtype), allow_unused=True)
+                grads = torch.autograd.grad(loss, inputs, grad_outputs=upstream, allow_unused=True,
+                                            retain_graph=backward_twice)
                 self._synchronize()
             except Exception as exc:
                 outcome.status = "error"
@@ -167,14 +183,23 @@ class TorchAdapter(Adapter):
                 if grad is None:
                     continue
                 dtype = str(grad.dtype).removeprefix("torch.")
+                value = _numpy(grad).copy() if backward_twice else _numpy(grad)
                 if name == "input":
-                    outcome.grad_input, outcome.grad_input_dtype = _numpy(grad), dtype
+                    outcome.grad_input, outcome.grad_input_dtype = value, dtype
                     outcome.grad_input_shape = tuple(grad.shape)
                 elif name == "target":
-                    outcome.grad_target, outcome.grad_target_dtype = _numpy(grad), dtype
+                    outcome.grad_target, outcome.grad_target_dtype = value, dtype
                 else:
-                    outcome.parameter_gradients[name] = _numpy(grad)
+                    outcome.parameter_gradients[name] = value
                     outcome.parameter_gradient_dtypes[name] = dtype
+            if backward_twice:
+                try:
+                    again = torch.autograd.grad(loss, inputs, grad_outputs=upstream, allow_unused=True)
+                    self._synchronize()
+                    outcome.extra["second_backward"] = {name: _numpy(grad) for name, grad in zip(leaves, again)
+                                                        if grad is not None}
+                except Exception as exc:
+                    outcome.extra["second_backward_error"] = Outcome.failed(exc, "backward").error
         outcome.mutated = mutated()
         return outcome
 
