@@ -166,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     nightly.add_argument("--slices", type=int, metavar="K", help="seed slices in all (default N, or unbounded "
                          "with --budget-minutes)")
     nightly.add_argument("--pair", action="append", default=[], metavar="A,B",
-                         help="pairwise differential: also compare adapter B against adapter A (repeatable)")
+                         help="pairwise differential: also compare adapter B against adapter A (repeatable; the "
+                              "family's eager-vs-compiled pair, torch,torch-compile or torch-linear,"
+                              "torch-linear-compile, is added whenever both run)")
     nightly.add_argument("--name", help="run directory name (default: UTC time and shard)")
 
     report = sub.add_parser("report", help="rebuild a run's tables and HTML, compare or merge runs")
@@ -385,7 +387,8 @@ def _show_gate(verdict: str, result: Any, args: argparse.Namespace, coverage: di
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:
-    from ce_conformance.adapters import default_adapters
+    from ce_conformance.adapters import EAGER_COMPILED_PAIRS, default_adapters
+    from .family import family_named
     from .nightly import parse_shard, run_nightly
 
     shard = parse_shard(args.shard)
@@ -397,6 +400,9 @@ def cmd_nightly(args: argparse.Namespace) -> int:
         if len(parts) != 2 or not set(parts) <= names:
             raise ConfigurationError(f"--pair {text!r}: expected two of the run's adapters ({', '.join(sorted(names))})")
         pairs.append(parts)
+    eager_compiled = EAGER_COMPILED_PAIRS[family_named(args.family).name]
+    if set(eager_compiled) <= names and eager_compiled not in pairs:  # eager vs compiled parity, every night
+        pairs.append(eager_compiled)
     applied, missing = _run_baselines(args, chosen)
     config = _fuzz_config(args, chosen, "ce-conformance nightly")
     result = run_nightly(config, out_root=args.out, shard=shard, slices=args.slices,

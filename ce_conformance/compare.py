@@ -22,7 +22,7 @@ mutation      ``mutation`` (the caller's input, target or weight changed)
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 import numpy as np
@@ -259,16 +259,16 @@ def compare_pair(case: Case, expected: Outcome, actual: Outcome, reference: Refe
         return comparison
     if reference is None:  # an invalid call both sides accepted: parity holds, the oracle run reports it
         return comparison
-    as_reference = ReferenceResult(
-        loss=np.asarray(expected.loss, dtype=np.float64), loss_scale=reference.loss_scale,
-        loss_intermediate=reference.loss_intermediate,
-        grad_input=None if expected.grad_input is None else np.asarray(expected.grad_input, dtype=np.float64),
-        grad_input_scale=reference.grad_input_scale,
-        grad_target=None if expected.grad_target is None else np.asarray(expected.grad_target, dtype=np.float64),
-        grad_target_scale=reference.grad_target_scale,
-        output_dtype=expected.loss_dtype or reference.output_dtype,
-        output_shape=tuple(expected.loss_shape or ()), loss_sigma=reference.loss_sigma,
-        grad_input_sigma=reference.grad_input_sigma, grad_target_sigma=reference.grad_target_sigma,
-        grad_target_intermediate=reference.grad_target_intermediate,
-        grad_input_elements=reference.grad_input_elements)
-    return compare(case, actual, as_reference, capabilities, budget_scale=PAIR_BUDGET_SCALE)
+    def values(array: np.ndarray | None) -> np.ndarray | None:
+        return None if array is None else np.asarray(array, dtype=np.float64)
+
+    # the reference's magnitudes and error scales (of its family's own type), A's values
+    fields = dict(loss=values(expected.loss), grad_input=values(expected.grad_input),
+                  grad_target=values(expected.grad_target), output_dtype=expected.loss_dtype or reference.output_dtype,
+                  output_shape=tuple(expected.loss_shape or ()))
+    parameters = getattr(reference, "parameter_gradients", None)
+    if parameters:  # a linear head's weight and bias: A's where A returned them (the oracle run reports a missing one)
+        fields["parameter_gradients"] = {name: replace(expectation, values=values(expected.parameter_gradients[name]))
+                                         for name, expectation in parameters.items()
+                                         if name in expected.parameter_gradients}
+    return compare(case, actual, replace(reference, **fields), capabilities, budget_scale=PAIR_BUDGET_SCALE)

@@ -3,9 +3,12 @@
 from html.parser import HTMLParser
 from pathlib import Path
 import base64
+import json
 
+import numpy as np
 import pandas as pd
 
+import ce_conformance.adapters as adapters
 from ce_conformance.cli import main
 from ce_conformance.findings import load_run
 from ce_conformance.report import diff_findings
@@ -104,6 +107,32 @@ def test_pairwise_mode_compares_two_adapters(tmp_path, torch):
     pair = f"torch~impl:{impl}"
     assert pair in set(results["adapter"])
     assert (findings["adapter"] == pair).any()
+
+
+def test_nightly_judges_the_compiled_side_against_eager_whenever_both_run(tmp_path, torch):
+    main(["nightly", "--adapters", "torch,torch-compile", "--out", str(tmp_path), "--name", "p", *SMALL])
+    results, _ = load_run(tmp_path / "p")
+    assert (results["adapter"] == "torch~torch-compile").sum() > 0
+    assert json.loads((tmp_path / "p" / "config.json").read_text())["pairs"] == [["torch", "torch-compile"]]
+
+
+def test_a_linear_pair_judges_the_heads_gradients_too(torch):
+    """Pairwise parity of a linear cross-entropy case covers the weight and bias gradients, each
+    against the first side's, with the reference's magnitudes and error scales."""
+    from ce_conformance import reference
+    from ce_conformance.compare import compare_pair
+    from ce_conformance.linear_cross_entropy import linear_cross_entropy_case
+
+    case = linear_cross_entropy_case([[1.0, 0.5], [-0.5, 2.0]], [[1.0, 0.0], [0.5, 0.5], [0.0, -1.0]], [0, 2],
+                                     linear_bias=[0.0, 0.25, -0.25])
+    eager = adapters.load_adapter("torch-linear")
+    first = eager.run(case)
+    second = eager.run(case)
+    ref = reference.evaluate(case)
+    assert compare_pair(case, first, second, ref, eager.capabilities).verdicts == []
+    second.parameter_gradients["linear_bias"] = second.parameter_gradients["linear_bias"] * np.float32(1.01)
+    checks = [v.check for v in compare_pair(case, first, second, ref, eager.capabilities).verdicts]
+    assert checks == ["grad_linear_bias_value"]
 
 
 def test_bad_pair_and_shard_are_configuration_errors(tmp_path, capsys):

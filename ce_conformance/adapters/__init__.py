@@ -64,6 +64,11 @@ FAMILY_ADAPTERS: Final = {
 }
 """Each loss family's (fuzz, nightly) built-ins."""
 
+EAGER_COMPILED_PAIRS: Final = {"cross_entropy": ("torch", "torch-compile"),
+                               "linear_cross_entropy": ("torch-linear", "torch-linear-compile")}
+"""Each family's eager-vs-compiled parity pair: ``nightly`` judges the compiled side against the
+eager one (``--pair``) whenever both run."""
+
 TORCH_ORACLES: Final = {"cross_entropy": "torch", "linear_cross_entropy": "torch-linear"}
 """The built-in that runs torch's own function of each family on the CPU (``--oracle torch``)."""
 
@@ -383,5 +388,5 @@ def function_adapter(fn: Callable[..., Any], kind: str = "torch", *, features: s
                         description=f"user function {spec} (numpy, forward only)")
 
 
-__all__ = ["Adapter", "Capabilities", "Outcome", "RaisedError", "BUILTIN", "DEFAULT_ADAPTERS", "ECOSYSTEM_ADAPTERS", "LINEAR_ECOSYSTEM_ADAPTERS", "FAMILY_ECOSYSTEMS", "KINDS", "default_adapters", "load_adapter",
+__all__ = ["Adapter", "Capabilities", "Outcome", "RaisedError", "BUILTIN", "DEFAULT_ADAPTERS", "ECOSYSTEM_ADAPTERS", "LINEAR_ECOSYSTEM_ADAPTERS", "FAMILY_ECOSYSTEMS", "EAGER_COMPILED_PAIRS", "KINDS", "default_adapters", "load_adapter",
            "load_adapters", "user_adapter", "function_adapter", "check_device", "resolve_function", "available_names", "ENTRY_POINT_GROUP"]
