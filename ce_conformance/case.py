@@ -263,3 +263,9 @@ from . import linear_cross_entropy as _linear_cross_entropy  # noqa: E402,F401
 def all_features() -> frozenset[str]:
     """Every family's features: cross-entropy's, read on the logits, and each family's own."""
     return frozenset(FEATURES).union(*(family.own_features for family in FAMILIES.values()))
+
+
+def extension_features() -> frozenset[str]:
+    """The features of options torch's functions do not have (a library's softcap, z-loss): an
+    adapter or ``--features`` names them to take them; ``all`` does not."""
+    return frozenset().union(*(family.extension_features for family in FAMILIES.values()))

@@ -44,7 +44,7 @@ def payload(case: Case, *, with_data: bool = True) -> dict[str, Any]:
         "schema_version": SCHEMA_VERSION,
         "family": case.family,
         "tensors": {name: encode(t) for name, t in sorted(case.tensors.items())},
-        "options": dict(case.options),
+        "options": {k: v for k, v in case.options.items() if not (v is None and k in case.spec.extension_options)},
         "memory_layout": case.memory_layout,
         "expected_error": case.expected_error.value if case.expected_error else None,
     }

@@ -54,6 +54,12 @@ class LossFamily:
     #: covering-array levels ``(factor, level)`` and combinations of them ``((f, v), (g, w))`` the
     #: family's calls cannot take (no legacy reduction in a newer signature)
     inapplicable_levels: frozenset[tuple] = frozenset()
+    #: options that are not the torch function's (a library's extensions: softcap, z-loss), each
+    #: off at its ``None`` default; off, a case neither stores nor passes them, so its file, its id
+    #: and the call keep torch's signature
+    extension_options: tuple[str, ...] = ()
+    #: the features those options give a case; no adapter claims them unless it says so
+    extension_features: tuple[str, ...] = ()
 
     @property
     def tensor_names(self) -> tuple[str, ...]:

@@ -41,11 +41,26 @@ import numpy as np
 from .case import Case, LossFamily, Tensor, register_family
 from .cross_entropy import logits_features, resolved_ignore_index
 from .dtypes import is_float, numpy_dtype, smallest_subnormal
-from .errors import InvalidInputError, Rule
+from .errors import CaseFormatError, InvalidInputError, Rule
+from .linear_extensions import Softcap, ZLoss, lse_sigma, z_loss
 
 FAMILY: Final = "linear_cross_entropy"
-OWN_FEATURES: Final = ("linear_bias",)
-"""Features only linear cross-entropy cases have (the rest are cross-entropy's, read on the logits)."""
+EXTENSION_OPTIONS: Final = ("softcap", "z_loss")
+"""The fused kernels' options torch's ``linear_cross_entropy`` lacks, each off (``None``) by default:
+
+* ``softcap`` — logit soft-capping, ``z -> softcap * tanh(z / softcap)`` on every logit before
+  the loss (Gemma 2; cut-cross-entropy's and Liger-Kernel's ``softcap``, flash-attn's
+  cross-entropy): the log-sum-exp, the loss and its gradient are those of the capped logits, the
+  gradient w.r.t. the logits times ``1 - tanh^2(z / softcap)``.
+* ``z_loss`` — the z-loss of PaLM (Chowdhery et al., 2022, sec. 5): ``z_loss * lse^2`` added to
+  each counted (not ignored) position's loss, ``lse`` the log-sum-exp of its (capped) logits,
+  reduced with the loss; ``'mean'`` divides the z-loss term by the number of counted positions
+  (Liger-Kernel's ``lse_square_scale`` and flash-attn's do, even with class weights, where the
+  cross-entropy term is divided by their sum). Its gradient w.r.t. a logit: ``2 z_loss lse p_c``.
+"""
+OWN_FEATURES: Final = ("linear_bias", *EXTENSION_OPTIONS)
+"""Features only linear cross-entropy cases have (the rest are cross-entropy's, read on the
+logits): a bias, and each extension option in use (named like its option)."""
 
 
 @dataclass(frozen=True)
@@ -62,10 +77,13 @@ def linear_cross_entropy_case(input: Any, linear_weight: Any, target: Any, *, dt
                               target_dtype: str | None = None, linear_bias: Any = None, weight: Any = None,
                               ignore_index: int | None = None, reduction: str = "mean",
                               label_smoothing: float = 0.0, grad_output: Any = None,
+                              softcap: float | None = None, z_loss: float | None = None,
                               expected_error: Rule | str | None = None, note: str = "") -> Case:
     """A linear cross-entropy case; floating values are rounded to ``dtype``.
 
     ``target_dtype`` defaults to int64 for integer-valued targets, ``dtype`` for float ones.
+    ``softcap`` and ``z_loss`` are the extensions of :data:`EXTENSION_OPTIONS` (positive, or
+    ``None`` for off).
 
     >>> linear_cross_entropy_case([[1.0, 0.0]], [[1.0, 1.0], [0.0, 1.0], [2.0, 2.0]], [2]).features
     frozenset()
@@ -84,6 +102,11 @@ def linear_cross_entropy_case(input: Any, linear_weight: Any, target: Any, *, dt
             tensors[name] = Tensor(np.asarray(value, dtype=np.float64), dtype)
     options = {"reduction": str(reduction), "ignore_index": None if ignore_index is None else int(ignore_index),
                "label_smoothing": float(label_smoothing)}
+    for name, value in (("softcap", softcap), ("z_loss", z_loss)):
+        if value is not None:
+            if not float(value) > 0:
+                raise ValueError(f"{name} must be positive (or None for off), got {value!r}")
+            options[name] = float(value)
     return Case(FAMILY, tensors, options, "contiguous", expected_error, note)
 
 
@@ -96,14 +119,19 @@ def logits_shape(case: Case) -> tuple[int, ...]:
 
 
 def _features(case: Case) -> frozenset[str]:
-    found = logits_features(case)
-    return found | {"linear_bias"} if "linear_bias" in case.tensors else found
+    found = set(logits_features(case))
+    found |= {"linear_bias"} if "linear_bias" in case.tensors else set()
+    return frozenset(found | {name for name in EXTENSION_OPTIONS if case.options.get(name) is not None})
 
 
 # -- the reference -------------------------------------------------------------------------------
 def _check(case: Case) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """torch's own checks of ``linear_cross_entropy``, in its order, before cross-entropy's.
     Returns (logits shape, out_features)."""
+    for name in EXTENSION_OPTIONS:
+        value = case.options.get(name)
+        if value is not None and not float(value) > 0:
+            raise CaseFormatError(f"{name} must be positive (or null for off), got {value!r}", field=f"options.{name}")
     x = case.tensors["input"].shape
     w = case.tensors["linear_weight"].shape
     if len(x) < 1 or len(x) > 2:
@@ -176,7 +204,10 @@ def evaluate(case: Case, *, gradients: bool = True):
     from . import reference
     from .reference import _unit_roundoff
 
-    z = exact_logits(case)  # torch's checks first
+    raw = exact_logits(case)  # torch's checks first
+    cap, z_coefficient = case.options.get("softcap"), case.options.get("z_loss")
+    capped = None if cap is None else Softcap.of(raw, cap)
+    z = raw if capped is None else capped.values  # the logits the loss is taken over
     shape = z.shape
     dtype = case.dtype
     logits_result = reference.evaluate_logits(
@@ -196,13 +227,17 @@ def evaluate(case: Case, *, gradients: bool = True):
     # the logits' error: their sum over H in the compute precision, and a rounding to the dtype
     with np.errstate(over="ignore", invalid="ignore"):
         terms_sq = np.square(x2) @ np.square(flat_w).T  # sum_h (x_h w_ch)^2, (rows, C*D)
-        z_flat = z.reshape(rows, flat_w.shape[0])
+        z_flat = raw.reshape(rows, flat_w.shape[0])
         dot = z_flat - case.tensors["linear_bias"].values.reshape(-1) if "linear_bias" in case.tensors else z_flat
         sigma_z = np.sqrt(u_c ** 2 / 3 * _sum_root_squared(terms_sq, dot, hidden) + u_t ** 2 / 3 * np.square(z_flat))
     sigma_z = np.nan_to_num(sigma_z, nan=0.0, posinf=np.finfo(np.float64).max)
 
     def by_position(flat: np.ndarray) -> np.ndarray:  # (rows, C*D) -> the logits' shape
         return flat.reshape(shape)
+
+    sigma_raw = by_position(sigma_z)  # the projection's error; a softcap carries it through its derivative
+    if capped is not None:
+        sigma_z = _finite(capped.logits_sigma(sigma_raw, u_t)).reshape(sigma_z.shape)
 
     class_axis = 0 if not batched else 1
     with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
@@ -215,10 +250,15 @@ def evaluate(case: Case, *, gradients: bool = True):
         mixed = np.sqrt(np.sum(np.square(p * sz), axis=class_axis, keepdims=True))  # sigma of p . dz
         sigma_dlogp = np.hypot(sz, mixed)  # sigma of d log p_c = dz_c - p . dz
 
-    g1 = logits_result.grad_input  # dL/dz for an upstream gradient of one
     upstream = _upstream(case, logits_result.output_shape)
-    grad_logits = _scale_positions(g1, upstream, class_axis)
     abs_upstream = np.abs(upstream)
+    g1 = logits_result.grad_input  # dL/dz for an upstream gradient of one
+    ce_grad_logits = _scale_positions(g1, upstream, class_axis)
+    zl = None
+    if z_coefficient is not None:  # the z-loss of the (capped) logits, added to each counted position
+        zl = _z_loss(case, z_coefficient, z, z_max, shifted, normaliser, p, mixed, sigma_dlogp, class_axis, u_c)
+        g1 = np.nan_to_num(g1) + zl.grad
+    grad_logits = _scale_positions(g1, upstream, class_axis)
 
     # the loss: G1 . dz, per output element (summed over classes, and over positions unless 'none')
     with np.errstate(over="ignore", invalid="ignore"):
@@ -228,6 +268,13 @@ def evaluate(case: Case, *, gradients: bool = True):
         else:
             loss_from_z = np.sqrt(np.sum(moved))
     loss_sigma = np.hypot(_or_zero(logits_result.loss_sigma), loss_from_z)
+    loss, loss_scale, loss_intermediate = logits_result.loss, logits_result.loss_scale, logits_result.loss_intermediate
+    if zl is not None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            loss = np.asarray(loss) + zl.loss
+            loss_sigma = np.hypot(loss_sigma, zl.loss_sigma)
+            loss_scale = np.maximum(loss_scale, zl.loss_scale)
+            loss_intermediate = np.maximum(loss_intermediate, zl.loss_scale)
 
     # the gradient of the logits: cross-entropy's error, the logits' error through p, and the
     # rounding to the dtype of a materialised gradient (torch's reference path)
@@ -236,11 +283,20 @@ def evaluate(case: Case, *, gradients: bool = True):
     with np.errstate(over="ignore", invalid="ignore"):
         sigma_g = np.sqrt(np.square(g_sigma_ce) + np.square(g_scale * p * sigma_dlogp)
                           + u_t ** 2 / 3 * np.square(np.nan_to_num(grad_logits)))
+        if zl is not None:
+            sigma_g = np.hypot(sigma_g, _scale_positions(zl.grad_sigma, abs_upstream, class_axis))
     sigma_g = np.nan_to_num(sigma_g, nan=0.0, posinf=np.finfo(np.float64).max)
 
-    coherent = _coherent_normaliser_sigma(case, grad_logits, p, shifted, normaliser, lse, class_axis, u_c, u_t)
+    z_mass = None if zl is None else _scale_positions(zl.p_coefficient, abs_upstream, class_axis)
+    coherent = _coherent_normaliser_sigma(case, ce_grad_logits, p, shifted, normaliser, lse, class_axis, u_c, u_t,
+                                          extra_mass=z_mass)
     with np.errstate(over="ignore", invalid="ignore"):  # per class too: rows err independently
         sigma_g = _finite(np.hypot(sigma_g, coherent * p))
+    p_chained = p  # how a class's p reaches the raw logits' gradient (the shared error's path)
+    if capped is not None:  # the chain rule through the cap: G_raw = G d
+        sigma_g = _finite(capped.gradient_sigma(grad_logits, sigma_g, sigma_raw, u_t))
+        grad_logits = np.nan_to_num(grad_logits) * capped.derivative if grad_logits is not None else None
+        p_chained = p * capped.derivative
     g_flat = grad_logits.reshape(rows, flat_w.shape[0])
     abs_g = np.abs(np.nan_to_num(g_flat))
     sg_flat = sigma_g.reshape(rows, flat_w.shape[0])
@@ -258,7 +314,7 @@ def evaluate(case: Case, *, gradients: bool = True):
         # over a row's K-dim positions, whose sums may round alike)
         classes = shape[class_axis]
         spatial = math.prod(shape[class_axis + 1:])
-        pw = np.einsum("ncd,cdh->ndh", p.reshape(rows, classes, spatial), w.reshape(classes, spatial, hidden))
+        pw = np.einsum("ncd,cdh->ndh", p_chained.reshape(rows, classes, spatial), w.reshape(classes, spatial, hidden))
         grad_x_sigma = np.hypot(grad_x_sigma, np.sum(coherent.reshape(rows, spatial)[:, :, None] * np.abs(pw), axis=1))
         grad_w = g_flat.T @ x2
         grad_w_scale = np.outer(abs_g.max(axis=0, initial=0), np.abs(x2).max(axis=0, initial=0))
@@ -287,8 +343,7 @@ def evaluate(case: Case, *, gradients: bool = True):
         grad_target_sigma = _finite(np.hypot(target_sigma, per_position * factor * weights * sigma_dlogp))
 
     return LinearReferenceResult(
-        loss=np.asarray(logits_result.loss), loss_scale=logits_result.loss_scale,
-        loss_intermediate=logits_result.loss_intermediate,
+        loss=np.asarray(loss), loss_scale=loss_scale, loss_intermediate=loss_intermediate,
         grad_input=grad_x.reshape(x.shape) if gradients else None,
         grad_input_scale=grad_x_scale.reshape(x.shape) if gradients else None,
         grad_target=grad_target if gradients else None, grad_target_scale=grad_target_scale,
@@ -299,9 +354,32 @@ def evaluate(case: Case, *, gradients: bool = True):
         logits=z, logits_sigma=by_position(sigma_z))
 
 
+def _z_loss(case: Case, coefficient: float, z: np.ndarray, z_max: np.ndarray, shifted: np.ndarray,
+            normaliser: np.ndarray, p: np.ndarray, mixed: np.ndarray, sigma_dlogp: np.ndarray, class_axis: int,
+            u_c: float) -> ZLoss:
+    """The z-loss of the case's (capped) logits: counted positions are those not ignored (every
+    position of probability targets)."""
+    from .summation import summation_root
+
+    shape = z.shape
+    if case.is_probability_target:
+        counted = np.ones(shape[:class_axis] + (1,) + shape[class_axis + 1:], dtype=bool)
+    else:
+        counted = np.expand_dims(case.target != resolved_ignore_index(case), class_axis)
+    if not z.size:  # an empty batch: the maximum has no positions to keep the class axis of
+        z_max = np.zeros(normaliser.shape)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        lse = z_max + np.log(normaliser)
+        root = np.expand_dims(summation_root(np.moveaxis(np.nan_to_num(shifted), class_axis, -1), u_c), class_axis)
+        own = lse_sigma(np.zeros_like(mixed), lse, normaliser, root, u_c)
+        with_logits = lse_sigma(mixed, lse, normaliser, root, u_c)
+        return z_loss(coefficient, lse, p, counted, case.options["reduction"], own, with_logits, sigma_dlogp, z - lse,
+                      class_axis, u_c)
+
+
 def _coherent_normaliser_sigma(case: Case, grad_logits: np.ndarray, p: np.ndarray, shifted: np.ndarray,
                                normaliser: np.ndarray, lse: np.ndarray, class_axis: int, u_c: float,
-                               u_t: float) -> np.ndarray:
+                               u_t: float, extra_mass: np.ndarray | None = None) -> np.ndarray:
     """Per position, the sigma of the error every class's logit gradient shares.
 
     The gradient of the logits is ``G_c = s (Q p_c - q_c)``, ``q`` the (weighted, smoothed)
@@ -312,7 +390,8 @@ def _coherent_normaliser_sigma(case: Case, grad_logits: np.ndarray, p: np.ndarra
     projection sums it over C classes coherently. Measured on torch 2.13's reference path:
     float64 softmax backward over 262144 classes, ``e = 3.5e-12`` in every position (2e4 ulps of
     ``grad_input``); float16 rounds the normaliser ``1.00549`` to ``1.00586``, so ``p_y - 1`` of a
-    confident row is 7 % off. Returns ``|s| Q e`` per position."""
+    confident row is 7 % off. Returns ``|s| Q e`` per position; ``extra_mass``: a further
+    coefficient of ``p`` per position (a z-loss's ``2 k lse``, upstream-scaled) that shares ``e``."""
     from .summation import summation_root
 
     shape = p.shape
@@ -328,7 +407,8 @@ def _coherent_normaliser_sigma(case: Case, grad_logits: np.ndarray, p: np.ndarra
         relative = np.sqrt(u_c ** 2 / 3 * (np.square(np.nan_to_num(root_q / total)) +
                                            np.square(np.nan_to_num(root_z / normaliser)))
                            + u_t ** 2 / 3 * (1 + np.square(lse)))  # normaliser and lse each in the dtype
-        return _finite(np.abs(s) * total * relative)
+        mass = np.abs(s) * total + (0.0 if extra_mass is None else extra_mass)
+        return _finite(mass * relative)
 
 
 def _target_mass(case: Case, shape: tuple[int, ...], class_axis: int) -> np.ndarray:
@@ -407,8 +487,12 @@ LINEAR_CROSS_ENTROPY: Final = register_family(LossFamily(
     torch_function="torch.nn.functional.linear_cross_entropy",
     required_tensors=("input", "linear_weight", "target"),
     optional_tensors=("linear_bias", "weight", "grad_output"),
-    option_defaults=MappingProxyType({"reduction": "mean", "ignore_index": None, "label_smoothing": 0.0}),
-    option_types=MappingProxyType({"ignore_index": (int, type(None))}),
+    option_defaults=MappingProxyType({"reduction": "mean", "ignore_index": None, "label_smoothing": 0.0,
+                                      "softcap": None, "z_loss": None}),
+    option_types=MappingProxyType({"ignore_index": (int, type(None)), "softcap": (float, int, type(None)),
+                                   "z_loss": (float, int, type(None))}),
+    extension_options=EXTENSION_OPTIONS,
+    extension_features=EXTENSION_OPTIONS,
     features=_features,
     logits_shape=logits_shape,
     evaluate=evaluate,
@@ -420,7 +504,7 @@ LINEAR_CROSS_ENTROPY: Final = register_family(LossFamily(
     inapplicable_levels=INAPPLICABLE_LEVELS,
     requirable=frozenset({"weights", "ignore_index", "all_ignored", "label_smoothing", "probability_targets", "k_dim",
                           "unbatched", "low_precision", "vocab_scale", "upstream_gradient", "linear_bias",
-                          "invalid_input"}),
+                          "invalid_input", *EXTENSION_OPTIONS}),
 ))
 
 

@@ -115,10 +115,14 @@ def covering_cases(config: "FuzzConfig", adapters: "list[Adapter]") -> list[Case
 def _strategy(config: "FuzzConfig", adapters: "list[Adapter]"):
     """Explore and shrink draw from the same strategy (shrinking replays explored choices): the
     loss family's own."""
-    return FAMILIES[config.family].strategy(
+    family = FAMILIES[config.family]
+    unsupported = unsupported_features(adapters)
+    # a library's extensions (softcap, z-loss) are drawn only where some adapter of the run takes them
+    extensions = {"extensions": frozenset(family.extension_features) - unsupported} if family.extension_features else {}
+    return family.strategy(
         dtypes=config.dtypes or FLOAT_DTYPES, limits=size_limits_for(config.profile),
         invalid_percent=0 if config.plain else config.invalid_percent, require=config.require, plain=config.plain,
-        exclude=unsupported_features(adapters))
+        exclude=unsupported, **extensions)
 
 
 SLOW_SHRINK_CALLS = 2

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Final, Iterable
 
-from .case import all_features
+from .case import all_features, extension_features
 from .dtypes import FLOAT_DTYPES
 from .errors import ConfigurationError
 
@@ -33,8 +33,9 @@ giving different bits is reported, and gates only with ``--deterministic`` or ``
 
 
 def parse_selection(text: str | Iterable[str] | None, *, universe: Iterable[str], default: Iterable[str],
-                    option: str) -> frozenset[str]:
-    """Resolve a selection list against ``universe``; ``None`` or empty means ``default``.
+                    option: str, everything: Iterable[str] | None = None) -> frozenset[str]:
+    """Resolve a selection list against ``universe``; ``None`` or empty means ``default``, ``all``
+    means ``everything`` (default: the universe; names outside it are taken only by name).
 
     >>> sorted(parse_selection("-b", universe="abc", default="ab", option="--letters"))
     ['a']
@@ -44,6 +45,7 @@ def parse_selection(text: str | Iterable[str] | None, *, universe: Iterable[str]
     ce_conformance.errors.ConfigurationError: --letters: unknown name(s) 'x'; valid: a, b, c, all, default
     """
     universe, default = tuple(universe), frozenset(default)
+    everything = frozenset(universe if everything is None else everything)
     tokens = [t.strip() for t in (text.split(",") if isinstance(text, str) else (text or ())) if t.strip()]
     if not tokens:
         return default
@@ -54,7 +56,7 @@ def parse_selection(text: str | Iterable[str] | None, *, universe: Iterable[str]
     chosen: set[str] = set(default) if tokens[0].startswith("-") else set()
     for token in tokens:
         name = token.lstrip("-")
-        names = set(universe) if name == "all" else set(default) if name == "default" else {name}
+        names = set(everything) if name == "all" else set(default) if name == "default" else {name}
         if token.startswith("-"):
             chosen -= names
         else:
@@ -65,15 +67,19 @@ def parse_selection(text: str | Iterable[str] | None, *, universe: Iterable[str]
 
 
 def parse_features(text: str | Iterable[str] | None) -> frozenset[str]:
-    """Features an implementation claims: ``default`` (everything but the rare corners), ``all``,
-    names, ``-name`` to subtract.
+    """Features an implementation claims: ``default`` (everything but the rare corners), ``all``
+    (every feature of torch's functions), names, ``-name`` to subtract. A library's extensions
+    (``softcap``, ``z_loss``) only by name: a kernel with torch's signature has no such keyword.
 
     >>> sorted(parse_features("weights,ignore_index"))
     ['ignore_index', 'weights']
+    >>> "softcap" in parse_features("all"), "softcap" in parse_features("default,softcap")
+    (False, True)
     """
     universe = sorted(all_features())  # every family's: a linear kernel may claim linear_bias
-    return parse_selection(text, universe=universe, default=frozenset(universe) - DEFAULT_EXCLUDED_FEATURES,
-                           option="--features")
+    torch_features = frozenset(universe) - extension_features()
+    return parse_selection(text, universe=universe, default=torch_features - DEFAULT_EXCLUDED_FEATURES,
+                           option="--features", everything=torch_features)
 
 
 def parse_dtypes(text: str | Iterable[str] | None) -> tuple[str, ...] | None:

@@ -4,7 +4,8 @@
 (as Liger-Kernel's fused linear cross-entropy does), in float32 for half dtypes, on the input's
 device (the gate runs it with ``--device cuda`` too); each planted
 variant changes one line of it. Index targets, ``ignore_index`` (default -100), class weights,
-'mean' / 'sum' / 'none', an optional bias.
+'mean' / 'sum' / 'none', an optional bias, and the family's extensions ``softcap`` and ``z_loss``
+(the z-loss's 'mean' by the counted rows, as Liger-Kernel's).
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ CHUNK_ROWS = 4
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w, b, target, weight, ignore_index, reduction, bug):
+    def forward(ctx, x, w, b, target, weight, ignore_index, reduction, bug, softcap=None, z_loss=None):
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32
         n = x.shape[0]
+        if bug == "z_loss_unrequested" and z_loss is None:
+            z_loss = 1e-4  # "always on": PaLM's default weight added where the caller asked for none
         losses = torch.zeros(n, dtype=compute, device=x.device)
+        z_losses = torch.zeros(n, dtype=compute, device=x.device)
         grad_logits = []
         rows = range(0, n, CHUNK_ROWS)
         if bug == "dropped_last_chunk":
@@ -30,28 +34,43 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             z = xs @ w.to(compute).T
             if b is not None:
                 z = z + b.to(compute)
+            raw = z
+            if softcap is not None:  # z -> c tanh(z / c), the gradient through 1 - tanh^2
+                t = torch.tanh(z / softcap)
+                z, capped_slope = softcap * t, 1 - t * t
             valid = ts != ignore_index
             safe = torch.where(valid, ts, 0)
-            logp = torch.log_softmax(z, dim=1)
+            lse = torch.logsumexp(raw if bug == "softcap_after_lse" else z, dim=1, keepdim=True)
+            logp = z - lse
             wy = torch.where(valid, class_weight[safe], 0)
             losses[start:start + len(ts)] = -wy * logp.gather(1, safe[:, None])[:, 0]
-            g = torch.exp(logp) * wy[:, None]
+            p = torch.exp(logp)
+            g = p * wy[:, None]
             g[torch.arange(len(ts), device=x.device), safe] -= wy
-            grad_logits.append((start, g, valid))
+            g_z = torch.zeros_like(g)
+            if z_loss is not None:  # z_loss lse^2 per counted row; its gradient 2 z_loss lse p
+                z_losses[start:start + len(ts)] = torch.where(valid, z_loss * lse[:, 0] ** 2, 0)
+                if bug != "z_loss_missing_from_gradient":
+                    g_z = torch.where(valid[:, None], 2 * z_loss * lse * p, 0)
+            if softcap is not None:
+                g, g_z = g * capped_slope, g_z * capped_slope
+            grad_logits.append((start, g, g_z, valid))
         total_weight = sum(torch.where(target[s:s + CHUNK_ROWS] != ignore_index,
                                        class_weight[torch.where(target[s:s + CHUNK_ROWS] != ignore_index,
                                                                 target[s:s + CHUNK_ROWS], 0)], 0).sum()
                            for s in range(0, n, CHUNK_ROWS)) if n else torch.zeros((), dtype=compute, device=x.device)
-        if reduction == "mean":
+        counted = (target != ignore_index).sum().to(compute)
+        if reduction == "mean":  # the z-loss by the counted rows (as Liger-Kernel), the loss by their weight
             denominator = total_weight * (total_weight if bug == "normaliser_twice" else 1)
-            out = losses.sum() / denominator
+            out = losses.sum() / denominator + z_losses.sum() / counted
         elif reduction == "sum":
-            out = losses.sum()
+            out = losses.sum() + z_losses.sum()
         else:
-            out = losses
+            out = losses + z_losses
         ctx.save_for_backward(x, w)
         ctx.grad_logits, ctx.reduction, ctx.has_bias, ctx.bug = grad_logits, reduction, b is not None, bug
         ctx.denominator = total_weight if reduction == "mean" else None
+        ctx.counted = counted
         return out.to(x.dtype)
 
     @staticmethod
@@ -63,35 +82,38 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros(w.shape, dtype=accumulate, device=x.device)
         grad_b = torch.zeros(w.shape[0], dtype=compute, device=x.device)
         if ctx.bug == "weight_grad_in_dtype":  # one row at a time, as a kernel adding per token would
-            ctx.grad_logits = [(start + i, g[i:i + 1], valid[i:i + 1]) for start, g, valid in ctx.grad_logits
-                               for i in range(len(g))]
-        for start, g, valid in ctx.grad_logits:
+            ctx.grad_logits = [(start + i, g[i:i + 1], g_z[i:i + 1], valid[i:i + 1])
+                               for start, g, g_z, valid in ctx.grad_logits for i in range(len(g))]
+        for start, g, g_z, valid in ctx.grad_logits:
             if ctx.reduction == "none":
-                scale = grad_output[start:start + len(g)].to(compute)[:, None]
+                scale = z_scale = grad_output[start:start + len(g)].to(compute)[:, None]
                 if ctx.bug == "first_grad_output":
-                    scale = grad_output[0].to(compute)
+                    scale = z_scale = grad_output[0].to(compute)
             else:
                 scale = grad_output.to(compute) / (ctx.denominator if ctx.reduction == "mean" else 1)
+                z_scale = grad_output.to(compute) / (ctx.counted if ctx.reduction == "mean" else 1)
             # as torch: an ignored row gets no gradient, a counted one over a zero total weight 0/0 = NaN
             if ctx.bug == "grad_scaled_in_place":  # over the kept chunk: a second backward scales it again
                 g = torch.where(valid[:, None], g.mul_(scale), 0)
             else:
                 g = torch.where(valid[:, None], g * scale, 0)
+            if g_z.any():  # the z-loss's part, with its own normaliser
+                g = g + torch.where(valid[:, None], g_z * z_scale, 0)
             grad_x[start:start + len(g)] = g @ w.to(compute)
             grad_w = (grad_w.to(compute) + g.T @ x[start:start + len(g)].to(compute)).to(accumulate)
             grad_b += g.sum(0)
         bias_grad = None if not ctx.has_bias or ctx.bug == "bias_grad_missing" else grad_b.to(x.dtype)
-        return grad_x.to(x.dtype), grad_w.to(x.dtype), bias_grad, None, None, None, None, None
+        return grad_x.to(x.dtype), grad_w.to(x.dtype), bias_grad, None, None, None, None, None, None, None
 
 
 def _make(bug):
     def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None, reduction="mean",
-                             ignore_index=None, label_smoothing=0.0):
+                             ignore_index=None, label_smoothing=0.0, softcap=None, z_loss=None):
         if label_smoothing or target.is_floating_point() or input.dim() != 2 or linear_weight.dim() != 2:
             raise NotImplementedError("index targets, (N, H) inputs and (C, H) weights without smoothing only")
         ignore = -100 if ignore_index is None else ignore_index
         return _ChunkedLinearCrossEntropy.apply(input, linear_weight, linear_bias, target, weight, ignore, reduction,
-                                                bug)
+                                                bug, softcap, z_loss)
 
     linear_cross_entropy.__name__ = bug or "chunked"
     return linear_cross_entropy
@@ -99,8 +121,8 @@ def _make(bug):
 
 chunked = _make(None)
 PLANTED = ("dropped_last_chunk", "first_grad_output", "weight_grad_in_dtype", "bias_grad_missing", "normaliser_twice",
-           "grad_scaled_in_place")
+           "grad_scaled_in_place", "softcap_after_lse", "z_loss_missing_from_gradient", "z_loss_unrequested")
 (dropped_last_chunk, first_grad_output, weight_grad_in_dtype, bias_grad_missing, normaliser_twice,
- grad_scaled_in_place) = map(_make, PLANTED)
+ grad_scaled_in_place, softcap_after_lse, z_loss_missing_from_gradient, z_loss_unrequested) = map(_make, PLANTED)
 SUPPORTED_FEATURES = frozenset({"weights", "ignore_index", "all_ignored", "upstream_gradient", "low_precision",
-                                "linear_bias", "empty_batch", "single_class", "vocab_scale"})
+                                "linear_bias", "empty_batch", "single_class", "vocab_scale", "softcap", "z_loss"})

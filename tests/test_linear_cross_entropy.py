@@ -9,7 +9,7 @@ from ce_conformance.linear_cross_entropy import exact_logits, linear_cross_entro
 
 
 def _random_case(rng, *, batched=True, k_dim=False, bias=False, weight=False, probabilities=False, smoothing=0.0,
-                 reduction="mean", ignore=False, upstream=False, dtype="float64"):
+                 reduction="mean", ignore=False, upstream=False, dtype="float64", softcap=None, z_loss=None):
     n, h, c = int(rng.integers(1, 9)), int(rng.integers(1, 17)), int(rng.integers(2, 12))
     extra = (int(rng.integers(1, 4)),) if k_dim else ()
     x = rng.normal(size=(n, h) if batched else (h,))
@@ -28,7 +28,7 @@ def _random_case(rng, *, batched=True, k_dim=False, bias=False, weight=False, pr
     return linear_cross_entropy_case(
         x, w, target, dtype=dtype, linear_bias=rng.normal(size=(c, *extra)) if bias else None,
         weight=rng.uniform(0.1, 2.0, size=c) if weight else None, reduction=reduction, label_smoothing=smoothing,
-        grad_output=rng.normal(size=out_shape) if upstream else None)
+        grad_output=rng.normal(size=out_shape) if upstream else None, softcap=softcap, z_loss=z_loss)
 
 
 def math_prod(shape):
@@ -36,7 +36,9 @@ def math_prod(shape):
 
 
 def _torch_float64(case):
-    """torch's float64 autograd of the composed expression: cross_entropy(linear(X, W, b))."""
+    """torch's float64 autograd of the composed expression: cross_entropy(linear(X, W, b)), with the
+    extensions written out as their definitions say (softcap on the logits; z-loss per counted
+    position, 'mean' by the count)."""
     import torch
     import torch.nn.functional as F
 
@@ -49,8 +51,17 @@ def _torch_float64(case):
     if "linear_bias" in tensors:
         logits = logits + tensors["linear_bias"].reshape(-1)
     logits = logits.reshape(exact_logits(case).shape)
+    cap, z_loss = case.options["softcap"], case.options["z_loss"]
+    if cap is not None:
+        logits = cap * torch.tanh(logits / cap)
+    reduction = case.options["reduction"]
     loss = F.cross_entropy(logits, tensors["target"], weight=tensors.get("weight"),
-                           reduction=case.options["reduction"], label_smoothing=case.options["label_smoothing"])
+                           reduction=reduction, label_smoothing=case.options["label_smoothing"])
+    if z_loss is not None:
+        lse = torch.logsumexp(logits, dim=1 if logits.dim() > 1 else 0)
+        counted = torch.ones_like(lse, dtype=torch.bool) if case.is_probability_target else tensors["target"] != -100
+        term = torch.where(counted, z_loss * lse ** 2, torch.zeros(()))
+        loss = loss + (term if reduction == "none" else term.sum() if reduction == "sum" else term.sum() / counted.sum())
     upstream = tensors.get("grad_output", torch.ones_like(loss))
     grads = torch.autograd.grad(loss, list(leaves.values()), upstream)
     return loss.detach().numpy(), {name: g.numpy() for name, g in zip(leaves, grads)}
@@ -60,7 +71,12 @@ CONFIGS = [dict(), dict(bias=True), dict(weight=True, ignore=True), dict(smoothi
            dict(probabilities=True, weight=True, smoothing=0.2), dict(k_dim=True, bias=True),
            dict(reduction="none", upstream=True), dict(reduction="sum", upstream=True, bias=True),
            dict(batched=False, bias=True), dict(batched=False, reduction="none", upstream=True),
-           dict(k_dim=True, reduction="none", upstream=True, weight=True, probabilities=True)]
+           dict(k_dim=True, reduction="none", upstream=True, weight=True, probabilities=True),
+           # the fused kernels' extensions (softcap, z-loss), alone and with everything else
+           dict(softcap=3.0), dict(softcap=0.5, bias=True, reduction="sum", upstream=True), dict(z_loss=0.1),
+           dict(z_loss=1e-4, weight=True, ignore=True, smoothing=0.1),
+           dict(softcap=5.0, z_loss=0.5, k_dim=True, reduction="none", upstream=True, ignore=True),
+           dict(softcap=2.0, z_loss=0.3, probabilities=True, weight=True), dict(softcap=1.0, z_loss=0.2, batched=False)]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "plain")
@@ -162,7 +178,8 @@ def _supported_cases():
 
     everything = set(FAMILIES[FAMILY].own_features) | {
         "probability_targets", "label_smoothing", "k_dim", "unbatched", "non_contiguous", "uint8_target"}
-    return linear_cross_entropy_cases(exclude=everything - planted_linear.SUPPORTED_FEATURES)
+    return linear_cross_entropy_cases(exclude=everything - planted_linear.SUPPORTED_FEATURES,
+                                      extensions={"softcap", "z_loss"})
 
 
 def test_our_chunked_linear_cross_entropy_passes(torch):
@@ -180,7 +197,9 @@ def test_our_chunked_linear_cross_entropy_passes(torch):
 @pytest.mark.parametrize("bug,check", [("dropped_last_chunk", "loss_value"), ("first_grad_output", "grad_input_value"),
                                        ("weight_grad_in_dtype", "grad_linear_weight_value"),
                                        ("bias_grad_missing", "grad_linear_bias_missing"),
-                                       ("normaliser_twice", "loss_value")])
+                                       ("normaliser_twice", "loss_value"), ("softcap_after_lse", "loss_value"),
+                                       ("z_loss_missing_from_gradient", "grad_input_value"),
+                                       ("z_loss_unrequested", "loss_value")])
 def test_planted_linear_bugs_are_caught_on_drawn_cases(torch, bug, check):
     adapter = _user_adapter(bug)
     failing = find(_supported_cases(), lambda case: check in {v.check for v in _judge(adapter, case).verdicts},

@@ -78,3 +78,32 @@ def test_only_adapters_that_can_differentiate_twice_are_asked_and_only_for_valid
     assert probe_for(load_adapter("numpy"), CASE) is None
     invalid = Case.cross_entropy([[1.0, 2.0]], [5], expected_error=Rule.TARGET_OUT_OF_BOUNDS)
     assert probe_for(load_adapter("torch"), invalid) is None
+
+
+def test_a_graph_that_cannot_be_retained_is_run_as_usual_and_not_a_finding(torch):
+    """torch.compile's backward with donated buffers refuses ``retain_graph=True`` (cut-cross-entropy's
+    ``torch_compile`` path: the probe's first backward raised, and the repeat read as another
+    outcome); the probe then makes the plain call and says why there is no second backward."""
+    calls = []
+
+    class RefusesRetainedGraphs(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, target):
+            with torch.enable_grad():
+                leaf = x.detach().requires_grad_(True)
+                loss = torch.nn.functional.cross_entropy(leaf, target, reduction="sum")
+                (ctx.gradient,) = torch.autograd.grad(loss, leaf)
+            return loss.detach()
+
+        @staticmethod
+        def backward(ctx, grad):
+            calls.append(1)
+            if len(calls) == 1:  # the probe's first backward, over a retained graph
+                raise RuntimeError("This backward function was compiled with non-empty donated buffers which "
+                                   "requires create_graph=False and retain_graph=False")
+            return ctx.gradient * grad, None
+
+    outcome = _probed(lambda input, target, **options: RefusesRetainedGraphs.apply(input, target))
+    assert outcome.status == "ok" and "donated buffers" in outcome.extra["second_backward_unsupported"]
+    assert "second_backward" not in outcome.extra and second_backward_verdict(outcome) is None
+    assert np.allclose(outcome.grad_input, _probed(torch.nn.functional.cross_entropy).grad_input)

@@ -21,11 +21,14 @@ from typing import Any, Final
 
 import numpy as np
 
-from ce_conformance.case import Case, all_features
+from ce_conformance.case import Case, all_features, extension_features
 from ce_conformance.dtypes import FLOAT_DTYPES
 from ce_conformance.errors import classify_error
 
 ALL_FEATURES: Final = all_features()
+EXTENSION_FEATURES: Final = extension_features()
+TORCH_FEATURES: Final = ALL_FEATURES - EXTENSION_FEATURES
+"""What torch's own functions take: every feature but the libraries' extensions."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ class Capabilities:
     """
 
     dtypes: frozenset[str] = frozenset(FLOAT_DTYPES)
-    features: frozenset[str] = ALL_FEATURES
+    features: frozenset[str] = TORCH_FEATURES
     gradients: bool = True
     target_gradients: bool = True
     families: frozenset[str] = frozenset({"cross_entropy"})

@@ -6,23 +6,23 @@ target, weight, ignore_index=..., reduction=..., label_smoothing=...)`` and
 
 Both take ``(BT, V)`` logits (``(BT, H)`` hidden states) with index targets: class weights, an
 ``ignore_index``, label smoothing, every reduction and (fused) a bias; no probability targets, no
-K-dim and no unbatched inputs. The extensions they add (z-loss, softcap) are left at their
-defaults (off). The kernels are Triton's: a CUDA GPU, else skipped with the reason.
+K-dim and no unbatched inputs. The fused one takes the family's ``softcap`` and ``z_loss``
+extensions too (``lse_square_scale``); the cross-entropy family has none. The kernels are Triton's: a CUDA GPU, else skipped with the reason.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from .base import ALL_FEATURES, Capabilities
+from .base import TORCH_FEATURES, Capabilities
 from .library import LibraryAdapter
 
 _NOT_TAKEN: Final = ("probability_targets", "unnormalised_targets", "k_dim", "unbatched", "legacy_reduction",
                      "uint8_target", "negative_smoothing", "invalid_input")
 """Invalid calls are left out: Liger checks its arguments with bare ``assert`` statements."""
 
-LIGER_CAPABILITIES: Final = Capabilities(features=ALL_FEATURES).without(*_NOT_TAKEN)
-LIGER_LINEAR_CAPABILITIES: Final = Capabilities(features=ALL_FEATURES,
+LIGER_CAPABILITIES: Final = Capabilities(features=TORCH_FEATURES).without(*_NOT_TAKEN)
+LIGER_LINEAR_CAPABILITIES: Final = Capabilities(features=TORCH_FEATURES | {"softcap", "z_loss"},
                                                 families=frozenset({"linear_cross_entropy"})).without(*_NOT_TAKEN)
 
 
@@ -35,13 +35,16 @@ def liger_cross_entropy(input, target, weight=None, ignore_index=-100, reduction
 
 
 def liger_fused_linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
-                                     reduction="mean", ignore_index=None, label_smoothing=0.0):
-    """Liger-Kernel's fused linear cross-entropy with F.linear_cross_entropy's keywords."""
+                                     reduction="mean", ignore_index=None, label_smoothing=0.0, softcap=None,
+                                     z_loss=None):
+    """Liger-Kernel's fused linear cross-entropy with F.linear_cross_entropy's keywords (the
+    family's z_loss is Liger's lse_square_scale)."""
     from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
     return liger_fused_linear_cross_entropy(input, linear_weight, target, bias=linear_bias, ce_weight=weight,
                                             ignore_index=-100 if ignore_index is None else ignore_index,
-                                            label_smoothing=label_smoothing, reduction=reduction)
+                                            lse_square_scale=z_loss or 0.0, label_smoothing=label_smoothing,
+                                            reduction=reduction, softcap=softcap)
 
 
 def cross_entropy_adapter() -> LibraryAdapter:

@@ -175,6 +175,10 @@ class TorchAdapter(Adapter):
                                             retain_graph=backward_twice)
                 self._synchronize()
             except Exception as exc:
+                if backward_twice:  # a graph that cannot be retained (torch.compile's donated buffers):
+                    plain = self._call(case)  # no second backward to compare; the call as it runs
+                    plain.extra["second_backward_unsupported"] = f"{type(exc).__name__}: {exc}"[:300]
+                    return plain
                 outcome.status = "error"
                 outcome.error = Outcome.failed(exc, "backward").error
                 outcome.mutated = mutated()

@@ -1,0 +1,120 @@
+"""The reference for fused kernels' extension options (``softcap``, ``z_loss``; see
+:data:`ce_conformance.linear_cross_entropy.EXTENSION_OPTIONS`): their values, gradients and what
+a correct kernel's arithmetic may cost on them, as pieces the family's reference composes.
+
+Error model, in the terms of the family's (each a standard deviation, added in quadrature):
+
+* softcap ``z' = c tanh(z / c)``: the logits' own error is carried through the derivative
+  ``d = 1 - tanh^2(z / c)`` (which is at most 1), and the cap adds four roundings (``z / c``,
+  ``tanh``, the product, and the logit materialised) of the capped logit, in the dtype's unit:
+  cut-cross-entropy caps bfloat16 logits in bfloat16. The chain rule's factor ``d`` errs by the
+  capped logit's error through ``2 t d / c`` and by its own roundings (``t^2`` and ``1 - t^2``,
+  relative ``u`` each, cancelling where ``|t|`` is near 1: ``2 t^2 u`` absolute).
+* z-loss ``k lse^2`` per counted position: ``lse`` errs by the capped logits' error seen through
+  ``p`` (the same ``p . dz`` as the loss) and by its own sum and logarithm in the compute
+  precision; the term by ``2 k |lse|`` times that and two products' roundings. Its gradient
+  ``2 k lse p_c`` by the relative errors of ``lse`` and of ``p_c`` (``exp`` of a rounded
+  difference: ``u (2 + |z_c - lse|)``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Softcap:
+    """The capped logits, the chain rule's factor and its error scale (all in the logits' shape)."""
+
+    values: np.ndarray
+    derivative: np.ndarray
+    tanh: np.ndarray
+    cap: float
+
+    @classmethod
+    def of(cls, logits: np.ndarray, cap: float) -> "Softcap":
+        with np.errstate(over="ignore", invalid="ignore"):
+            t = np.tanh(logits / cap)
+            return cls(cap * t, 1.0 - np.square(t), t, cap)
+
+    def logits_sigma(self, sigma: np.ndarray, u_t: float) -> np.ndarray:
+        """The capped logits' error from the raw logits' ``sigma`` and the cap's own roundings."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.sqrt(np.square(self.derivative * sigma) + 4 / 3 * u_t ** 2 * np.square(self.values))
+
+    def gradient_sigma(self, grad_capped: np.ndarray, sigma_capped: np.ndarray, sigma_logits: np.ndarray,
+                       u_t: float) -> np.ndarray:
+        """The error of ``grad_capped * d`` (the gradient w.r.t. the raw logits) from the capped
+        gradient's ``sigma_capped``, the factor's error and the product's rounding."""
+        t2 = np.square(self.tanh)
+        with np.errstate(over="ignore", invalid="ignore"):
+            sigma_d = np.sqrt(np.square(2 * np.abs(self.tanh) * self.derivative * sigma_logits / self.cap)
+                              + u_t ** 2 * (16 / 3 * np.square(t2) + np.square(self.derivative)))
+            grad = np.nan_to_num(grad_capped)
+            return np.sqrt(np.square(self.derivative * sigma_capped) + np.square(grad * sigma_d)
+                           + u_t ** 2 / 3 * np.square(grad * self.derivative))
+
+
+@dataclass(frozen=True)
+class ZLoss:
+    """The z-loss of one case: its reduced value and error, its gradient (upstream one) w.r.t. the
+    capped logits and that gradient's error, and the per-position coefficient of ``p`` it adds
+    to the gradient (for the normaliser's shared error)."""
+
+    loss: np.ndarray
+    loss_scale: np.ndarray
+    loss_sigma: np.ndarray
+    grad: np.ndarray
+    grad_sigma: np.ndarray
+    p_coefficient: np.ndarray
+
+
+def z_loss(coefficient: float, lse: np.ndarray, p: np.ndarray, counted: np.ndarray, reduction: str,
+           lse_sigma: np.ndarray, lse_sigma_with_logits: np.ndarray, dlogp_sigma: np.ndarray, log_p: np.ndarray,
+           class_axis: int, u_c: float) -> ZLoss:
+    """``lse``, ``counted`` and the two sigmas of ``lse`` per position with the class axis kept
+    (size 1): its own arithmetic's (for the loss, whose movement with the logits the caller
+    adds through the whole gradient) and with the logits' error (for the gradient); ``p``,
+    ``dlogp_sigma`` (the sigma of ``d log p_c``) and ``log_p`` per logit."""
+    from .linear_cross_entropy import _sum_root_squared
+
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        term = np.where(counted, coefficient * np.square(lse), 0.0)
+        term_sigma = np.where(counted, np.sqrt(np.square(2 * coefficient * np.abs(lse) * lse_sigma)
+                                               + u_c ** 2 * np.square(term)), 0.0)
+        terms, sigmas = np.squeeze(term, class_axis), np.squeeze(term_sigma, class_axis)
+        count = int(np.count_nonzero(counted))
+        if reduction == "none":
+            value, sigma, per = terms, sigmas, np.ones_like(lse)
+        else:
+            total = terms.sum()
+            rounding = u_c / math.sqrt(3) * math.sqrt(float(_sum_root_squared(np.square(terms).sum(), total,
+                                                                              max(count, 1))))
+            sigma = np.sqrt(np.square(sigmas).sum()) + rounding
+            if reduction == "sum":
+                value, per = total, np.ones_like(lse)
+            else:
+                value = total / count if count else np.float64("nan")
+                sigma = sigma / count + u_c * abs(value) / math.sqrt(3) if count else np.float64(0.0)
+                per = np.full_like(lse, 1.0 / count if count else 0.0)
+        scale = np.abs(value)
+        coefficient_of_p = np.where(counted, 2 * coefficient * lse * per, 0.0)
+        grad = coefficient_of_p * p
+        relative_p = np.hypot(dlogp_sigma, u_c * (2 + np.abs(np.nan_to_num(log_p))))
+        grad_sigma = np.sqrt(np.square(2 * coefficient * per * p * lse_sigma_with_logits) * counted
+                             + np.square(grad) * (np.square(relative_p) + u_c ** 2))
+    return ZLoss(np.asarray(value, dtype=np.float64), np.asarray(scale, dtype=np.float64),
+                 np.nan_to_num(np.asarray(sigma, dtype=np.float64), nan=0.0), np.nan_to_num(grad, nan=0.0),
+                 np.nan_to_num(grad_sigma, nan=0.0), np.abs(np.nan_to_num(coefficient_of_p)))
+
+
+def lse_sigma(mixed: np.ndarray, lse: np.ndarray, normaliser: np.ndarray, root: np.ndarray, u_c: float) -> np.ndarray:
+    """The log-sum-exp's error per position: the capped logits' error through ``p`` (``mixed``),
+    the exp sum's relative error (``root / normaliser``, :func:`ce_conformance.summation.summation_root`),
+    the logarithm's and the maximum's addition."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return np.nan_to_num(np.sqrt(np.square(mixed) + u_c ** 2 / 3 * (np.square(root / normaliser)
+                                                                          + 2 * np.square(lse) + 1)), nan=0.0)
