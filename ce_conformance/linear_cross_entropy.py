@@ -42,12 +42,14 @@ from .case import Case, LossFamily, Tensor, register_family
 from .cross_entropy import logits_features, resolved_ignore_index
 from .dtypes import is_float, numpy_dtype, smallest_subnormal
 from .errors import CaseFormatError, InvalidInputError, Rule
-from .linear_extensions import Softcap, ZLoss, lse_sigma, z_loss
+from .linear_extensions import LogitTransform, ZLoss, lse_sigma, z_loss
 
 FAMILY: Final = "linear_cross_entropy"
-EXTENSION_OPTIONS: Final = ("softcap", "z_loss")
+EXTENSION_OPTIONS: Final = ("logit_scale", "softcap", "z_loss")
 """The fused kernels' options torch's ``linear_cross_entropy`` lacks, each off (``None``) by default:
 
+* ``logit_scale`` — every logit multiplied by it before anything else (Cohere's and flash-attn's
+  cross-entropy ``logit_scale``); the gradient w.r.t. the logits times the scale.
 * ``softcap`` — logit soft-capping, ``z -> softcap * tanh(z / softcap)`` on every logit before
   the loss (Gemma 2; cut-cross-entropy's and Liger-Kernel's ``softcap``, flash-attn's
   cross-entropy): the log-sum-exp, the loss and its gradient are those of the capped logits, the
@@ -77,13 +79,14 @@ def linear_cross_entropy_case(input: Any, linear_weight: Any, target: Any, *, dt
                               target_dtype: str | None = None, linear_bias: Any = None, weight: Any = None,
                               ignore_index: int | None = None, reduction: str = "mean",
                               label_smoothing: float = 0.0, grad_output: Any = None,
-                              softcap: float | None = None, z_loss: float | None = None,
+                              logit_scale: float | None = None, softcap: float | None = None,
+                              z_loss: float | None = None,
                               expected_error: Rule | str | None = None, note: str = "") -> Case:
     """A linear cross-entropy case; floating values are rounded to ``dtype``.
 
     ``target_dtype`` defaults to int64 for integer-valued targets, ``dtype`` for float ones.
-    ``softcap`` and ``z_loss`` are the extensions of :data:`EXTENSION_OPTIONS` (positive, or
-    ``None`` for off).
+    ``logit_scale``, ``softcap`` and ``z_loss`` are the extensions of :data:`EXTENSION_OPTIONS`
+    (positive, or ``None`` for off).
 
     >>> linear_cross_entropy_case([[1.0, 0.0]], [[1.0, 1.0], [0.0, 1.0], [2.0, 2.0]], [2]).features
     frozenset()
@@ -102,7 +105,7 @@ def linear_cross_entropy_case(input: Any, linear_weight: Any, target: Any, *, dt
             tensors[name] = Tensor(np.asarray(value, dtype=np.float64), dtype)
     options = {"reduction": str(reduction), "ignore_index": None if ignore_index is None else int(ignore_index),
                "label_smoothing": float(label_smoothing)}
-    for name, value in (("softcap", softcap), ("z_loss", z_loss)):
+    for name, value in (("logit_scale", logit_scale), ("softcap", softcap), ("z_loss", z_loss)):
         if value is not None:
             if not float(value) > 0:
                 raise ValueError(f"{name} must be positive (or None for off), got {value!r}")
@@ -205,9 +208,9 @@ def evaluate(case: Case, *, gradients: bool = True):
     from .reference import _unit_roundoff
 
     raw = exact_logits(case)  # torch's checks first
-    cap, z_coefficient = case.options.get("softcap"), case.options.get("z_loss")
-    capped = None if cap is None else Softcap.of(raw, cap)
-    z = raw if capped is None else capped.values  # the logits the loss is taken over
+    cap, z_coefficient, scale = case.options.get("softcap"), case.options.get("z_loss"), case.options.get("logit_scale")
+    transform = None if cap is None and scale is None else LogitTransform.of(raw, scale, cap)
+    z = raw if transform is None else transform.values  # the logits the loss is taken over (scaled, capped)
     shape = z.shape
     dtype = case.dtype
     logits_result = reference.evaluate_logits(
@@ -235,9 +238,9 @@ def evaluate(case: Case, *, gradients: bool = True):
     def by_position(flat: np.ndarray) -> np.ndarray:  # (rows, C*D) -> the logits' shape
         return flat.reshape(shape)
 
-    sigma_raw = by_position(sigma_z)  # the projection's error; a softcap carries it through its derivative
-    if capped is not None:
-        sigma_z = _finite(capped.logits_sigma(sigma_raw, u_t)).reshape(sigma_z.shape)
+    sigma_raw = by_position(sigma_z)  # the projection's error; a scale or cap carries it through its derivative
+    if transform is not None:
+        sigma_z = _finite(transform.logits_sigma(sigma_raw, u_t)).reshape(sigma_z.shape)
 
     class_axis = 0 if not batched else 1
     with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
@@ -293,10 +296,10 @@ def evaluate(case: Case, *, gradients: bool = True):
     with np.errstate(over="ignore", invalid="ignore"):  # per class too: rows err independently
         sigma_g = _finite(np.hypot(sigma_g, coherent * p))
     p_chained = p  # how a class's p reaches the raw logits' gradient (the shared error's path)
-    if capped is not None:  # the chain rule through the cap: G_raw = G d
-        sigma_g = _finite(capped.gradient_sigma(grad_logits, sigma_g, sigma_raw, u_t))
-        grad_logits = np.nan_to_num(grad_logits) * capped.derivative if grad_logits is not None else None
-        p_chained = p * capped.derivative
+    if transform is not None:  # the chain rule through the scale and cap: G_raw = G d
+        sigma_g = _finite(transform.gradient_sigma(grad_logits, sigma_g, sigma_raw, u_t))
+        grad_logits = np.nan_to_num(grad_logits) * transform.derivative
+        p_chained = p * transform.derivative
     g_flat = grad_logits.reshape(rows, flat_w.shape[0])
     abs_g = np.abs(np.nan_to_num(g_flat))
     sg_flat = sigma_g.reshape(rows, flat_w.shape[0])
@@ -488,9 +491,9 @@ LINEAR_CROSS_ENTROPY: Final = register_family(LossFamily(
     required_tensors=("input", "linear_weight", "target"),
     optional_tensors=("linear_bias", "weight", "grad_output"),
     option_defaults=MappingProxyType({"reduction": "mean", "ignore_index": None, "label_smoothing": 0.0,
-                                      "softcap": None, "z_loss": None}),
-    option_types=MappingProxyType({"ignore_index": (int, type(None)), "softcap": (float, int, type(None)),
-                                   "z_loss": (float, int, type(None))}),
+                                      "logit_scale": None, "softcap": None, "z_loss": None}),
+    option_types=MappingProxyType({"ignore_index": (int, type(None)),
+                                   **{name: (float, int, type(None)) for name in EXTENSION_OPTIONS}}),
     extension_options=EXTENSION_OPTIONS,
     extension_features=EXTENSION_OPTIONS,
     features=_features,

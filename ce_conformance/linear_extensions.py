@@ -1,15 +1,16 @@
-"""The reference for fused kernels' extension options (``softcap``, ``z_loss``; see
+"""The reference for fused kernels' extension options (``logit_scale``, ``softcap``, ``z_loss``; see
 :data:`ce_conformance.linear_cross_entropy.EXTENSION_OPTIONS`): their values, gradients and what
 a correct kernel's arithmetic may cost on them, as pieces the family's reference composes.
 
 Error model, in the terms of the family's (each a standard deviation, added in quadrature):
 
-* softcap ``z' = c tanh(z / c)``: the logits' own error is carried through the derivative
-  ``d = 1 - tanh^2(z / c)`` (which is at most 1), and the cap adds four roundings (``z / c``,
-  ``tanh``, the product, and the logit materialised) of the capped logit, in the dtype's unit:
-  cut-cross-entropy caps bfloat16 logits in bfloat16. The chain rule's factor ``d`` errs by the
-  capped logit's error through ``2 t d / c`` and by its own roundings (``t^2`` and ``1 - t^2``,
-  relative ``u`` each, cancelling where ``|t|`` is near 1: ``2 t^2 u`` absolute).
+* logit_scale and softcap ``z' = c tanh(s z / c)``: the logits' own error is carried through the
+  derivative ``d = s (1 - tanh^2(s z / c))``, and the transform adds its roundings (the product
+  by ``s``; ``/ c``, ``tanh``, the product, and the logit materialised) of the transformed
+  logit, in the dtype's unit: cut-cross-entropy caps bfloat16 logits in bfloat16. The chain
+  rule's factor errs by the capped logit's error through ``2 t (1 - t^2) s / c`` and by its own
+  roundings (``t^2`` and ``1 - t^2``, relative ``u`` each, cancelling where ``|t|`` is near 1:
+  ``2 t^2 u`` absolute); a scale alone by its rounding to the compute precision.
 * z-loss ``k lse^2`` per counted position: ``lse`` errs by the capped logits' error seen through
   ``p`` (the same ``p . dz`` as the loss) and by its own sum and logarithm in the compute
   precision; the term by ``2 k |lse|`` times that and two products' roundings. Its gradient
@@ -26,33 +27,50 @@ import numpy as np
 
 
 @dataclass(frozen=True)
-class Softcap:
-    """The capped logits, the chain rule's factor and its error scale (all in the logits' shape)."""
+class LogitTransform:
+    """``z -> cap tanh(scale z / cap)`` (either part optional): the transformed logits, the chain
+    rule's factor ``scale (1 - t^2)`` and their error scales (all in the logits' shape)."""
 
     values: np.ndarray
     derivative: np.ndarray
-    tanh: np.ndarray
-    cap: float
+    tanh: np.ndarray | None
+    scale: float
+    cap: float | None
 
     @classmethod
-    def of(cls, logits: np.ndarray, cap: float) -> "Softcap":
+    def of(cls, logits: np.ndarray, scale: float | None = None, cap: float | None = None) -> "LogitTransform":
+        scale = 1.0 if scale is None else float(scale)
         with np.errstate(over="ignore", invalid="ignore"):
-            t = np.tanh(logits / cap)
-            return cls(cap * t, 1.0 - np.square(t), t, cap)
+            scaled = logits * scale
+            if cap is None:
+                return cls(scaled, np.full(np.shape(logits), scale), None, scale, None)
+            t = np.tanh(scaled / cap)
+            return cls(cap * t, scale * (1.0 - np.square(t)), t, scale, float(cap))
+
+    @property
+    def _roundings(self) -> int:
+        """Roundings of a transformed logit: the product by the scale; ``/ cap``, ``tanh``, ``* cap``
+        and the result materialised."""
+        return (self.scale != 1.0) + (4 if self.cap is not None else 0)
 
     def logits_sigma(self, sigma: np.ndarray, u_t: float) -> np.ndarray:
-        """The capped logits' error from the raw logits' ``sigma`` and the cap's own roundings."""
+        """The transformed logits' error from the raw logits' ``sigma`` and the transform's roundings."""
         with np.errstate(over="ignore", invalid="ignore"):
-            return np.sqrt(np.square(self.derivative * sigma) + 4 / 3 * u_t ** 2 * np.square(self.values))
+            return np.sqrt(np.square(self.derivative * sigma)
+                           + self._roundings / 3 * u_t ** 2 * np.square(self.values))
 
     def gradient_sigma(self, grad_capped: np.ndarray, sigma_capped: np.ndarray, sigma_logits: np.ndarray,
                        u_t: float) -> np.ndarray:
-        """The error of ``grad_capped * d`` (the gradient w.r.t. the raw logits) from the capped
-        gradient's ``sigma_capped``, the factor's error and the product's rounding."""
-        t2 = np.square(self.tanh)
+        """The error of ``grad_capped * d`` (the gradient w.r.t. the raw logits) from the transformed
+        logits' gradient's ``sigma_capped``, the factor's error and the product's rounding."""
+        scale = abs(self.scale)
         with np.errstate(over="ignore", invalid="ignore"):
-            sigma_d = np.sqrt(np.square(2 * np.abs(self.tanh) * self.derivative * sigma_logits / self.cap)
-                              + u_t ** 2 * (16 / 3 * np.square(t2) + np.square(self.derivative)))
+            if self.tanh is None:  # the scale, rounded to the compute precision
+                sigma_d = np.full(np.shape(self.derivative), scale * u_t)
+            else:
+                t, slope = self.tanh, 1.0 - np.square(self.tanh)
+                sigma_d = scale * np.sqrt(np.square(2 * np.abs(t) * slope * scale * sigma_logits / self.cap)
+                                          + u_t ** 2 * (16 / 3 * np.square(np.square(t)) + np.square(slope)))
             grad = np.nan_to_num(grad_capped)
             return np.sqrt(np.square(self.derivative * sigma_capped) + np.square(grad * sigma_d)
                            + u_t ** 2 / 3 * np.square(grad * self.derivative))

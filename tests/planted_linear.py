@@ -4,7 +4,8 @@
 (as Liger-Kernel's fused linear cross-entropy does), in float32 for half dtypes, on the input's
 device (the gate runs it with ``--device cuda`` too); each planted
 variant changes one line of it. Index targets, ``ignore_index`` (default -100), class weights,
-'mean' / 'sum' / 'none', an optional bias, and the family's extensions ``softcap`` and ``z_loss``
+'mean' / 'sum' / 'none', an optional bias, and the family's extensions ``logit_scale``, ``softcap``
+and ``z_loss``
 (the z-loss's 'mean' by the counted rows, as Liger-Kernel's).
 """
 
@@ -17,7 +18,8 @@ CHUNK_ROWS = 4
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w, b, target, weight, ignore_index, reduction, bug, softcap=None, z_loss=None):
+    def forward(ctx, x, w, b, target, weight, ignore_index, reduction, bug, softcap=None, z_loss=None,
+                logit_scale=None):
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32
         n = x.shape[0]
         if bug == "z_loss_unrequested" and z_loss is None:
@@ -34,10 +36,13 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             z = xs @ w.to(compute).T
             if b is not None:
                 z = z + b.to(compute)
+            slope = None
+            if logit_scale is not None:  # z -> s z, the gradient times s
+                z, slope = z * logit_scale, torch.full_like(z, logit_scale if bug != "logit_scale_not_in_gradient" else 1)
             raw = z
             if softcap is not None:  # z -> c tanh(z / c), the gradient through 1 - tanh^2
                 t = torch.tanh(z / softcap)
-                z, capped_slope = softcap * t, 1 - t * t
+                z, slope = softcap * t, (1 - t * t) * (1 if slope is None else slope)
             valid = ts != ignore_index
             safe = torch.where(valid, ts, 0)
             lse = torch.logsumexp(raw if bug == "softcap_after_lse" else z, dim=1, keepdim=True)
@@ -52,8 +57,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 z_losses[start:start + len(ts)] = torch.where(valid, z_loss * lse[:, 0] ** 2, 0)
                 if bug != "z_loss_missing_from_gradient":
                     g_z = torch.where(valid[:, None], 2 * z_loss * lse * p, 0)
-            if softcap is not None:
-                g, g_z = g * capped_slope, g_z * capped_slope
+            if slope is not None:
+                g, g_z = g * slope, g_z * slope
             grad_logits.append((start, g, g_z, valid))
         total_weight = sum(torch.where(target[s:s + CHUNK_ROWS] != ignore_index,
                                        class_weight[torch.where(target[s:s + CHUNK_ROWS] != ignore_index,
@@ -103,17 +108,17 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             grad_w = (grad_w.to(compute) + g.T @ x[start:start + len(g)].to(compute)).to(accumulate)
             grad_b += g.sum(0)
         bias_grad = None if not ctx.has_bias or ctx.bug == "bias_grad_missing" else grad_b.to(x.dtype)
-        return grad_x.to(x.dtype), grad_w.to(x.dtype), bias_grad, None, None, None, None, None, None, None
+        return grad_x.to(x.dtype), grad_w.to(x.dtype), bias_grad, None, None, None, None, None, None, None, None
 
 
 def _make(bug):
     def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None, reduction="mean",
-                             ignore_index=None, label_smoothing=0.0, softcap=None, z_loss=None):
+                             ignore_index=None, label_smoothing=0.0, logit_scale=None, softcap=None, z_loss=None):
         if label_smoothing or target.is_floating_point() or input.dim() != 2 or linear_weight.dim() != 2:
             raise NotImplementedError("index targets, (N, H) inputs and (C, H) weights without smoothing only")
         ignore = -100 if ignore_index is None else ignore_index
         return _ChunkedLinearCrossEntropy.apply(input, linear_weight, linear_bias, target, weight, ignore, reduction,
-                                                bug, softcap, z_loss)
+                                                bug, softcap, z_loss, logit_scale)
 
     linear_cross_entropy.__name__ = bug or "chunked"
     return linear_cross_entropy
@@ -121,8 +126,11 @@ def _make(bug):
 
 chunked = _make(None)
 PLANTED = ("dropped_last_chunk", "first_grad_output", "weight_grad_in_dtype", "bias_grad_missing", "normaliser_twice",
-           "grad_scaled_in_place", "softcap_after_lse", "z_loss_missing_from_gradient", "z_loss_unrequested")
+           "grad_scaled_in_place", "softcap_after_lse", "z_loss_missing_from_gradient", "z_loss_unrequested",
+           "logit_scale_not_in_gradient")
 (dropped_last_chunk, first_grad_output, weight_grad_in_dtype, bias_grad_missing, normaliser_twice,
- grad_scaled_in_place, softcap_after_lse, z_loss_missing_from_gradient, z_loss_unrequested) = map(_make, PLANTED)
+ grad_scaled_in_place, softcap_after_lse, z_loss_missing_from_gradient, z_loss_unrequested,
+ logit_scale_not_in_gradient) = map(_make, PLANTED)
 SUPPORTED_FEATURES = frozenset({"weights", "ignore_index", "all_ignored", "upstream_gradient", "low_precision",
-                                "linear_bias", "empty_batch", "single_class", "vocab_scale", "softcap", "z_loss"})
+                                "linear_bias", "empty_batch", "single_class", "vocab_scale", "logit_scale", "softcap",
+                                "z_loss"})

@@ -9,7 +9,8 @@ from ce_conformance.linear_cross_entropy import exact_logits, linear_cross_entro
 
 
 def _random_case(rng, *, batched=True, k_dim=False, bias=False, weight=False, probabilities=False, smoothing=0.0,
-                 reduction="mean", ignore=False, upstream=False, dtype="float64", softcap=None, z_loss=None):
+                 reduction="mean", ignore=False, upstream=False, dtype="float64", softcap=None, z_loss=None,
+                 logit_scale=None):
     n, h, c = int(rng.integers(1, 9)), int(rng.integers(1, 17)), int(rng.integers(2, 12))
     extra = (int(rng.integers(1, 4)),) if k_dim else ()
     x = rng.normal(size=(n, h) if batched else (h,))
@@ -28,7 +29,8 @@ def _random_case(rng, *, batched=True, k_dim=False, bias=False, weight=False, pr
     return linear_cross_entropy_case(
         x, w, target, dtype=dtype, linear_bias=rng.normal(size=(c, *extra)) if bias else None,
         weight=rng.uniform(0.1, 2.0, size=c) if weight else None, reduction=reduction, label_smoothing=smoothing,
-        grad_output=rng.normal(size=out_shape) if upstream else None, softcap=softcap, z_loss=z_loss)
+        grad_output=rng.normal(size=out_shape) if upstream else None, logit_scale=logit_scale, softcap=softcap,
+        z_loss=z_loss)
 
 
 def math_prod(shape):
@@ -51,7 +53,9 @@ def _torch_float64(case):
     if "linear_bias" in tensors:
         logits = logits + tensors["linear_bias"].reshape(-1)
     logits = logits.reshape(exact_logits(case).shape)
-    cap, z_loss = case.options["softcap"], case.options["z_loss"]
+    cap, z_loss, scale = case.options["softcap"], case.options["z_loss"], case.options["logit_scale"]
+    if scale is not None:
+        logits = logits * scale
     if cap is not None:
         logits = cap * torch.tanh(logits / cap)
     reduction = case.options["reduction"]
@@ -76,7 +80,8 @@ CONFIGS = [dict(), dict(bias=True), dict(weight=True, ignore=True), dict(smoothi
            dict(softcap=3.0), dict(softcap=0.5, bias=True, reduction="sum", upstream=True), dict(z_loss=0.1),
            dict(z_loss=1e-4, weight=True, ignore=True, smoothing=0.1),
            dict(softcap=5.0, z_loss=0.5, k_dim=True, reduction="none", upstream=True, ignore=True),
-           dict(softcap=2.0, z_loss=0.3, probabilities=True, weight=True), dict(softcap=1.0, z_loss=0.2, batched=False)]
+           dict(softcap=2.0, z_loss=0.3, probabilities=True, weight=True), dict(softcap=1.0, z_loss=0.2, batched=False),
+           dict(logit_scale=0.0625, ignore=True), dict(logit_scale=3.0, softcap=2.0, z_loss=0.1, bias=True)]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "plain")
@@ -179,7 +184,7 @@ def _supported_cases():
     everything = set(FAMILIES[FAMILY].own_features) | {
         "probability_targets", "label_smoothing", "k_dim", "unbatched", "non_contiguous", "uint8_target"}
     return linear_cross_entropy_cases(exclude=everything - planted_linear.SUPPORTED_FEATURES,
-                                      extensions={"softcap", "z_loss"})
+                                      extensions={"logit_scale", "softcap", "z_loss"})
 
 
 def test_our_chunked_linear_cross_entropy_passes(torch):
@@ -199,7 +204,8 @@ def test_our_chunked_linear_cross_entropy_passes(torch):
                                        ("bias_grad_missing", "grad_linear_bias_missing"),
                                        ("normaliser_twice", "loss_value"), ("softcap_after_lse", "loss_value"),
                                        ("z_loss_missing_from_gradient", "grad_input_value"),
-                                       ("z_loss_unrequested", "loss_value")])
+                                       ("z_loss_unrequested", "loss_value"),
+                                       ("logit_scale_not_in_gradient", "grad_input_value")])
 def test_planted_linear_bugs_are_caught_on_drawn_cases(torch, bug, check):
     adapter = _user_adapter(bug)
     failing = find(_supported_cases(), lambda case: check in {v.check for v in _judge(adapter, case).verdicts},
