@@ -189,6 +189,25 @@ def test_torch_compile_adapter_matches_eager(torch, monkeypatch):
                               label_smoothing=0.1, reduction="none", grad_output=[1.0, -2.0])
     _assert_conforms(compiled, case)
     assert compiled.compilations >= 1 and compiled.compile_seconds > 0
+    # past dynamo's default of 8 graphs it would run every further configuration eagerly: a
+    # compiled adapter passing compiled code it never ran (uint8 targets fail to compile, for one)
+    assert torch._dynamo.config.recompile_limit >= 256
+
+
+def test_torch_compile_refuses_uint8_targets_that_eager_takes_and_the_baseline_says_so(torch, monkeypatch):
+    from ce_conformance.baseline import Baseline
+    from ce_conformance.findings import findings_frame
+
+    monkeypatch.setenv("CE_TORCH_COMPILE_BACKEND", "aot_eager")
+    compiled = adapters.load_adapter("torch-compile")
+    case = Case.cross_entropy([[1.0, 2.0, 0.5], [0.0, 1.0, 3.0]], np.array([1, 2], dtype=np.uint8), target_dtype="uint8")
+    assert adapters.load_adapter("torch").run(case).status == "ok"
+    outcome = compiled.run(case)
+    assert outcome.status == "error" and "fake tensor" in outcome.error.message
+    verdicts = compare(case, outcome, reference.evaluate(case), compiled.capabilities).verdicts
+    findings = findings_frame([dict(adapter="torch-compile", check=v.check, dtype=case.dtype,
+                                    features=",".join(sorted(case.features)), message=v.message) for v in verdicts])
+    assert Baseline.load("torch-2.13-cpu").apply(findings).new.empty
 
 
 def test_jax_port_keeps_label_smoothing_exact_in_half_dtypes():

@@ -110,7 +110,8 @@ def test_pairwise_mode_compares_two_adapters(tmp_path, torch):
 
 
 def test_nightly_judges_the_compiled_side_against_eager_whenever_both_run(tmp_path, torch):
-    main(["nightly", "--adapters", "torch,torch-compile", "--out", str(tmp_path), "--name", "p", *SMALL])
+    main(["nightly", "--adapters", "torch,torch-compile", "--out", str(tmp_path), "--name", "p", *SMALL[:2],
+          "--max-examples", "20", "--dtypes", "float32", "--covering", "0", *SMALL[4:]])  # few graphs to compile
     results, _ = load_run(tmp_path / "p")
     assert (results["adapter"] == "torch~torch-compile").sum() > 0
     assert json.loads((tmp_path / "p" / "config.json").read_text())["pairs"] == [["torch", "torch-compile"]]

@@ -15,17 +15,12 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-from typing import Any, Callable, Final
+from typing import Any, Callable
 
 from ce_conformance.case import Case
 
 from .base import Capabilities, Outcome
-from .torch_adapter import TorchAdapter
-
-RECOMPILE_LIMIT: Final = 256
-"""Graphs per compiled function a run may build: every dtype, reduction and option set of a
-family, twice over (dynamo's own default is 8)."""
-
+from .torch_adapter import TorchAdapter, lift_recompile_limit
 
 class LibraryAdapter(TorchAdapter):
     """A library's loss behind ``wrapper`` (its family's torch signature). ``package`` is the
@@ -61,11 +56,7 @@ class LibraryAdapter(TorchAdapter):
 
     def run(self, case: Case) -> Outcome:
         if self.compiled:
-            import torch._dynamo
-
-            config = torch._dynamo.config  # torch < 2.6 names the limit cache_size_limit
-            limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-            setattr(config, limit, max(getattr(config, limit), RECOMPILE_LIMIT))
+            lift_recompile_limit()
         return super().run(case)
 
     def versions(self) -> dict[str, str]:

@@ -283,6 +283,21 @@ def _resolve(dotted: str) -> Any:
         return None
 
 
+RECOMPILE_LIMIT = 256
+"""Graphs per compiled function a run may build: every dtype, reduction and option set of a
+family, twice over. dynamo's own default is 8, past which it runs the function *eagerly* (or,
+with ``fullgraph=True``, raises): a compiled adapter would pass compiled code it never ran."""
+
+
+def lift_recompile_limit() -> None:
+    """Let dynamo compile a graph for every configuration a run draws (in the adapter's worker process)."""
+    import torch._dynamo
+
+    config = torch._dynamo.config  # torch < 2.6 names the limit cache_size_limit
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, limit, max(getattr(config, limit), RECOMPILE_LIMIT))
+
+
 class TorchCompileAdapter(TorchAdapter):
     """``torch.compile(F.cross_entropy, dynamic=True)`` (or the family's function): eager vs
     compiled parity (nightly).
@@ -325,6 +340,7 @@ class TorchCompileAdapter(TorchAdapter):
 
         from torch._dynamo.utils import counters
 
+        lift_recompile_limit()
         before = counters["stats"]["unique_graphs"]
         start = time.perf_counter()
         outcome = super().run(case)
