@@ -151,7 +151,7 @@ class FuzzRun:
                                      native=self._native(case))
             stages["compare"] += clock() - start
             if outcome.status == "ok" and determinism.repeats(phase, self.config.deterministic):
-                start = clock()  # the same call again, differentiated twice where the adapter can:
+                start = clock()  # the same call again (differentiated twice where the adapter can)
                 again = self.executor.run(adapter, case, saved_tensors.probe_for(adapter, case))
                 stages[f"adapter:{adapter.name}"] += clock() - start
                 verdicts = determinism.repeat_verdict(outcome, again), saved_tensors.second_backward_verdict(again)
