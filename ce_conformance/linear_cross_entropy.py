@@ -260,7 +260,7 @@ def evaluate(case: Case, *, gradients: bool = True):
     zl = None
     if z_coefficient is not None:  # the z-loss of the (capped) logits, added to each counted position
         zl = _z_loss(case, z_coefficient, z, z_max, shifted, normaliser, p, mixed, sigma_dlogp, class_axis, u_c)
-        g1 = np.nan_to_num(g1) + zl.grad
+        g1 = g1 + zl.grad  # a NaN gradient (a 'mean' over zero total weight) stays NaN
     grad_logits = _scale_positions(g1, upstream, class_axis)
 
     # the loss: G1 . dz, per output element (summed over classes, and over positions unless 'none')
@@ -298,7 +298,8 @@ def evaluate(case: Case, *, gradients: bool = True):
     p_chained = p  # how a class's p reaches the raw logits' gradient (the shared error's path)
     if transform is not None:  # the chain rule through the scale and cap: G_raw = G d
         sigma_g = _finite(transform.gradient_sigma(grad_logits, sigma_g, sigma_raw, u_t))
-        grad_logits = np.nan_to_num(grad_logits) * transform.derivative
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN stays NaN (a 'mean' over zero total weight)
+            grad_logits = grad_logits * transform.derivative
         p_chained = p * transform.derivative
     g_flat = grad_logits.reshape(rows, flat_w.shape[0])
     abs_g = np.abs(np.nan_to_num(g_flat))

@@ -102,6 +102,18 @@ def test_reference_gradients_agree_with_torch_float64_autograd(torch, config):
             np.testing.assert_allclose(result.grad_target, grads["target"], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("extension", [dict(logit_scale=0.0625), dict(softcap=3.0), dict(z_loss=0.1)])
+def test_a_mean_over_zero_total_weight_keeps_its_nan_gradient_through_the_extensions(torch, extension):
+    """torch's 'mean' over counted rows whose class weights are all zero is 0/0: NaN gradients. The
+    chain rule through a scale or cap, and the z-loss's own finite gradient, must keep them NaN
+    (our chunked kernel's first gate with the extensions flagged a reference that made them 0)."""
+    case = linear_cross_entropy_case([[1.0, -0.5]], [[0.5, 1.0], [2.0, 0.25]], [0], weight=[0.0, 1.0], **extension)
+    result = case.spec.evaluate(case)
+    loss, grads = _torch_float64(case)
+    assert np.isnan(loss) and np.isnan(result.loss)
+    assert np.array_equal(np.isnan(result.grad_input), np.isnan(grads["input"])) and np.isnan(grads["input"]).all()
+
+
 def test_cases_round_trip_through_json_and_carry_the_family_features():
     case = linear_cross_entropy_case(np.ones((2, 3)), np.ones((5, 4, 3)), np.zeros((2, 4), dtype=np.int64),
                                      linear_bias=np.zeros((5, 4)), dtype="bfloat16")

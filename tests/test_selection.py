@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ce_conformance.case import FEATURES, Case, all_features
+from ce_conformance.case import FEATURES, Case, all_features, extension_features
 from ce_conformance.cli import main
 from ce_conformance.errors import ConfigurationError
 from ce_conformance.selection import (CHECK_FAMILY_NAMES, DEFAULT_EXCLUDED_FEATURES, parse_checks, parse_dtypes,
@@ -21,12 +21,16 @@ FAST = ["--max-examples", "40", "--no-shrink", "--no-progress", "--covering", "0
 
 # -- the grammar ----------------------------------------------------------------------------------
 def test_feature_lists_add_subtract_and_start_from_default():
-    default = all_features() - DEFAULT_EXCLUDED_FEATURES  # every family's: a linear kernel may claim linear_bias
+    torch_features = all_features() - extension_features()  # every family's: a linear kernel may claim linear_bias
+    default = torch_features - DEFAULT_EXCLUDED_FEATURES
     assert parse_features(None) == parse_features("default") == default
     assert parse_features("default,-invalid_input,-weights") == default - {"invalid_input", "weights"}
     assert parse_features("-weights") == default - {"weights"}  # a leading subtraction starts from default
-    assert parse_features("all,-uint8_target") == all_features() - {"uint8_target"}
+    assert parse_features("all,-uint8_target") == torch_features - {"uint8_target"}
     assert parse_features("weights, k_dim") == {"weights", "k_dim"}
+    # a library's extensions: by name only (a function with torch's signature has no such keyword)
+    assert extension_features() == {"logit_scale", "softcap", "z_loss"}
+    assert parse_features("default,softcap") == default | {"softcap"}
 
 
 @pytest.mark.parametrize("parse,text,option", [
