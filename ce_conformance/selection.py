@@ -69,7 +69,7 @@ def parse_selection(text: str | Iterable[str] | None, *, universe: Iterable[str]
 def parse_features(text: str | Iterable[str] | None) -> frozenset[str]:
     """Features an implementation claims: ``default`` (everything but the rare corners), ``all``
     (every feature of torch's functions), names, ``-name`` to subtract. A library's extensions
-    (``softcap``, ``z_loss``) only by name: a kernel with torch's signature has no such keyword.
+    (``logit_scale``, ``softcap``, ``z_loss``) only by name: a kernel with torch's signature has no such keyword.
 
     >>> sorted(parse_features("weights,ignore_index"))
     ['ignore_index', 'weights']

@@ -22,6 +22,7 @@ from ce_conformance.case import Case
 from .base import Capabilities, Outcome
 from .torch_adapter import TorchAdapter, lift_recompile_limit
 
+
 class LibraryAdapter(TorchAdapter):
     """A library's loss behind ``wrapper`` (its family's torch signature). ``package`` is the
     import name, ``distribution`` the name pip installs (also the adapter's framework, which picks
