@@ -15,6 +15,17 @@ CASE = Case.cross_entropy([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]], [1, 2], dtype="fl
                           grad_output=0.75)
 
 
+def _loss_and_gradient(x, target):
+    """A 'sum' cross-entropy and its gradient w.r.t. ``x``, computed as a fused forward does."""
+    import torch
+
+    with torch.enable_grad():
+        leaf = x.detach().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(leaf, target, reduction="sum")
+        (gradient,) = torch.autograd.grad(loss, leaf)
+    return loss.detach(), gradient
+
+
 def _probed(fn):
     return function_adapter(fn, "torch").probe(CASE, PROBE)
 
@@ -31,11 +42,8 @@ def test_a_kept_gradient_scaled_in_place_is_caught_although_the_first_backward_i
     class Kept(torch.autograd.Function):  # the gradient kept out of autograd's sight, scaled in place
         @staticmethod
         def forward(ctx, x, target):
-            with torch.enable_grad():
-                leaf = x.detach().requires_grad_(True)
-                loss = torch.nn.functional.cross_entropy(leaf, target, reduction="sum")
-                (ctx.kept,) = torch.autograd.grad(loss, leaf)
-            return loss.detach()
+            loss, ctx.kept = _loss_and_gradient(x, target)
+            return loss
 
         @staticmethod
         def backward(ctx, grad):
@@ -53,12 +61,9 @@ def test_autograds_version_counter_refusing_the_second_backward_is_a_finding_oth
     class SavedScaled(torch.autograd.Function):  # save_for_backward, then written in place: autograd sees it
         @staticmethod
         def forward(ctx, x, target):
-            with torch.enable_grad():
-                leaf = x.detach().requires_grad_(True)
-                loss = torch.nn.functional.cross_entropy(leaf, target, reduction="sum")
-                (kept,) = torch.autograd.grad(loss, leaf)
+            loss, kept = _loss_and_gradient(x, target)
             ctx.save_for_backward(kept)
-            return loss.detach()
+            return loss
 
         @staticmethod
         def backward(ctx, grad):
@@ -89,11 +94,8 @@ def test_a_graph_that_cannot_be_retained_is_run_as_usual_and_not_a_finding(torch
     class RefusesRetainedGraphs(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, target):
-            with torch.enable_grad():
-                leaf = x.detach().requires_grad_(True)
-                loss = torch.nn.functional.cross_entropy(leaf, target, reduction="sum")
-                (ctx.gradient,) = torch.autograd.grad(loss, leaf)
-            return loss.detach()
+            loss, ctx.gradient = _loss_and_gradient(x, target)
+            return loss
 
         @staticmethod
         def backward(ctx, grad):
