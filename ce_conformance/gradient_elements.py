@@ -204,7 +204,7 @@ class GradientElements:
         if a.dtype != np.float32:
             a = a.astype(np.float64, copy=False)
         element_figures, threads = engine.kernel("element_figures", e.size)
-        top, floor, spacings, min_exponent, base = kernel_units(dtype, quantity, self.n_classes)
+        top, floor, spacings, min_exponent, base = kernel_units(dtype, quantity, 1)
         canonical = self.canonical(np.asarray(e, dtype=np.float64))
         figures = element_figures(
             self.canonical(a), canonical, *self._kernel_model(start, stop, canonical.shape[0]),

@@ -98,12 +98,14 @@ def test_covering_off_and_plain_runs_skip_it(tmp_path, torch):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("bug", ["vocab_fast_exp", "vocab_fast_backward_exp", "mean_smoothing_in_range_ignore"])
+@pytest.mark.parametrize("bug", ["vocab_fast_exp", "vocab_fast_backward_exp", "half_gradient_flushed",
+                                 "mean_smoothing_in_range_ignore"])
 def test_scale_and_interaction_bugs_fail_the_default_gate(bug, seed, tmp_path, torch):
     """Acceptance of issue 9: precision lost only at vocabulary scale in fp32 (in the forward, or
-    only in the small probabilities of the backward, which the row-level model of v2 passed),
-    and a bug that needs four options at once, fail the default gate on every seed (0-4 under
-    nightly)."""
+    only in the small probabilities of the backward, which the row-level model of v2 passed), a
+    float16 gradient whose subnormals a vocabulary-scale path flushes (the underflow floor of
+    v2.2 passed it), and a bug that needs four options at once, fail the default gate on every
+    seed (0-4 under nightly)."""
     adapter = adapters.user_adapter(f"{HERE}/planted_bugs.py:{bug}")
     summary = FuzzRun(FuzzConfig(adapters=[adapter], out_dir=tmp_path, seed=seed, shrink=False,
                                  progress=False)).run()

@@ -4,7 +4,7 @@ repeat, and that the model is not far looser than the arithmetic it describes.""
 import numpy as np
 import pytest
 
-from ce_conformance.summation import LOST_WEIGHT, residue_groups, summation_root
+from ce_conformance.summation import EQUAL_TERM_LANES, LOST_WEIGHT, equal_terms_bound, residue_groups, summation_root
 from ce_conformance.tolerance import SIGMAS
 
 U32 = 2.0**-24
@@ -72,3 +72,42 @@ def test_random_multipliers_sum_as_a_random_walk_and_one_multiplier_linearly():
     assert distinct == pytest.approx(summation_root(terms, U32)[0])
     assert one == pytest.approx(np.cumsum(terms).sum(), rel=0.01)
     assert one > 50 * distinct
+
+
+def _realised_errors(first: float, term: float, count: int, dtype) -> dict[str, float]:
+    """|error| of first + count x term summed in ``dtype`` in the orders kernels use."""
+    import math
+
+    terms = np.full(count + 1, term, dtype=dtype)
+    terms[0] = first
+    exact = math.fsum(terms.astype(np.float64).tolist())  # correctly rounded: within half an ulp of float64
+
+    def error(total):
+        return abs(float(total) - exact)
+
+    def lanes(values, width):
+        padded = np.concatenate([values, np.zeros(-len(values) % width, dtype=dtype)]).reshape(-1, width)
+        return np.cumsum(padded, axis=0, dtype=dtype)[-1].sum(dtype=dtype)
+
+    return {"sequential": error(np.cumsum(terms, dtype=dtype)[-1]),
+            "target last": error(np.cumsum(terms[::-1], dtype=dtype)[-1]),
+            "8 lanes": error(lanes(terms, 8)), "256 lanes": error(lanes(terms, 256)),
+            "np.sum": error(terms.sum(dtype=dtype))}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("classes", [1000, 4097, 50257])
+def test_equal_terms_bound_holds_every_order_and_is_below_the_linear_bound(dtype, classes):
+    # the backward's sum of a smoothed row's upstream terms: C - 1 equal terms eps / C (times
+    # the upstream scale) and the target's (1 - eps) + eps / C
+    rng = np.random.default_rng(classes)
+    u = float(np.finfo(dtype).eps) / 2
+    for eps in rng.uniform(0.01, 0.9, 4):
+        for scale in (1.0, 1 / 3, 1 / 8):
+            term, first = float(dtype(eps / classes * scale)), (1 - eps + eps / classes) * scale
+            bound = equal_terms_bound(eps / classes, classes - 1, first / scale, np.dtype(dtype).name, (scale,))
+            combination = (np.log2(EQUAL_TERM_LANES) + 1) * u * 1.0  # the lanes' sums combined: K = 1
+            for order, error in _realised_errors(first, term, classes - 1, dtype).items():
+                assert error / scale <= bound + combination + 2 * u, (order, eps, scale)
+            linear = u * (classes - 1) * (1 - eps / 2)  # u times the partial sums, at the least
+            assert bound < linear

@@ -279,3 +279,61 @@ def test_a_given_float16_soft_target_below_normal_is_exact(torch):
     assert float((allowed_errors(unit, result.loss_sigma, "float16", "loss") / unit)[0]) < 10
     adapter = adapters.load_adapter("torch")
     assert compare(case, adapter.timed_run(case), result, adapter.capabilities).passed
+
+
+def _vocabulary_case(seed: int = 0, **options) -> Case:
+    rng = np.random.default_rng(seed)
+    return Case.cross_entropy(rng.standard_normal((8, 32000)) * 2, rng.integers(0, 32000, 8), dtype="float16",
+                              **options)
+
+
+def test_a_float16_gradient_at_vocabulary_scale_is_judged_per_element():
+    # p / N near 1e-6 is subnormal in float16 (steps of 6e-8); v2.2's floor of C steps per element
+    # (0.002 at C = 32000, 3 ulps of it budgeted) passed every non-target element flushed to zero
+    from ce_conformance.adapters.base import Outcome
+    from ce_conformance.compare import compare
+    from ce_conformance.adapters import load_adapter
+    from ce_conformance.dtypes import round_to
+
+    case = _vocabulary_case()
+    expected = reference.evaluate(case)
+    capabilities = load_adapter("numpy").capabilities
+
+    def judged(grad):
+        return compare(case, Outcome(status="ok", loss=round_to(expected.loss, "float16"), loss_dtype="float16",
+                                     loss_shape=(), grad_input=grad, grad_input_dtype="float16"),
+                       expected, capabilities)
+
+    rounded = round_to(expected.grad_input, "float16")
+    assert judged(rounded).passed
+    flushed = np.where(np.abs(rounded) < 2.0**-14, 0.0, rounded)
+    assert [v.check for v in judged(flushed).verdicts] == ["grad_input_value"]
+    assert not judged(round_to(expected.grad_input * 1.03, "float16")).passed  # 3 % off everywhere
+
+
+def test_half_upstream_terms_below_normal_bias_the_gradient(torch):
+    # float16, C = 32000, smoothing 0.1, 8 rows: torch forms s eps / C = 3.9e-7 in the dtype (4.2e-7,
+    # 6.55 steps rounded to 7), so its K and every gradient element are 0.7 % high: 13.4 ulps of an
+    # element of 0.0063, over a budget of 12.1 before that bias was counted
+    import ce_conformance.adapters as adapters
+    from ce_conformance.compare import compare
+
+    case = _vocabulary_case(label_smoothing=0.1)
+    adapter = adapters.load_adapter("torch")
+    comparison = compare(case, adapter.run(case), reference.evaluate(case), adapter.capabilities)
+    assert comparison.passed, [v.message for v in comparison.verdicts]
+
+
+def test_half_products_below_normal_bias_a_soft_target_gradient(torch):
+    # float16 weights of 1e-3 times 16000 soft targets of 6e-5: products of 1.5 subnormal steps, which
+    # torch rounds alike; its sum K, and the gradient p K, came out 1.8 % low (29 ulps, budget 8.9)
+    import ce_conformance.adapters as adapters
+    from ce_conformance.compare import compare
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(32000) * 30
+    t = np.where(rng.random(32000) < 0.5, rng.random(32000), 0.0)
+    case = Case.cross_entropy(x, t / t.sum(), weight=rng.uniform(1e-3, 2e-3, 32000), dtype="float16")
+    adapter = adapters.load_adapter("torch")
+    comparison = compare(case, adapter.run(case), reference.evaluate(case), adapter.capabilities)
+    assert comparison.passed, [v.message for v in comparison.verdicts]
