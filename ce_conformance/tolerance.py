@@ -152,16 +152,19 @@ def nonfinite_mismatch(actual: np.ndarray, expected: np.ndarray, dtype: str, *, 
     smoothing sum before its eps / C) overflows the dtype, and where that intermediate made the
     expected value infinite, a finite value of the same sign (a kernel that scales first) passes
     this check; its digits are not judged, as the reference has none there. Where it made the
-    expected value NaN (inf - inf), an infinite or near-top value passes too.
+    expected value NaN (inf - inf), an infinite or near-top value passes too; and where it
+    overflows, an infinity of either sign (products of both signs overflow: the first sets it).
     """
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     if np.isfinite(actual).all() and np.isfinite(expected).all():  # the common case, one pass each
         return np.zeros(expected.shape, dtype=bool)
     overflow = expected_overflows(expected, dtype)
+    partial_overflow = None
     if intermediate is not None:
-        overflow = overflow | (np.broadcast_to(np.asarray(intermediate, dtype=np.float64), expected.shape)
-                               >= max_finite(dtype) / 2)
+        partial_overflow = np.broadcast_to(np.asarray(intermediate, dtype=np.float64), expected.shape) \
+            >= max_finite(dtype) / 2
+        overflow = overflow | partial_overflow
     if exact_kind:
         def kind(v):
             return np.where(np.isnan(v), 3, np.where(np.isposinf(v), 1, np.where(np.isneginf(v), 2, 0)))
@@ -183,6 +186,10 @@ def nonfinite_mismatch(actual: np.ndarray, expected: np.ndarray, dtype: str, *, 
         # and where torch's overflowed sum met inf - inf (smoothing 1, float64 logits of -4e307 and 0:
         # NaN), a kernel that kept its sum finite longer saturates instead (a Triton kernel: inf)
         saturated = saturated | (overflow & np.isnan(expected) & (np.isinf(actual) | near_top))
+        # products of either sign overflow where the true result is huge: the first to reach inf sets
+        # the sign (torch's float16 'none' loss of negative soft targets times log p = -65504: -inf,
+        # for a true +1.3e5 that overflows too)
+        saturated = saturated | (partial_overflow & np.isinf(actual))
     return mismatch & ~saturated
 
 

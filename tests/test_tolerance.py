@@ -337,3 +337,14 @@ def test_half_products_below_normal_bias_a_soft_target_gradient(torch):
     adapter = adapters.load_adapter("torch")
     comparison = compare(case, adapter.run(case), reference.evaluate(case), adapter.capabilities)
     assert comparison.passed, [v.message for v in comparison.verdicts]
+
+
+def test_an_overflowing_product_of_either_sign_may_make_the_loss_infinite():
+    # float16 'none' loss of negative soft targets (-4.4) times log p = -65504: torch's products
+    # overflow, the first infinity (-inf) sets the sign, where the true loss, +1.3e5, overflows too
+    expected = np.array([126684.73])
+    assert nonfinite_mismatch(np.array([-np.inf]), expected, "float16", exact_kind=True)
+    assert not nonfinite_mismatch(np.array([-np.inf]), expected, "float16", exact_kind=True,
+                                  intermediate=np.array([2.9e5]))
+    assert nonfinite_mismatch(np.array([np.nan]), np.array([1.5]), "float16", exact_kind=True,
+                              intermediate=np.array([10.0]))  # no overflow anywhere: NaN is a finding
