@@ -20,7 +20,7 @@ from typing import Final
 import numpy as np
 
 from . import engine
-from .dtypes import dtype_name, ulp
+from .dtypes import dtype_name, round_to, ulp
 from .tolerance import SIGMAS
 
 LOST_WEIGHT = float(np.sqrt(3.0) / SIGMAS)
@@ -215,8 +215,6 @@ def equal_terms_bound(value: float, count: int, first: float, dtype: str, scales
     for scale in dict.fromkeys(abs(float(s)) for s in scales if np.isfinite(s) and s != 0):
         rounded = {float(compute.type(value * scale))}
         if term_dtype is not None:
-            from .dtypes import round_to
-
             rounded.add(float(round_to(np.array(value * scale), term_dtype)))
         for term in rounded:
             block = 1
