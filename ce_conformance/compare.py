@@ -32,7 +32,7 @@ from ce_conformance.case import FAMILIES, Case
 from ce_conformance.reference import ReferenceResult
 
 from .errors import Rule
-from .gradient_elements import GradientElements
+from .gradient_elements import FLOOR_CLASSES, GradientElements
 from .tolerance import ErrorFigures, error_figures, fused_error_figures, merge_figures, nonfinite_mismatch, shifted
 
 CHECK_FAMILIES: Final = {
@@ -200,12 +200,10 @@ def compare(case: Case, outcome: Outcome, reference: ReferenceResult | None, cap
                 verdicts.append(Verdict("grad_input_shape", f"gradient shape {list(outcome.grad_input.shape)}, "
                                                             f"expected {list(reference.grad_input.shape)}"))
             else:
-                # budgeted per element, an element of the logits' gradient is one product, not a sum
-                # over the classes: its floor is one subnormal step (what its partial products lose is
-                # in its sigma); C steps (v2.2) passed a float16 gradient of 32000 classes flushed to 0
-                elementwise = reference.grad_input_elements is not None
+                elementwise = reference.grad_input_elements is not None  # one product per element
                 _value_check("grad_input", outcome.grad_input, reference.grad_input, reference.grad_input_scale,
-                             dtype, comparison, exact_kind=False, n_classes=1 if elementwise else n_classes,
+                             dtype, comparison, exact_kind=False,
+                             n_classes=FLOOR_CLASSES if elementwise else n_classes,
                              budget_scale=budget_scale,
                              sigma=reference.grad_input_sigma, elements=reference.grad_input_elements,
                              native=native.grad_input if native is not None and native.grad_input is not None else None)

@@ -57,6 +57,12 @@ KERNEL_MIN_ELEMENTS: Final = 1 << 14
 """Blocks at least this large get their bounds from the numba kernel (one pass instead of about
 fifteen); smaller ones from NumPy, keeping the kernel's compilations for cases that pay them back."""
 
+FLOOR_CLASSES: Final = 1
+"""The class count of an element's underflow floor (:func:`~ce_conformance.tolerance.underflow_floor`):
+one subnormal step, as an element is one product, not a sum over the classes; what its partial
+products lose below the normal range is in its sigma. C steps (v2.2) allowed 0.006 per float16
+element at C = 32000 and passed a gradient whose subnormals were flushed to zero."""
+
 BLOCK_ELEMENTS: Final = 1 << 20
 """Elements per block of positions the comparison judges at a time (a few arrays of 8 MB)."""
 
@@ -204,7 +210,7 @@ class GradientElements:
         if a.dtype != np.float32:
             a = a.astype(np.float64, copy=False)
         element_figures, threads = engine.kernel("element_figures", e.size)
-        top, floor, spacings, min_exponent, base = kernel_units(dtype, quantity, 1)
+        top, floor, spacings, min_exponent, base = kernel_units(dtype, quantity, FLOOR_CLASSES)
         canonical = self.canonical(np.asarray(e, dtype=np.float64))
         figures = element_figures(
             self.canonical(a), canonical, *self._kernel_model(start, stop, canonical.shape[0]),

@@ -39,9 +39,9 @@ from .dtypes import FLOAT_DTYPES, compute_dtype, dtype_name, machine_epsilon, nu
 from . import engine
 from .errors import InvalidInputError, Rule
 from .gradient_elements import CANCELLING, GradientElements, exponential_relative
-from .summation import (EQUAL_TERM_LANES, LOST_WEIGHT, equal_terms_bound, finite_row_max, flushed_pairs,
-                        flushed_products, near_equal, residue_groups, root_sum_squares, subnormal_products,
-                        summation_root)
+from .summation import (EQUAL_TERM_LANES, LOST_WEIGHT, alike_subnormal_terms, equal_terms_bound, finite_row_max,
+                        flushed_pairs, flushed_products, near_equal, residue_groups, root_sum_squares,
+                        subnormal_products, summation_root)
 
 REDUCTIONS: Final = ("none", "mean", "sum")
 CHUNK_ELEMENTS: Final = 1 << 21
@@ -490,12 +490,10 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                                 # normal range each errs by up to half a subnormal step, all alike: a bias of K
                                 # (float16, C = 32000, eps = 0.1, 8 rows: 3.9e-7 rounds to 4.2e-7, torch's K 0.7 %
                                 # high, and its gradient with it)
-                                formed = np.abs(scale)[:, None] * upstream_terms
-                                tiny = np.count_nonzero((formed > 0) & (formed < smallest_normal(dtype_name(call.dtype))),
-                                                        axis=1)
+                                formed = alike_subnormal_terms(np.abs(scale)[:, None] * upstream_terms,
+                                                               dtype_name(call.dtype))
                                 with np.errstate(divide="ignore", invalid="ignore"):
-                                    flushed = np.nan_to_num(smallest_subnormal(dtype_name(call.dtype)) / 2 * tiny
-                                                            / (np.abs(scale) * np.sqrt(3.0)), posinf=0.0)
+                                    flushed = np.nan_to_num(formed / np.abs(scale), posinf=0.0)
                                 upstream_root = np.hypot(upstream_root, flushed)
                             backward_relative[positions] = np.where(v & (terms_abs[positions] > 0), upstream_root
                                                                     / np.where(terms_abs[positions] > 0, terms_abs[positions], 1), 0)
@@ -570,9 +568,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                             # up to half a subnormal step, and such terms are alike, so they round alike: a
                             # bias, added whole (float16 weights of 1e-3 on 16096 soft targets of 6e-5:
                             # products of 1.5 steps, torch's K and so its gradient 1.8 % off)
-                            half_step = smallest_subnormal(dtype_name(call.dtype)) / 2
-                            tiny = (abs_wt > 0) & (abs_wt < smallest_normal(dtype_name(call.dtype)))
-                            half_terms = np.hypot(half_terms, half_step * np.count_nonzero(tiny, axis=1) / np.sqrt(3.0))
+                            half_terms = np.hypot(half_terms, alike_subnormal_terms(abs_wt, dtype_name(call.dtype)))
                         with np.errstate(divide="ignore", invalid="ignore"):
                             backward_relative[positions] = np.nan_to_num(np.hypot(upstream_root, half_terms) / np.abs(k),
                                                                          posinf=0.0)

@@ -213,8 +213,8 @@ def test_the_one_pass_comparison_gives_the_two_pass_figures(kind, native, thread
                                  scale=1.5, native=other)
         monkeypatch.setattr(gradient_elements, "KERNEL_MIN_ELEMENTS", 1 << 62)
         magnitude, sigma = elements.bounds(expected, 0, elements.outer)
-        spec = error_figures(actual, expected, magnitude, sigma, case.dtype, "grad_input", 1, scale=1.5,
-                             native=other)  # an element's floor: one subnormal step
+        spec = error_figures(actual, expected, magnitude, sigma, case.dtype, "grad_input",
+                             gradient_elements.FLOOR_CLASSES, scale=1.5, native=other)
         assert fused is not None
         assert fused.worst_index == spec.worst_index
         np.testing.assert_allclose([fused.max_ulp, fused.max_ratio, fused.worst_ulp, fused.worst_budget,
