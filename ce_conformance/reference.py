@@ -483,6 +483,14 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                                                              tuple(scales), name if u_t > u_c else None)
                                 combined = (math.log2(EQUAL_TERM_LANES) + 1) * u_c * terms_abs[positions]
                                 upstream_root = np.minimum(upstream_root, np.hypot(residues, combined) / np.sqrt(3.0))
+                            if w_abs is not None:  # tiny weights: what a flushing kernel loses of K (the
+                                # probability path's note); all toward zero, so a bias
+                                shape = upstream_terms.shape
+                                lost = flushed_products((np.full(shape, eps / C), np.broadcast_to(w_abs[None, :], shape),
+                                                         np.broadcast_to(np.abs(scale)[:, None], shape)), compute)
+                                with np.errstate(divide="ignore", invalid="ignore"):
+                                    lost = np.nan_to_num(lost / np.abs(scale), nan=0.0, posinf=0.0)
+                                upstream_root = np.hypot(upstream_root, lost / np.sqrt(3.0))
                             backward_sigma[positions] = np.where(v, np.abs(scale) * p64.max(axis=1, initial=0)
                                                                  * upstream_root, 0)
                             if u_t > u_c:
@@ -563,6 +571,15 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                         terms_abs[positions] = np.asarray(abs_wt, dtype=np.float64).sum(axis=1)
                         # half dtypes: torch rounds each product w t to the dtype before summing K
                         half_terms = u_t * terms_abs[positions] if u_t > u_c else 0.0
+                        # a kernel that flushes subnormals (XLA on CPU) loses products w t s below the
+                        # normal range whole, all toward zero: K's bias (JAX's float32 gradient with
+                        # weights of 1.2e-38 on 255 soft targets: 12 % low)
+                        shape = np.shape(t_abs)
+                        lost = flushed_products((np.broadcast_to(w_abs[None, :] if w_abs is not None else 1.0, shape),
+                                                 t_abs, np.broadcast_to(np.abs(scale)[:, None], shape)), compute)
+                        with np.errstate(divide="ignore", invalid="ignore"):
+                            lost = np.nan_to_num(lost / np.abs(scale), nan=0.0, posinf=0.0)
+                        half_terms = np.hypot(half_terms, lost / np.sqrt(3.0))
                         if u_t > u_c and (w_abs is not None or eps > 0):
                             # a product (or smoothed target) formed in the dtype below its normal range errs by
                             # up to half a subnormal step, and such terms are alike, so they round alike: a
@@ -674,7 +691,14 @@ def _subnormal_sigma(call: _Call, scale: np.ndarray, terms_abs: np.ndarray) -> n
         step = smallest_normal(compute_dtype(name))
         if call.mode == "probability" and compute_dtype(name) != name:
             step = math.hypot(step, smallest_subnormal(name) / 2)
-        return np.nan_to_num(step * amplification / math.sqrt(3.0), posinf=np.finfo(np.float64).max)
+        sigma = step * amplification
+        if call.mode == "index" and compute_dtype(name) != name:
+            # torch's half backward forms the element's own upstream term s eps / C w_c (and
+            # s (1 - eps) w_y) in the dtype: a subnormal first product, times the largest remaining
+            # factor (float16 'none', upstream 0.1, eps / C = 2^-20: 1.66 steps became 2, times w = 64,
+            # 22 ulps; K's sum of such terms is alike_subnormal_terms' bias)
+            sigma = np.hypot(sigma, smallest_subnormal(name) / 2 * np.maximum(1.0, np.maximum(np.abs(scale), w_max)))
+        return np.nan_to_num(sigma / math.sqrt(3.0), posinf=np.finfo(np.float64).max)
 
 
 def _logp_rounding(scale: Any, coefficient: Any, u_t: float, p_logp: np.ndarray) -> np.ndarray:

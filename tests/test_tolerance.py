@@ -348,3 +348,32 @@ def test_an_overflowing_product_of_either_sign_may_make_the_loss_infinite():
                                   intermediate=np.array([2.9e5]))
     assert nonfinite_mismatch(np.array([np.nan]), np.array([1.5]), "float16", exact_kind=True,
                               intermediate=np.array([10.0]))  # no overflow anywhere: NaN is a finding
+
+
+def test_a_half_upstream_term_whose_first_product_is_subnormal_is_budgeted(torch):
+    # float16 'none', upstream 0.1036, eps / C = 2^-20: torch forms g eps / C first, 1.66 subnormal
+    # steps rounded to 2, then times w = 64: the non-target elements 20 % off (22 ulps, budget 3.3)
+    import ce_conformance.adapters as adapters
+    from ce_conformance.compare import compare
+
+    rng = np.random.default_rng(0)
+    case = Case.cross_entropy(rng.uniform(-3, 3, (1, 4096)), [1234], weight=rng.choice([32.0, 64.0], 4096),
+                              label_smoothing=2.0**-8, reduction="none", grad_output=[0.1036377], dtype="float16")
+    adapter = adapters.load_adapter("torch")
+    comparison = compare(case, adapter.run(case), reference.evaluate(case), adapter.capabilities)
+    assert comparison.passed, [v.message for v in comparison.verdicts]
+
+
+def test_a_flushing_kernel_may_lose_the_tiny_products_of_the_backward_sum():
+    # float32 weights at the smallest normal (1.2e-38) times soft targets: XLA flushes the subnormal
+    # products w t of K, so its gradient came out 12 % low (36.8 ulps, budget 9.8)
+    pytest.importorskip("jax")
+    import ce_conformance.adapters as adapters
+    from ce_conformance.compare import compare
+
+    rng = np.random.default_rng(3)
+    case = Case.cross_entropy(rng.uniform(-30, 20, 255), rng.uniform(0, 1.5, 255),
+                              weight=rng.uniform(1.1838e-38, 2.338e-38, 255), dtype="float32")
+    adapter = adapters.load_adapter("jax")
+    comparison = compare(case, adapter.run(case), reference.evaluate(case), adapter.capabilities)
+    assert comparison.passed, [v.message for v in comparison.verdicts]
