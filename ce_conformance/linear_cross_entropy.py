@@ -45,7 +45,7 @@ from .errors import CaseFormatError, InvalidInputError, Rule
 from .linear_extensions import LogitTransform, ZLoss, lse_sigma, z_loss
 
 FAMILY: Final = "linear_cross_entropy"
-EXTENSION_OPTIONS: Final = ("logit_scale", "softcap", "z_loss")
+EXTENSION_OPTIONS: Final = ("logit_scale", "softcap", "z_loss", "normalizer")
 """The fused kernels' options torch's ``linear_cross_entropy`` lacks, each off (``None``) by default:
 
 * ``logit_scale`` — every logit multiplied by it before anything else (Cohere's and flash-attn's
@@ -59,6 +59,11 @@ EXTENSION_OPTIONS: Final = ("logit_scale", "softcap", "z_loss")
   reduced with the loss; ``'mean'`` divides the z-loss term by the number of counted positions
   (Liger-Kernel's ``lse_square_scale`` and flash-attn's do, even with class weights, where the
   cross-entropy term is divided by their sum). Its gradient w.r.t. a logit: ``2 z_loss lse p_c``.
+* ``normalizer`` — an external normaliser, with ``reduction='sum'`` only: the summed loss (z-loss
+  included) divided by it, and so every gradient. It is gradient accumulation's token count,
+  transformers' ``num_items_in_batch`` (``fixed_cross_entropy``: ``reduction = 'sum'``, then
+  ``loss / num_items_in_batch``): micro-batches each divided by the whole batch's count add up to
+  the whole batch's ``'mean'`` (:mod:`ce_conformance.split` checks that they do).
 """
 OWN_FEATURES: Final = ("linear_bias", *EXTENSION_OPTIONS)
 """Features only linear cross-entropy cases have (the rest are cross-entropy's, read on the
@@ -80,13 +85,13 @@ def linear_cross_entropy_case(input: Any, linear_weight: Any, target: Any, *, dt
                               ignore_index: int | None = None, reduction: str = "mean",
                               label_smoothing: float = 0.0, grad_output: Any = None,
                               logit_scale: float | None = None, softcap: float | None = None,
-                              z_loss: float | None = None,
+                              z_loss: float | None = None, normalizer: float | None = None,
                               expected_error: Rule | str | None = None, note: str = "") -> Case:
     """A linear cross-entropy case; floating values are rounded to ``dtype``.
 
     ``target_dtype`` defaults to int64 for integer-valued targets, ``dtype`` for float ones.
-    ``logit_scale``, ``softcap`` and ``z_loss`` are the extensions of :data:`EXTENSION_OPTIONS`
-    (positive, or ``None`` for off).
+    ``logit_scale``, ``softcap``, ``z_loss`` and ``normalizer`` are the extensions of
+    :data:`EXTENSION_OPTIONS` (positive, or ``None`` for off; ``normalizer`` with ``reduction='sum'``).
 
     >>> linear_cross_entropy_case([[1.0, 0.0]], [[1.0, 1.0], [0.0, 1.0], [2.0, 2.0]], [2]).features
     frozenset()
@@ -105,11 +110,14 @@ def linear_cross_entropy_case(input: Any, linear_weight: Any, target: Any, *, dt
             tensors[name] = Tensor(np.asarray(value, dtype=np.float64), dtype)
     options = {"reduction": str(reduction), "ignore_index": None if ignore_index is None else int(ignore_index),
                "label_smoothing": float(label_smoothing)}
-    for name, value in (("logit_scale", logit_scale), ("softcap", softcap), ("z_loss", z_loss)):
+    for name, value in (("logit_scale", logit_scale), ("softcap", softcap), ("z_loss", z_loss),
+                        ("normalizer", normalizer)):
         if value is not None:
             if not float(value) > 0:
                 raise ValueError(f"{name} must be positive (or None for off), got {value!r}")
             options[name] = float(value)
+    if normalizer is not None and options["reduction"] in ("mean", "none"):
+        raise ValueError(f"normalizer divides a 'sum'; reduction={reduction!r} takes none")
     return Case(FAMILY, tensors, options, "contiguous", expected_error, note)
 
 
@@ -135,6 +143,9 @@ def _check(case: Case) -> tuple[tuple[int, ...], tuple[int, ...]]:
         value = case.options.get(name)
         if value is not None and not float(value) > 0:
             raise CaseFormatError(f"{name} must be positive (or null for off), got {value!r}", field=f"options.{name}")
+    if case.options.get("normalizer") is not None and case.options["reduction"] in ("mean", "none"):
+        raise CaseFormatError(f"normalizer divides a 'sum'; reduction {case.options['reduction']!r} takes none",
+                              field="options.normalizer")
     x = case.tensors["input"].shape
     w = case.tensors["linear_weight"].shape
     if len(x) < 1 or len(x) > 2:
@@ -254,6 +265,9 @@ def evaluate(case: Case, *, gradients: bool = True):
         sigma_dlogp = np.hypot(sz, mixed)  # sigma of d log p_c = dz_c - p . dz
 
     upstream = _upstream(case, logits_result.output_shape)
+    divisor = case.options.get("normalizer")
+    if divisor is not None:  # sum / n: the 'sum' loss's gradients under an upstream of g / n
+        upstream = upstream / divisor
     abs_upstream = np.abs(upstream)
     g1 = logits_result.grad_input  # dL/dz for an upstream gradient of one
     ce_grad_logits = _scale_positions(g1, upstream, class_axis)
@@ -278,14 +292,21 @@ def evaluate(case: Case, *, gradients: bool = True):
             loss_sigma = np.hypot(loss_sigma, zl.loss_sigma)
             loss_scale = np.maximum(loss_scale, zl.loss_scale)
             loss_intermediate = np.maximum(loss_intermediate, zl.loss_scale)
+    if divisor is not None:  # one more rounding (in the dtype, as autograd of sum / n); the sum before it may overflow
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+            loss = np.asarray(loss) / divisor
+            loss_sigma = np.hypot(loss_sigma / divisor, u_t / math.sqrt(3) * np.abs(np.nan_to_num(loss)))
+            loss_scale = np.asarray(loss_scale) / divisor
 
     # the gradient of the logits: cross-entropy's error, the logits' error through p, and the
     # rounding to the dtype of a materialised gradient (torch's reference path)
     g_scale = _scale_positions(_broadcast(logits_result.grad_input_scale, shape), abs_upstream, class_axis)
     g_sigma_ce = _scale_positions(_broadcast(logits_result.grad_input_sigma, shape), abs_upstream, class_axis)
     with np.errstate(over="ignore", invalid="ignore"):
+        # autograd of sum / n forms g / n in the dtype: every element one more relative rounding
+        roundings = 1 if divisor is None else 2
         sigma_g = np.sqrt(np.square(g_sigma_ce) + np.square(g_scale * p * sigma_dlogp)
-                          + u_t ** 2 / 3 * np.square(np.nan_to_num(grad_logits)))
+                          + roundings * u_t ** 2 / 3 * np.square(np.nan_to_num(grad_logits)))
         if zl is not None:
             sigma_g = np.hypot(sigma_g, _scale_positions(zl.grad_sigma, abs_upstream, class_axis))
     sigma_g = np.nan_to_num(sigma_g, nan=0.0, posinf=np.finfo(np.float64).max)
@@ -492,7 +513,7 @@ LINEAR_CROSS_ENTROPY: Final = register_family(LossFamily(
     required_tensors=("input", "linear_weight", "target"),
     optional_tensors=("linear_bias", "weight", "grad_output"),
     option_defaults=MappingProxyType({"reduction": "mean", "ignore_index": None, "label_smoothing": 0.0,
-                                      "logit_scale": None, "softcap": None, "z_loss": None}),
+                                      "logit_scale": None, "softcap": None, "z_loss": None, "normalizer": None}),
     option_types=MappingProxyType({"ignore_index": (int, type(None)),
                                    **{name: (float, int, type(None)) for name in EXTENSION_OPTIONS}}),
     extension_options=EXTENSION_OPTIONS,

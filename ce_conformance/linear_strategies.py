@@ -50,6 +50,10 @@ Z_LOSS_COEFFICIENTS: Final = (1e-4, 1e-3, 0.1, 1.0)
 """z-loss weights: PaLM's 1e-4, and larger ones that make the term visible in half dtypes."""
 LOGIT_SCALES: Final = (0.0625, 0.5, 2.0, 8.0)
 """Logit scales: Cohere's 0.0625, and powers of two either side (exact, like most in use)."""
+NORMALIZERS: Final = ("counted", "accumulated", 1.0, 3.0, 4096.0, 65536.0)
+"""External normalisers: the case's own count of counted positions (a whole batch), that count
+times 8 plus 3 (one micro-batch of a gradient-accumulation step), and fixed ones up to where
+float16 gradients divided by it turn subnormal."""
 
 REQUIRABLE: Final = LINEAR_CROSS_ENTROPY.requirable
 """Features :func:`linear_cross_entropy_cases` can be asked to exercise in every draw."""
@@ -81,8 +85,8 @@ def linear_cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limit
     reduction and an upstream gradient; batch sizes at chunk boundaries, vocabulary-scale heads
     in ``limits.vocab_percent`` of draws. The keywords mean what they mean for
     :func:`ce_conformance.strategies.cross_entropy_cases` (``require`` from :data:`REQUIRABLE`);
-    ``extensions`` names the extension options (``logit_scale``, ``softcap``, ``z_loss``) it may draw too, in half
-    the draws each: never by default, since torch's own function takes neither.
+    ``extensions`` names the extension options (``logit_scale``, ``softcap``, ``z_loss``, ``normalizer``) it may
+    draw too, in half the draws each: never by default, since torch's own function takes none of them.
 
     >>> linear_cross_entropy_cases(require={"softcap", "z_loss"}).example().features >= {"softcap", "z_loss"}
     True
@@ -173,14 +177,22 @@ def linear_cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limit
     softcap = pick(SOFTCAPS) if "softcap" in extensions | require and wants("softcap", one_in(2)) else None
     z_loss = pick(Z_LOSS_COEFFICIENTS) if "z_loss" in extensions | require and wants("z_loss", one_in(2)) else None
     scale = pick(LOGIT_SCALES) if "logit_scale" in extensions | require and wants("logit_scale", one_in(2)) else None
-    reduction = pick(("mean", "sum", "none"))
+    normalizer = None
+    if "normalizer" in extensions | require and wants("normalizer", one_in(2)):
+        reduction = "sum"  # the external normaliser divides a sum (transformers' num_items_in_batch)
+        kind = pick(NORMALIZERS)
+        counted = max(1, int(np.count_nonzero(target != (DEFAULT_IGNORE_INDEX if ignore_index is None else ignore_index)))
+                      if not probabilities else math.prod(logits) // classes)
+        normalizer = float(counted if kind == "counted" else 8 * counted + 3 if kind == "accumulated" else kind)
+    else:
+        reduction = pick(("mean", "sum", "none"))
     grad_output = None
     if wants("upstream_gradient"):
         grad_output = grad_output_values(rng, output_shape(logits, target.shape, probabilities, reduction), dtype, pick)
     case = linear_cross_entropy_case(x, w, target, dtype=dtype, target_dtype=target_dtype, linear_bias=b,
                                      weight=weight, ignore_index=ignore_index, reduction=reduction,
                                      label_smoothing=smoothing, grad_output=grad_output, logit_scale=scale,
-                                     softcap=softcap, z_loss=z_loss)
+                                     softcap=softcap, z_loss=z_loss, normalizer=normalizer)
     if "invalid_input" in require or (invalid_percent and "invalid_input" not in exclude and percent(invalid_percent)):
         rules = [r for r in INVALID_RULES if not (r is Rule.WEIGHT_SHAPE and "weights" in exclude)
                  and not (r is Rule.LABEL_SMOOTHING_RANGE and "label_smoothing" in exclude)]

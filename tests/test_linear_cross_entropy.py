@@ -10,7 +10,7 @@ from ce_conformance.linear_cross_entropy import exact_logits, linear_cross_entro
 
 def _random_case(rng, *, batched=True, k_dim=False, bias=False, weight=False, probabilities=False, smoothing=0.0,
                  reduction="mean", ignore=False, upstream=False, dtype="float64", softcap=None, z_loss=None,
-                 logit_scale=None):
+                 logit_scale=None, normalizer=None):
     n, h, c = int(rng.integers(1, 9)), int(rng.integers(1, 17)), int(rng.integers(2, 12))
     extra = (int(rng.integers(1, 4)),) if k_dim else ()
     x = rng.normal(size=(n, h) if batched else (h,))
@@ -30,7 +30,7 @@ def _random_case(rng, *, batched=True, k_dim=False, bias=False, weight=False, pr
         x, w, target, dtype=dtype, linear_bias=rng.normal(size=(c, *extra)) if bias else None,
         weight=rng.uniform(0.1, 2.0, size=c) if weight else None, reduction=reduction, label_smoothing=smoothing,
         grad_output=rng.normal(size=out_shape) if upstream else None, logit_scale=logit_scale, softcap=softcap,
-        z_loss=z_loss)
+        z_loss=z_loss, normalizer=normalizer)
 
 
 def math_prod(shape):
@@ -40,7 +40,7 @@ def math_prod(shape):
 def _torch_float64(case):
     """torch's float64 autograd of the composed expression: cross_entropy(linear(X, W, b)), with the
     extensions written out as their definitions say (softcap on the logits; z-loss per counted
-    position, 'mean' by the count)."""
+    position, 'mean' by the count; a 'sum' divided by the normalizer)."""
     import torch
     import torch.nn.functional as F
 
@@ -66,6 +66,8 @@ def _torch_float64(case):
         counted = torch.ones_like(lse, dtype=torch.bool) if case.is_probability_target else tensors["target"] != -100
         term = torch.where(counted, z_loss * lse ** 2, torch.zeros(()))
         loss = loss + (term if reduction == "none" else term.sum() if reduction == "sum" else term.sum() / counted.sum())
+    if case.options["normalizer"] is not None:
+        loss = loss / case.options["normalizer"]
     upstream = tensors.get("grad_output", torch.ones_like(loss))
     grads = torch.autograd.grad(loss, list(leaves.values()), upstream)
     return loss.detach().numpy(), {name: g.numpy() for name, g in zip(leaves, grads)}
@@ -81,7 +83,11 @@ CONFIGS = [dict(), dict(bias=True), dict(weight=True, ignore=True), dict(smoothi
            dict(z_loss=1e-4, weight=True, ignore=True, smoothing=0.1),
            dict(softcap=5.0, z_loss=0.5, k_dim=True, reduction="none", upstream=True, ignore=True),
            dict(softcap=2.0, z_loss=0.3, probabilities=True, weight=True), dict(softcap=1.0, z_loss=0.2, batched=False),
-           dict(logit_scale=0.0625, ignore=True), dict(logit_scale=3.0, softcap=2.0, z_loss=0.1, bias=True)]
+           dict(logit_scale=0.0625, ignore=True), dict(logit_scale=3.0, softcap=2.0, z_loss=0.1, bias=True),
+           # an external normaliser (transformers' num_items_in_batch) divides a 'sum'
+           dict(reduction="sum", normalizer=7.0, ignore=True), dict(reduction="sum", normalizer=0.3, upstream=True,
+                                                                     weight=True, z_loss=0.1, softcap=3.0, k_dim=True),
+           dict(reduction="sum", normalizer=1e5, probabilities=True, smoothing=0.1, bias=True)]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "plain")
@@ -196,7 +202,7 @@ def _supported_cases():
     everything = set(FAMILIES[FAMILY].own_features) | {
         "probability_targets", "label_smoothing", "k_dim", "unbatched", "non_contiguous", "uint8_target"}
     return linear_cross_entropy_cases(exclude=everything - planted_linear.SUPPORTED_FEATURES,
-                                      extensions={"logit_scale", "softcap", "z_loss"})
+                                      extensions={"logit_scale", "softcap", "z_loss", "normalizer"})
 
 
 def test_our_chunked_linear_cross_entropy_passes(torch):
@@ -217,7 +223,8 @@ def test_our_chunked_linear_cross_entropy_passes(torch):
                                        ("normaliser_twice", "loss_value"), ("softcap_after_lse", "loss_value"),
                                        ("z_loss_missing_from_gradient", "grad_input_value"),
                                        ("z_loss_unrequested", "loss_value"),
-                                       ("logit_scale_not_in_gradient", "grad_input_value")])
+                                       ("logit_scale_not_in_gradient", "grad_input_value"),
+                                       ("normalizer_not_in_gradient", "grad_input_value")])
 def test_planted_linear_bugs_are_caught_on_drawn_cases(torch, bug, check):
     adapter = _user_adapter(bug)
     failing = find(_supported_cases(), lambda case: check in {v.check for v in _judge(adapter, case).verdicts},
