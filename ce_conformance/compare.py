@@ -43,7 +43,7 @@ CHECK_FAMILIES: Final = {
     "grad_input_value": "gradients", "grad_input_nonfinite": "gradients", "grad_input_missing": "gradients",
     "grad_target_value": "gradients", "grad_target_nonfinite": "gradients", "grad_target_missing": "gradients",
     "mutation": "mutation", "saved_tensor_modified": "mutation", "error_parity": "errors",
-    "nondeterministic": "determinism",
+    "nondeterministic": "determinism", "split_variant": "split",
 }
 CHECK_FAMILIES.update({f"grad_{name}_{check}": "gradients" for family in FAMILIES.values()
                        for name in family.parameter_gradients

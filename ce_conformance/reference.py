@@ -924,6 +924,31 @@ def output_shape(case: Any) -> tuple[int, ...]:
     return _case_call(case).output_shape
 
 
+def mean_denominator(case: Any) -> float:
+    """What torch's ``'mean'`` divides a case's summed loss by: the total class weight of the
+    counted (not ignored) targets, or the number of positions for probability targets. Split
+    invariance (:mod:`ce_conformance.split`) gives micro-batches the whole batch's.
+
+    >>> from ce_conformance.cross_entropy import cross_entropy_case
+    >>> mean_denominator(cross_entropy_case([[0.0, 1.0]] * 3, [1, -100, 0], weight=[0.5, 2.0]))
+    2.5
+    """
+    if case.family == "cross_entropy":
+        call = _case_call(case)
+    else:
+        from .cross_entropy import resolved_ignore_index
+
+        call = _logits_call(case.spec.logits_shape(case), case.tensors["target"].as_numpy(), case.dtype,
+                            None if case.weight is None else case.tensors["weight"].as_numpy(),
+                            resolved_ignore_index(case), case.options["reduction"], case.options["label_smoothing"])
+    if call.mode != "index":
+        return float(call.positions)
+    counted = call.target != call.ignore_index
+    weights = np.ones(call.positions) if call.weight is None else np.asarray(call.weight, dtype=np.float64)[
+        np.where(counted, call.target, 0)]
+    return float(np.sum(np.where(counted, weights, 0.0)))
+
+
 def evaluate(case: Any, *, gradients: bool = True) -> ReferenceResult:
     """Reference values, gradients and magnitudes for a case (raises InvalidInputError if invalid).
     Cases of other loss families go to their family's reference."""

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 
 from ce_conformance.adapters.base import Adapter, Outcome
 
-from . import determinism, phases, reference, saved_tensors
+from . import phases, reference
 from .budget import NIGHTLY_SHARES, CellBudget
 from .case import Case
 from .control import Interrupted, OutOfTime, interrupt_guard
@@ -31,6 +31,7 @@ from .errors import ConfigurationError, InvalidInputError
 from .findings import Recorder, case_columns, finalize
 from .ledger import FindingLedger
 from .profiles import settings_for
+from .properties import PropertyChecks
 from .quarantine import Quarantine, case_traits
 from .run_config import (DEFAULT_CURATED_DIR, Executor, FuzzConfig, RunSummary, write_config,  # noqa: F401  (the run's API)
                          check_family, oracle_adapter)
@@ -124,6 +125,7 @@ class FuzzRun:
         stages["reference"] += clock() - start
         compared = []
         outcomes: dict[str, tuple[Adapter, Outcome]] = {}
+        properties = PropertyChecks(case, ref, phase, self.config.deterministic, self.executor, stages)
         paired = {name for pair in self.pairs for name in pair} if record else set()
         for adapter in adapters or self.adapters:
             missing = adapter.capabilities.missing(case)
@@ -150,12 +152,7 @@ class FuzzRun:
                 comparison = compare(case, outcome, ref, adapter.capabilities, strict=self.config.strict,
                                      native=self._native(case))
             stages["compare"] += clock() - start
-            if outcome.status == "ok" and determinism.repeats(phase, self.config.deterministic):
-                start = clock()  # the same call again (differentiated twice where the adapter can)
-                again = self.executor.run(adapter, case, saved_tensors.probe_for(adapter, case))
-                stages[f"adapter:{adapter.name}"] += clock() - start
-                verdicts = determinism.repeat_verdict(outcome, again), saved_tensors.second_backward_verdict(again)
-                comparison.verdicts += [verdict for verdict in verdicts if verdict]
+            comparison.verdicts += properties.verdicts(adapter, outcome, comparison.passed)
             compared.append((adapter, comparison))
             if record:
                 start = clock()

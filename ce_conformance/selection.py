@@ -24,7 +24,7 @@ DEFAULT_EXCLUDED_FEATURES: Final = frozenset({"legacy_reduction", "uint8_target"
 """Corners most kernels do not claim (deprecated ``size_average``/``reduce``, uint8 targets,
 negative smoothing): ``default`` leaves them out, ``all`` takes them in."""
 
-CHECK_FAMILY_NAMES: Final = ("errors", "contract", "values", "gradients", "mutation", "determinism")
+CHECK_FAMILY_NAMES: Final = ("errors", "contract", "values", "gradients", "mutation", "split", "determinism")
 """Check families, in report order (:data:`ce_conformance.compare.CHECK_FAMILIES` maps checks to them)."""
 
 DEFAULT_CHECKS: Final = frozenset(CHECK_FAMILY_NAMES) - {"determinism"}

@@ -4,9 +4,9 @@
 (as Liger-Kernel's fused linear cross-entropy does), in float32 for half dtypes, on the input's
 device (the gate runs it with ``--device cuda`` too); each planted
 variant changes one line of it. Index targets, ``ignore_index`` (default -100), class weights,
-'mean' / 'sum' / 'none', an optional bias, and the family's extensions ``logit_scale``, ``softcap``
-and ``z_loss``
-(the z-loss's 'mean' by the counted rows, as Liger-Kernel's).
+'mean' / 'sum' / 'none', an optional bias, and the family's extensions ``logit_scale``, ``softcap``,
+``z_loss`` (the z-loss's 'mean' by the counted rows, as Liger-Kernel's) and ``normalizer`` (a
+'sum' divided by it, as transformers' ``num_items_in_batch``).
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from __future__ import annotations
 import torch
 
 CHUNK_ROWS = 4
+_REUSED_BUFFERS: dict = {}  # grad_weight_buffer_reused: one weight-gradient buffer per head shape, kept across calls
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b, target, weight, ignore_index, reduction, bug, softcap=None, z_loss=None,
-                logit_scale=None):
+                logit_scale=None, normalizer=None):
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32
         n = x.shape[0]
         if bug == "z_loss_unrequested" and z_loss is None:
@@ -69,12 +70,14 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             denominator = total_weight * (total_weight if bug == "normaliser_twice" else 1)
             out = losses.sum() / denominator + z_losses.sum() / counted
         elif reduction == "sum":
-            out = losses.sum() + z_losses.sum()
+            out = (losses.sum() + z_losses.sum()) / (1 if normalizer is None else normalizer)
         else:
             out = losses + z_losses
         ctx.save_for_backward(x, w)
         ctx.grad_logits, ctx.reduction, ctx.has_bias, ctx.bug = grad_logits, reduction, b is not None, bug
         ctx.denominator = total_weight if reduction == "mean" else None
+        if reduction == "sum" and normalizer is not None and bug != "normalizer_not_in_gradient":
+            ctx.denominator = normalizer
         ctx.counted = counted
         return out.to(x.dtype)
 
@@ -85,6 +88,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         accumulate = x.dtype if ctx.bug == "weight_grad_in_dtype" else compute
         grad_x = torch.zeros(x.shape, dtype=compute, device=x.device)
         grad_w = torch.zeros(w.shape, dtype=accumulate, device=x.device)
+        if ctx.bug == "grad_weight_buffer_reused":  # kept per head shape and never zeroed: calls accumulate
+            grad_w = _REUSED_BUFFERS.setdefault((tuple(w.shape), accumulate, str(x.device)), grad_w)
         grad_b = torch.zeros(w.shape[0], dtype=compute, device=x.device)
         if ctx.bug == "weight_grad_in_dtype":  # one row at a time, as a kernel adding per token would
             ctx.grad_logits = [(start + i, g[i:i + 1], g_z[i:i + 1], valid[i:i + 1])
@@ -94,9 +99,10 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 scale = z_scale = grad_output[start:start + len(g)].to(compute)[:, None]
                 if ctx.bug == "first_grad_output":
                     scale = z_scale = grad_output[0].to(compute)
-            else:
-                scale = grad_output.to(compute) / (ctx.denominator if ctx.reduction == "mean" else 1)
-                z_scale = grad_output.to(compute) / (ctx.counted if ctx.reduction == "mean" else 1)
+            else:  # 'sum' over an external normaliser divides both parts by it
+                scale = grad_output.to(compute) / (1 if ctx.denominator is None else ctx.denominator)
+                z_scale = grad_output.to(compute) / (ctx.counted if ctx.reduction == "mean" else
+                                                     1 if ctx.denominator is None else ctx.denominator)
             # as torch: an ignored row gets no gradient, a counted one over a zero total weight 0/0 = NaN
             if ctx.bug == "grad_scaled_in_place":  # over the kept chunk: a second backward scales it again
                 g = torch.where(valid[:, None], g.mul_(scale), 0)
@@ -105,20 +111,24 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             if g_z.any():  # the z-loss's part, with its own normaliser
                 g = g + torch.where(valid[:, None], g_z * z_scale, 0)
             grad_x[start:start + len(g)] = g @ w.to(compute)
-            grad_w = (grad_w.to(compute) + g.T @ x[start:start + len(g)].to(compute)).to(accumulate)
+            if ctx.bug == "grad_weight_buffer_reused":
+                grad_w += (g.T @ x[start:start + len(g)].to(compute)).to(accumulate)
+            else:
+                grad_w = (grad_w.to(compute) + g.T @ x[start:start + len(g)].to(compute)).to(accumulate)
             grad_b += g.sum(0)
         bias_grad = None if not ctx.has_bias or ctx.bug == "bias_grad_missing" else grad_b.to(x.dtype)
-        return grad_x.to(x.dtype), grad_w.to(x.dtype), bias_grad, None, None, None, None, None, None, None, None
+        return grad_x.to(x.dtype), grad_w.to(x.dtype), bias_grad, None, None, None, None, None, None, None, None, None
 
 
 def _make(bug):
     def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None, reduction="mean",
-                             ignore_index=None, label_smoothing=0.0, logit_scale=None, softcap=None, z_loss=None):
+                             ignore_index=None, label_smoothing=0.0, logit_scale=None, softcap=None, z_loss=None,
+                             normalizer=None):
         if label_smoothing or target.is_floating_point() or input.dim() != 2 or linear_weight.dim() != 2:
             raise NotImplementedError("index targets, (N, H) inputs and (C, H) weights without smoothing only")
         ignore = -100 if ignore_index is None else ignore_index
         return _ChunkedLinearCrossEntropy.apply(input, linear_weight, linear_bias, target, weight, ignore, reduction,
-                                                bug, softcap, z_loss, logit_scale)
+                                                bug, softcap, z_loss, logit_scale, normalizer)
 
     linear_cross_entropy.__name__ = bug or "chunked"
     return linear_cross_entropy
@@ -127,10 +137,10 @@ def _make(bug):
 chunked = _make(None)
 PLANTED = ("dropped_last_chunk", "first_grad_output", "weight_grad_in_dtype", "bias_grad_missing", "normaliser_twice",
            "grad_scaled_in_place", "softcap_after_lse", "z_loss_missing_from_gradient", "z_loss_unrequested",
-           "logit_scale_not_in_gradient")
+           "logit_scale_not_in_gradient", "normalizer_not_in_gradient", "grad_weight_buffer_reused")
 (dropped_last_chunk, first_grad_output, weight_grad_in_dtype, bias_grad_missing, normaliser_twice,
  grad_scaled_in_place, softcap_after_lse, z_loss_missing_from_gradient, z_loss_unrequested,
- logit_scale_not_in_gradient) = map(_make, PLANTED)
+ logit_scale_not_in_gradient, normalizer_not_in_gradient, grad_weight_buffer_reused) = map(_make, PLANTED)
 SUPPORTED_FEATURES = frozenset({"weights", "ignore_index", "all_ignored", "upstream_gradient", "low_precision",
                                 "linear_bias", "empty_batch", "single_class", "vocab_scale", "logit_scale", "softcap",
-                                "z_loss"})
+                                "z_loss", "normalizer"})

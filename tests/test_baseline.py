@@ -94,7 +94,7 @@ def test_junit_has_one_case_per_family_and_failures_carry_replays(tmp_path, torc
                  "--junit", str(junit)]) == 1
     suite = ET.parse(junit).getroot().find("testsuite")
     cases = {case.get("name"): case for case in suite.iter("testcase")}
-    assert set(cases) == {"errors", "contract", "values", "gradients", "mutation", "determinism", "coverage"}
+    assert set(cases) == {"errors", "contract", "values", "gradients", "mutation", "split", "determinism", "coverage"}
     assert cases["coverage"].find("failure") is None and "triples" in cases["coverage"].find("system-out").text
     failure = cases["mutation"].find("failure")
     assert failure is not None and "ce-conformance replay" in failure.text

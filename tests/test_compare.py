@@ -103,4 +103,4 @@ def test_torch_oracle_widens_the_budget_to_torchs_own_error():
 
 @pytest.mark.parametrize("check", sorted(CHECK_FAMILIES))
 def test_every_check_has_a_family(check):
-    assert CHECK_FAMILIES[check] in {"errors", "contract", "values", "gradients", "mutation", "determinism"}
+    assert CHECK_FAMILIES[check] in {"errors", "contract", "values", "gradients", "mutation", "split", "determinism"}

@@ -119,7 +119,8 @@ def test_the_gate_passes_our_correct_chunked_kernel(tmp_path, torch, capsys):
 
 @pytest.mark.parametrize("bug", ["dropped_last_chunk", "first_grad_output", "bias_grad_missing", "normaliser_twice",
                                  "grad_scaled_in_place", "softcap_after_lse", "z_loss_missing_from_gradient",
-                                 "z_loss_unrequested", "logit_scale_not_in_gradient"])
+                                 "z_loss_unrequested", "logit_scale_not_in_gradient", "normalizer_not_in_gradient",
+                                 "grad_weight_buffer_reused"])
 def test_the_default_gate_fails_planted_fused_kernel_bugs(tmp_path, torch, capsys, bug):
     code = _gate(tmp_path, f"{PLANTED}:{bug}", "--features", _features(), "--max-examples", "200", "--covering", "2",
                  "--no-shrink")
@@ -127,6 +128,8 @@ def test_the_default_gate_fails_planted_fused_kernel_bugs(tmp_path, torch, capsy
     assert code == 1, out
     if bug == "grad_scaled_in_place":  # right on the first backward: only the second one shows it
         assert "saved_tensor_modified" in out and "grad_input_value" not in out, out
+    if bug == "grad_weight_buffer_reused":  # right on a head shape's first call: adding calls up shows it
+        assert "split_variant" in out, out
 
 
 def test_the_gate_runs_torchs_own_linear_cross_entropy_and_saves_loadable_cases(tmp_path, torch, capsys):

@@ -29,7 +29,7 @@ def test_feature_lists_add_subtract_and_start_from_default():
     assert parse_features("all,-uint8_target") == torch_features - {"uint8_target"}
     assert parse_features("weights, k_dim") == {"weights", "k_dim"}
     # a library's extensions: by name only (a function with torch's signature has no such keyword)
-    assert extension_features() == {"logit_scale", "softcap", "z_loss"}
+    assert extension_features() == {"logit_scale", "softcap", "z_loss", "normalizer"}
     assert parse_features("default,softcap") == default | {"softcap"}
 
 
@@ -93,7 +93,7 @@ def test_checks_choose_what_fails_the_gate_and_still_report_the_rest(tmp_path, c
                  "--junit", str(junit)])
     out = capsys.readouterr().out
     assert code == 0 and out.startswith("PASS")
-    assert "reported, not gating (--checks contract,values,gradients,mutation,determinism): missing_error x" in out
+    assert "reported, not gating (--checks contract,values,gradients,mutation,split,determinism): missing_error x" in out
     suite = ET.parse(junit).getroot().find("testsuite")
     errors = next(case for case in suite.iter("testcase") if case.get("name") == "errors")
     assert errors.find("failure") is None and "not gating" in errors.find("skipped").get("message")
