@@ -138,6 +138,7 @@ def cross_entropy_case(
     reduce: bool | None = None,
     memory_layout: str = "contiguous",
     grad_output: Any = None,
+    normalizer: float | None = None,
     expected_error: Rule | str | None = None,
     note: str = "",
 ) -> Case:
@@ -166,7 +167,38 @@ def cross_entropy_case(
         "size_average": size_average,
         "reduce": reduce,
     }
+    if normalizer is not None:
+        options["normalizer"] = checked_normalizer(normalizer, options)
     return Case(FAMILY, tensors, options, memory_layout, expected_error, note)
+
+
+NORMALIZER: Final = "normalizer"
+"""The one extension option of cross-entropy (linear cross-entropy has it too): an external
+normaliser, with ``reduction='sum'`` only — the summed loss and every gradient divided by it,
+as transformers' ``fixed_cross_entropy`` does with ``num_items_in_batch`` (``'sum'``, then
+``loss / num_items_in_batch``). Off (``None``) unless a case sets it; micro-batches each divided
+by the whole batch's count add up to its ``'mean'`` (:mod:`ce_conformance.split`)."""
+
+
+def checked_normalizer(value: Any, options: Mapping[str, Any]) -> float:
+    """``value`` as a normaliser for a case with ``options``; a ``ValueError`` where it is not
+    positive or the reduction is not a plain ``'sum'``.
+
+    >>> checked_normalizer(8, {"reduction": "sum"})
+    8.0
+    """
+    if not float(value) > 0:
+        raise ValueError(f"normalizer must be positive (or None for off), got {value!r}")
+    legacy = options.get("size_average") is not None or options.get("reduce") is not None
+    if options.get("reduction") in ("mean", "none") or legacy:
+        raise ValueError(f"normalizer divides a 'sum'; reduction={options.get('reduction')!r}"
+                         f"{' with legacy size_average/reduce' if legacy else ''} takes none")
+    return float(value)
+
+
+def _features(case: Case) -> frozenset[str]:
+    found = logits_features(case)
+    return found | {NORMALIZER} if case.options.get(NORMALIZER) is not None else found
 
 
 def _strategy(**options: Any):
@@ -187,11 +219,15 @@ CROSS_ENTROPY: Final = register_family(LossFamily(
     required_tensors=("input", "target"),
     optional_tensors=("weight", "grad_output"),
     option_defaults=MappingProxyType({"ignore_index": -100, "reduction": "mean", "label_smoothing": 0.0,
-                                      "size_average": None, "reduce": None}),
-    features=logits_features,
+                                      "size_average": None, "reduce": None, NORMALIZER: None}),
+    option_types=MappingProxyType({NORMALIZER: (float, int, type(None))}),
+    features=_features,
     strategy=_strategy,
     covering_case=_covering_case,
     requirable=frozenset({"weights", "ignore_index", "all_ignored", "label_smoothing", "probability_targets", "k_dim",
                           "unbatched", "low_precision", "vocab_scale", "upstream_gradient", "non_contiguous",
-                          "nonfinite_logits", "invalid_input"}),
+                          "nonfinite_logits", "invalid_input", NORMALIZER}),
+    own_features=(NORMALIZER,),
+    extension_options=(NORMALIZER,),
+    extension_features=(NORMALIZER,),
 ))

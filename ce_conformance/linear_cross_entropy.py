@@ -39,7 +39,7 @@ from typing import Any, Final, Mapping
 import numpy as np
 
 from .case import Case, LossFamily, Tensor, register_family
-from .cross_entropy import logits_features, resolved_ignore_index
+from .cross_entropy import checked_normalizer, logits_features, resolved_ignore_index
 from .dtypes import is_float, numpy_dtype, smallest_subnormal
 from .errors import CaseFormatError, InvalidInputError, Rule
 from .linear_extensions import LogitTransform, ZLoss, lse_sigma, z_loss
@@ -110,14 +110,13 @@ def linear_cross_entropy_case(input: Any, linear_weight: Any, target: Any, *, dt
             tensors[name] = Tensor(np.asarray(value, dtype=np.float64), dtype)
     options = {"reduction": str(reduction), "ignore_index": None if ignore_index is None else int(ignore_index),
                "label_smoothing": float(label_smoothing)}
-    for name, value in (("logit_scale", logit_scale), ("softcap", softcap), ("z_loss", z_loss),
-                        ("normalizer", normalizer)):
+    for name, value in (("logit_scale", logit_scale), ("softcap", softcap), ("z_loss", z_loss)):
         if value is not None:
             if not float(value) > 0:
                 raise ValueError(f"{name} must be positive (or None for off), got {value!r}")
             options[name] = float(value)
-    if normalizer is not None and options["reduction"] in ("mean", "none"):
-        raise ValueError(f"normalizer divides a 'sum'; reduction={reduction!r} takes none")
+    if normalizer is not None:
+        options["normalizer"] = checked_normalizer(normalizer, options)
     return Case(FAMILY, tensors, options, "contiguous", expected_error, note)
 
 

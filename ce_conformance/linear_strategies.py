@@ -29,8 +29,9 @@ from .cross_entropy import DEFAULT_IGNORE_INDEX
 from .errors import Rule
 from .linear_cross_entropy import LINEAR_CROSS_ENTROPY, linear_cross_entropy_case
 from .strategies import LOGITS_RULES, SizeLimits, breach_of_a_logits_rule, label_smoothings
-from .values import (IGNORE_INDEX_KINDS, WEIGHT_KINDS, grad_output_values, ignore_index_value, probability_kinds,
-                     index_target_values, output_shape, probability_values, weight_values)
+from .values import (IGNORE_INDEX_KINDS, NORMALIZER_KINDS, WEIGHT_KINDS, grad_output_values, ignore_index_value,
+                     index_target_values, normalizer_value, output_shape, probability_kinds, probability_values,
+                     weight_values)
 
 CHUNK_BOUNDARY_ROWS: Final = (1, 2, 3, 4, 5, 7, 8, 9, 63, 64, 65, 127, 128, 129, 255, 256, 257, 1023, 1024, 1025)
 """Batch sizes at and one past the chunk sizes fused kernels use (and small ones for shrinking)."""
@@ -50,10 +51,6 @@ Z_LOSS_COEFFICIENTS: Final = (1e-4, 1e-3, 0.1, 1.0)
 """z-loss weights: PaLM's 1e-4, and larger ones that make the term visible in half dtypes."""
 LOGIT_SCALES: Final = (0.0625, 0.5, 2.0, 8.0)
 """Logit scales: Cohere's 0.0625, and powers of two either side (exact, like most in use)."""
-NORMALIZERS: Final = ("counted", "accumulated", 1.0, 3.0, 4096.0, 65536.0)
-"""External normalisers: the case's own count of counted positions (a whole batch), that count
-times 8 plus 3 (one micro-batch of a gradient-accumulation step), and fixed ones up to where
-float16 gradients divided by it turn subnormal."""
 
 REQUIRABLE: Final = LINEAR_CROSS_ENTROPY.requirable
 """Features :func:`linear_cross_entropy_cases` can be asked to exercise in every draw."""
@@ -180,10 +177,9 @@ def linear_cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limit
     normalizer = None
     if "normalizer" in extensions | require and wants("normalizer", one_in(2)):
         reduction = "sum"  # the external normaliser divides a sum (transformers' num_items_in_batch)
-        kind = pick(NORMALIZERS)
-        counted = max(1, int(np.count_nonzero(target != (DEFAULT_IGNORE_INDEX if ignore_index is None else ignore_index)))
-                      if not probabilities else math.prod(logits) // classes)
-        normalizer = float(counted if kind == "counted" else 8 * counted + 3 if kind == "accumulated" else kind)
+        counted = int(np.count_nonzero(target != (DEFAULT_IGNORE_INDEX if ignore_index is None else ignore_index))) \
+            if not probabilities else math.prod(logits) // classes
+        normalizer = normalizer_value(pick(NORMALIZER_KINDS), counted)
     else:
         reduction = pick(("mean", "sum", "none"))
     grad_output = None

@@ -16,7 +16,7 @@ from ce_conformance.adapters.base import Adapter, Outcome
 
 from . import determinism, reference, saved_tensors, split
 from .case import Case
-from .compare import Verdict
+from .compare import CHECK_FAMILIES, Comparison, Verdict
 
 
 class PropertyChecks:
@@ -30,15 +30,17 @@ class PropertyChecks:
         self._executor, self._stages = executor, stage_seconds
         self._parts: Any = None  # (micro-batch cases, their references), or () where the case has none
 
-    def verdicts(self, adapter: Adapter, outcome: Outcome, passed: bool) -> list[Verdict]:
-        """Failed properties of ``adapter`` on the case, whose plain run gave ``outcome`` (``passed``:
-        its comparison found nothing; split invariance is judged only then, so that it names what
-        only adding calls up shows)."""
+    def verdicts(self, adapter: Adapter, outcome: Outcome, comparison: Comparison) -> list[Verdict]:
+        """Failed properties of ``adapter`` on the case, whose plain run gave ``outcome``, judged in
+        ``comparison``. Split invariance is judged only where that found the values and gradients
+        right, so that it names what only adding calls up shows (a known dtype finding, such as a
+        float32 loss for half inputs, does not stop it)."""
         if outcome.status != "ok" or not determinism.repeats(self.phase, self.every_case):
             return []
         again = self._run(adapter, self.case, saved_tensors.probe_for(adapter, self.case))
         found = [determinism.repeat_verdict(outcome, again), saved_tensors.second_backward_verdict(again)]
-        if passed and self.ref is not None:
+        values_right = not any(CHECK_FAMILIES.get(v.check) in ("values", "gradients") for v in comparison.verdicts)
+        if values_right and self.ref is not None:
             found.append(self._split_verdict(adapter))
         return [verdict for verdict in found if verdict]
 

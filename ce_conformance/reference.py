@@ -954,7 +954,42 @@ def evaluate(case: Any, *, gradients: bool = True) -> ReferenceResult:
     Cases of other loss families go to their family's reference."""
     if case.family != "cross_entropy":
         return case.spec.evaluate(case, gradients=gradients)
-    return _evaluate_call(_case_call(case), case.dtype, case.grad_output, gradients)
+    divisor = case.options.get("normalizer")
+    if divisor is None:
+        return _evaluate_call(_case_call(case), case.dtype, case.grad_output, gradients)
+    from .cross_entropy import checked_normalizer
+    from .errors import CaseFormatError
+
+    try:
+        checked_normalizer(divisor, case.options)
+    except ValueError as exc:
+        raise CaseFormatError(str(exc), field="options.normalizer") from None
+    call = _case_call(case)  # torch's checks first
+    upstream = (1.0 if case.grad_output is None else float(np.asarray(case.grad_output))) / float(divisor)
+    return normalised(_evaluate_call(call, case.dtype, upstream, gradients), float(divisor))
+
+
+def normalised(result: ReferenceResult, divisor: float) -> ReferenceResult:
+    """A ``'sum'`` case's result, evaluated under an upstream gradient of ``g / divisor``, as the
+    result of ``sum / divisor`` (the ``normalizer`` extension): the loss divided, and one more
+    rounding in the dtype of the loss and of every gradient element (autograd of ``sum / n``
+    forms ``g / n`` in the dtype, as the mean's ``g / D``). The sum before the division keeps its
+    magnitude as the loss's intermediate: it may overflow where the quotient does not."""
+    u = _unit_roundoff(numpy_dtype(result.output_dtype), internal=False) / math.sqrt(3)
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        loss = np.asarray(result.loss) / divisor
+        changes: dict[str, Any] = dict(
+            loss=loss, loss_scale=np.asarray(result.loss_scale) / divisor,
+            loss_sigma=np.hypot(np.asarray(0.0 if result.loss_sigma is None else result.loss_sigma) / divisor,
+                                u * np.abs(np.nan_to_num(loss))))
+        if result.grad_input_sigma is not None and result.grad_input_scale is not None:
+            changes["grad_input_sigma"] = np.hypot(result.grad_input_sigma, u * result.grad_input_scale)
+        if result.grad_target_sigma is not None and result.grad_target_scale is not None:
+            changes["grad_target_sigma"] = np.hypot(result.grad_target_sigma, u * result.grad_target_scale)
+    if result.grad_input_elements is not None:
+        elements = result.grad_input_elements
+        changes["grad_input_elements"] = replace(elements, scale_relative=float(np.hypot(elements.scale_relative, u)))
+    return replace(result, **changes)
 
 
 def evaluate_logits(logits: np.ndarray, target: Any, *, dtype: str, weight: Any = None, ignore_index: int = -100,

@@ -152,7 +152,7 @@ class FuzzRun:
                 comparison = compare(case, outcome, ref, adapter.capabilities, strict=self.config.strict,
                                      native=self._native(case))
             stages["compare"] += clock() - start
-            comparison.verdicts += properties.verdicts(adapter, outcome, comparison.passed)
+            comparison.verdicts += properties.verdicts(adapter, outcome, comparison)
             compared.append((adapter, comparison))
             if record:
                 start = clock()

@@ -32,7 +32,7 @@ import numpy as np
 
 from .adapters.base import Capabilities, Outcome
 from .case import Case, Tensor
-from .compare import Verdict, compare
+from .compare import CHECK_FAMILIES, Verdict, compare
 from .reference import ReferenceResult, _unit_roundoff, mean_denominator
 from .dtypes import numpy_dtype
 
@@ -113,8 +113,9 @@ def widened(reference: ReferenceResult, parts: list[ReferenceResult], dtype: str
 
 def split_verdict(case: Case, reference: ReferenceResult, parts: tuple[Case, ...], outcomes: list[Outcome],
                   part_references: list[ReferenceResult], capabilities: Capabilities) -> Verdict | None:
-    """A ``split_variant`` verdict where the micro-batches' sum is not the whole batch's (a part
-    that failed to run is one too), else None."""
+    """A ``split_variant`` verdict where the micro-batches' values or gradients added up are not the
+    whole batch's (a part that failed to run is one too), else None. Dtypes and shapes are not
+    judged here: a part returns what the whole call returns, and the plain check reports that."""
     cut = parts[0].tensors["input"].shape[0]
     rows = [f"[0, {cut})", f"[{cut}, {cut + parts[1].tensors['input'].shape[0]})"]
     divisor = parts[0].options.get(OPTION)
@@ -126,9 +127,11 @@ def split_verdict(case: Case, reference: ReferenceResult, parts: tuple[Case, ...
             return Verdict(CHECK, f"{how}: rows {part} did not run ({outcome.status}): {reason}")
     with np.errstate(all="ignore"):
         judged = compare(case, combined(outcomes), widened(reference, part_references, case.dtype), capabilities)
-    if judged.passed:
+    # values only: a dtype or shape the parts share with the whole call is the plain check's finding
+    differing = [v for v in judged.verdicts if CHECK_FAMILIES.get(v.check) in ("values", "gradients")]
+    if not differing:
         return None
-    first = judged.verdicts[0]
+    first = differing[0]
     return Verdict(CHECK, f"{how}, add up to other values than the whole batch: "
-                          + "; ".join(f"{v.check}: {v.message}" for v in judged.verdicts),
+                          + "; ".join(f"{v.check}: {v.message}" for v in differing),
                    max_abs_error=first.max_abs_error, max_ulp_error=first.max_ulp_error, budget=first.budget)

@@ -30,8 +30,8 @@ from .case import Case
 from .cross_entropy import CROSS_ENTROPY
 from .dtypes import FLOAT_DTYPES
 from .errors import Rule
-from .values import (IGNORE_INDEX_KINDS, LOGIT_DISTRIBUTIONS, NONFINITE_DISTRIBUTIONS, PROBABILITY_KINDS,
-                     probability_kinds,
+from .values import (IGNORE_INDEX_KINDS, LOGIT_DISTRIBUTIONS, NONFINITE_DISTRIBUTIONS, NORMALIZER_KINDS,
+                     PROBABILITY_KINDS, normalizer_value, probability_kinds,
                      SMOOTHINGS, TINY_SMOOTHINGS, WEIGHT_KINDS, grad_output_values, ignore_index_value,
                      index_target_values, logit_distributions_for, logit_values, output_shape, probability_values,
                      weight_values)
@@ -227,7 +227,8 @@ REQUIRABLE: Final = CROSS_ENTROPY.requirable
 def cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limits: SizeLimits = SizeLimits(),
                         target_kinds: Sequence[str] = ("index", "probability"), invalid_percent: int = 0,
                         require: frozenset[str] | set[str] = frozenset(), plain: bool = False,
-                        exclude: frozenset[str] | set[str] = frozenset()) -> Case:
+                        exclude: frozenset[str] | set[str] = frozenset(),
+                        extensions: frozenset[str] | set[str] = frozenset()) -> Case:
     """A complete cross-entropy case reaching every parameter of the semantics.
 
     ``invalid_percent`` of draws break exactly one argument rule (see :func:`invalid_cases`);
@@ -236,6 +237,8 @@ def cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limits: Size
     call with index targets), so a failure points at the required feature alone. ``exclude``
     names features never to draw: those no adapter of the run supports, whose draws would only be
     skipped (a kernel without weights or soft targets lost nine draws in ten to them).
+    ``extensions={"normalizer"}`` draws the external normaliser too, in half the draws (a
+    ``'sum'`` divided by it); never by default, since torch's own function takes none.
 
     >>> "weights" in cross_entropy_cases(require={"weights"}).example().features
     True
@@ -321,6 +324,12 @@ def cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limits: Size
     reduction = draw(reductions())
     size_average, reduce = (None, None) if plain or "legacy_reduction" in exclude else \
         draw(legacy_reduction_arguments())
+    normalizer = None
+    if "normalizer" in require or ("normalizer" in extensions and not plain and draw(st.booleans())):
+        reduction, size_average, reduce = "sum", None, None  # the normaliser divides a sum
+        counted = math.prod(shape[:class_axis] + shape[class_axis + 1:]) if use_probabilities else \
+            int(np.count_nonzero(np.asarray(target) != ignore_index))
+        normalizer = normalizer_value(draw(st.sampled_from(NORMALIZER_KINDS)), counted)
     layouts = ["contiguous", "strided", "offset"] + (["transposed"] if len(shape) >= 2 else [])
     if "non_contiguous" in require:
         layouts.remove("contiguous")
@@ -338,7 +347,8 @@ def cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limits: Size
     x = draw(logits(shape, dtype, logit_distributions_for(weight, dtype, distributions)))
     case = Case.cross_entropy(x, target, dtype=dtype, target_dtype=target_dtype, weight=weight,
                               ignore_index=ignore_index, reduction=reduction, label_smoothing=smoothing,
-                              size_average=size_average, reduce=reduce, memory_layout=layout, grad_output=grad_output)
+                              size_average=size_average, reduce=reduce, memory_layout=layout, grad_output=grad_output,
+                              normalizer=normalizer)
     if "invalid_input" in require or (invalid_percent and draw(st.integers(0, 99)) < invalid_percent):
         # a rule whose breach brings an excluded feature in (a wrong-shaped weight, smoothing > 1)
         rules = [r for r in INVALID_RULES if not _RULE_FEATURES.get(r, frozenset()) & exclude]

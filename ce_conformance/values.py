@@ -45,6 +45,22 @@ WEIGHT_KINDS: Final = ("positive", "integers", "with_zeros", "tiny", "huge")
 IGNORE_INDEX_KINDS: Final = ("default", "negative", "in_range", "out_of_range")
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
+NORMALIZER_KINDS: Final = ("counted", "accumulated", 1.0, 3.0, 4096.0, 65536.0)
+"""External normalisers (the ``normalizer`` extension): the case's own count of counted
+positions (a whole batch), that count times 8 plus 3 (one micro-batch of a gradient-accumulation
+step), and fixed ones up to where float16 gradients divided by it turn subnormal."""
+
+
+def normalizer_value(kind: str | float, counted: int) -> float:
+    """A normaliser of ``kind`` for a case counting ``counted`` positions.
+
+    >>> normalizer_value("accumulated", 5), normalizer_value(3.0, 5)
+    (43.0, 3.0)
+    """
+    counted = max(1, int(counted))
+    return float(counted if kind == "counted" else 8 * counted + 3 if kind == "accumulated" else kind)
+
+
 TINY_SMOOTHINGS: Final = (1e-6, 2.0**-24, 1e-12)
 SMOOTHINGS: Final = (0.1, 0.25, 0.5, 0.05, 0.9)
 

@@ -340,3 +340,46 @@ def test_magnitude_bounds_the_value(case):
     result = reference.evaluate(case)
     finite = np.isfinite(result.loss)
     assert (result.loss_scale[finite] + 1e-12 >= np.abs(result.loss[finite]) * (1 - 1e-12)).all()
+
+
+@settings(max_examples=40)
+@given(cross_entropy_cases(dtypes=["float64"], require={"normalizer"}))
+def test_an_external_normaliser_divides_torchs_sum_and_its_gradients(torch, case):
+    """The ``normalizer`` extension is ``F.cross_entropy(..., reduction='sum') / n`` (transformers'
+    ``num_items_in_batch``): the reference agrees with torch's float64 autograd of it."""
+    import torch.nn.functional as F
+
+    from ce_conformance.adapters import function_adapter
+
+    def divided(input, target, normalizer=None, **options):
+        return F.cross_entropy(input, target, **options) / normalizer
+
+    if _torch_bug(case) or _at_range_limit(case):
+        return
+    assert case.options["reduction"] == "sum" and "normalizer" in case.features
+    outcome = function_adapter(divided, features="all,normalizer").run(case)
+    assert outcome.status == "ok", outcome.error
+    ref = reference.evaluate(case)
+    assert_close_to_scale(outcome.loss, ref.loss, ref.loss_scale, "loss")
+    assert_close_to_scale(outcome.grad_input, ref.grad_input, ref.grad_input_scale, "grad_input")
+    if case.is_probability_target:
+        assert_close_to_scale(outcome.grad_target, ref.grad_target, ref.grad_target_scale, "grad_target")
+
+
+def test_a_normaliser_divides_a_sum_only():
+    from ce_conformance import CaseFormatError
+
+    with pytest.raises(ValueError, match="normalizer divides a 'sum'"):
+        Case.cross_entropy([[0.0, 1.0]], [1], normalizer=2.0)  # 'mean'
+    with pytest.raises(ValueError, match="legacy"):
+        Case.cross_entropy([[0.0, 1.0]], [1], reduction="sum", size_average=False, normalizer=2.0)
+    with pytest.raises(ValueError, match="positive"):
+        Case.cross_entropy([[0.0, 1.0]], [1], reduction="sum", normalizer=0.0)
+    case = Case.cross_entropy([[0.0, 1.0]], [1], reduction="sum", normalizer=2.0)
+    assert Case.from_json(case.to_json()) == case and "normalizer" in case.features
+    text = case.to_json().replace('"reduction": "sum"', '"reduction": "mean"')
+    with pytest.raises(CaseFormatError, match="normalizer"):
+        reference.evaluate(Case.from_json(text))
+    # off, it is neither stored nor passed: a case's file, id and call keep torch's signature
+    plain = Case.cross_entropy([[0.0, 1.0]], [1], reduction="sum")
+    assert "normalizer" not in plain.to_json() and "normalizer" not in plain.call_options()

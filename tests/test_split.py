@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from ce_conformance import reference
-from ce_conformance.compare import CHECK_FAMILIES, compare
+from ce_conformance.compare import CHECK_FAMILIES, Comparison, Verdict, compare
 from ce_conformance.cross_entropy import cross_entropy_case
 from ce_conformance.errors import Rule
 from ce_conformance.linear_cross_entropy import linear_cross_entropy_case
@@ -46,8 +46,8 @@ def test_a_mean_splits_over_its_own_divisor_and_a_sum_keeps_its_normaliser():
     linear_cross_entropy_case(X, W, [-100] * 6),  # a 'mean' over nothing: NaN, no divisor to share
     linear_cross_entropy_case(X, W, [0, 1, 2, 2, 1, 0], weight=[1.0, 2.0, 3.0], z_loss=0.1),  # two divisors
     linear_cross_entropy_case(X, W[:, :1], [0] * 6, expected_error=Rule.INPUT_SHAPE),  # invalid (in_features)
-    cross_entropy_case(X, [0, 1, 1, 0, 1, 0]),  # a family without a normaliser
-], ids=["none", "one_row", "unbatched", "all_ignored", "weighted_z_loss", "invalid", "cross_entropy"])
+    cross_entropy_case(X, [0, 1, 1, 0, 1, 0], size_average=False),  # a legacy reduction
+], ids=["none", "one_row", "unbatched", "all_ignored", "weighted_z_loss", "invalid", "legacy"])
 def test_cases_without_a_split(case):
     assert micro_batches(case) is None
 
@@ -164,13 +164,45 @@ def test_split_runs_where_cases_run_twice_and_only_for_adapters_taking_a_normali
     executor, stages = _Counting(), collections.Counter()
     checks = PropertyChecks(case, reference.evaluate(case), phase, False, executor, stages)
     ours = _adapter("chunked")
-    assert checks.verdicts(ours, ours.timed_run(case), passed=True) == []
+    assert checks.verdicts(ours, ours.timed_run(case), Comparison()) == []
     assert len(executor.calls) == calls  # the repeat, then the two micro-batches
     assert [c[1] for c in executor.calls[1:]] == ["sum"] * (calls - 1 if calls else 0)
     torchs = load_adapter("torch-linear")  # torch's function takes no normaliser: the repeat only
     executor.calls.clear()
-    checks.verdicts(torchs, torchs.timed_run(case), passed=True)
+    checks.verdicts(torchs, torchs.timed_run(case), Comparison())
     assert len(executor.calls) == (1 if calls else 0) and stages[f"adapter:{torchs.name}"] >= 0
     executor.calls.clear()
-    checks.verdicts(ours, ours.timed_run(case), passed=False)  # a failing case is not split: the repeat only
+    wrong = Comparison([Verdict("loss_value", "off")])  # a case with wrong values is not split: the repeat only
+    checks.verdicts(ours, ours.timed_run(case), wrong)
     assert len(executor.calls) == (1 if calls else 0)
+    executor.calls.clear()
+    checks.verdicts(ours, ours.timed_run(case), Comparison([Verdict("loss_dtype", "float32")]))  # values right
+    assert len(executor.calls) == calls
+
+
+def test_cross_entropy_splits_its_rows_and_k_dim_positions_alike():
+    case = cross_entropy_case(np.zeros((4, 3, 2)), [[0, 1], [2, -100], [1, 1], [0, 2]], weight=[1.0, 2.0, 0.5])
+    parts = micro_batches(case)
+    assert [p.tensors["input"].shape for p in parts] == [(1, 3, 2), (3, 3, 2)]
+    assert {p.options["normalizer"] for p in parts} == {1.0 + 2.0 + 0.5 + 2.0 + 2.0 + 1.0 + 0.5}
+    whole, pieces = reference.evaluate(case), [reference.evaluate(p) for p in parts]
+    np.testing.assert_allclose(sum(p.loss for p in pieces), whole.loss, rtol=1e-13)
+    np.testing.assert_allclose(np.concatenate([p.grad_input for p in pieces]), whole.grad_input, rtol=1e-13, atol=1e-16)
+
+
+def test_transformers_num_items_in_batch_adds_up_over_micro_batches(torch):
+    """transformers' ForCausalLMLoss takes the normaliser as num_items_in_batch (the fix of its
+    gradient-accumulation loss): its micro-batches add up to its whole batch in every dtype it
+    keeps (half logits are upcast: a float32 loss, a known dtype finding, not a split one)."""
+    pytest.importorskip("transformers")
+    from ce_conformance.adapters import load_adapter
+
+    adapter = load_adapter("transformers")
+    assert "normalizer" in adapter.capabilities.features
+    rng = np.random.default_rng(3)
+    for dtype in ("float32", "bfloat16", "float16"):
+        case = cross_entropy_case(rng.normal(size=(9, 50)), rng.integers(0, 50, size=9), dtype=dtype)
+        summed = cross_entropy_case(case.input, case.target, dtype=dtype, reduction="sum", normalizer=7.0)
+        judged = compare(summed, adapter.timed_run(summed), reference.evaluate(summed), adapter.capabilities)
+        assert {v.check for v in judged.verdicts} <= {"loss_dtype"}, judged.verdicts
+        assert _split(adapter, case) is None, dtype

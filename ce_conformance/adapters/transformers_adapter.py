@@ -5,8 +5,10 @@ The helper upcasts the logits to float32 ("to avoid potential precision issues")
 to ``(-1, vocab_size)`` with the classes last, and reduces with ``'mean'`` or, given
 ``num_items_in_batch``, the sum divided by it (gradient accumulation's normaliser). The adapter
 passes the case's targets as ``shift_labels`` (so nothing is shifted: the case's rows are the
-predicting positions) and ``num_items_in_batch=1`` for ``'sum'``. There is no ``'none'``, no
-class weights, no label smoothing and no probability targets.
+predicting positions) and the family's ``normalizer`` extension as ``num_items_in_batch`` (1 for
+a plain ``'sum'``), so its micro-batches are checked for split invariance
+(:mod:`ce_conformance.split`). There is no ``'none'``, no class weights, no label smoothing and
+no probability targets.
 """
 
 from __future__ import annotations
@@ -20,17 +22,19 @@ from .torch_adapter import TorchAdapter, TorchBridge
 
 
 def transformers_causal_lm_loss(input, target, weight=None, ignore_index=-100, reduction="mean",
-                                label_smoothing=0.0):
-    """ForCausalLMLoss with torch's keywords. K-dim logits get their classes moved last into a
-    contiguous (batch, ..., vocab) tensor, the layout a causal LM hands it."""
+                                label_smoothing=0.0, normalizer=None):
+    """ForCausalLMLoss with torch's keywords (``normalizer``: its ``num_items_in_batch``). K-dim
+    logits get their classes moved last into a contiguous (batch, ..., vocab) tensor, the layout
+    a causal LM hands it."""
     from transformers.loss.loss_utils import ForCausalLMLoss
 
     logits = input.movedim(1, -1).contiguous() if input.dim() > 2 else input
     return ForCausalLMLoss(logits, None, vocab_size=logits.shape[-1], ignore_index=ignore_index,
-                           num_items_in_batch=1 if reduction == "sum" else None, shift_labels=target)
+                           num_items_in_batch=(normalizer or 1) if reduction == "sum" else None, shift_labels=target)
 
 
-TRANSFORMERS_CAPABILITIES = Capabilities(reductions=frozenset({"mean", "sum"})).without(
+TRANSFORMERS_CAPABILITIES = Capabilities(reductions=frozenset({"mean", "sum"}),
+                                         features=Capabilities().features | {"normalizer"}).without(
     "weights", "label_smoothing", "negative_smoothing", "probability_targets", "legacy_reduction", "invalid_input")
 """What ForCausalLMLoss takes; invalid calls are left out (it checks no arguments of its own)."""
 
@@ -46,7 +50,7 @@ class TransformersAdapter(TorchAdapter):
     def __init__(self) -> None:
         super().__init__(transformers_causal_lm_loss, name="transformers", capabilities=TRANSFORMERS_CAPABILITIES,
                          description="transformers.loss.loss_utils.ForCausalLMLoss (shift_labels = the targets; "
-                                     "'sum' as num_items_in_batch=1)")
+                                     "the normalizer as num_items_in_batch, 1 for a plain 'sum')")
         self.bridge = TorchBridge()
         self.source = inspect.getsource(transformers_causal_lm_loss)
 
