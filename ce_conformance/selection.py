@@ -5,7 +5,7 @@ keywords ``all`` and ``default``, and ``-name`` to take one away. A list that st
 subtraction starts from the default. Unknown names are refused with the valid ones listed.
 
 >>> sorted(parse_checks("default,-errors"))
-['contract', 'gradients', 'mutation', 'values']
+['contract', 'gradients', 'mutation', 'split', 'values']
 >>> parse_dtypes("bfloat16,float32")
 ('bfloat16', 'float32')
 >>> "invalid_input" in parse_features("default,-invalid_input")
