@@ -37,8 +37,8 @@ FAMILY_HELP = ("loss family: cross_entropy (default; --impl has F.cross_entropy'
 
 
 ECOSYSTEM_HELP = ("also run every framework's and kernel library's own loss of the family (cross_entropy: paddle, "
-                  "mlx, tinygrad, tensorflow, keras on jax, torch and tensorflow, transformers, liger; "
-                  "linear_cross_entropy: cut-cross-entropy, liger-linear) and apply each installed version's "
+                  "mlx, tinygrad, tensorflow, keras on jax, torch and tensorflow, transformers, liger, flash-attn, "
+                  "quack, transformer-engine; linear_cross_entropy: cut-cross-entropy, liger-linear, quack-linear) and apply each installed version's "
                   "shipped baseline; those not installed, or needing a GPU, are listed with the reason")
 RUN_BASELINE_HELP = ("known divergences (TOML, or a shipped one by name), repeatable: the findings it covers are "
                      "reported as known, with the reason, and only the others fail the run")

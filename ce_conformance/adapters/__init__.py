@@ -40,12 +40,13 @@ tensors (``keras``: on ``$KERAS_BACKEND``'s tensors; ``keras-jax`` etc. name the
 ECOSYSTEM_ADAPTERS: Final = (
     "paddle", "mlx", "tinygrad", "tinygrad-sparse", "tensorflow",
     "keras-sparse-jax", "keras-categorical-jax", "keras-sparse-torch", "keras-categorical-torch",
-    "keras-sparse-tensorflow", "keras-categorical-tensorflow", "transformers", "liger",
+    "keras-sparse-tensorflow", "keras-categorical-tensorflow", "transformers", "liger", "flash-attn", "quack",
+    "transformer-engine",
 )
 """Each framework's and kernel library's own cross-entropy (``--ecosystem`` adds them; those not
 installed, or needing a GPU there is not, are reported with the reason)."""
 
-LINEAR_ECOSYSTEM_ADAPTERS: Final = ("cut-cross-entropy", "cut-cross-entropy-cce", "liger-linear")
+LINEAR_ECOSYSTEM_ADAPTERS: Final = ("cut-cross-entropy", "cut-cross-entropy-cce", "liger-linear", "quack-linear")
 """The kernel libraries' fused linear cross-entropies (``--ecosystem --family linear_cross_entropy``)."""
 
 FAMILY_ECOSYSTEMS: Final = {"cross_entropy": ECOSYSTEM_ADAPTERS, "linear_cross_entropy": LINEAR_ECOSYSTEM_ADAPTERS}
@@ -176,6 +177,10 @@ BUILTIN.update({
     "cut-cross-entropy-cce": _library("cut_cross_entropy_adapter", "triton_adapter"),
     "liger": _library("liger_adapter", "cross_entropy_adapter"),
     "liger-linear": _library("liger_adapter", "fused_linear_adapter"),
+    "flash-attn": _library("gpu_kernels_adapter", "flash_attn_adapter"),
+    "quack": _library("gpu_kernels_adapter", "quack_adapter"),
+    "quack-linear": _library("gpu_kernels_adapter", "quack_linear_adapter"),
+    "transformer-engine": _library("gpu_kernels_adapter", "transformer_engine_adapter"),
 })
 for _backend in ("jax", "torch", "tensorflow"):
     BUILTIN[f"keras-sparse-{_backend}"] = _framework_builtin(
