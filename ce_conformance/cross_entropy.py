@@ -20,7 +20,7 @@ import numpy as np
 
 from .case import VOCAB_SCALE_CLASSES, Case, LossFamily, Tensor, register_family
 from .dtypes import is_float
-from .errors import Rule
+from .errors import CaseFormatError, Rule
 
 FAMILY: Final = "cross_entropy"
 
@@ -194,6 +194,18 @@ def checked_normalizer(value: Any, options: Mapping[str, Any]) -> float:
         raise ValueError(f"normalizer divides a 'sum'; reduction={options.get('reduction')!r}"
                          f"{' with legacy size_average/reduce' if legacy else ''} takes none")
     return float(value)
+
+
+def check_normalizer_option(case: Case) -> None:
+    """:func:`checked_normalizer` on a case read from a file: its breach is a
+    :class:`~ce_conformance.errors.CaseFormatError` of ``options.normalizer`` (every family's reference asks)."""
+    value = case.options.get(NORMALIZER)
+    if value is None:
+        return
+    try:
+        checked_normalizer(value, case.options)
+    except ValueError as exc:
+        raise CaseFormatError(str(exc), field=f"options.{NORMALIZER}") from None
 
 
 def _features(case: Case) -> frozenset[str]:

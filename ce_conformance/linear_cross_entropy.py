@@ -39,7 +39,7 @@ from typing import Any, Final, Mapping
 import numpy as np
 
 from .case import Case, LossFamily, Tensor, register_family
-from .cross_entropy import checked_normalizer, logits_features, resolved_ignore_index
+from .cross_entropy import check_normalizer_option, checked_normalizer, logits_features, resolved_ignore_index
 from .dtypes import is_float, numpy_dtype, smallest_subnormal
 from .errors import CaseFormatError, InvalidInputError, Rule
 from .linear_extensions import LogitTransform, ZLoss, lse_sigma, z_loss
@@ -142,9 +142,7 @@ def _check(case: Case) -> tuple[tuple[int, ...], tuple[int, ...]]:
         value = case.options.get(name)
         if value is not None and not float(value) > 0:
             raise CaseFormatError(f"{name} must be positive (or null for off), got {value!r}", field=f"options.{name}")
-    if case.options.get("normalizer") is not None and case.options["reduction"] in ("mean", "none"):
-        raise CaseFormatError(f"normalizer divides a 'sum'; reduction {case.options['reduction']!r} takes none",
-                              field="options.normalizer")
+    check_normalizer_option(case)
     x = case.tensors["input"].shape
     w = case.tensors["linear_weight"].shape
     if len(x) < 1 or len(x) > 2:
@@ -291,11 +289,8 @@ def evaluate(case: Case, *, gradients: bool = True):
             loss_sigma = np.hypot(loss_sigma, zl.loss_sigma)
             loss_scale = np.maximum(loss_scale, zl.loss_scale)
             loss_intermediate = np.maximum(loss_intermediate, zl.loss_scale)
-    if divisor is not None:  # one more rounding (in the dtype, as autograd of sum / n); the sum before it may overflow
-        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
-            loss = np.asarray(loss) / divisor
-            loss_sigma = np.hypot(loss_sigma / divisor, u_t / math.sqrt(3) * np.abs(np.nan_to_num(loss)))
-            loss_scale = np.asarray(loss_scale) / divisor
+    if divisor is not None:  # the sum before the division keeps its intermediate: it may overflow
+        loss, loss_sigma, loss_scale = reference.normalised_loss(loss, loss_sigma, loss_scale, divisor, dtype)
 
     # the gradient of the logits: cross-entropy's error, the logits' error through p, and the
     # rounding to the dtype of a materialised gradient (torch's reference path)

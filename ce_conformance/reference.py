@@ -957,14 +957,10 @@ def evaluate(case: Any, *, gradients: bool = True) -> ReferenceResult:
     divisor = case.options.get("normalizer")
     if divisor is None:
         return _evaluate_call(_case_call(case), case.dtype, case.grad_output, gradients)
-    from .cross_entropy import checked_normalizer
-    from .errors import CaseFormatError
+    from .cross_entropy import check_normalizer_option
 
-    try:
-        checked_normalizer(divisor, case.options)
-    except ValueError as exc:
-        raise CaseFormatError(str(exc), field="options.normalizer") from None
-    call = _case_call(case)  # torch's checks first
+    check_normalizer_option(case)
+    call = _case_call(case)  # torch's checks
     upstream = (1.0 if case.grad_output is None else float(np.asarray(case.grad_output))) / float(divisor)
     return normalised(_evaluate_call(call, case.dtype, upstream, gradients), float(divisor))
 
@@ -976,12 +972,10 @@ def normalised(result: ReferenceResult, divisor: float) -> ReferenceResult:
     forms ``g / n`` in the dtype, as the mean's ``g / D``). The sum before the division keeps its
     magnitude as the loss's intermediate: it may overflow where the quotient does not."""
     u = _unit_roundoff(numpy_dtype(result.output_dtype), internal=False) / math.sqrt(3)
+    loss, loss_sigma, loss_scale = normalised_loss(result.loss, result.loss_sigma, result.loss_scale, divisor,
+                                                   result.output_dtype)
+    changes: dict[str, Any] = dict(loss=loss, loss_sigma=loss_sigma, loss_scale=loss_scale)
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
-        loss = np.asarray(result.loss) / divisor
-        changes: dict[str, Any] = dict(
-            loss=loss, loss_scale=np.asarray(result.loss_scale) / divisor,
-            loss_sigma=np.hypot(np.asarray(0.0 if result.loss_sigma is None else result.loss_sigma) / divisor,
-                                u * np.abs(np.nan_to_num(loss))))
         if result.grad_input_sigma is not None and result.grad_input_scale is not None:
             changes["grad_input_sigma"] = np.hypot(result.grad_input_sigma, u * result.grad_input_scale)
         if result.grad_target_sigma is not None and result.grad_target_scale is not None:
@@ -990,6 +984,18 @@ def normalised(result: ReferenceResult, divisor: float) -> ReferenceResult:
         elements = result.grad_input_elements
         changes["grad_input_elements"] = replace(elements, scale_relative=float(np.hypot(elements.scale_relative, u)))
     return replace(result, **changes)
+
+
+def normalised_loss(loss: Any, sigma: Any, scale: Any, divisor: float,
+                    dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A summed loss, its sigma and magnitude divided by an external normaliser: the quotient
+    rounds once more in the dtype (every family's ``normalizer``)."""
+    u = _unit_roundoff(numpy_dtype(dtype), internal=False) / math.sqrt(3)
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        quotient = np.asarray(loss, dtype=np.float64) / divisor
+        sigma = np.hypot(np.asarray(0.0 if sigma is None else sigma, dtype=np.float64) / divisor,
+                         u * np.abs(np.nan_to_num(quotient)))
+        return quotient, sigma, np.asarray(scale, dtype=np.float64) / divisor
 
 
 def evaluate_logits(logits: np.ndarray, target: Any, *, dtype: str, weight: Any = None, ignore_index: int = -100,

@@ -295,3 +295,14 @@ def test_torchs_chunked_path_does_not_check_the_class_weights_length(torch):
                                      weight=np.ones(4), expected_error=Rule.WEIGHT_SHAPE)
     assert "missing_error" in {v.check for v in _judge(load_adapter("torch-linear-chunked"), case).verdicts}
     assert _judge(load_adapter("torch-linear"), case).passed
+
+
+def test_a_normaliser_divides_a_sum_only_in_a_file_too():
+    from ce_conformance import CaseFormatError, reference
+
+    with pytest.raises(ValueError, match="normalizer divides a 'sum'"):
+        linear_cross_entropy_case([[1.0, 0.0]], [[1.0, 1.0], [0.0, 1.0]], [1], normalizer=2.0)  # 'mean'
+    case = linear_cross_entropy_case([[1.0, 0.0]], [[1.0, 1.0], [0.0, 1.0]], [1], reduction="sum", normalizer=2.0)
+    text = case.to_json().replace('"reduction": "sum"', '"reduction": "none"')
+    with pytest.raises(CaseFormatError, match="options.normalizer"):
+        reference.evaluate(Case.from_json(text))
