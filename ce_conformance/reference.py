@@ -485,12 +485,8 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                                 upstream_root = np.minimum(upstream_root, np.hypot(residues, combined) / np.sqrt(3.0))
                             if w_abs is not None:  # tiny weights: what a flushing kernel loses of K (the
                                 # probability path's note); all toward zero, so a bias
-                                shape = upstream_terms.shape
-                                lost = flushed_products((np.full(shape, eps / C), np.broadcast_to(w_abs[None, :], shape),
-                                                         np.broadcast_to(np.abs(scale)[:, None], shape)), compute)
-                                with np.errstate(divide="ignore", invalid="ignore"):
-                                    lost = np.nan_to_num(lost / np.abs(scale), nan=0.0, posinf=0.0)
-                                upstream_root = np.hypot(upstream_root, lost / np.sqrt(3.0))
+                                upstream_root = np.hypot(upstream_root, _flushed_sigma(
+                                    np.full(upstream_terms.shape, eps / C), w_abs[None, :], scale, compute))
                             backward_sigma[positions] = np.where(v, np.abs(scale) * p64.max(axis=1, initial=0)
                                                                  * upstream_root, 0)
                             if u_t > u_c:
@@ -574,12 +570,8 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                         # a kernel that flushes subnormals (XLA on CPU) loses products w t s below the
                         # normal range whole, all toward zero: K's bias (JAX's float32 gradient with
                         # weights of 1.2e-38 on 255 soft targets: 12 % low)
-                        shape = np.shape(t_abs)
-                        lost = flushed_products((np.broadcast_to(w_abs[None, :] if w_abs is not None else 1.0, shape),
-                                                 t_abs, np.broadcast_to(np.abs(scale)[:, None], shape)), compute)
-                        with np.errstate(divide="ignore", invalid="ignore"):
-                            lost = np.nan_to_num(lost / np.abs(scale), nan=0.0, posinf=0.0)
-                        half_terms = np.hypot(half_terms, lost / np.sqrt(3.0))
+                        half_terms = np.hypot(half_terms, _flushed_sigma(
+                            w_abs[None, :] if w_abs is not None else 1.0, t_abs, scale, compute))
                         if u_t > u_c and (w_abs is not None or eps > 0):
                             # a product (or smoothed target) formed in the dtype below its normal range errs by
                             # up to half a subnormal step, and such terms are alike, so they round alike: a
@@ -649,6 +641,17 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                         target_coefficient=(1 - eps) * np.asarray(wy_all, dtype=np.float64) if call.mode == "index" else None)
     return _Output(loss, loss_scale, intermediate, grad_input, grad_input_scale, grad_target, grad_target_scale, sigmas,
                    grad_target_unscaled if call.mode == "probability" and gradients else None, elements)
+
+
+def _flushed_sigma(first: Any, second: Any, scale: np.ndarray, compute: str) -> np.ndarray:
+    """Per row, what a kernel flushing subnormals in ``compute`` loses of its sum of products
+    ``first_c * second_c * |scale|`` (:func:`~ce_conformance.summation.flushed_products`), per unit
+    of ``|scale|``, as a one-sided bound's sigma (all toward zero: a bias)."""
+    scale = np.abs(np.asarray(scale, dtype=np.float64))
+    shape = np.broadcast_shapes(np.shape(first), np.shape(second), scale[:, None].shape)
+    lost = flushed_products(tuple(np.broadcast_to(f, shape) for f in (first, second, scale[:, None])), compute)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.nan_to_num(lost / scale, nan=0.0, posinf=0.0) / np.sqrt(3.0)
 
 
 def _lse_rounding(u: float, lse_abs: np.ndarray, log_total: np.ndarray) -> np.ndarray:
