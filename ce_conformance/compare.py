@@ -17,6 +17,10 @@ gradients     ``grad_input_value``, ``grad_input_nonfinite``, ``grad_input_missi
               ``_missing``, ``_dtype``, ``_shape``
 mutation      ``mutation`` (the caller's input, target or weight changed)
 ============  ===========================================================================
+
+An output returned beside the loss (:mod:`ce_conformance.outputs`: ``lse``, ``z_loss``) is
+judged like the loss: ``<name>_value`` and ``_nonfinite`` (values), ``_missing``, ``_dtype`` and
+``_shape`` (contract).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from ce_conformance.reference import ReferenceResult
 
 from .errors import Rule
 from .gradient_elements import FLOOR_CLASSES, GradientElements
+from .outputs import OUTPUT_OPTIONS, accepted_dtypes
 from .tolerance import ErrorFigures, error_figures, fused_error_figures, merge_figures, nonfinite_mismatch, shifted
 
 CHECK_FAMILIES: Final = {
@@ -48,6 +53,9 @@ CHECK_FAMILIES: Final = {
 CHECK_FAMILIES.update({f"grad_{name}_{check}": "gradients" for family in FAMILIES.values()
                        for name in family.parameter_gradients
                        for check in ("value", "nonfinite", "missing", "dtype", "shape")})
+CHECK_FAMILIES.update({f"{name}_{check}": "values" if check in ("value", "nonfinite") else "contract"
+                       for name in OUTPUT_OPTIONS.values() for check in ("value", "nonfinite", "missing", "dtype",
+                                                                           "shape")})
 
 
 @dataclass
@@ -215,9 +223,34 @@ def compare(case: Case, outcome: Outcome, reference: ReferenceResult | None, cap
                          dtype, comparison, exact_kind=False, n_classes=n_classes, budget_scale=budget_scale,
                          sigma=reference.grad_target_sigma,
                          intermediate=reference.grad_target_intermediate)  # w * log p may overflow before scaling
+    _output_checks(outcome, reference, dtype, comparison, n_classes, budget_scale, native)
     if capabilities.gradients:
         _parameter_checks(outcome, reference, dtype, comparison, n_classes, budget_scale, native)
     return comparison
+
+
+def _output_checks(outcome: Outcome, reference: ReferenceResult, dtype: str, comparison: Comparison,
+                   n_classes: int, budget_scale: float, native: Outcome | None) -> None:
+    """The outputs returned beside the loss, each judged like the loss in the unit of the dtype it
+    came in (the compute precision or the input's: :func:`ce_conformance.outputs.accepted_dtypes`)."""
+    for name, expected in reference.outputs.items():
+        actual = outcome.outputs.get(name)
+        if actual is None:
+            comparison.verdicts.append(Verdict(f"{name}_missing", f"the call returned no {name}"))
+            continue
+        got_dtype = outcome.output_dtypes.get(name)
+        accepted = accepted_dtypes(dtype)
+        if got_dtype not in accepted:
+            comparison.verdicts.append(Verdict(f"{name}_dtype", f"{name} dtype {got_dtype}, expected "
+                                                                f"{' or '.join(accepted)}"))
+        if tuple(np.shape(actual)) != tuple(np.shape(expected.values)):
+            comparison.verdicts.append(Verdict(f"{name}_shape", f"{name} shape {list(np.shape(actual))}, "
+                                                                f"expected {list(np.shape(expected.values))}"))
+            continue
+        theirs = None if native is None else native.outputs.get(name)
+        _value_check(name, actual, np.asarray(expected.values, dtype=np.float64), expected.scale,
+                     got_dtype if got_dtype in accepted else dtype, comparison, exact_kind=True, n_classes=n_classes,
+                     sigma=expected.sigma, budget_scale=budget_scale, native=theirs, quantity="loss")
 
 
 def _parameter_checks(outcome: Outcome, reference: ReferenceResult, dtype: str, comparison: Comparison,
@@ -274,4 +307,7 @@ def compare_pair(case: Case, expected: Outcome, actual: Outcome, reference: Refe
         fields["parameter_gradients"] = {name: replace(expectation, values=values(expected.parameter_gradients[name]))
                                          for name, expectation in parameters.items()
                                          if name in expected.parameter_gradients}
+    if reference.outputs:  # the outputs returned beside the loss: A's where A returned them
+        fields["outputs"] = {name: replace(expectation, values=values(expected.outputs[name]))
+                             for name, expectation in reference.outputs.items() if name in expected.outputs}
     return compare(case, actual, replace(reference, **fields), capabilities, budget_scale=PAIR_BUDGET_SCALE)

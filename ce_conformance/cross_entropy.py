@@ -21,6 +21,7 @@ import numpy as np
 from .case import VOCAB_SCALE_CLASSES, Case, LossFamily, Tensor, register_family
 from .dtypes import is_float
 from .errors import CaseFormatError, Rule
+from .outputs import checked_flag
 
 FAMILY: Final = "cross_entropy"
 
@@ -139,13 +140,15 @@ def cross_entropy_case(
     memory_layout: str = "contiguous",
     grad_output: Any = None,
     normalizer: float | None = None,
+    return_lse: bool | None = None,
     expected_error: Rule | str | None = None,
     note: str = "",
 ) -> Case:
     """A cross-entropy case. Floating values are rounded to ``dtype`` on construction.
 
     ``target_dtype`` defaults to int64 for integer-valued targets whose shape differs from
-    the input, and to ``dtype`` (probabilities) when the shapes are equal.
+    the input, and to ``dtype`` (probabilities) when the shapes are equal. ``normalizer`` and the
+    ``return_lse`` flag are the family's extensions (:data:`EXTENSION_OPTIONS`).
     """
     input_values = np.asarray(input, dtype=np.float64)
     target_values = np.asarray(target)
@@ -169,15 +172,22 @@ def cross_entropy_case(
     }
     if normalizer is not None:
         options["normalizer"] = checked_normalizer(normalizer, options)
+    if checked_flag(RETURN_LSE, return_lse):
+        options[RETURN_LSE] = True
     return Case(FAMILY, tensors, options, memory_layout, expected_error, note)
 
 
 NORMALIZER: Final = "normalizer"
-"""The one extension option of cross-entropy (linear cross-entropy has it too): an external
+"""An extension option of cross-entropy (linear cross-entropy has it too): an external
 normaliser, with ``reduction='sum'`` only — the summed loss and every gradient divided by it,
 as transformers' ``fixed_cross_entropy`` does with ``num_items_in_batch`` (``'sum'``, then
 ``loss / num_items_in_batch``). Off (``None``) unless a case sets it; micro-batches each divided
 by the whole batch's count add up to its ``'mean'`` (:mod:`ce_conformance.split`)."""
+RETURN_LSE: Final = "return_lse"
+"""A flag: the call returns ``(loss, lse)``, the per-position log-sum-exp (quack's
+``cross_entropy_fwd(..., return_lse=True)``; :mod:`ce_conformance.outputs`)."""
+EXTENSION_OPTIONS: Final = (NORMALIZER, RETURN_LSE)
+"""Cross-entropy's options that torch's function lacks, each off (``None``) unless a case sets it."""
 
 
 def checked_normalizer(value: Any, options: Mapping[str, Any]) -> float:
@@ -209,8 +219,7 @@ def check_normalizer_option(case: Case) -> None:
 
 
 def _features(case: Case) -> frozenset[str]:
-    found = logits_features(case)
-    return found | {NORMALIZER} if case.options.get(NORMALIZER) is not None else found
+    return logits_features(case) | {name for name in EXTENSION_OPTIONS if case.options.get(name) is not None}
 
 
 def _strategy(**options: Any):
@@ -231,15 +240,15 @@ CROSS_ENTROPY: Final = register_family(LossFamily(
     required_tensors=("input", "target"),
     optional_tensors=("weight", "grad_output"),
     option_defaults=MappingProxyType({"ignore_index": -100, "reduction": "mean", "label_smoothing": 0.0,
-                                      "size_average": None, "reduce": None, NORMALIZER: None}),
-    option_types=MappingProxyType({NORMALIZER: (float, int, type(None))}),
+                                      "size_average": None, "reduce": None, NORMALIZER: None, RETURN_LSE: None}),
+    option_types=MappingProxyType({NORMALIZER: (float, int, type(None)), RETURN_LSE: (bool, type(None))}),
     features=_features,
     strategy=_strategy,
     covering_case=_covering_case,
     requirable=frozenset({"weights", "ignore_index", "all_ignored", "label_smoothing", "probability_targets", "k_dim",
                           "unbatched", "low_precision", "vocab_scale", "upstream_gradient", "non_contiguous",
-                          "nonfinite_logits", "invalid_input", NORMALIZER}),
-    own_features=(NORMALIZER,),
-    extension_options=(NORMALIZER,),
-    extension_features=(NORMALIZER,),
+                          "nonfinite_logits", "invalid_input", *EXTENSION_OPTIONS}),
+    own_features=EXTENSION_OPTIONS,
+    extension_options=EXTENSION_OPTIONS,
+    extension_features=EXTENSION_OPTIONS,
 ))

@@ -42,10 +42,13 @@ from .case import Case, LossFamily, Tensor, register_family
 from .cross_entropy import check_normalizer_option, checked_normalizer, logits_features, resolved_ignore_index
 from .dtypes import is_float, numpy_dtype, smallest_subnormal
 from .errors import CaseFormatError, InvalidInputError, Rule
-from .linear_extensions import LogitTransform, ZLoss, lse_sigma, z_loss
+from .linear_extensions import LogitTransform, ZLoss, z_loss, z_loss_output
+from .outputs import (OUTPUT_OPTIONS, Expectation, check_output_options, checked_flag, lse_output, lse_sigma,
+                      requested)
 
 FAMILY: Final = "linear_cross_entropy"
-EXTENSION_OPTIONS: Final = ("logit_scale", "softcap", "z_loss", "normalizer")
+VALUED_OPTIONS: Final = ("logit_scale", "softcap", "z_loss", "normalizer")
+EXTENSION_OPTIONS: Final = (*VALUED_OPTIONS, *OUTPUT_OPTIONS)
 """The fused kernels' options torch's ``linear_cross_entropy`` lacks, each off (``None``) by default:
 
 * ``logit_scale`` — every logit multiplied by it before anything else (Cohere's and flash-attn's
@@ -64,19 +67,13 @@ EXTENSION_OPTIONS: Final = ("logit_scale", "softcap", "z_loss", "normalizer")
   transformers' ``num_items_in_batch`` (``fixed_cross_entropy``: ``reduction = 'sum'``, then
   ``loss / num_items_in_batch``): micro-batches each divided by the whole batch's count add up to
   the whole batch's ``'mean'`` (:mod:`ce_conformance.split` checks that they do).
+* ``return_lse``, ``return_z_loss`` — flags: the call returns ``(loss, lse)``, ``(loss, z_loss)`` or
+  ``(loss, lse, z_loss)``, the per-position log-sum-exp of the (scaled, capped) logits and the
+  z-loss's share of the loss (:mod:`ce_conformance.outputs`).
 """
 OWN_FEATURES: Final = ("linear_bias", *EXTENSION_OPTIONS)
 """Features only linear cross-entropy cases have (the rest are cross-entropy's, read on the
 logits): a bias, and each extension option in use (named like its option)."""
-
-
-@dataclass(frozen=True)
-class GradientExpectation:
-    """The reference for one parameter's gradient: values, their magnitudes and error scale."""
-
-    values: np.ndarray
-    scale: np.ndarray
-    sigma: np.ndarray
 
 
 # -- cases ---------------------------------------------------------------------------------------
@@ -86,12 +83,14 @@ def linear_cross_entropy_case(input: Any, linear_weight: Any, target: Any, *, dt
                               label_smoothing: float = 0.0, grad_output: Any = None,
                               logit_scale: float | None = None, softcap: float | None = None,
                               z_loss: float | None = None, normalizer: float | None = None,
+                              return_lse: bool | None = None, return_z_loss: bool | None = None,
                               expected_error: Rule | str | None = None, note: str = "") -> Case:
     """A linear cross-entropy case; floating values are rounded to ``dtype``.
 
     ``target_dtype`` defaults to int64 for integer-valued targets, ``dtype`` for float ones.
     ``logit_scale``, ``softcap``, ``z_loss`` and ``normalizer`` are the extensions of
-    :data:`EXTENSION_OPTIONS` (positive, or ``None`` for off; ``normalizer`` with ``reduction='sum'``).
+    :data:`EXTENSION_OPTIONS` (positive, or ``None`` for off; ``normalizer`` with ``reduction='sum'``);
+    ``return_lse`` and ``return_z_loss`` its flags (:mod:`ce_conformance.outputs`).
 
     >>> linear_cross_entropy_case([[1.0, 0.0]], [[1.0, 1.0], [0.0, 1.0], [2.0, 2.0]], [2]).features
     frozenset()
@@ -117,6 +116,9 @@ def linear_cross_entropy_case(input: Any, linear_weight: Any, target: Any, *, dt
             options[name] = float(value)
     if normalizer is not None:
         options["normalizer"] = checked_normalizer(normalizer, options)
+    for name, flag in (("return_lse", return_lse), ("return_z_loss", return_z_loss)):
+        if checked_flag(name, flag):
+            options[name] = True
     return Case(FAMILY, tensors, options, "contiguous", expected_error, note)
 
 
@@ -138,11 +140,12 @@ def _features(case: Case) -> frozenset[str]:
 def _check(case: Case) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """torch's own checks of ``linear_cross_entropy``, in its order, before cross-entropy's.
     Returns (logits shape, out_features)."""
-    for name in EXTENSION_OPTIONS:
+    for name in VALUED_OPTIONS:
         value = case.options.get(name)
         if value is not None and not float(value) > 0:
             raise CaseFormatError(f"{name} must be positive (or null for off), got {value!r}", field=f"options.{name}")
     check_normalizer_option(case)
+    check_output_options(case.options)
     x = case.tensors["input"].shape
     w = case.tensors["linear_weight"].shape
     if len(x) < 1 or len(x) > 2:
@@ -268,9 +271,20 @@ def evaluate(case: Case, *, gradients: bool = True):
     abs_upstream = np.abs(upstream)
     g1 = logits_result.grad_input  # dL/dz for an upstream gradient of one
     ce_grad_logits = _scale_positions(g1, upstream, class_axis)
-    zl = None
+    wanted = requested(case.options)
+    if not z.size:  # an empty batch: the maximum has no positions to keep the class axis of
+        z_max = np.zeros(normaliser.shape)
+    root = None  # the exp sum's summation model, per position
+    if z_coefficient is not None or wanted:
+        from .summation import summation_root
+
+        root = np.expand_dims(summation_root(np.moveaxis(np.nan_to_num(shifted), class_axis, -1), u_c), class_axis)
+    zl = returned_zl = None
+    if z_coefficient is not None or "z_loss" in wanted:  # a returned z-loss without a coefficient: 0, reduced
+        returned_zl = _z_loss(case, z_coefficient or 0.0, z, z_max, normaliser, p, mixed, sigma_dlogp, root,
+                              class_axis, u_c)
     if z_coefficient is not None:  # the z-loss of the (capped) logits, added to each counted position
-        zl = _z_loss(case, z_coefficient, z, z_max, shifted, normaliser, p, mixed, sigma_dlogp, class_axis, u_c)
+        zl = returned_zl
         g1 = g1 + zl.grad  # a NaN gradient (a 'mean' over zero total weight) stays NaN
     grad_logits = _scale_positions(g1, upstream, class_axis)
 
@@ -291,6 +305,14 @@ def evaluate(case: Case, *, gradients: bool = True):
             loss_intermediate = np.maximum(loss_intermediate, zl.loss_scale)
     if divisor is not None:  # the sum before the division keeps its intermediate: it may overflow
         loss, loss_sigma, loss_scale = reference.normalised_loss(loss, loss_sigma, loss_scale, divisor, dtype)
+    outputs = {}  # what the call returns beside the loss (ce_conformance.outputs)
+    if "lse" in wanted:
+        outputs["lse"] = Expectation(*lse_output(z, z_max, normaliser, mixed, root, class_axis, u_c))
+    if "z_loss" in wanted:
+        z_value, z_scale, z_sigma = z_loss_output(returned_zl, sz, class_axis, case.options["reduction"])
+        if divisor is not None:
+            z_value, z_sigma, z_scale = reference.normalised_loss(z_value, z_sigma, z_scale, divisor, dtype)
+        outputs["z_loss"] = Expectation(z_value, z_scale, _finite(z_sigma))
 
     # the gradient of the logits: cross-entropy's error, the logits' error through p, and the
     # rounding to the dtype of a materialised gradient (torch's reference path)
@@ -339,7 +361,7 @@ def evaluate(case: Case, *, gradients: bool = True):
         grad_w_scale = np.outer(abs_g.max(axis=0, initial=0), np.abs(x2).max(axis=0, initial=0))
         grad_w_sigma = np.sqrt(np.square(sg_flat).T @ np.square(x2) + u_c ** 2 / 3 * _sum_root_squared(
             np.square(g_flat).T @ np.square(x2), grad_w, rows) + np.square(flushed.T @ np.abs(x2)))
-    parameter_gradients = {"linear_weight": GradientExpectation(
+    parameter_gradients = {"linear_weight": Expectation(
         grad_w.reshape(w.shape), grad_w_scale.reshape(w.shape), _finite(grad_w_sigma).reshape(w.shape))}
     if "linear_bias" in case.tensors:
         bias_shape = case.tensors["linear_bias"].shape
@@ -347,7 +369,7 @@ def evaluate(case: Case, *, gradients: bool = True):
             grad_b = g_flat.sum(axis=0)
             grad_b_sigma = np.sqrt(np.square(sg_flat).sum(axis=0) + u_c ** 2 / 3 * _sum_root_squared(
                 np.square(g_flat).sum(axis=0), grad_b, rows) + np.square(flushed.sum(axis=0)))
-        parameter_gradients["linear_bias"] = GradientExpectation(
+        parameter_gradients["linear_bias"] = Expectation(
             grad_b.reshape(bias_shape), abs_g.max(axis=0, initial=0).reshape(bias_shape),
             _finite(grad_b_sigma).reshape(bias_shape))
 
@@ -370,26 +392,21 @@ def evaluate(case: Case, *, gradients: bool = True):
         loss_sigma=_finite(loss_sigma), grad_input_sigma=_finite(grad_x_sigma).reshape(x.shape) if gradients else None,
         grad_target_sigma=grad_target_sigma, grad_target_intermediate=logits_result.grad_target_intermediate,
         parameter_gradients=MappingProxyType(parameter_gradients if gradients else {}),
-        logits=z, logits_sigma=by_position(sigma_z))
+        logits=z, logits_sigma=by_position(sigma_z), outputs=MappingProxyType(outputs))
 
 
-def _z_loss(case: Case, coefficient: float, z: np.ndarray, z_max: np.ndarray, shifted: np.ndarray,
-            normaliser: np.ndarray, p: np.ndarray, mixed: np.ndarray, sigma_dlogp: np.ndarray, class_axis: int,
+def _z_loss(case: Case, coefficient: float, z: np.ndarray, z_max: np.ndarray, normaliser: np.ndarray,
+            p: np.ndarray, mixed: np.ndarray, sigma_dlogp: np.ndarray, root: np.ndarray, class_axis: int,
             u_c: float) -> ZLoss:
     """The z-loss of the case's (capped) logits: counted positions are those not ignored (every
-    position of probability targets)."""
-    from .summation import summation_root
-
+    position of probability targets). ``root``: the exp sum's summation model per position."""
     shape = z.shape
     if case.is_probability_target:
         counted = np.ones(shape[:class_axis] + (1,) + shape[class_axis + 1:], dtype=bool)
     else:
         counted = np.expand_dims(case.target != resolved_ignore_index(case), class_axis)
-    if not z.size:  # an empty batch: the maximum has no positions to keep the class axis of
-        z_max = np.zeros(normaliser.shape)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         lse = z_max + np.log(normaliser)
-        root = np.expand_dims(summation_root(np.moveaxis(np.nan_to_num(shifted), class_axis, -1), u_c), class_axis)
         own = lse_sigma(np.zeros_like(mixed), lse, normaliser, root, u_c)
         with_logits = lse_sigma(mixed, lse, normaliser, root, u_c)
         return z_loss(coefficient, lse, p, counted, case.options["reduction"], own, with_logits, sigma_dlogp, z - lse,
@@ -496,7 +513,7 @@ class LinearReferenceResult(ReferenceResult):
     """Cross-entropy's result on the exact logits, with the input's gradient w.r.t. ``X`` and the
     parameters' gradients; ``logits`` and their error scale for diagnostics."""
 
-    parameter_gradients: Mapping[str, GradientExpectation] = field(default_factory=dict)
+    parameter_gradients: Mapping[str, Expectation] = field(default_factory=dict)
     logits: np.ndarray | None = None
     logits_sigma: np.ndarray | None = None
 
@@ -507,9 +524,10 @@ LINEAR_CROSS_ENTROPY: Final = register_family(LossFamily(
     required_tensors=("input", "linear_weight", "target"),
     optional_tensors=("linear_bias", "weight", "grad_output"),
     option_defaults=MappingProxyType({"reduction": "mean", "ignore_index": None, "label_smoothing": 0.0,
-                                      "logit_scale": None, "softcap": None, "z_loss": None, "normalizer": None}),
+                                      **{name: None for name in EXTENSION_OPTIONS}}),
     option_types=MappingProxyType({"ignore_index": (int, type(None)),
-                                   **{name: (float, int, type(None)) for name in EXTENSION_OPTIONS}}),
+                                   **{name: (float, int, type(None)) for name in VALUED_OPTIONS},
+                                   **{name: (bool, type(None)) for name in OUTPUT_OPTIONS}}),
     extension_options=EXTENSION_OPTIONS,
     extension_features=EXTENSION_OPTIONS,
     features=_features,

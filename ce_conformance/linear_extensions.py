@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .outputs import lse_sigma
+
 
 @dataclass(frozen=True)
 class LogitTransform:
@@ -129,10 +131,15 @@ def z_loss(coefficient: float, lse: np.ndarray, p: np.ndarray, counted: np.ndarr
                  np.nan_to_num(grad_sigma, nan=0.0), np.abs(np.nan_to_num(coefficient_of_p)))
 
 
-def lse_sigma(mixed: np.ndarray, lse: np.ndarray, normaliser: np.ndarray, root: np.ndarray, u_c: float) -> np.ndarray:
-    """The log-sum-exp's error per position: the capped logits' error through ``p`` (``mixed``),
-    the exp sum's relative error (``root / normaliser``, :func:`ce_conformance.summation.summation_root`),
-    the logarithm's and the maximum's addition."""
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        return np.nan_to_num(np.sqrt(np.square(mixed) + u_c ** 2 / 3 * (np.square(root / normaliser)
-                                                                          + 2 * np.square(lse) + 1)), nan=0.0)
+def z_loss_output(zl: ZLoss, logits_sigma: np.ndarray, class_axis: int,
+                  reduction: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The returned z-loss (values, magnitude, sigma) before any normaliser: the z-loss term of the
+    loss (a coefficient of 0 where the case has none: zeros, and NaN for a ``'mean'`` over no
+    counted position, as the term's own division gives), its own arithmetic's error and the
+    logits' error through its gradient, summed over the classes (and the positions, unless
+    ``'none'``) as the loss's."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        moved = np.square(zl.grad * logits_sigma)
+        from_logits = np.sqrt(np.sum(moved, axis=class_axis) if reduction == "none" else np.sum(moved))
+        sigma = np.nan_to_num(np.hypot(zl.loss_sigma, from_logits), nan=0.0)
+    return np.asarray(zl.loss, dtype=np.float64), np.asarray(zl.loss_scale, dtype=np.float64), sigma

@@ -28,6 +28,7 @@ from .dtypes import FLOAT_DTYPES
 from .cross_entropy import DEFAULT_IGNORE_INDEX
 from .errors import Rule
 from .linear_cross_entropy import LINEAR_CROSS_ENTROPY, linear_cross_entropy_case
+from .outputs import OUTPUT_OPTIONS
 from .strategies import LOGITS_RULES, SizeLimits, breach_of_a_logits_rule, label_smoothings
 from .values import (IGNORE_INDEX_KINDS, NORMALIZER_KINDS, WEIGHT_KINDS, grad_output_values, ignore_index_value,
                      index_target_values, normalizer_value, output_shape, probability_kinds, probability_values,
@@ -82,8 +83,9 @@ def linear_cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limit
     reduction and an upstream gradient; batch sizes at chunk boundaries, vocabulary-scale heads
     in ``limits.vocab_percent`` of draws. The keywords mean what they mean for
     :func:`ce_conformance.strategies.cross_entropy_cases` (``require`` from :data:`REQUIRABLE`);
-    ``extensions`` names the extension options (``logit_scale``, ``softcap``, ``z_loss``, ``normalizer``) it may
-    draw too, in half the draws each: never by default, since torch's own function takes none of them.
+    ``extensions`` names the extension options (``logit_scale``, ``softcap``, ``z_loss``, ``normalizer``, the
+    flags ``return_lse`` and ``return_z_loss``) it may draw too, in half the draws each: never by
+    default, since torch's own function takes none of them.
 
     >>> linear_cross_entropy_cases(require={"softcap", "z_loss"}).example().features >= {"softcap", "z_loss"}
     True
@@ -182,13 +184,15 @@ def linear_cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limit
         normalizer = normalizer_value(pick(NORMALIZER_KINDS), counted)
     else:
         reduction = pick(("mean", "sum", "none"))
+    # the outputs returned beside the loss (ce_conformance.outputs), where the kernel returns them
+    returns = {name: True for name in OUTPUT_OPTIONS if name in extensions | require and wants(name, one_in(2))}
     grad_output = None
     if wants("upstream_gradient"):
         grad_output = grad_output_values(rng, output_shape(logits, target.shape, probabilities, reduction), dtype, pick)
     case = linear_cross_entropy_case(x, w, target, dtype=dtype, target_dtype=target_dtype, linear_bias=b,
                                      weight=weight, ignore_index=ignore_index, reduction=reduction,
                                      label_smoothing=smoothing, grad_output=grad_output, logit_scale=scale,
-                                     softcap=softcap, z_loss=z_loss, normalizer=normalizer)
+                                     softcap=softcap, z_loss=z_loss, normalizer=normalizer, **returns)
     if "invalid_input" in require or (invalid_percent and "invalid_input" not in exclude and percent(invalid_percent)):
         rules = [r for r in INVALID_RULES if not (r is Rule.WEIGHT_SHAPE and "weights" in exclude)
                  and not (r is Rule.LABEL_SMOOTHING_RANGE and "label_smoothing" in exclude)]

@@ -29,8 +29,8 @@ array([[ 0.5, -0.5]])
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Any, Final, NamedTuple
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, Mapping, NamedTuple
 
 import mpmath
 import numpy as np
@@ -39,6 +39,7 @@ from .dtypes import FLOAT_DTYPES, compute_dtype, dtype_name, machine_epsilon, nu
 from . import engine
 from .errors import InvalidInputError, Rule
 from .gradient_elements import CANCELLING, GradientElements, exponential_relative
+from .outputs import Expectation, check_output_options, lse_output, requested
 from .summation import (EQUAL_TERM_LANES, LOST_WEIGHT, alike_subnormal_terms, equal_terms_bound, finite_row_max,
                         flushed_pairs, flushed_products, near_equal, residue_groups, root_sum_squares,
                         subnormal_products, summation_root)
@@ -912,6 +913,8 @@ class ReferenceResult:
     grad_target_sigma: np.ndarray | None = None
     grad_target_intermediate: np.ndarray | None = None  # per position: largest w * log p before scaling
     grad_input_elements: GradientElements | None = None  # per-element budgets of grad_input (model v2.1)
+    #: what the call returns beside the loss (ce_conformance.outputs), by name
+    outputs: Mapping[str, Expectation] = field(default_factory=dict)
 
 
 def _case_call(case: Any) -> _Call:
@@ -957,15 +960,36 @@ def evaluate(case: Any, *, gradients: bool = True) -> ReferenceResult:
     Cases of other loss families go to their family's reference."""
     if case.family != "cross_entropy":
         return case.spec.evaluate(case, gradients=gradients)
-    divisor = case.options.get("normalizer")
-    if divisor is None:
-        return _evaluate_call(_case_call(case), case.dtype, case.grad_output, gradients)
     from .cross_entropy import check_normalizer_option
 
     check_normalizer_option(case)
+    check_output_options(case.options)
     call = _case_call(case)  # torch's checks
-    upstream = (1.0 if case.grad_output is None else float(np.asarray(case.grad_output))) / float(divisor)
-    return normalised(_evaluate_call(call, case.dtype, upstream, gradients), float(divisor))
+    divisor = case.options.get("normalizer")
+    if divisor is None:
+        result = _evaluate_call(call, case.dtype, case.grad_output, gradients)
+    else:
+        upstream = (1.0 if case.grad_output is None else float(np.asarray(case.grad_output))) / float(divisor)
+        result = normalised(_evaluate_call(call, case.dtype, upstream, gradients), float(divisor))
+    if "lse" in requested(case.options):
+        result = replace(result, outputs={"lse": _returned_lse(call)})
+    return result
+
+
+def _returned_lse(call: _Call) -> Expectation:
+    """The log-sum-exp per position of a call's logits (``return_lse``, :mod:`ce_conformance.outputs`):
+    exact float64 of the dtype-rounded logits, with the error model of their exp sum, log and
+    maximum in the compute precision (the logits themselves are exact)."""
+    x = np.asarray(call.input, dtype=np.float64)
+    class_axis = 0 if x.ndim == 1 else 1
+    u_c = _unit_roundoff(call.dtype)
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        z_max = np.max(x, axis=class_axis, keepdims=True) if x.size else \
+            np.zeros(x.shape[:class_axis] + (1,) + x.shape[class_axis + 1:])
+        shifted = np.exp(x - z_max)
+        normaliser = np.sum(shifted, axis=class_axis, keepdims=True)
+        root = np.expand_dims(summation_root(np.moveaxis(np.nan_to_num(shifted), class_axis, -1), u_c), class_axis)
+    return Expectation(*lse_output(x, z_max, normaliser, np.zeros(normaliser.shape), root, class_axis, u_c))
 
 
 def normalised(result: ReferenceResult, divisor: float) -> ReferenceResult:

@@ -75,9 +75,14 @@ def micro_batches(case: Case) -> tuple[Case, Case] | None:
     return parts[0], parts[1]
 
 
+STACKED_OUTPUTS: Final = frozenset({"lse"})
+"""Returned outputs (:mod:`ce_conformance.outputs`) that are per position, so the parts' stack along
+the batch; the others (the z-loss) are reduced like the loss and add up like it."""
+
+
 def combined(outcomes: list[Outcome]) -> Outcome:
-    """The micro-batches' outcomes as one batch's: losses and parameter gradients added (in
-    float64), input and target gradients stacked along the batch."""
+    """The micro-batches' outcomes as one batch's: losses, parameter gradients and reduced outputs
+    added (in float64), input and target gradients and per-position outputs stacked along the batch."""
     def stacked(arrays: list[Any]) -> np.ndarray | None:
         return None if any(a is None for a in arrays) else np.concatenate([np.asarray(a) for a in arrays], axis=0)
 
@@ -85,13 +90,17 @@ def combined(outcomes: list[Outcome]) -> Outcome:
     names = set(first.parameter_gradients).intersection(*(o.parameter_gradients for o in outcomes[1:]))
     loss = np.sum([np.asarray(o.loss, dtype=np.float64) for o in outcomes], axis=0)
     grad_input = stacked([o.grad_input for o in outcomes])
+    returned = set(first.outputs).intersection(*(o.outputs for o in outcomes[1:]))
+    outputs = {name: stacked([o.outputs[name] for o in outcomes]) if name in STACKED_OUTPUTS else
+               np.sum([np.asarray(o.outputs[name], dtype=np.float64) for o in outcomes], axis=0) for name in returned}
     return Outcome(loss=loss, loss_dtype=first.loss_dtype, loss_shape=first.loss_shape, grad_input=grad_input,
                    grad_input_dtype=first.grad_input_dtype,
                    grad_input_shape=None if grad_input is None else grad_input.shape,
                    grad_target=stacked([o.grad_target for o in outcomes]), grad_target_dtype=first.grad_target_dtype,
                    parameter_gradients={name: np.sum([np.asarray(o.parameter_gradients[name], dtype=np.float64)
                                                       for o in outcomes], axis=0) for name in sorted(names)},
-                   parameter_gradient_dtypes={name: first.parameter_gradient_dtypes.get(name) for name in names})
+                   parameter_gradient_dtypes={name: first.parameter_gradient_dtypes.get(name) for name in names},
+                   outputs=outputs, output_dtypes={name: first.output_dtypes.get(name) for name in returned})
 
 
 def widened(reference: ReferenceResult, parts: list[ReferenceResult], dtype: str) -> ReferenceResult:
@@ -108,6 +117,11 @@ def widened(reference: ReferenceResult, parts: list[ReferenceResult], dtype: str
     widened_reference = replace(reference, loss_sigma=grown(reference.loss_sigma, [p.loss for p in parts]))
     if gradients:
         widened_reference = replace(widened_reference, parameter_gradients=gradients)
+    if reference.outputs:  # the added ones round in each part; stacked ones are each part's own
+        widened_reference = replace(widened_reference, outputs={
+            name: expected if name in STACKED_OUTPUTS else
+            replace(expected, sigma=grown(expected.sigma, [p.outputs[name].values for p in parts]))
+            for name, expected in reference.outputs.items()})
     return widened_reference
 
 

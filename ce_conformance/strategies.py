@@ -238,7 +238,8 @@ def cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limits: Size
     names features never to draw: those no adapter of the run supports, whose draws would only be
     skipped (a kernel without weights or soft targets lost nine draws in ten to them).
     ``extensions={"normalizer"}`` draws the external normaliser too, in half the draws (a
-    ``'sum'`` divided by it); never by default, since torch's own function takes none.
+    ``'sum'`` divided by it), ``{"return_lse"}`` the flag asking for the log-sum-exp beside the
+    loss; never by default, since torch's own function takes neither.
 
     >>> "weights" in cross_entropy_cases(require={"weights"}).example().features
     True
@@ -348,7 +349,9 @@ def cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limits: Size
     case = Case.cross_entropy(x, target, dtype=dtype, target_dtype=target_dtype, weight=weight,
                               ignore_index=ignore_index, reduction=reduction, label_smoothing=smoothing,
                               size_average=size_average, reduce=reduce, memory_layout=layout, grad_output=grad_output,
-                              normalizer=normalizer)
+                              normalizer=normalizer,
+                              return_lse="return_lse" in require or ("return_lse" in extensions and not plain
+                                                                     and draw(st.booleans())))
     if "invalid_input" in require or (invalid_percent and draw(st.integers(0, 99)) < invalid_percent):
         # a rule whose breach brings an excluded feature in (a wrong-shaped weight, smoothing > 1)
         rules = [r for r in INVALID_RULES if not _RULE_FEATURES.get(r, frozenset()) & exclude]

@@ -5,8 +5,9 @@
 device (the gate runs it with ``--device cuda`` too); each planted
 variant changes one line of it. Index targets, ``ignore_index`` (default -100), class weights,
 'mean' / 'sum' / 'none', an optional bias, and the family's extensions ``logit_scale``, ``softcap``,
-``z_loss`` (the z-loss's 'mean' by the counted rows, as Liger-Kernel's) and ``normalizer`` (a
-'sum' divided by it, as transformers' ``num_items_in_batch``).
+``z_loss`` (the z-loss's 'mean' by the counted rows, as Liger-Kernel's), ``normalizer`` (a
+'sum' divided by it, as transformers' ``num_items_in_batch``) and the returned outputs
+``return_lse`` / ``return_z_loss`` (float32 for half dtypes, as quack's and flash-attn's).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 logit_scale=None, normalizer=None):
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32
         n = x.shape[0]
+        lse_rows = torch.zeros(n, dtype=compute, device=x.device)  # returned, not differentiated (as flash-attn's)
         if bug == "z_loss_unrequested" and z_loss is None:
             z_loss = 1e-4  # "always on": PaLM's default weight added where the caller asked for none
         losses = torch.zeros(n, dtype=compute, device=x.device)
@@ -47,6 +49,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             valid = ts != ignore_index
             safe = torch.where(valid, ts, 0)
             lse = torch.logsumexp(raw if bug == "softcap_after_lse" else z, dim=1, keepdim=True)
+            lse_rows[start:start + len(ts)] = torch.logsumexp(xs @ w.to(compute).T + (0 if b is None else b.to(compute)),
+                                                             dim=1) if bug == "lse_output_uncapped" else lse[:, 0]
             logp = z - lse
             wy = torch.where(valid, class_weight[safe], 0)
             losses[start:start + len(ts)] = -wy * logp.gather(1, safe[:, None])[:, 0]
@@ -68,10 +72,13 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         counted = (target != ignore_index).sum().to(compute)
         if reduction == "mean":  # the z-loss by the counted rows (as Liger-Kernel), the loss by their weight
             denominator = total_weight * (total_weight if bug == "normaliser_twice" else 1)
+            z_loss_out = z_losses.sum() / (1 if bug == "z_loss_output_summed" else counted)
             out = losses.sum() / denominator + z_losses.sum() / counted
         elif reduction == "sum":
+            z_loss_out = z_losses.sum() / (1 if normalizer is None else normalizer)
             out = (losses.sum() + z_losses.sum()) / (1 if normalizer is None else normalizer)
         else:
+            z_loss_out = z_losses
             out = losses + z_losses
         ctx.save_for_backward(x, w)
         ctx.grad_logits, ctx.reduction, ctx.has_bias, ctx.bug = grad_logits, reduction, b is not None, bug
@@ -79,10 +86,11 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         if reduction == "sum" and normalizer is not None and bug != "normalizer_not_in_gradient":
             ctx.denominator = normalizer
         ctx.counted = counted
-        return out.to(x.dtype)
+        ctx.mark_non_differentiable(lse_rows, z_loss_out)
+        return out.to(x.dtype), lse_rows, z_loss_out
 
     @staticmethod
-    def backward(ctx, grad_output):
+    def backward(ctx, grad_output, _grad_lse, _grad_z_loss):
         x, w = ctx.saved_tensors
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32
         accumulate = x.dtype if ctx.bug == "weight_grad_in_dtype" else compute
@@ -123,12 +131,15 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
 def _make(bug):
     def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None, reduction="mean",
                              ignore_index=None, label_smoothing=0.0, logit_scale=None, softcap=None, z_loss=None,
-                             normalizer=None):
+                             normalizer=None, return_lse=False, return_z_loss=False):
         if label_smoothing or target.is_floating_point() or input.dim() != 2 or linear_weight.dim() != 2:
             raise NotImplementedError("index targets, (N, H) inputs and (C, H) weights without smoothing only")
         ignore = -100 if ignore_index is None else ignore_index
-        return _ChunkedLinearCrossEntropy.apply(input, linear_weight, linear_bias, target, weight, ignore, reduction,
-                                                bug, softcap, z_loss, logit_scale, normalizer)
+        loss, lse, z_loss_out = _ChunkedLinearCrossEntropy.apply(input, linear_weight, linear_bias, target, weight,
+                                                                 ignore, reduction, bug, softcap, z_loss, logit_scale,
+                                                                 normalizer)
+        returned = [value for value, wanted in ((lse, return_lse), (z_loss_out, return_z_loss)) if wanted]
+        return (loss, *returned) if returned else loss
 
     linear_cross_entropy.__name__ = bug or "chunked"
     return linear_cross_entropy
@@ -137,10 +148,12 @@ def _make(bug):
 chunked = _make(None)
 PLANTED = ("dropped_last_chunk", "first_grad_output", "weight_grad_in_dtype", "bias_grad_missing", "normaliser_twice",
            "grad_scaled_in_place", "softcap_after_lse", "z_loss_missing_from_gradient", "z_loss_unrequested",
-           "logit_scale_not_in_gradient", "normalizer_not_in_gradient", "grad_weight_buffer_reused")
+           "logit_scale_not_in_gradient", "normalizer_not_in_gradient", "grad_weight_buffer_reused",
+           "lse_output_uncapped", "z_loss_output_summed")
 (dropped_last_chunk, first_grad_output, weight_grad_in_dtype, bias_grad_missing, normaliser_twice,
  grad_scaled_in_place, softcap_after_lse, z_loss_missing_from_gradient, z_loss_unrequested,
- logit_scale_not_in_gradient, normalizer_not_in_gradient, grad_weight_buffer_reused) = map(_make, PLANTED)
+ logit_scale_not_in_gradient, normalizer_not_in_gradient, grad_weight_buffer_reused,
+ lse_output_uncapped, z_loss_output_summed) = map(_make, PLANTED)
 SUPPORTED_FEATURES = frozenset({"weights", "ignore_index", "all_ignored", "upstream_gradient", "low_precision",
                                 "linear_bias", "empty_batch", "single_class", "vocab_scale", "logit_scale", "softcap",
-                                "z_loss", "normalizer"})
+                                "z_loss", "normalizer", "return_lse", "return_z_loss"})

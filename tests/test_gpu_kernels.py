@@ -18,7 +18,7 @@ from ce_conformance.adapters import FAMILY_ECOSYSTEMS, load_adapter
 from ce_conformance.adapters import gpu_kernels_adapter as gpu
 from ce_conformance.adapters.library import LibraryAdapter
 from ce_conformance.adapters.torch_adapter import TorchAdapter
-from ce_conformance.case import all_features
+from ce_conformance.case import all_features, extension_features
 from ce_conformance.compare import compare
 from ce_conformance.linear_strategies import linear_cross_entropy_cases
 from ce_conformance.strategies import SizeLimits, cross_entropy_cases
@@ -67,6 +67,13 @@ def _stand_ins(torch):
             return loss.sum() / denom
         return loss.sum() if reduction == "sum" else loss
 
+    def cross_entropy_fwd(x, target, target_logit=None, weight=None, ignore_index=-100, return_lse=False,
+                          return_dx=False, inplace_backward=False):  # quack/cross_entropy.py: per-row, float32
+        assert x.dim() == 2
+        loss = F.cross_entropy(x.float(), target, weight=None if weight is None else weight.float(),
+                               ignore_index=ignore_index, reduction="none")
+        return (loss, torch.logsumexp(x.float(), dim=1)) if return_lse else loss
+
     def chunked_linear_cross_entropy(x, weight, target, chunk_size=4096, ignore_index=-100, reduction="mean",
                                      tuned=True, use_scaled_exp=None):  # quack/linear_cross_entropy.py
         if reduction not in ["mean", "sum"]:
@@ -86,7 +93,7 @@ def _stand_ins(torch):
 
     modules = {
         "flash_attn.losses.cross_entropy": {"CrossEntropyLoss": CrossEntropyLoss},
-        "quack.cross_entropy": {"cross_entropy": cross_entropy},
+        "quack.cross_entropy": {"cross_entropy": cross_entropy, "cross_entropy_fwd": cross_entropy_fwd},
         "quack.linear_cross_entropy": {"chunked_linear_cross_entropy": chunked_linear_cross_entropy},
         "transformer_engine.pytorch.cross_entropy": {"parallel_cross_entropy": parallel_cross_entropy},
     }
@@ -121,9 +128,11 @@ def test_each_wrapper_maps_the_cases_its_library_takes_onto_its_convention(stand
     adapter = TorchAdapter(wrapper, name=name, capabilities=capabilities, family=family)
     dtypes = ["float32", "bfloat16", "float16"]  # they compute in float32: a float64 case is their dialect
     exclude = all_features() - capabilities.features  # as the runner draws for an adapter
-    strategy = linear_cross_entropy_cases(dtypes=dtypes, limits=SMALL, exclude=exclude) \
-        if family == "linear_cross_entropy" else cross_entropy_cases(dtypes=dtypes, limits=SMALL, exclude=exclude)
-    ran = []
+    extensions = capabilities.features & extension_features()  # quack's returned lse
+    strategy = linear_cross_entropy_cases(dtypes=dtypes, limits=SMALL, exclude=exclude, extensions=extensions) \
+        if family == "linear_cross_entropy" else cross_entropy_cases(dtypes=dtypes, limits=SMALL, exclude=exclude,
+                                                                     extensions=extensions)
+    ran, asked = [], set()
 
     @settings(max_examples=60, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
     @given(strategy)
@@ -134,12 +143,14 @@ def test_each_wrapper_maps_the_cases_its_library_takes_onto_its_convention(stand
         if name == "quack" and _weights_indexed_by_an_ignored_class_past_c(case):
             return  # quack's own reduction code fails there (the test below)
         judged = compare(case, adapter.run(case), reference.evaluate(case), capabilities)
+        asked.update(case.features & extensions)
         # the libraries return float32 losses for half logits (a dtype finding, theirs): values are the mapping's
         assert {v.check for v in judged.verdicts} <= {"loss_dtype"}, (case, [v.message for v in judged.verdicts])
         ran.append(case)
 
     check()
     assert len(ran) >= 10, len(ran)
+    assert asked == extensions, (asked, extensions)  # each option the wrapper claims was drawn and judged
 
 
 def _weights_indexed_by_an_ignored_class_past_c(case):

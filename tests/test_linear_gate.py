@@ -120,7 +120,7 @@ def test_the_gate_passes_our_correct_chunked_kernel(tmp_path, torch, capsys):
 @pytest.mark.parametrize("bug", ["dropped_last_chunk", "first_grad_output", "bias_grad_missing", "normaliser_twice",
                                  "grad_scaled_in_place", "softcap_after_lse", "z_loss_missing_from_gradient",
                                  "z_loss_unrequested", "logit_scale_not_in_gradient", "normalizer_not_in_gradient",
-                                 "grad_weight_buffer_reused"])
+                                 "grad_weight_buffer_reused", "lse_output_uncapped", "z_loss_output_summed"])
 def test_the_default_gate_fails_planted_fused_kernel_bugs(tmp_path, torch, capsys, bug):
     code = _gate(tmp_path, f"{PLANTED}:{bug}", "--features", _features(), "--max-examples", "200", "--covering", "2",
                  "--no-shrink")

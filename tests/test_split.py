@@ -89,7 +89,8 @@ def _kernel_cases():
     everything = set(FAMILIES["linear_cross_entropy"].own_features) | {
         "probability_targets", "label_smoothing", "k_dim", "unbatched", "non_contiguous", "uint8_target"}
     return linear_cross_entropy_cases(limits=SMALL, exclude=everything - planted_linear.SUPPORTED_FEATURES,
-                                      extensions={"z_loss", "softcap", "logit_scale", "normalizer"})
+                                      extensions={"z_loss", "softcap", "logit_scale", "normalizer", "return_lse",
+                                                  "return_z_loss"})
 
 
 def test_our_chunked_kernels_micro_batches_add_up_in_every_dtype(torch):
@@ -145,6 +146,24 @@ def test_combined_adds_losses_and_parameter_gradients_and_stacks_input_gradients
     np.testing.assert_allclose(together.grad_input, whole.grad_input, rtol=1e-14, atol=1e-16)
     np.testing.assert_allclose(together.parameter_gradients["linear_weight"],
                                whole.parameter_gradients["linear_weight"], rtol=1e-14, atol=1e-16)
+
+
+def test_combined_stacks_the_returned_lse_and_adds_the_returned_z_loss(torch):
+    adapter = _adapter("chunked")
+    case = linear_cross_entropy_case(X, W, [0, 1, -100, 2, 1, 0], dtype="float64", z_loss=0.1, return_lse=True,
+                                     return_z_loss=True)
+    parts = micro_batches(case)
+    together = combined([adapter.timed_run(p) for p in parts])
+    whole = adapter.timed_run(case)
+    np.testing.assert_allclose(together.outputs["lse"], whole.outputs["lse"], rtol=1e-14)
+    np.testing.assert_allclose(together.outputs["z_loss"], whole.outputs["z_loss"], rtol=1e-14)
+    assert _split(adapter, case) is None
+    # a z-loss returned over the part's own counted rows, not the shared normaliser, does not add up
+    halved = [adapter.timed_run(p) for p in parts]
+    halved[0].outputs["z_loss"] = halved[0].outputs["z_loss"] * 2
+    verdict = split_verdict(case, reference.evaluate(case), parts, halved, [reference.evaluate(p) for p in parts],
+                            adapter.capabilities)
+    assert verdict.check == CHECK and "z_loss_value" in verdict.message
 
 
 class _Counting(Executor):

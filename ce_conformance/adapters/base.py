@@ -102,6 +102,8 @@ class Outcome:
     grad_target_dtype: str | None = None
     parameter_gradients: dict[str, np.ndarray] = field(default_factory=dict)  # a family's parameters, by tensor name
     parameter_gradient_dtypes: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)  # returned beside the loss (ce_conformance.outputs)
+    output_dtypes: dict[str, str] = field(default_factory=dict)
     mutated: tuple[str, ...] = ()
     error: RaisedError | None = None
     skip_reason: str = ""

@@ -15,7 +15,9 @@ Calling conventions (read from each library's source, 2026-08):
   flash-attn has no linear head.
 * **quack** (``pip install quack-kernels``) ``quack.cross_entropy.cross_entropy(x, target,
   lse_partial=None, weight=None, ignore_index=-100, reduction='mean')`` on ``(M, N)`` logits:
-  class weights, no smoothing; ``quack.linear_cross_entropy.chunked_linear_cross_entropy(x,
+  class weights, no smoothing; the log-sum-exp per row, where a case asks for it (``return_lse``),
+  from its forward ``cross_entropy_fwd(x, target, weight=..., ignore_index=..., return_lse=True)``
+  (float32, not differentiable); ``quack.linear_cross_entropy.chunked_linear_cross_entropy(x,
   weight, target, chunk_size=4096, ignore_index=-100, reduction='mean')``: ``(B*L, d)`` inputs, a
   ``(V, d)`` head, no bias, no class weights, ``'mean'`` or ``'sum'``.
 * **TransformerEngine** ``transformer_engine.pytorch.cross_entropy.parallel_cross_entropy(inp,
@@ -38,7 +40,7 @@ _INDEX_ONLY: Final = ("probability_targets", "unnormalised_targets", "legacy_red
 
 FLASH_ATTN_CAPABILITIES: Final = Capabilities(features=TORCH_FEATURES).without(
     *_INDEX_ONLY, "weights", "k_dim", "unbatched")
-QUACK_CAPABILITIES: Final = Capabilities(features=TORCH_FEATURES).without(
+QUACK_CAPABILITIES: Final = Capabilities(features=TORCH_FEATURES | {"return_lse"}).without(
     *_INDEX_ONLY, "label_smoothing", "k_dim", "unbatched")
 QUACK_LINEAR_CAPABILITIES: Final = Capabilities(
     features=TORCH_FEATURES, families=frozenset({"linear_cross_entropy"}),
@@ -57,11 +59,17 @@ def flash_attn_cross_entropy(input, target, weight=None, ignore_index=-100, redu
         input, target)
 
 
-def quack_cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
-    """quack's cross_entropy with F.cross_entropy's keywords."""
-    from quack.cross_entropy import cross_entropy
+def quack_cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                        return_lse=False):
+    """quack's cross_entropy with F.cross_entropy's keywords; ``(loss, lse)`` with ``return_lse``,
+    the lse from its forward function (the autograd one keeps it to itself)."""
+    from quack.cross_entropy import cross_entropy, cross_entropy_fwd
 
-    return cross_entropy(input, target, weight=weight, ignore_index=ignore_index, reduction=reduction)
+    loss = cross_entropy(input, target, weight=weight, ignore_index=ignore_index, reduction=reduction)
+    if not return_lse:
+        return loss
+    _, lse = cross_entropy_fwd(input.detach(), target, weight=weight, ignore_index=ignore_index, return_lse=True)
+    return loss, lse
 
 
 def quack_chunked_linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,

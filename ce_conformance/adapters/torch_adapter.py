@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ce_conformance.case import Case, Tensor
+from ce_conformance.outputs import requested, split_result
 
 from .base import Adapter, Capabilities, Outcome, float64_copy
 from .framework import Bridge
@@ -153,7 +154,7 @@ class TorchAdapter(Adapter):
             return tuple(k for k, snap in snapshots.items() if not _bitwise_equal(tensors[k].detach(), snap))
 
         try:
-            loss = self.fn(*positional, **kwargs)
+            loss, returned = split_result(self.fn(*positional, **kwargs), requested(case.options))
             self._synchronize()
         except Exception as exc:
             return Outcome.failed(exc, "forward", mutated=mutated())
@@ -162,6 +163,13 @@ class TorchAdapter(Adapter):
                            loss_dtype=type(loss).__name__, loss_shape=tuple(np.shape(loss)), mutated=mutated())
         outcome = Outcome(loss=_numpy(loss.detach()), loss_dtype=str(loss.dtype).removeprefix("torch."),
                           loss_shape=tuple(loss.shape))
+        for name, value in returned.items():  # copied now: a backward may write over what the kernel returned
+            if isinstance(value, torch.Tensor):
+                outcome.outputs[name] = _numpy(value.detach()).copy()
+                outcome.output_dtypes[name] = str(value.dtype).removeprefix("torch.")
+            else:
+                outcome.outputs[name] = float64_copy(np.asarray(value, dtype=np.float64))
+                outcome.output_dtypes[name] = type(value).__name__
         if wants_grad and case.is_valid and loss.requires_grad:
             if "grad_output" in case.tensors:
                 upstream = to_torch(case.tensors["grad_output"], self.device)
