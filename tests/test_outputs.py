@@ -278,3 +278,22 @@ def test_cross_entropy_draws_the_flag_only_where_asked():
         assert "return_lse" not in case.features
 
     never()
+
+
+def test_a_numpy_function_returns_its_outputs_and_other_frameworks_leave_them_to_torch():
+    from ce_conformance.adapters import function_adapter
+
+    def numpy_loss(input, target, weight=None, reduction="mean", return_lse=False, **kwargs):
+        x = input.astype(np.float64)
+        lse = np.log(np.exp(x - x.max(1, keepdims=True)).sum(1)) + x.max(1)
+        loss = (lse - x[np.arange(len(target)), target]).mean().astype(input.dtype)
+        return (loss, lse.astype(np.float32)) if return_lse else loss
+
+    adapter = function_adapter(numpy_loss, "numpy", features="return_lse")
+    case = cross_entropy_case(np.random.default_rng(0).standard_normal((5, 9)), [0, 3, 8, 1, 2], dtype="float32",
+                              return_lse=True)
+    outcome = adapter.run(case)
+    assert outcome.output_dtypes == {"lse": "float32"}
+    assert compare(case, outcome, reference.evaluate(case), adapter.capabilities).passed
+    for kind in ("jax", "paddle"):
+        assert "return_lse" not in function_adapter(numpy_loss, kind, features="default,return_lse").capabilities.features

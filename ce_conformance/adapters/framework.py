@@ -27,12 +27,16 @@ import numpy as np
 from ce_conformance.case import Case
 from ce_conformance.dtypes import dtype_name, numpy_dtype
 
+from ce_conformance.outputs import OUTPUT_OPTIONS
+
 from .base import Adapter, Capabilities, Outcome, float64_copy, same_values
 
-TORCH_ONLY_FEATURES: Final = frozenset({"legacy_reduction"})
-"""Features only a torch call can express: the legacy ``size_average``/``reduce`` arguments.
-(A case's strided memory layout is a torch view; other frameworks receive contiguous tensors
-holding the same values, so those cases run as contiguous ones.)"""
+TORCH_ONLY_FEATURES: Final = frozenset({"legacy_reduction", *OUTPUT_OPTIONS})
+"""Features only a torch call can express here: the legacy ``size_average``/``reduce`` arguments,
+and outputs returned beside the loss (:mod:`ce_conformance.outputs`; a framework's ``vjp`` of a
+tuple-valued function would need each one's aux convention). (A case's strided memory layout is
+a torch view; other frameworks receive contiguous tensors holding the same values, so those
+cases run as contiguous ones.)"""
 
 
 class Bridge(abc.ABC):

@@ -22,6 +22,7 @@ import numpy as np
 
 from ce_conformance.case import Case
 from ce_conformance.dtypes import numpy_dtype
+from ce_conformance.outputs import OUTPUT_OPTIONS
 
 from .base import Adapter, Capabilities, Outcome, float64_copy, same_values
 from .framework import Bridge
@@ -301,7 +302,8 @@ class JaxFunctionAdapter(Adapter):
     def __init__(self, fn: Callable[..., Any], *, name: str, capabilities: Capabilities | None = None):
         self.fn = fn
         self.name = name
-        self.capabilities = capabilities or Capabilities()
+        # outputs beside the loss are read from torch calls only (a vjp of a tuple needs has_aux)
+        self.capabilities = (capabilities or Capabilities()).without(*OUTPUT_OPTIONS)
 
     def availability(self) -> str | None:
         return None if importlib.util.find_spec("jax") else "jax is not installed"

@@ -11,6 +11,7 @@ import numpy as np
 from ce_conformance import reference
 from ce_conformance.case import Case
 from ce_conformance.dtypes import dtype_name, round_to
+from ce_conformance.outputs import requested, split_result
 
 from .base import Adapter, Capabilities, Outcome, float64_copy, same_values
 
@@ -44,10 +45,14 @@ class NumpyAdapter(Adapter):
 
         if self._fn is not None:
             try:
-                loss = np.asarray(self._fn(*args, **kwargs))
+                loss, returned = split_result(self._fn(*args, **kwargs), requested(case.options))
+                loss = np.asarray(loss)
             except Exception as exc:
                 return Outcome.failed(exc, "forward", mutated=mutated())
+            outputs = {name: np.asarray(value) for name, value in returned.items()}
             return Outcome(loss=float64_copy(loss), loss_dtype=dtype_name(loss.dtype), loss_shape=loss.shape,
+                           outputs={name: float64_copy(value) for name, value in outputs.items()},
+                           output_dtypes={name: dtype_name(value.dtype) for name, value in outputs.items()},
                            mutated=mutated())
         try:
             result = reference.evaluate(case, gradients=self.capabilities.gradients)
