@@ -119,6 +119,7 @@ FEATURE_LEVELS: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     "label_smoothing": (("smoothing", "tiny"), ("smoothing", "mid"), ("smoothing", "one")),
     "ignore_index": (("ignored", "some"), ("ignored", "all")),
     "all_ignored": (("ignored", "all"),),
+    "ignore_index_in_range": (("ignore_index", "in_range"),),
 }
 """Which factor levels a case feature stands for: levels whose feature no adapter of a run
 supports are left out of its covering array and reported as not applicable, not as gaps."""
@@ -421,7 +422,17 @@ def coverage_markdown(report: Mapping[str, Any], *, limit: int = 20) -> str:
             shown = info["unreached"][:limit]
             more = len(info["unreached"]) - len(shown)
             lines.append("  - not reached: " + "; ".join(shown) + (f"; ... and {more} more" if more else ""))
+    if report.get("extensions"):
+        lines.append("- **extension options** (cases; factor levels met): " + _extension_line(report["extensions"]))
     return "\n".join(lines) + "\n"
+
+
+def _extension_line(extensions: Mapping[str, Mapping[str, Any]]) -> str:
+    """Each extension option that ran: its cases and the factor levels it met of those the run
+    reached (:func:`ce_conformance.covering_extensions.extension_coverage`), the missed ones named."""
+    return "; ".join(f"{name} {info['cases']}, {info['levels']}/{info['feasible']}"
+                     + (f" (not: {', '.join(info['unreached'][:6])}{' ...' if len(info['unreached']) > 6 else ''})"
+                        if info["unreached"] else "") for name, info in extensions.items())
 
 
 def coverage_text(report: Mapping[str, Any], *, limit: int = 12, levels: bool = True) -> str:
@@ -444,4 +455,6 @@ def coverage_text(report: Mapping[str, Any], *, limit: int = 12, levels: bool = 
             more = len(info["unreached"]) - len(shown)
             line += "; not reached: " + "; ".join(shown) + (f"; ... {more} more (coverage.json)" if more else "")
         lines.append(line)
+    if report.get("extensions"):
+        lines.append("  extensions (cases, levels met): " + _extension_line(report["extensions"]))
     return "\n".join(lines)

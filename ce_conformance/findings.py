@@ -26,8 +26,9 @@ from typing import Any, Final, Iterable
 
 import pandas as pd
 
-from .case import Case
-from .covering import cell_key, classify, coverage_markdown, coverage_report, parse_not_applicable
+from .case import Case, extension_features
+from .covering import cell_key, classify, coverage_markdown, coverage_report, parse_cell, parse_not_applicable
+from .covering_extensions import extension_coverage
 
 FINDING_COLUMNS: Final = {
     "case_id": "string", "adapter": "string", "check": "string", "family": "string", "dtype": "string",
@@ -293,7 +294,15 @@ def run_coverage(results: pd.DataFrame, not_applicable: Iterable[tuple[str, str]
     if results.empty or "cell" not in results:
         return coverage_report([], excluded=not_applicable)
     ran = results[(results["status"] != "skipped") & results["cell"].notna()]
-    return coverage_report(ran["cell"].astype(str), excluded=not_applicable)
+    report = coverage_report(ran["cell"].astype(str), excluded=not_applicable)
+    if "features" in ran:  # the extension options that ran, and the factor levels each met
+        cases = ran.drop_duplicates("case_id") if "case_id" in ran else ran
+        features = [str(f).split(",") if isinstance(f, str) else [] for f in cases["features"]]
+        extensions = extension_coverage([parse_cell(str(c)) for c in cases["cell"]], features,
+                                        {f for found in features for f in found} & extension_features())
+        if extensions:
+            report["extensions"] = extensions
+    return report
 
 
 def read_coverage(run_dir: str | Path) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 1. **curated** — every JSON case under the curated directories is replayed first.
 2. **covering** — a constrained covering array (:mod:`ce_conformance.covering`): every pair
    and, in the ci and nightly profiles, every triple of option values occurs in a valid case;
-   the first rows are the fp32/bf16 vocabulary-scale configurations of LLM training.
+   the first rows are the fp32/bf16 vocabulary-scale configurations of LLM training; rows run
+   again with the extension options adapters claim, each option meeting every level
+   (:mod:`ce_conformance.covering_extensions`).
 3. **explore** — Hypothesis draws cases with the profile's settings and seed, steered with
    ``hypothesis.target`` toward the worst error-to-budget ratio; the probe never raises, so
    one bug does not stop the search for others. A draw whose scale cell is over its share of
@@ -33,6 +35,7 @@ from hypothesis.database import InMemoryExampleDatabase, MultiplexedDatabase, ch
 from .budget import scale_cell
 from .case import FAMILIES, Case
 from .covering import ANCHORS, covering_rows, excluded_levels
+from .covering_extensions import extension_cases
 from .dtypes import FLOAT_DTYPES
 from .profiles import covering_strength_for, settings_for, size_limits_for
 
@@ -97,17 +100,21 @@ def excluded(config: "FuzzConfig", adapters: "list[Adapter]") -> frozenset[tuple
 def covering_cases(config: "FuzzConfig", adapters: "list[Adapter]") -> list[Case]:
     """The covering array's cases for this run (empty when the strength is 0 or with ``plain``:
     a plain run isolates one feature, a covering array mixes them all). Levels no adapter
-    supports are left out, so that every row runs."""
+    supports are left out, so that every row runs. Then, for the extension options adapters
+    claim, rows run again with them on (:mod:`ce_conformance.covering_extensions`)."""
     strength = config.covering if config.covering is not None else covering_strength_for(config.profile)
     if strength <= 0 or config.plain:
         return []
     limits = size_limits_for(config.profile)
-    build = FAMILIES[config.family].covering_case
-    cases = [build(row, config.seed, max_elements=limits.max_elements,
-                   max_vocab_rows=min(max(limits.max_vocab_rows, 2), 16),
-                   distribution="standard" if index < len(ANCHORS) else None)
-             for index, row in enumerate(covering_rows(strength, seed=config.seed,
-                                                       excluded=excluded(config, adapters)))]
+    family = FAMILIES[config.family]
+    rows = covering_rows(strength, seed=config.seed, excluded=excluded(config, adapters))
+    cases = [family.covering_case(row, config.seed, max_elements=limits.max_elements,
+                                  max_vocab_rows=min(max(limits.max_vocab_rows, 2), 16),
+                                  distribution="standard" if index < len(ANCHORS) else None)
+             for index, row in enumerate(rows)]
+    claimed = [frozenset(adapter.capabilities.features) & frozenset(family.extension_features)
+               for adapter in adapters if config.family in adapter.capabilities.families]
+    cases += extension_cases(rows, cases, claimed, config.seed)
     return [case for case in cases if wanted(config, case)]
 
 

@@ -110,3 +110,59 @@ def test_scale_and_interaction_bugs_fail_the_default_gate(bug, seed, tmp_path, t
     summary = FuzzRun(FuzzConfig(adapters=[adapter], out_dir=tmp_path, seed=seed, shrink=False,
                                  progress=False)).run()
     assert not summary.conformant
+
+
+# -- extension options in the covering phase ---------------------------------------------------
+LINEAR_EXTENSIONS = frozenset({"logit_scale", "softcap", "z_loss", "normalizer", "return_lse", "return_z_loss"})
+
+
+def test_the_extension_plan_reaches_every_pair_cheaply_and_keeps_a_normaliser_on_sums():
+    from ce_conformance.covering_extensions import _pairs, plan, reachable
+
+    rows = covering_rows(3, seed=0)
+    chosen = plan(rows, LINEAR_EXTENSIONS)
+    reached = set().union(*(_pairs(options, row) for options, row in zip(chosen, rows)))
+    assert reached == reachable(rows, LINEAR_EXTENSIONS)
+    # every option meets every level the array has (the normaliser: only 'sum' among reductions)
+    for option in LINEAR_EXTENSIONS:
+        levels = {(f, level) for f, values in FACTORS.items() for level in values
+                  if option != "normalizer" or f != "reduction" or level == "sum"}
+        assert {(f, level) for (o, *rest) in reached if o == option and len(rest) == 2 for f, level in [rest]} == levels
+    assert all(row["reduction"] == "sum" for options, row in zip(chosen, rows) if "normalizer" in options)
+    again = [row for options, row in zip(chosen, rows) if options]
+    assert len(again) <= len(rows) // 5, len(again)  # 19 of 190 at seed 0
+    assert sum(row["classes"] == "vocab" for row in again) <= 2  # vocabulary scale only for its own level
+
+
+def test_covering_runs_rows_again_with_the_extensions_an_adapter_claims_and_leaves_the_others_alone(torch):
+    from tests import planted_linear
+
+    config = FuzzConfig(adapters=[], family="linear_cross_entropy", out_dir=Path("unused"))
+    plain = adapters.load_adapter("torch-linear")
+    kernel = adapters.user_adapter(f"{HERE}/planted_linear.py:chunked", family="linear_cross_entropy",
+                                   features=",".join(sorted(planted_linear.SUPPORTED_FEATURES)))
+    alone = phases.covering_cases(config, [plain])
+    assert not any(case.features & LINEAR_EXTENSIONS for case in alone)
+    both = phases.covering_cases(config, [plain, kernel])
+    varied = [case for case in both if case.features & LINEAR_EXTENSIONS]
+    assert {c.id for c in both} - {c.id for c in varied} >= {c.id for c in alone}  # every plain row still runs
+    assert set().union(*(case.features for case in varied)) >= LINEAR_EXTENSIONS
+    for case in varied:  # valid, and each takes its options as the reference reads them
+        assert case.is_valid and "covering row with" in case.note
+        case.spec.evaluate(case, gradients=False)
+
+
+def test_the_covering_phase_alone_fails_planted_returned_output_bugs(tmp_path, torch):
+    from ce_conformance.cli import main
+    from tests import planted_linear
+
+    for bug in ("lse_output_uncapped", "z_loss_output_summed"):
+        code = main(["gate", "--family", "linear_cross_entropy", "--impl", f"{HERE}/planted_linear.py:{bug}",
+                     "--features", ",".join(sorted(planted_linear.SUPPORTED_FEATURES)), "--max-examples", "1",
+                     "--covering", "2", "--no-shrink", "--in-process", "--out", str(tmp_path / bug)])
+        assert code == 1
+        results, findings = load_run(tmp_path / bug)
+        assert set(findings["phase"]) == {"covering"}, findings[["check", "phase"]]
+        coverage = json.loads((tmp_path / bug / "coverage.json").read_text())
+        assert set(coverage["extensions"]) == LINEAR_EXTENSIONS
+        assert all(info["unreached"] == [] for info in coverage["extensions"].values()), coverage["extensions"]
