@@ -7,8 +7,8 @@ adapter of the run takes. Its rows stay as they are — an adapter without exten
 all of them — and, per set of options an adapter claims, a greedy pass picks rows to run again
 with some of those options on: each row gets the subset of options that reaches the most
 (option, factor level) and (option, option) pairs not yet reached, until none is left. A
-normaliser divides a ``'sum'``, so it meets only the rows whose reduction is ``'sum'``
-(:func:`feasible`). Values come from the strategies' lists, picked with a seeded generator.
+normaliser divides a ``'sum'``, so it meets only the rows whose reduction is ``'sum'``, and
+Megatron's smoothing dialect only index targets with a smoothing in (0, 1) (:func:`feasible`). Values come from the strategies' lists, picked with a seeded generator.
 
 >>> rows = [{"reduction": "sum", "dtype": "float16"}, {"reduction": "mean", "dtype": "float32"}]
 >>> plan(rows, {"softcap", "normalizer"})
@@ -24,7 +24,7 @@ from typing import Any, Final, Iterable, Mapping, Sequence
 import numpy as np
 
 from .case import Case
-from .cross_entropy import resolved_ignore_index
+from .cross_entropy import SMOOTHING_DIALECT, SMOOTHING_DIALECTS, resolved_ignore_index, smoothing_dialect_problem
 from .outputs import OUTPUT_OPTIONS
 from .values import NORMALIZER_KINDS, normalizer_value
 
@@ -33,11 +33,16 @@ def _values() -> dict[str, tuple[Any, ...]]:
     from .linear_strategies import LOGIT_SCALES, SOFTCAPS, Z_LOSS_COEFFICIENTS
 
     return {"logit_scale": LOGIT_SCALES, "softcap": SOFTCAPS, "z_loss": Z_LOSS_COEFFICIENTS,
-            **{flag: (True,) for flag in OUTPUT_OPTIONS}}
+            **{flag: (True,) for flag in OUTPUT_OPTIONS}, SMOOTHING_DIALECT: SMOOTHING_DIALECTS}
 
 
-ONLY_WITH: Final[Mapping[str, Mapping[str, frozenset[str]]]] = {"normalizer": {"reduction": frozenset({"sum"})}}
-"""Options that some factor's levels refuse: the levels each may meet."""
+ONLY_WITH: Final[Mapping[str, Mapping[str, frozenset[str]]]] = {
+    "normalizer": {"reduction": frozenset({"sum"})},
+    SMOOTHING_DIALECT: {"target_kind": frozenset({"index"}), "target_dtype": frozenset({"int64", "uint8"}),
+                        "smoothing": frozenset({"tiny", "mid"})},
+}
+"""Options that some factor's levels refuse: the levels each may meet (a normaliser divides a
+``'sum'``; Megatron's smoothing takes index targets and a smoothing in (0, 1))."""
 
 
 def feasible(option: str, factor: str, level: str) -> bool:
@@ -110,7 +115,11 @@ def with_extensions(case: Case, options: Iterable[str], seed: int = 0) -> Case:
         else:
             chosen[option] = values[option][int(rng.integers(len(values[option])))]
     note = f"{case.note}; " if case.note else ""
-    return case.replace(options=chosen, note=note + "covering row with " + ", ".join(sorted(chosen)))
+    varied = case.replace(options=chosen, note=note + "covering row with " + ", ".join(sorted(chosen)))
+    if SMOOTHING_DIALECT in chosen and smoothing_dialect_problem(varied):  # one class: nothing to spread over
+        del chosen[SMOOTHING_DIALECT]
+        varied = case.replace(options=chosen, note=note + "covering row with " + ", ".join(sorted(chosen)))
+    return varied
 
 
 def _counted(case: Case) -> int:
@@ -130,7 +139,8 @@ def extension_cases(rows: Sequence[Mapping[str, str]], cases: Sequence[Case], pr
         for case, options in zip(cases, plan(rows, profile)):
             if options:
                 varied = with_extensions(case, options, seed)
-                extra.setdefault(varied.id, varied)
+                if varied.id != case.id:  # (an option the built case cannot take is dropped)
+                    extra.setdefault(varied.id, varied)
     return list(extra.values())
 
 

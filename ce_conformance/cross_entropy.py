@@ -141,14 +141,15 @@ def cross_entropy_case(
     grad_output: Any = None,
     normalizer: float | None = None,
     return_lse: bool | None = None,
+    smoothing_dialect: str | None = None,
     expected_error: Rule | str | None = None,
     note: str = "",
 ) -> Case:
     """A cross-entropy case. Floating values are rounded to ``dtype`` on construction.
 
     ``target_dtype`` defaults to int64 for integer-valued targets whose shape differs from
-    the input, and to ``dtype`` (probabilities) when the shapes are equal. ``normalizer`` and the
-    ``return_lse`` flag are the family's extensions (:data:`EXTENSION_OPTIONS`).
+    the input, and to ``dtype`` (probabilities) when the shapes are equal. ``normalizer``, the
+    ``return_lse`` flag and ``smoothing_dialect`` are the family's extensions (:data:`EXTENSION_OPTIONS`).
     """
     input_values = np.asarray(input, dtype=np.float64)
     target_values = np.asarray(target)
@@ -174,7 +175,13 @@ def cross_entropy_case(
         options["normalizer"] = checked_normalizer(normalizer, options)
     if checked_flag(RETURN_LSE, return_lse):
         options[RETURN_LSE] = True
-    return Case(FAMILY, tensors, options, memory_layout, expected_error, note)
+    case = Case(FAMILY, tensors, options, memory_layout, expected_error, note)
+    if smoothing_dialect is not None:
+        case = case.replace(options={SMOOTHING_DIALECT: smoothing_dialect})
+        problem = smoothing_dialect_problem(case)
+        if problem:
+            raise ValueError(problem)
+    return case
 
 
 NORMALIZER: Final = "normalizer"
@@ -186,7 +193,14 @@ by the whole batch's count add up to its ``'mean'`` (:mod:`ce_conformance.split`
 RETURN_LSE: Final = "return_lse"
 """A flag: the call returns ``(loss, lse)``, the per-position log-sum-exp (quack's
 ``cross_entropy_fwd(..., return_lse=True)``; :mod:`ce_conformance.outputs`)."""
-EXTENSION_OPTIONS: Final = (NORMALIZER, RETURN_LSE)
+SMOOTHING_DIALECT: Final = "smoothing_dialect"
+"""Whose label smoothing ``label_smoothing`` means: torch's (``None``: ``ε / C`` on every class and
+``1 - ε`` more on the target) or ``'megatron'``, Megatron-core's ``vocab_parallel_cross_entropy``
+(and NeMo's): ``α`` spread over the ``C - 1`` other classes, ``1 - α`` on the target — torch's
+with ``ε = α C / (C - 1)``, as its source derives. Index targets, ``C >= 2`` and ``α < 1`` only
+(Megatron asserts ``0 < α < 1``); :func:`dialect_smoothing` is the one place the reference reads it."""
+SMOOTHING_DIALECTS: Final = ("megatron",)
+EXTENSION_OPTIONS: Final = (NORMALIZER, RETURN_LSE, SMOOTHING_DIALECT)
 """Cross-entropy's options that torch's function lacks, each off (``None``) unless a case sets it."""
 
 
@@ -218,6 +232,43 @@ def check_normalizer_option(case: Case) -> None:
         raise CaseFormatError(str(exc), field=f"options.{NORMALIZER}") from None
 
 
+def smoothing_dialect_problem(case: Case) -> str | None:
+    """Why a case cannot take its ``smoothing_dialect`` (None when it can).
+
+    >>> smoothing_dialect_problem(cross_entropy_case([[0.0, 1.0]], [1], label_smoothing=0.1, smoothing_dialect="megatron"))
+    """
+    dialect = case.options.get(SMOOTHING_DIALECT)
+    if dialect is None:
+        return None
+    if dialect not in SMOOTHING_DIALECTS:
+        return f"smoothing_dialect {dialect!r}: expected one of {', '.join(SMOOTHING_DIALECTS)} (or null for torch's)"
+    if case.is_probability_target:
+        return "smoothing_dialect 'megatron' takes index targets only (Megatron-core has no probability targets)"
+    if not 0 <= case.options["label_smoothing"] < 1:
+        return f"smoothing_dialect 'megatron' takes 0 <= label_smoothing < 1 (Megatron asserts it), " \
+               f"got {case.options['label_smoothing']}"
+    classes = case.input.shape[0 if case.input.ndim == 1 else 1] if case.input.ndim else 0
+    if classes < 2:
+        return f"smoothing_dialect 'megatron' spreads the smoothing over C - 1 classes: C >= 2, got {classes}"
+    return None
+
+
+def dialect_smoothing(case: Case, smoothing: float, classes: int) -> float:
+    """The torch ``ε`` a case's ``label_smoothing`` stands for in its dialect (a file's breach of
+    :func:`smoothing_dialect_problem` is a :class:`~ce_conformance.errors.CaseFormatError`).
+
+    >>> dialect_smoothing(cross_entropy_case([[0.0, 1.0, 2.0]], [1], label_smoothing=0.5,
+    ...                                      smoothing_dialect="megatron"), 0.5, 3)
+    0.75
+    """
+    problem = smoothing_dialect_problem(case)
+    if problem:
+        raise CaseFormatError(problem, field=f"options.{SMOOTHING_DIALECT}")
+    if case.options.get(SMOOTHING_DIALECT) == "megatron" and smoothing > 0:
+        return smoothing * classes / (classes - 1)
+    return smoothing
+
+
 def _features(case: Case) -> frozenset[str]:
     return logits_features(case) | {name for name in EXTENSION_OPTIONS if case.options.get(name) is not None}
 
@@ -240,8 +291,10 @@ CROSS_ENTROPY: Final = register_family(LossFamily(
     required_tensors=("input", "target"),
     optional_tensors=("weight", "grad_output"),
     option_defaults=MappingProxyType({"ignore_index": -100, "reduction": "mean", "label_smoothing": 0.0,
-                                      "size_average": None, "reduce": None, NORMALIZER: None, RETURN_LSE: None}),
-    option_types=MappingProxyType({NORMALIZER: (float, int, type(None)), RETURN_LSE: (bool, type(None))}),
+                                      "size_average": None, "reduce": None, NORMALIZER: None, RETURN_LSE: None,
+                                      SMOOTHING_DIALECT: None}),
+    option_types=MappingProxyType({NORMALIZER: (float, int, type(None)), RETURN_LSE: (bool, type(None)),
+                                   SMOOTHING_DIALECT: (str, type(None))}),
     features=_features,
     strategy=_strategy,
     covering_case=_covering_case,

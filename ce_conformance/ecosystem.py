@@ -26,7 +26,7 @@ from .baseline import SHIPPED_DIR, Baseline
 
 MATRIX_DTYPES: Final = ("float16", "bfloat16", "float32", "float64")
 ECOSYSTEM_FRAMEWORKS: Final = ("paddle", "mlx", "tinygrad", "tensorflow", "keras", "transformers", "cut-cross-entropy",
-                                "liger-kernel", "flash-attn", "quack-kernels", "transformer-engine", "torch")
+                                "megatron-core", "liger-kernel", "flash-attn", "quack-kernels", "transformer-engine", "torch")
 """The frameworks whose built-in adapters pick up a shipped baseline by version."""
 ALL_FEATURES_ROW: Final = "(all cases)"
 

@@ -965,6 +965,10 @@ def evaluate(case: Any, *, gradients: bool = True) -> ReferenceResult:
     check_normalizer_option(case)
     check_output_options(case.options)
     call = _case_call(case)  # torch's checks
+    if case.options.get("smoothing_dialect") is not None:  # Megatron's alpha as torch's eps
+        from .cross_entropy import dialect_smoothing
+
+        call = replace(call, smoothing=dialect_smoothing(case, call.smoothing, call.n_classes))
     divisor = case.options.get("normalizer")
     if divisor is None:
         result = _evaluate_call(call, case.dtype, case.grad_output, gradients)

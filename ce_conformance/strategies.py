@@ -239,7 +239,8 @@ def cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limits: Size
     skipped (a kernel without weights or soft targets lost nine draws in ten to them).
     ``extensions={"normalizer"}`` draws the external normaliser too, in half the draws (a
     ``'sum'`` divided by it), ``{"return_lse"}`` the flag asking for the log-sum-exp beside the
-    loss; never by default, since torch's own function takes neither.
+    loss, ``{"smoothing_dialect"}`` Megatron's meaning of a drawn smoothing; never by default,
+    since torch's own function takes none of them.
 
     >>> "weights" in cross_entropy_cases(require={"weights"}).example().features
     True
@@ -351,7 +352,9 @@ def cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limits: Size
                               size_average=size_average, reduce=reduce, memory_layout=layout, grad_output=grad_output,
                               normalizer=normalizer,
                               return_lse="return_lse" in require or ("return_lse" in extensions and not plain
-                                                                     and draw(st.booleans())))
+                                                                     and draw(st.booleans())),
+                              smoothing_dialect=_smoothing_dialect(draw, require, extensions, plain,
+                                                                   use_probabilities, C, smoothing))
     if "invalid_input" in require or (invalid_percent and draw(st.integers(0, 99)) < invalid_percent):
         # a rule whose breach brings an excluded feature in (a wrong-shaped weight, smoothing > 1)
         rules = [r for r in INVALID_RULES if not _RULE_FEATURES.get(r, frozenset()) & exclude]
@@ -367,6 +370,19 @@ def _effective_reduction(reduction: str, size_average: bool | None, reduce: bool
     from .reference import resolve_reduction
 
     return resolve_reduction(reduction, size_average, reduce)
+
+
+def _smoothing_dialect(draw: st.DrawFn, require: frozenset[str], extensions: frozenset[str] | set[str], plain: bool,
+                       use_probabilities: bool, classes: int, smoothing: float) -> str | None:
+    """Megatron's smoothing dialect where the case can take it (index targets, C >= 2, a smoothing
+    in [0, 1)) and it is required or, among the extensions, drawn."""
+    feasible = not use_probabilities and classes >= 2 and 0 <= smoothing < 1
+    if "smoothing_dialect" in require:
+        assume(feasible and smoothing > 0)
+        return "megatron"
+    if feasible and smoothing > 0 and "smoothing_dialect" in extensions and not plain and draw(st.booleans()):
+        return "megatron"
+    return None
 
 
 @st.composite

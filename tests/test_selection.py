@@ -29,7 +29,8 @@ def test_feature_lists_add_subtract_and_start_from_default():
     assert parse_features("all,-uint8_target") == torch_features - {"uint8_target"}
     assert parse_features("weights, k_dim") == {"weights", "k_dim"}
     # a library's extensions: by name only (a function with torch's signature has no such keyword)
-    assert extension_features() == {"logit_scale", "softcap", "z_loss", "normalizer", "return_lse", "return_z_loss"}
+    assert extension_features() == {"logit_scale", "softcap", "z_loss", "normalizer", "return_lse", "return_z_loss",
+                                    "smoothing_dialect"}
     assert parse_features("default,softcap") == default | {"softcap"}
 
 

@@ -40,8 +40,8 @@ tensors (``keras``: on ``$KERAS_BACKEND``'s tensors; ``keras-jax`` etc. name the
 ECOSYSTEM_ADAPTERS: Final = (
     "paddle", "mlx", "tinygrad", "tinygrad-sparse", "tensorflow",
     "keras-sparse-jax", "keras-categorical-jax", "keras-sparse-torch", "keras-categorical-torch",
-    "keras-sparse-tensorflow", "keras-categorical-tensorflow", "transformers", "liger", "flash-attn", "quack",
-    "transformer-engine",
+    "keras-sparse-tensorflow", "keras-categorical-tensorflow", "transformers", "megatron", "liger", "flash-attn",
+    "quack", "transformer-engine",
 )
 """Each framework's and kernel library's own cross-entropy (``--ecosystem`` adds them; those not
 installed, or needing a GPU there is not, are reported with the reason)."""
@@ -175,6 +175,7 @@ def _library(module: str, factory: str) -> Callable[[], Adapter]:
 BUILTIN.update({
     "cut-cross-entropy": _library("cut_cross_entropy_adapter", "torch_compile_adapter"),
     "cut-cross-entropy-cce": _library("cut_cross_entropy_adapter", "triton_adapter"),
+    "megatron": _library("megatron_adapter", "megatron_adapter"),
     "liger": _library("liger_adapter", "cross_entropy_adapter"),
     "liger-linear": _library("liger_adapter", "fused_linear_adapter"),
     "flash-attn": _library("gpu_kernels_adapter", "flash_attn_adapter"),
