@@ -8,11 +8,12 @@ all of them — and, per set of options an adapter claims, a greedy pass picks r
 with some of those options on: each row gets the subset of options that reaches the most
 (option, factor level) and (option, option) pairs not yet reached, until none is left. A
 normaliser divides a ``'sum'``, so it meets only the rows whose reduction is ``'sum'``, and
-Megatron's smoothing dialect only index targets with a smoothing in (0, 1) (:func:`feasible`). Values come from the strategies' lists, picked with a seeded generator.
+Megatron's smoothing dialect only index targets with a smoothing in (0, 1) (:func:`feasible`).
+Values come from the strategies' lists, picked with a seeded generator.
 
 >>> rows = [{"reduction": "sum", "dtype": "float16"}, {"reduction": "mean", "dtype": "float32"}]
->>> plan(rows, {"softcap", "normalizer"})
-[frozenset({'normalizer', 'softcap'}), frozenset({'softcap'})]
+>>> [sorted(options) for options in plan(rows, {"softcap", "normalizer"})]
+[['normalizer', 'softcap'], ['softcap']]
 """
 
 from __future__ import annotations
