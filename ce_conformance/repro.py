@@ -20,6 +20,7 @@ import numpy as np
 from .case import Case
 from .dtypes import numpy_dtype
 from .errors import InvalidInputError
+from .outputs import requested
 
 
 def replay_command(case_path: str | Path, adapter_name: str, impl_spec: str | None = None,
@@ -74,9 +75,19 @@ def _framework_lines(adapter: Any, case: Case, impl_spec: str | None) -> list[st
     else:
         lines += ["", *adapter.source.rstrip().splitlines(), "", f"fn = {adapter.fn.__name__}"]
     options = ", ".join(f"{k}={v!r}" for k, v in case.call_options().items())
-    lines += [f"loss = fn(input, target, weight=weight, {options})",
+    lines += [f"{_results(case)} = fn(input, target, weight=weight, {options})",
               f"print('got     ', ({adapter.bridge.repro_value.format('loss')}), loss.dtype)"]
-    return lines
+    return lines + _output_lines(case)
+
+
+def _results(case: Case) -> str:
+    """The names a call's result unpacks into: the loss, then the outputs the case asks for."""
+    return ", ".join(("loss", *requested(case.options)))
+
+
+def _output_lines(case: Case) -> list[str]:
+    """Print each output the call returned beside the loss (:mod:`ce_conformance.outputs`)."""
+    return [f"print('got {name}', {name}, getattr({name}, 'dtype', ''))" for name in requested(case.options)]
 
 
 def _gradient_lines(adapter: Any, case: Case, check: str, message: str, result: Any) -> list[str]:
@@ -228,8 +239,8 @@ def write_repro(path: Path, case: Case, *, adapter_name: str, check: str, messag
         return path
     else:
         lines += [f"fn = {spec.torch_function}"]
-    lines += [f"loss = fn({positional}, " + ", ".join(keywords + [f"{k}={v!r}" for k, v in options.items()]) + ")",
-              "print('got     ', loss, getattr(loss, 'dtype', ''))"]
+    lines += [f"{_results(case)} = fn({positional}, " + ", ".join(keywords + [f"{k}={v!r}" for k, v in options.items()])
+              + ")", "print('got     ', loss, getattr(loss, 'dtype', ''))", *_output_lines(case)]
     lines += _expectation_lines(case, expected)
     path.write_text("\n".join(lines) + "\n")
     return path

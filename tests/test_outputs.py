@@ -297,3 +297,25 @@ def test_a_numpy_function_returns_its_outputs_and_other_frameworks_leave_them_to
     assert compare(case, outcome, reference.evaluate(case), adapter.capabilities).passed
     for kind in ("jax", "paddle"):
         assert "return_lse" not in function_adapter(numpy_loss, kind, features="default,return_lse").capabilities.features
+
+
+def test_a_returned_output_findings_repro_script_prints_that_output(tmp_path, torch):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ce_conformance.cli import main
+    from tests import planted_linear
+
+    planted = Path(planted_linear.__file__)
+    code = main(["gate", "--family", "linear_cross_entropy", "--impl", f"{planted}:lse_output_uncapped",
+                 "--features", ",".join(sorted(planted_linear.SUPPORTED_FEATURES)), "--max-examples", "1",
+                 "--covering", "2", "--in-process", "--out", str(tmp_path)])
+    assert code == 1
+    script = next(iter(sorted(tmp_path.glob("cases/*lse_value*.py"))))
+    text = script.read_text()
+    assert "loss, lse" in text and "return_lse=True" in text
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                         env={**__import__("os").environ, "PYTHONPATH": str(planted.parent.parent)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "got lse" in run.stdout, run.stdout
