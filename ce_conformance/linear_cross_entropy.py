@@ -307,7 +307,7 @@ def evaluate(case: Case, *, gradients: bool = True):
         loss, loss_sigma, loss_scale = reference.normalised_loss(loss, loss_sigma, loss_scale, divisor, dtype)
     outputs = {}  # what the call returns beside the loss (ce_conformance.outputs)
     if "lse" in wanted:
-        outputs["lse"] = Expectation(*lse_output(z, z_max, normaliser, mixed, root, class_axis, u_c))
+        outputs["lse"] = Expectation(*lse_output(z_max, normaliser, mixed, root, class_axis, u_c))
     if "z_loss" in wanted:
         z_value, z_scale, z_sigma = z_loss_output(returned_zl, sz, class_axis, case.options["reduction"])
         if divisor is not None:

@@ -114,18 +114,17 @@ def lse_sigma(mixed: np.ndarray, lse: np.ndarray, normaliser: np.ndarray, root: 
                                                                           + 2 * np.square(lse) + 1)), nan=0.0)
 
 
-def lse_output(z: np.ndarray, z_max: np.ndarray, normaliser: np.ndarray, mixed: np.ndarray, root: np.ndarray,
+def lse_output(z_max: np.ndarray, normaliser: np.ndarray, mixed: np.ndarray, root: np.ndarray,
                class_axis: int, u_c: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The returned log-sum-exp per position (:mod:`ce_conformance.outputs`): values with
-    ``torch.logsumexp``'s rules for non-finite rows (an infinite maximum is not subtracted: a
-    ``+inf`` logit gives ``+inf``, all ``-inf`` gives ``-inf``, a NaN NaN), their magnitude (the
-    largest of ``|lse|``, ``|max|`` and ``log S``: each rounding's unit) and sigma
-    (:func:`lse_sigma`: the logits' error through ``p``, the exp sum's, the log's, the addition's)."""
+    """The returned log-sum-exp per position (:mod:`ce_conformance.outputs`), from the row maximum
+    and the exp sum ``normaliser`` the caller formed: values with ``torch.logsumexp``'s rules for
+    non-finite rows (an infinite maximum is not subtracted: a ``+inf`` logit gives ``+inf``, all
+    ``-inf`` gives ``-inf``, a NaN NaN), their magnitude (the largest of ``|lse|``, ``|max|`` and
+    ``log S``: each rounding's unit) and sigma (:func:`lse_sigma`: the logits' error through ``p``,
+    the exp sum's, the log's, the addition's)."""
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-        finite_max = np.where(np.isinf(z_max), 0.0, z_max)
-        values = np.squeeze(finite_max + np.log(np.sum(np.exp(z - finite_max), axis=class_axis, keepdims=True)),
-                            class_axis)
         log_sum = np.log(normaliser)
+        values = np.squeeze(np.where(np.isinf(z_max), z_max, z_max + log_sum), class_axis)
         lse = np.nan_to_num(z_max + log_sum, nan=0.0, posinf=0.0, neginf=0.0)
         scale = np.maximum(np.abs(lse), np.maximum(np.abs(np.nan_to_num(z_max)), np.abs(np.nan_to_num(log_sum))))
         sigma = lse_sigma(mixed, lse, normaliser, root, u_c)

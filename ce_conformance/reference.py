@@ -993,7 +993,7 @@ def _returned_lse(call: _Call) -> Expectation:
         shifted = np.exp(x - z_max)
         normaliser = np.sum(shifted, axis=class_axis, keepdims=True)
         root = np.expand_dims(summation_root(np.moveaxis(np.nan_to_num(shifted), class_axis, -1), u_c), class_axis)
-    return Expectation(*lse_output(x, z_max, normaliser, np.zeros(normaliser.shape), root, class_axis, u_c))
+    return Expectation(*lse_output(z_max, normaliser, np.zeros(normaliser.shape), root, class_axis, u_c))
 
 
 def normalised(result: ReferenceResult, divisor: float) -> ReferenceResult:
