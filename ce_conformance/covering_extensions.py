@@ -27,7 +27,7 @@ import numpy as np
 from .case import Case
 from .cross_entropy import SMOOTHING_DIALECT, SMOOTHING_DIALECTS, resolved_ignore_index, smoothing_dialect_problem
 from .outputs import OUTPUT_OPTIONS
-from .values import NORMALIZER_KINDS, normalizer_value
+from .values import NORMALIZER_KINDS, counted_positions, normalizer_value
 
 
 def _values() -> dict[str, tuple[Any, ...]]:
@@ -126,9 +126,7 @@ def with_extensions(case: Case, options: Iterable[str], seed: int = 0) -> Case:
 def _counted(case: Case) -> int:
     shape = case.spec.logits_shape(case)
     positions = math.prod(shape) // max(1, shape[0 if len(shape) == 1 else 1]) if shape else 0
-    if case.is_probability_target:
-        return positions
-    return int(np.count_nonzero(np.asarray(case.target) != resolved_ignore_index(case)))
+    return counted_positions(None if case.is_probability_target else case.target, resolved_ignore_index(case), positions)
 
 
 def extension_cases(rows: Sequence[Mapping[str, str]], cases: Sequence[Case], profiles: Iterable[frozenset[str]],

@@ -31,7 +31,7 @@ from .linear_cross_entropy import LINEAR_CROSS_ENTROPY, linear_cross_entropy_cas
 from .outputs import OUTPUT_OPTIONS
 from .strategies import LOGITS_RULES, SizeLimits, breach_of_a_logits_rule, label_smoothings
 from .values import (IGNORE_INDEX_KINDS, NORMALIZER_KINDS, WEIGHT_KINDS, grad_output_values, ignore_index_value,
-                     index_target_values, normalizer_value, output_shape, probability_kinds, probability_values,
+                     counted_positions, index_target_values, normalizer_value, output_shape, probability_kinds, probability_values,
                      weight_values)
 
 CHUNK_BOUNDARY_ROWS: Final = (1, 2, 3, 4, 5, 7, 8, 9, 63, 64, 65, 127, 128, 129, 255, 256, 257, 1023, 1024, 1025)
@@ -179,8 +179,8 @@ def linear_cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limit
     normalizer = None
     if "normalizer" in extensions | require and wants("normalizer", one_in(2)):
         reduction = "sum"  # the external normaliser divides a sum (transformers' num_items_in_batch)
-        counted = int(np.count_nonzero(target != (DEFAULT_IGNORE_INDEX if ignore_index is None else ignore_index))) \
-            if not probabilities else math.prod(logits) // classes
+        counted = counted_positions(None if probabilities else target,
+                                    DEFAULT_IGNORE_INDEX if ignore_index is None else ignore_index, math.prod(logits) // classes)
         normalizer = normalizer_value(pick(NORMALIZER_KINDS), counted)
     else:
         reduction = pick(("mean", "sum", "none"))

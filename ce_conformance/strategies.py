@@ -31,7 +31,7 @@ from .cross_entropy import CROSS_ENTROPY
 from .dtypes import FLOAT_DTYPES
 from .errors import Rule
 from .values import (IGNORE_INDEX_KINDS, LOGIT_DISTRIBUTIONS, NONFINITE_DISTRIBUTIONS, NORMALIZER_KINDS,
-                     PROBABILITY_KINDS, normalizer_value, probability_kinds,
+                     PROBABILITY_KINDS, counted_positions, normalizer_value, probability_kinds,
                      SMOOTHINGS, TINY_SMOOTHINGS, WEIGHT_KINDS, grad_output_values, ignore_index_value,
                      index_target_values, logit_distributions_for, logit_values, output_shape, probability_values,
                      weight_values)
@@ -329,8 +329,8 @@ def cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limits: Size
     normalizer = None
     if "normalizer" in require or ("normalizer" in extensions and not plain and draw(st.booleans())):
         reduction, size_average, reduce = "sum", None, None  # the normaliser divides a sum
-        counted = math.prod(shape[:class_axis] + shape[class_axis + 1:]) if use_probabilities else \
-            int(np.count_nonzero(np.asarray(target) != ignore_index))
+        counted = counted_positions(None if use_probabilities else target, ignore_index,
+                                    math.prod(shape[:class_axis] + shape[class_axis + 1:]))
         normalizer = normalizer_value(draw(st.sampled_from(NORMALIZER_KINDS)), counted)
     layouts = ["contiguous", "strided", "offset"] + (["transposed"] if len(shape) >= 2 else [])
     if "non_contiguous" in require:

@@ -61,6 +61,18 @@ def normalizer_value(kind: str | float, counted: int) -> float:
     return float(counted if kind == "counted" else 8 * counted + 3 if kind == "accumulated" else kind)
 
 
+def counted_positions(target: Any, ignore_index: int, positions: int) -> int:
+    """The positions a 'mean' counts (and a 'counted' normaliser divides by): all ``positions``
+    for probability targets (``target`` None), else the class indices other than ``ignore_index``.
+
+    >>> counted_positions(np.array([0, -100, 2]), -100, 3), counted_positions(None, -100, 3)
+    (2, 3)
+    """
+    if target is None:
+        return int(positions)
+    return int(np.count_nonzero(np.asarray(target) != ignore_index))
+
+
 TINY_SMOOTHINGS: Final = (1e-6, 2.0**-24, 1e-12)
 SMOOTHINGS: Final = (0.1, 0.25, 0.5, 0.05, 0.9)
 
