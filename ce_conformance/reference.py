@@ -472,11 +472,13 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                             upstream_terms = np.broadcast_to((eps / C) * (w_abs if w_abs is not None else np.ones(C)), p64.shape).copy()
                             upstream_terms[r, yb] += (1 - eps) * wy_abs
                             # torch's K-dim backward sums these over a strided class axis; measured there:
-                            # errors that add up linearly (20 sigma of a random walk at C = 262144)
+                            # errors that add up linearly (20 sigma of a random walk at C = 262144): the
+                            # equal terms' residues below, which hold wherever the target sits in the sum
                             strided = np.full(m, call.input.ndim > 2)
                             upstream_root = u_c * summation_root(upstream_terms, u_c, linear=strided) / np.sqrt(3.0)
-                            scales = np.unique(np.abs(np.asarray(scale, dtype=np.float64)[v]))
-                            if w_abs is None and not strided.any() and 0 < scales.size <= 8:
+                            # a kernel may sum the upstream terms scaled (g / N * eps / C) or scale their sum
+                            scales = np.unique(np.append(np.abs(np.asarray(scale, dtype=np.float64)[v]), 1.0))
+                            if w_abs is None and 0 < scales.size <= 9:
                                 # C - 1 equal terms eps / C: the residues their additions really round away,
                                 # over the orders kernels sum in, instead of the linear bound's worst ones
                                 name = dtype_name(call.dtype)

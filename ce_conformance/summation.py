@@ -195,15 +195,17 @@ def equal_terms_bound(value: float, count: int, first: float, dtype: str, scales
     """A bound on the rounding error of ``first + value + value + ...`` (``count`` equal terms,
     as the backward's sum of a smoothed row's upstream terms ``eps / C``), in units of the
     unscaled terms, over the orders kernels sum in: one running sum; ``L`` interleaved running
-    sums (``L`` a power of two up to :data:`EQUAL_TERM_LANES`), ``first`` met first or last in its
-    sum; blocks of ``B`` terms summed as a tree (exact for equal terms, ``B`` a power of two)
+    sums (``L`` a power of two up to :data:`EQUAL_TERM_LANES`), ``first`` met anywhere in its sum
+    (the residues before it are those of a sum from zero, after it those of a sum from ``first``,
+    each at most their whole path's: a K-dim kernel meets the target at its class index); blocks
+    of ``B`` terms summed as a tree (exact for equal terms, ``B`` a power of two)
     whose sums are accumulated likewise. Each addition of one value to a partial sum in one binade
     rounds away the same residue, so the error is the sum of those residues along the partial
     sums' path — realised here for each order (``|residue|`` summed, so it bounds the order
     whatever the signs), not the linear bound ``u * sum of partial sums``, which holds the worst
     residue of every binade (179 times the family's error on float64 C = 4097, smoothing 0.1).
     The terms are taken as given and times each of ``scales`` (a kernel summing ``g / N *
-    eps / C``), rounded to ``dtype`` and to ``term_dtype`` (torch's half kernels form the terms
+    eps / C``; the scale 1 for one that scales the sum, as autograd's log-softmax backward), rounded to ``dtype`` and to ``term_dtype`` (torch's half kernels form the terms
     in the input dtype).
 
     >>> bound = equal_terms_bound(0.1 / 4097, 4096, 0.9 + 0.1 / 4097, "float64")

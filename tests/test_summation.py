@@ -89,8 +89,12 @@ def _realised_errors(first: float, term: float, count: int, dtype) -> dict[str, 
         padded = np.concatenate([values, np.zeros(-len(values) % width, dtype=dtype)]).reshape(-1, width)
         return np.cumsum(padded, axis=0, dtype=dtype)[-1].sum(dtype=dtype)
 
+    def target_at(position):  # a sequential sum over the class axis meets the target at its index
+        return np.cumsum(np.insert(terms[1:], position, terms[0]), dtype=dtype)[-1]
+
     return {"sequential": error(np.cumsum(terms, dtype=dtype)[-1]),
             "target last": error(np.cumsum(terms[::-1], dtype=dtype)[-1]),
+            **{f"target at {k}/8": error(target_at(count * k // 8)) for k in range(1, 8)},
             "8 lanes": error(lanes(terms, 8)), "256 lanes": error(lanes(terms, 256)),
             "np.sum": error(terms.sum(dtype=dtype))}
 
@@ -111,3 +115,14 @@ def test_equal_terms_bound_holds_every_order_and_is_below_the_linear_bound(dtype
                 assert error / scale <= bound + combination + 2 * u, (order, eps, scale)
             linear = u * (classes - 1) * (1 - eps / 2)  # u times the partial sums, at the least
             assert bound < linear
+
+
+def test_equal_terms_bound_covers_a_kernel_that_scales_the_sum_instead_of_the_terms():
+    # autograd's log-softmax backward sums the unscaled upstream terms and scales their sum: in
+    # float64 at C = 128256, eps = 0.001, the partial sums near 1 round away more than those of
+    # the scaled terms near 0.2 (the correct family's autograd_order member, K-dim 'mean' over 5)
+    classes, eps, scale = 128256, 0.001, 0.2
+    first = (1 - eps) + eps / classes
+    unscaled = _realised_errors(first, eps / classes, classes - 1, np.float64)["target at 3/8"]
+    assert unscaled > equal_terms_bound(eps / classes, classes - 1, first, "float64", (scale,))
+    assert unscaled <= equal_terms_bound(eps / classes, classes - 1, first, "float64", (scale, 1.0))
