@@ -7,12 +7,7 @@ the whole differential (adapter + reference + comparison), each as a ratio to th
 (issue targets: reference <= 2x, adapter <= 1.5x, differential <= 3x), with the reference's
 peak allocation as a multiple of the float64 logits (target <= 2).
 
-The process keeps freed memory for reuse, as every ``ce-conformance`` command and adapter worker
-does (:mod:`ce_conformance.allocator`), so native call and stages alike run on pages already
-mapped; ``--fresh-pages`` measures them on glibc's default (every large array new pages, zeroed
-by the kernel on first touch).
-
-    python benchmarks/scale.py [--rows N] [--classes C] [--fresh-pages]
+    python benchmarks/scale.py [--rows N] [--classes C]
 """
 
 from __future__ import annotations
@@ -73,16 +68,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1024)
     parser.add_argument("--classes", type=int, default=128256)
-    parser.add_argument("--fresh-pages", action="store_true",
-                        help="glibc's default allocation (new pages for every large array), not the CLI's")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     from ce_conformance import engine
-    from ce_conformance.allocator import keep_freed_memory
 
-    kept = not args.fresh_pages and keep_freed_memory()
     print(f"N = {args.rows}, C = {args.classes}: float64 logits = {args.rows * args.classes * 8 / 2**20:.0f} MiB; "
-          f"engine {engine.name()}; freed memory {'kept for reuse' if kept else 'returned (fresh pages)'}")
+          f"engine {engine.name()}")
     print(f"{'dtype':9} {'native':>8} {'adapter':>13} {'reference':>13} {'compare':>13} {'differential':>14} "
           f"{'ref. peak':>10}")
     for dtype in ("float32", "bfloat16"):

@@ -16,7 +16,6 @@ from typing import Any
 from ce_conformance.adapters import KINDS, default_adapters
 
 from ._version import __version__
-from .allocator import keep_freed_memory
 from .errors import ConfigurationError
 
 EXIT_OK, EXIT_FINDINGS, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130  # 143 after SIGTERM
@@ -537,7 +536,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_OK
-    keep_freed_memory()  # our own process: vocabulary-scale arrays reuse mapped pages (ce_conformance.allocator)
     try:
         return COMMANDS[args.command](args)
     except BrokenPipeError:  # `ce-conformance ... | head`: stop quietly

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from ce_conformance.adapters.base import Adapter, Outcome, RaisedError
-from ce_conformance.allocator import keep_freed_memory
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MEMORY_MB = 8192
@@ -97,7 +96,6 @@ def _limit_memory(megabytes: int | None) -> None:
 
 def _worker_main(conn: Any, recipe: tuple[Any, ...], memory_mb: int | None, log_path: str | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
-    keep_freed_memory()  # a worker is our process too (ce_conformance.allocator)
     warnings.simplefilter("ignore")
     if log_path is not None:  # the framework's own chatter (C++ logs, compilers) goes to the run's log
         log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
