@@ -8,6 +8,7 @@ SIGTERM (the tables for what was done are written).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -19,6 +20,9 @@ from ._version import __version__
 from .errors import ConfigurationError
 
 EXIT_OK, EXIT_FINDINGS, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130  # 143 after SIGTERM
+NIGHTLY_COMPILE_BUDGET = 90.0
+"""The nightly profile's --compile-budget: a cold inductor cache compiles each new graph in ~3 s,
+and a 300-example nightly spent 440 s compiling against 160 s for everything else."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -107,6 +111,10 @@ def _add_run_options(p: argparse.ArgumentParser, *, default_out: str) -> None:
     p.add_argument("--in-process", action="store_true",
                    help="run --impl in this process (trusted code: faster start, no crash/hang protection)")
     p.add_argument("--isolate-all", action="store_true", help="also run built-in adapters in worker processes")
+    p.add_argument("--compile-budget", metavar="SECONDS", default=None,
+                   help="seconds the torch-compile adapters may spend compiling new graphs; past it a case whose "
+                        "configuration has no graph yet is skipped with the reason, never run eagerly (default: "
+                        f"none; nightly profile: {NIGHTLY_COMPILE_BUDGET:g}; 'none' lifts it)")
     p.add_argument("--worker-memory-mb", type=int, default=8192, metavar="MB",
                    help="address-space limit of a worker process (default 8192; 0 for none)")
 
@@ -530,6 +538,37 @@ COMMANDS = {"fuzz": cmd_fuzz, "gate": cmd_gate, "replay": cmd_replay, "adapters"
             "nightly": cmd_nightly, "report": cmd_report}
 
 
+@contextlib.contextmanager
+def _compile_budget(args: argparse.Namespace):
+    """--compile-budget reaches the torch-compile adapters (here and in their worker processes)
+    through their environment variable, for this command only."""
+    from ce_conformance.adapters.torch_adapter import COMPILE_BUDGET_VARIABLE
+
+    value = getattr(args, "compile_budget", None)
+    if value is None and getattr(args, "profile", None) == "nightly":
+        value = f"{NIGHTLY_COMPILE_BUDGET:g}"
+    if value is None:
+        yield
+        return
+    value = str(value).strip().lower()
+    if value != "none":
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise ConfigurationError(f"--compile-budget must be a number of seconds or 'none', not {value!r}") from None
+        if seconds < 0:
+            raise ConfigurationError(f"--compile-budget must not be negative, got {value}")
+    before = os.environ.get(COMPILE_BUDGET_VARIABLE)
+    os.environ[COMPILE_BUDGET_VARIABLE] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(COMPILE_BUDGET_VARIABLE, None)
+        else:
+            os.environ[COMPILE_BUDGET_VARIABLE] = before
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -537,7 +576,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_OK
     try:
-        return COMMANDS[args.command](args)
+        with _compile_budget(args):
+            return COMMANDS[args.command](args)
     except BrokenPipeError:  # `ce-conformance ... | head`: stop quietly
         sys.stdout = open(os.devnull, "w")
         return EXIT_OK

@@ -94,8 +94,20 @@ def _limit_memory(megabytes: int | None) -> None:
         pass
 
 
-def _worker_main(conn: Any, recipe: tuple[Any, ...], memory_mb: int | None, log_path: str | None = None) -> None:
+def _our_settings() -> dict[str, str]:
+    """The parent's ``CE_*`` environment variables (the adapters' settings, such as the
+    torch-compile backend and compile budget) as they are now: a forkserver child inherits the
+    server's environment from when the server started, which may be an earlier command's."""
+    return {name: value for name, value in os.environ.items() if name.startswith("CE_")}
+
+
+def _worker_main(conn: Any, recipe: tuple[Any, ...], memory_mb: int | None, log_path: str | None = None,
+                 settings: dict[str, str] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    if settings is not None:
+        for name in [n for n in os.environ if n.startswith("CE_") and n not in settings]:
+            del os.environ[name]
+        os.environ.update(settings)
     warnings.simplefilter("ignore")
     if log_path is not None:  # the framework's own chatter (C++ logs, compilers) goes to the run's log
         log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -198,8 +210,8 @@ class WorkerExecutor:
             return None
         parent, child = self._context.Pipe()
         log = self._log_path(adapter.name)
-        process = self._context.Process(target=_worker_main, args=(child, recipe, self.memory_mb, log), daemon=True,
-                                        name=f"ce-conformance worker: {adapter.name}")
+        process = self._context.Process(target=_worker_main, args=(child, recipe, self.memory_mb, log, _our_settings()),
+                                        daemon=True, name=f"ce-conformance worker: {adapter.name}")
         process.start()
         child.close()
         if not parent.poll(STARTUP_TIMEOUT):

@@ -162,6 +162,10 @@ class FuzzRun:
             for a, b in self.pairs:
                 if a in outcomes and b in outcomes:
                     first, second = outcomes[a][1], outcomes[b][1]
+                    unrun = [o.skip_reason for o in (first, second) if o.status == "skipped"]
+                    if unrun:  # one side did not run (a compile budget, a dtype): nothing to compare
+                        self.ledger.skipped(columns, f"{a}~{b}", phase, tuple(unrun))
+                        continue
                     comparison = compare_pair(case, first, second, ref, outcomes[b][0].capabilities)
                     self.ledger.record(case, columns, f"{a}~{b}", second, comparison, phase, case_path)
         return compared

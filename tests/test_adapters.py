@@ -263,3 +263,32 @@ def test_a_flushed_smoothing_term_of_tiny_weights_is_correct_arithmetic():
                               label_smoothing=0.9)
     assert abs(float(JAX.timed_run(case).loss) - float(reference.evaluate(case).loss)) > 0.1
     _assert_conforms(JAX, case)
+
+
+def test_torch_compile_budget_skips_configurations_without_a_graph_and_never_runs_them_eagerly(torch, monkeypatch):
+    from ce_conformance.adapters.torch_adapter import TorchCompileAdapter, compile_configuration
+
+    monkeypatch.delenv("CE_TORCH_COMPILE_BUDGET", raising=False)
+    compiled = TorchCompileAdapter(backend="aot_eager", compile_budget=1e-9)  # spent by the first graph
+    first = Case.cross_entropy([[1.0, 2.0, 0.5]], [1])
+    another_shape = Case.cross_entropy([[1.0, 2.0, 0.5, 3.0], [0.0, 1.0, 3.0, 2.0]], [1, 3])
+    smoothed = Case.cross_entropy([[1.0, 2.0, 0.5]], [1], label_smoothing=0.1)  # a float option: its own graph
+    assert compile_configuration(first) == compile_configuration(another_shape) != compile_configuration(smoothed)
+    assert compile_configuration(first) != compile_configuration(Case.cross_entropy([[1.0, 2.0, 0.5]], [1],
+                                                                                     dtype="bfloat16"))
+    assert compiled.run(first).status == "ok" and compiled.compile_seconds > 0
+    skipped = compiled.run(smoothed)
+    assert skipped.status == "skipped" and "compile budget" in skipped.skip_reason and "not run eagerly" in skipped.skip_reason
+    _assert_conforms(compiled, another_shape)  # a configuration that ran keeps running: shapes are symbolic
+    assert compiled.budget_skips == 1
+    assert TorchCompileAdapter(backend="aot_eager").compile_budget is None  # no budget unless asked
+
+
+def test_torch_compile_budget_from_the_environment(torch, monkeypatch):
+    monkeypatch.setenv("CE_TORCH_COMPILE_BUDGET", "45")
+    assert adapters.load_adapter("torch-compile").compile_budget == 45.0
+    monkeypatch.setenv("CE_TORCH_COMPILE_BUDGET", "none")
+    assert adapters.load_adapter("torch-compile").compile_budget is None
+    monkeypatch.setenv("CE_TORCH_COMPILE_BUDGET", "soon")
+    with pytest.raises(ConfigurationError, match="CE_TORCH_COMPILE_BUDGET"):
+        adapters.load_adapter("torch-compile")

@@ -88,3 +88,21 @@ def test_torch_oracle_mode(tmp_path, torch):
     assert main([*common, "--impl", "torch.nn.functional:cross_entropy", "--out", str(tmp_path / "a")]) == 0
     assert main([*common, "--impl", f"{HERE / 'planted_bugs.py'}:offset_cancellation",
                  "--out", str(tmp_path / "b")]) == 1
+
+
+def test_compile_budget_is_checked_and_the_nightly_profile_has_one(monkeypatch, tmp_path):
+    import argparse
+    import os
+
+    from ce_conformance.cli import NIGHTLY_COMPILE_BUDGET, _compile_budget, main
+
+    monkeypatch.delenv("CE_TORCH_COMPILE_BUDGET", raising=False)
+    assert main(["fuzz", "--adapters", "numpy", "--compile-budget", "soon", "--out", str(tmp_path)]) == 2
+    assert main(["fuzz", "--adapters", "numpy", "--compile-budget", "-1", "--out", str(tmp_path)]) == 2
+    with _compile_budget(argparse.Namespace(profile="nightly", compile_budget=None)):
+        assert float(os.environ["CE_TORCH_COMPILE_BUDGET"]) == NIGHTLY_COMPILE_BUDGET
+    with _compile_budget(argparse.Namespace(profile="nightly", compile_budget="none")):
+        assert os.environ["CE_TORCH_COMPILE_BUDGET"] == "none"
+    with _compile_budget(argparse.Namespace(profile="ci", compile_budget=None)):
+        assert "CE_TORCH_COMPILE_BUDGET" not in os.environ
+    assert "CE_TORCH_COMPILE_BUDGET" not in os.environ

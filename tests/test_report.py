@@ -4,6 +4,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 import base64
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -115,6 +116,19 @@ def test_nightly_judges_the_compiled_side_against_eager_whenever_both_run(tmp_pa
     results, _ = load_run(tmp_path / "p")
     assert (results["adapter"] == "torch~torch-compile").sum() > 0
     assert json.loads((tmp_path / "p" / "config.json").read_text())["pairs"] == [["torch", "torch-compile"]]
+
+
+def test_a_spent_compile_budget_skips_the_compiled_side_and_its_pair_with_the_reason(tmp_path, torch, monkeypatch):
+    monkeypatch.setenv("CE_TORCH_COMPILE_BACKEND", "aot_eager")
+    assert main(["nightly", "--adapters", "torch,torch-compile", "--out", str(tmp_path), "--name", "p", *SMALL[:2],
+                 "--max-examples", "10", "--dtypes", "float32", "--covering", "0", "--compile-budget", "0",
+                 *SMALL[4:]]) in (0, 1)
+    results, findings = load_run(tmp_path / "p")
+    compiled = results[results["adapter"].isin(["torch-compile", "torch~torch-compile"])]
+    assert len(compiled) > 0 and (compiled["status"] == "skipped").all()
+    assert compiled["skip_reason"].str.contains("compile budget").all()
+    assert not findings["adapter"].isin(["torch-compile", "torch~torch-compile"]).any()
+    assert "CE_TORCH_COMPILE_BUDGET" not in os.environ  # the option holds for its command only
 
 
 def test_a_linear_pair_judges_the_heads_gradients_too(torch):

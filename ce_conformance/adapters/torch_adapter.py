@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ce_conformance.case import Case, Tensor
+from ce_conformance.errors import ConfigurationError
 from ce_conformance.outputs import requested, split_result
 
 from .base import Adapter, Capabilities, Outcome, float64_copy
@@ -313,14 +314,24 @@ class TorchCompileAdapter(TorchAdapter):
     Shapes are symbolic, so recompilations follow the guards (dtype, weight present, reduction,
     ...) rather than every shape; ``compilations`` counts the graphs compiled and
     ``compile_seconds`` the time the first call of each new graph took (the amortised cost).
-    The backend is ``$CE_TORCH_COMPILE_BACKEND`` (default ``inductor``)."""
+    The backend is ``$CE_TORCH_COMPILE_BACKEND`` (default ``inductor``).
 
-    def __init__(self, backend: str | None = None, *, family: str = "cross_entropy", name: str = "torch-compile"):
+    ``compile_budget`` (seconds, ``$CE_TORCH_COMPILE_BUDGET``; ``--compile-budget``): once that
+    much time went into new graphs, a case whose configuration (:func:`compile_configuration`)
+    has not run yet is skipped with the reason instead of compiled: on a cold inductor cache each
+    new graph costs ~3 s and a 300-example nightly spent 440 s compiling. Never run eagerly: a
+    compiled adapter must not pass code it did not compile."""
+
+    def __init__(self, backend: str | None = None, *, family: str = "cross_entropy", name: str = "torch-compile",
+                 compile_budget: float | None = None):
         import os
 
         function = family_function_name(family)
         super().__init__(name=name, family=family, description=f"torch.compile({function}, dynamic=True)")
         self.backend = backend or os.environ.get("CE_TORCH_COMPILE_BACKEND", "inductor")
+        self.compile_budget = compile_budget if compile_budget is not None else _budget_from_environment()
+        self._configurations: set[tuple[Any, ...]] = set()
+        self.budget_skips = 0
         # in a worker process: an inductor kernel can abort the process (an out-of-range target
         # raised a C++ exception past Python in a nightly run), and the lifted recompile limit stays there
         self.isolate_by_default = True
@@ -351,6 +362,14 @@ class TorchCompileAdapter(TorchAdapter):
 
         from torch._dynamo.utils import counters
 
+        configuration = compile_configuration(case)
+        if configuration not in self._configurations:
+            if self.compile_budget is not None and self.compile_seconds >= self.compile_budget:
+                self.budget_skips += 1
+                return Outcome.skipped(
+                    f"compile budget: {self.compile_seconds:.0f} s of {self.compile_budget:g} s spent compiling "
+                    f"{self.compilations} graphs; this configuration has none yet (not run eagerly)")
+            self._configurations.add(configuration)
         lift_recompile_limit()
         before = counters["stats"]["unique_graphs"]
         start = time.perf_counter()
@@ -360,6 +379,35 @@ class TorchCompileAdapter(TorchAdapter):
             self.compilations += new
             self.compile_seconds += time.perf_counter() - start
         return outcome
+
+
+COMPILE_BUDGET_VARIABLE = "CE_TORCH_COMPILE_BUDGET"
+
+
+def _budget_from_environment() -> float | None:
+    import os
+
+    value = os.environ.get(COMPILE_BUDGET_VARIABLE, "").strip().lower()
+    if value in ("", "none"):
+        return None
+    try:
+        budget = float(value)
+    except ValueError:
+        raise ConfigurationError(f"{COMPILE_BUDGET_VARIABLE} must be a number of seconds or 'none', not {value!r}") \
+            from None
+    if budget < 0:
+        raise ConfigurationError(f"{COMPILE_BUDGET_VARIABLE} must not be negative, got {value}")
+    return budget
+
+
+def compile_configuration(case: Case) -> tuple[Any, ...]:
+    """What decides whether dynamo needs a new graph for a case, as near as the case tells: each
+    tensor's dtype and rank, the options (floats are specialised: every smoothing value is its
+    own graph), the memory layout. Shapes are symbolic. A coarser key would compile past the
+    budget, a finer one skip a case whose graph exists; either only moves the budget's edge."""
+    tensors = tuple(sorted((name, t.dtype, len(t.shape)) for name, t in case.tensors.items()))
+    options = tuple(sorted((k, repr(v)) for k, v in case.options.items()))
+    return case.family, tensors, options, case.memory_layout
 
 
 LINEAR_CHUNK_ROWS = 3
