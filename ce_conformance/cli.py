@@ -555,7 +555,8 @@ def _compile_budget(args: argparse.Namespace):
         try:
             seconds = float(value)
         except ValueError:
-            raise ConfigurationError(f"--compile-budget must be a number of seconds or 'none', not {value!r}") from None
+            raise ConfigurationError(f"--compile-budget must be a number of seconds or 'none', "
+                                     f"not {value!r}") from None
         if seconds < 0:
             raise ConfigurationError(f"--compile-budget must not be negative, got {value}")
     before = os.environ.get(COMPILE_BUDGET_VARIABLE)

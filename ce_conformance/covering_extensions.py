@@ -126,7 +126,8 @@ def with_extensions(case: Case, options: Iterable[str], seed: int = 0) -> Case:
 def _counted(case: Case) -> int:
     shape = case.spec.logits_shape(case)
     positions = math.prod(shape) // max(1, shape[0 if len(shape) == 1 else 1]) if shape else 0
-    return counted_positions(None if case.is_probability_target else case.target, resolved_ignore_index(case), positions)
+    target = None if case.is_probability_target else case.target
+    return counted_positions(target, resolved_ignore_index(case), positions)
 
 
 def extension_cases(rows: Sequence[Mapping[str, str]], cases: Sequence[Case], profiles: Iterable[frozenset[str]],

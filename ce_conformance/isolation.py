@@ -210,7 +210,8 @@ class WorkerExecutor:
             return None
         parent, child = self._context.Pipe()
         log = self._log_path(adapter.name)
-        process = self._context.Process(target=_worker_main, args=(child, recipe, self.memory_mb, log, _our_settings()),
+        process = self._context.Process(target=_worker_main,
+                                        args=(child, recipe, self.memory_mb, log, _our_settings()),
                                         daemon=True, name=f"ce-conformance worker: {adapter.name}")
         process.start()
         child.close()

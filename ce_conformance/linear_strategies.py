@@ -30,9 +30,9 @@ from .errors import Rule
 from .linear_cross_entropy import LINEAR_CROSS_ENTROPY, linear_cross_entropy_case
 from .outputs import OUTPUT_OPTIONS
 from .strategies import LOGITS_RULES, SizeLimits, breach_of_a_logits_rule, label_smoothings
-from .values import (IGNORE_INDEX_KINDS, NORMALIZER_KINDS, WEIGHT_KINDS, grad_output_values, ignore_index_value,
-                     counted_positions, index_target_values, normalizer_value, output_shape, probability_kinds, probability_values,
-                     weight_values)
+from .values import (IGNORE_INDEX_KINDS, NORMALIZER_KINDS, WEIGHT_KINDS, counted_positions, grad_output_values,
+                     ignore_index_value, index_target_values, normalizer_value, output_shape, probability_kinds,
+                     probability_values, weight_values)
 
 CHUNK_BOUNDARY_ROWS: Final = (1, 2, 3, 4, 5, 7, 8, 9, 63, 64, 65, 127, 128, 129, 255, 256, 257, 1023, 1024, 1025)
 """Batch sizes at and one past the chunk sizes fused kernels use (and small ones for shrinking)."""
@@ -180,7 +180,8 @@ def linear_cross_entropy_cases(draw, dtypes: Sequence[str] = FLOAT_DTYPES, limit
     if "normalizer" in extensions | require and wants("normalizer", one_in(2)):
         reduction = "sum"  # the external normaliser divides a sum (transformers' num_items_in_batch)
         counted = counted_positions(None if probabilities else target,
-                                    DEFAULT_IGNORE_INDEX if ignore_index is None else ignore_index, math.prod(logits) // classes)
+                                    DEFAULT_IGNORE_INDEX if ignore_index is None else ignore_index,
+                                    math.prod(logits) // classes)
         normalizer = normalizer_value(pick(NORMALIZER_KINDS), counted)
     else:
         reduction = pick(("mean", "sum", "none"))
