@@ -542,7 +542,7 @@ COMMANDS = {"fuzz": cmd_fuzz, "gate": cmd_gate, "replay": cmd_replay, "adapters"
 def _compile_budget(args: argparse.Namespace):
     """--compile-budget reaches the torch-compile adapters (here and in their worker processes)
     through their environment variable, for this command only."""
-    from ce_conformance.adapters.torch_adapter import COMPILE_BUDGET_VARIABLE
+    from ce_conformance.adapters.torch_adapter import COMPILE_BUDGET_VARIABLE, parse_compile_budget
 
     value = getattr(args, "compile_budget", None)
     if value is None and getattr(args, "profile", None) == "nightly":
@@ -551,14 +551,7 @@ def _compile_budget(args: argparse.Namespace):
         yield
         return
     value = str(value).strip().lower()
-    if value != "none":
-        try:
-            seconds = float(value)
-        except ValueError:
-            raise ConfigurationError(f"--compile-budget must be a number of seconds or 'none', "
-                                     f"not {value!r}") from None
-        if seconds < 0:
-            raise ConfigurationError(f"--compile-budget must not be negative, got {value}")
+    parse_compile_budget(value, "--compile-budget")  # refused here, before any adapter loads
     before = os.environ.get(COMPILE_BUDGET_VARIABLE)
     os.environ[COMPILE_BUDGET_VARIABLE] = value
     try:

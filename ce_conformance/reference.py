@@ -478,7 +478,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                             upstream_root = u_c * summation_root(upstream_terms, u_c, linear=strided) / np.sqrt(3.0)
                             # a kernel may sum the upstream terms scaled (g / N * eps / C) or scale their sum
                             scales = np.unique(np.append(np.abs(np.asarray(scale, dtype=np.float64)[v]), 1.0))
-                            if w_abs is None and 0 < scales.size <= 9:
+                            if w_abs is None and scales.size <= 9:  # 1 and at most 8 upstream scales
                                 # C - 1 equal terms eps / C: the residues their additions really round away,
                                 # over the orders kernels sum in, instead of the linear bound's worst ones
                                 name = dtype_name(call.dtype)

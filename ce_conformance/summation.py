@@ -205,8 +205,9 @@ def equal_terms_bound(value: float, count: int, first: float, dtype: str, scales
     whatever the signs), not the linear bound ``u * sum of partial sums``, which holds the worst
     residue of every binade (179 times the family's error on float64 C = 4097, smoothing 0.1).
     The terms are taken as given and times each of ``scales`` (a kernel summing ``g / N *
-    eps / C``; the scale 1 for one that scales the sum, as autograd's log-softmax backward), rounded to ``dtype`` and to ``term_dtype`` (torch's half kernels form the terms
-    in the input dtype).
+    eps / C``; the scale 1 for one that scales the sum, as autograd's log-softmax backward),
+    rounded to ``dtype`` and to ``term_dtype`` (torch's half kernels form the terms in the input
+    dtype).
 
     >>> bound = equal_terms_bound(0.1 / 4097, 4096, 0.9 + 0.1 / 4097, "float64")
     >>> 0 < bound < 4096 * 0.9 * 2.0**-53 / 100  # a hundredth of the linear bound u * sum of partial sums

@@ -384,20 +384,25 @@ class TorchCompileAdapter(TorchAdapter):
 COMPILE_BUDGET_VARIABLE = "CE_TORCH_COMPILE_BUDGET"
 
 
-def _budget_from_environment() -> float | None:
-    import os
-
-    value = os.environ.get(COMPILE_BUDGET_VARIABLE, "").strip().lower()
+def parse_compile_budget(value: str | None, source: str = COMPILE_BUDGET_VARIABLE) -> float | None:
+    """Seconds of a compile budget as given (``--compile-budget`` or its environment variable):
+    None for unset or 'none'; ``source`` names the setting in the error."""
+    value = (value or "").strip().lower()
     if value in ("", "none"):
         return None
     try:
         budget = float(value)
     except ValueError:
-        raise ConfigurationError(f"{COMPILE_BUDGET_VARIABLE} must be a number of seconds or 'none', not {value!r}") \
-            from None
+        raise ConfigurationError(f"{source} must be a number of seconds or 'none', not {value!r}") from None
     if budget < 0:
-        raise ConfigurationError(f"{COMPILE_BUDGET_VARIABLE} must not be negative, got {value}")
+        raise ConfigurationError(f"{source} must not be negative, got {value}")
     return budget
+
+
+def _budget_from_environment() -> float | None:
+    import os
+
+    return parse_compile_budget(os.environ.get(COMPILE_BUDGET_VARIABLE))
 
 
 def compile_configuration(case: Case) -> tuple[Any, ...]:
