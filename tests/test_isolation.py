@@ -168,3 +168,30 @@ def test_hostile_baseline_exits_2_before_running(tmp_path, capsys):
                  "--out", str(tmp_path / "o")]) == 2
     assert "__import__" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_worker_takes_the_parents_ce_settings_as_they_are_when_it_starts(monkeypatch):
+    # a forkserver child inherits the server's environment, which may be an earlier command's:
+    # --compile-budget (CE_TORCH_COMPILE_BUDGET) must reach the worker of this command
+    import multiprocessing
+    import os
+    import signal
+    import warnings
+
+    from ce_conformance.isolation import _our_settings, _worker_main
+
+    monkeypatch.setenv("CE_TORCH_COMPILE_BUDGET", "7")
+    settings = _our_settings()
+    assert settings["CE_TORCH_COMPILE_BUDGET"] == "7"
+    monkeypatch.setenv("CE_TORCH_COMPILE_BUDGET", "from an earlier command")
+    monkeypatch.setenv("CE_STALE_SETTING", "x")
+    parent, child = multiprocessing.Pipe()
+    parent.send(None)  # stop right after start-up
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with warnings.catch_warnings():
+            _worker_main(child, ("builtin", "numpy"), None, None, settings)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert parent.recv()[0] == "ready"
+    assert os.environ["CE_TORCH_COMPILE_BUDGET"] == "7" and "CE_STALE_SETTING" not in os.environ
