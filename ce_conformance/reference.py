@@ -35,7 +35,8 @@ from typing import Any, Final, Mapping, NamedTuple
 import mpmath
 import numpy as np
 
-from .dtypes import FLOAT_DTYPES, compute_dtype, dtype_name, machine_epsilon, numpy_dtype, smallest_normal, smallest_subnormal
+from .dtypes import (FLOAT_DTYPES, compute_dtype, dtype_name, is_float, machine_epsilon, numpy_dtype, smallest_normal,
+                     smallest_subnormal)
 from . import engine
 from .errors import InvalidInputError, Rule
 from .gradient_elements import CANCELLING, GradientElements, exponential_relative
@@ -81,11 +82,18 @@ class _Call:
     n_classes: int
     output_shape: tuple[int, ...]
     precision: Any = None  # the dtype under test, where ``input`` holds exact float64 values of another computation
+    grid: Any = None  # the dtype whose values ``input`` holds, where it holds them as float64 (a case's own copy)
 
     @property
     def dtype(self) -> Any:
         """The dtype whose arithmetic a correct implementation uses (the tolerance model's)."""
         return self.input.dtype if self.precision is None else self.precision
+
+    @property
+    def values_dtype(self) -> Any:
+        """The dtype whose grid the logits lie on: the case's dtype, or float64 for exact
+        products of another computation (:func:`evaluate_logits`)."""
+        return self.input.dtype if self.grid is None else self.grid
 
     @property
     def positions(self) -> int:
@@ -437,7 +445,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                         w_row = w_abs if w_abs is not None else np.ones(C)
                         coefficient = coefficient + (eps / C) * w_row.sum()
                         smooth_terms_abs = abs_logp * w_row
-                        groups = residue_groups(rows, smooth_terms_abs, w_row, call.input.dtype, u_c)
+                        groups = residue_groups(rows, smooth_terms_abs, w_row, call.values_dtype, u_c)
                         sigma_smooth = (eps / C * u_c / np.sqrt(3.0)) * np.hypot(
                             summation_root(smooth_terms_abs, u_c, groups=groups), root_sum_squares(smooth_terms_abs))
                     else:
@@ -530,7 +538,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                                                          finite_row_max(partial * (np.abs(ls.logp) + 1)))
                     term_abs = np.asarray(abs_wt, dtype=np.float64) * abs_logp
                     # half dtypes: torch rounds log-probabilities and products to the dtype (u_t) per term
-                    groups = residue_groups(rows, term_abs, abs_wt, call.input.dtype, u_c)
+                    groups = residue_groups(rows, term_abs, abs_wt, call.values_dtype, u_c)
                     loss_sigma[positions] = np.hypot(np.hypot(u_c * summation_root(term_abs, u_c, groups=groups) / np.sqrt(3.0),
                                                               u_t * root_sum_squares(term_abs)),
                                                      np.asarray(abs_wt, dtype=np.float64).sum(axis=1) * lse_sigma[positions])
@@ -920,9 +928,28 @@ class ReferenceResult:
 
 
 def _case_call(case: Any) -> _Call:
-    args, kwargs = case.arguments()
-    return _validate(*args, kwargs["weight"], kwargs.get("size_average"), kwargs["ignore_index"],
-                     kwargs.get("reduce"), kwargs["reduction"], kwargs["label_smoothing"])
+    """torch's checks on the case's declared dtypes and shapes, with floating inputs and targets
+    read from the case's own exact float64 values rather than from fresh arrays of their dtypes
+    (``Case.arguments``): at vocabulary scale such a copy is half a GB of new memory for every
+    evaluation, and on a virtual machine faulting new memory in costs more than the judging."""
+    kwargs = case.call_options()
+    stand_ins = {name: _stand_in(case.tensors[name]) for name in ("input", "target")}
+    weight = case.tensors["weight"].as_numpy() if "weight" in case.tensors else None
+    call = _validate(stand_ins["input"], stand_ins["target"], weight, kwargs.get("size_average"),
+                     kwargs["ignore_index"], kwargs.get("reduce"), kwargs["reduction"], kwargs["label_smoothing"])
+    dtype = numpy_dtype(case.tensors["input"].dtype)
+    call = replace(call, input=case.tensors["input"].values, precision=dtype, grid=dtype)
+    if call.mode == "probability":
+        call = replace(call, target=case.tensors["target"].values)
+    return call
+
+
+def _stand_in(tensor: Any) -> np.ndarray:
+    """What :func:`_validate` reads of a tensor: a floating one's dtype and shape only (a
+    zero-strided view, no memory), an integer one's values."""
+    if not is_float(tensor.dtype):
+        return tensor.as_numpy()
+    return np.broadcast_to(np.zeros((), dtype=numpy_dtype(tensor.dtype)), tensor.shape)
 
 
 def output_shape(case: Any) -> tuple[int, ...]:
