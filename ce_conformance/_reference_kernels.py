@@ -14,9 +14,9 @@ _GOLDEN: np.uint64 = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing of the t
 
 @njit(cache=True, nogil=True)
 def _row_root(values, keys, u, lost_weight, linear, stamp, workspace):
-    """One row of ``summation_root``: the terms scaled by the row max, their forward partial
-    sums, then :func:`_scaled_root`. ``workspace`` is the calling worker's :func:`_workspace`."""
-    scaled, forward = workspace[3], workspace[4]
+    """One row of ``summation_root``: the terms scaled by the row max and their sum, then
+    :func:`_scaled_root`. ``workspace`` is the calling worker's :func:`_workspace`."""
+    scaled = workspace[3]
     width = values.shape[0]
     top = 0.0
     for k in range(width):
@@ -32,41 +32,53 @@ def _row_root(values, keys, u, lost_weight, linear, stamp, workspace):
             t = 0.0  # -0.0 and 0.0 are one value
         scaled[k] = t
         total += t
-        forward[k] = total
     bits = scaled.view(np.int64) if keys.shape[0] == 0 else keys.view(np.int64)
-    root, distinct = _scaled_root(scaled, bits, forward, total, u, lost_weight, linear, stamp, workspace)
+    root, distinct = _scaled_root(scaled, bits, total, u, lost_weight, linear, stamp, workspace)
     return root * top, distinct
 
 
 @njit(cache=True, nogil=True)
-def _scaled_root(scaled, bits, forward, total, u, lost_weight, linear, stamp, workspace, marked=False):
+def _scaled_root(scaled, bits, total, u, lost_weight, linear, stamp, workspace, out=None, factor=0.0):
     """``summation_root`` of one row of finite, non-negative ``scaled`` terms (their maximum 1,
-    or all 0), given their forward partial sums and ``total``: sequential partial sums in both
+    or all 0), given ``total``, their sum in order: sequential partial sums in both
     orders, terms lost below u * partial sum, equal terms (equal ``bits``: their own bit patterns,
     or keys) grouped.
 
     Grouping: a first pass marks, in a bit filter small enough for the L2 cache (16 bits per
     term), the hash buckets hit more than once; a term alone in its bucket is a group of its
-    own. Only the others (a few percent, true repeats and bucket collisions) go through an
-    exact open-addressing table, whose slot is four words (key bits, stamp, forward sum,
-    backward sum) and whose stamp marks the slots this row uses, so it is never cleared.
-    ``marked``: the caller has run :func:`_mark` over the row already."""
+    own. Only the others (``candidates``: a few percent, true repeats and bucket collisions) go
+    through an exact open-addressing table, whose slot is four words (key bits, stamp, forward
+    sum, backward sum) and whose stamp marks the slots this row uses, so it is never cleared.
+    The table's first power of two of slots above twice the candidates is all a row uses: a
+    region that stays in cache, where the whole table (two slots per term, 8 MB at C = 128256)
+    made each candidate a cache miss, most of the reference's time on rows of distinct terms.
+    The marking is a pass of its own (marking each block of terms as it was computed took
+    longer: the filter competed with the row's streams for the cache). The forward partial
+    sums are summed again in the caller's order (the same additions, so the same values; an
+    array of them cost a write and a read of the row). ``out``: a row that gets ``scaled *
+    factor`` on the way (the reference's gradient row; a pass over the terms saved)."""
     table, filters = workspace[0], workspace[1]
     slots = workspace[2]
     width = scaled.shape[0]
     half = filters.shape[0] // 2  # words of each filter: seen once, seen again
     filter_shift = np.uint64(64 - _log2(half * 64))
-    if not marked:
-        _mark(bits, 0, width, filters)
+    candidates = _mark(bits, filters)
     words = table.view(np.int64)
-    mask = table.shape[0] // 4 - 1
+    region = 2
+    while region < 2 * candidates:
+        region *= 2
+    mask = min(region, table.shape[0] // 4) - 1
     lost_forward = lost_backward = sum_forward = sum_backward = 0.0
     var_forward = var_backward = 0.0
     distinct = grouped = 0
     inverse_u = 1.0 / u  # u is a power of two: t * inverse_u is t / u exactly
+    forward = 0.0
     for k in range(width):
         t = scaled[k]
-        f = forward[k]
+        if out is not None:  # pruned at compile time where no row is given
+            out[k] = t * factor
+        forward += t
+        f = forward
         b = total - f + t
         lost = t * inverse_u
         if lost < f:
@@ -113,18 +125,23 @@ def _scaled_root(scaled, bits, forward, total, u, lost_weight, linear, stamp, wo
 
 
 @njit(cache=True, nogil=True)
-def _mark(bits, start, stop, filters):
-    """The grouping's first pass over ``bits[start:stop]``: set each key's bit in the first
-    half of ``filters`` (seen once), or in the second (seen again) where it is set already."""
+def _mark(bits, filters):
+    """The grouping's first pass over ``bits``: set each key's bit in the first
+    half of ``filters`` (seen once), or in the second (seen again) where it is set already.
+    Returns how many terms joined a bucket seen again (two for the bucket's second term: the
+    first one joins with it)."""
     half = filters.shape[0] // 2
     filter_shift = np.uint64(64 - _log2(half * 64))
-    for k in range(start, stop):
+    joined = 0
+    for k in range(bits.shape[0]):
         bucket = (np.uint64(bits[k]) * _GOLDEN) >> filter_shift
         word, bit = bucket >> np.uint64(6), np.uint64(1) << (bucket & np.uint64(63))
         if filters[word] & bit:
+            joined += 1 if filters[half + word] & bit else 2
             filters[half + word] |= bit
         else:
             filters[word] |= bit
+    return joined
 
 
 @njit(cache=True, nogil=True)
@@ -139,7 +156,7 @@ def _log2(power):
 def _workspace(width):
     """One worker's buffers for :func:`_row_root` on rows of ``width`` terms: the hash table
     (at most half full, zeroed), two bit filters of at least 16 bits per term (zeroed, as uint64
-    words), the slots used, and the scaled terms with their forward partial sums."""
+    words), the slots used, and the scaled terms."""
     size = 2
     while size < 2 * width:
         size *= 2
@@ -147,7 +164,7 @@ def _workspace(width):
     while words * 64 < 16 * width:
         words *= 2
     return (np.zeros(4 * size), np.zeros(2 * words, dtype=np.uint64), np.empty(width, dtype=np.int64),
-            np.empty(width), np.empty(width))
+            np.empty(width))
 
 
 def _summation_roots(values, keys, u, lost_weight, linear, threads):
@@ -219,10 +236,10 @@ def _index_rows(rows, target, weight, scale, u, lost_weight, grad, threads):
     largest p |log p|, the row's maximum and, where ``grad`` has rows, the gradient row
     ``p * w_y * scale`` with ``w_y * expm1(log p_y) * scale`` at the target.
 
-    Three passes over a row's C logits and one over the exp terms: the maximum, the terms
-    ``e = exp(x - max)`` (:func:`_exp_block`) with their compensated sum, their forward partial
-    sums and their sum of squares, then :func:`_scaled_root` on the terms themselves (their
-    maximum is 1: they are ``p / max p``) and the gradient row. ``p |log p| = e (max - x + lse)
+    Two passes over a row's C logits and one over the exp terms: the maximum, the terms
+    ``e = exp(x - max)`` (:func:`_exp_block`) with their compensated sum, their plain sum and
+    their sum of squares, then :func:`_scaled_root` on the terms themselves (their maximum is 1:
+    they are ``p / max p``), writing the gradient row on the way. ``p |log p| = e (max - x + lse)
     / S`` is largest at the maximal term where ``lse >= 1`` (it decreases in ``max - x`` there),
     so only rows with ``lse < 1`` scan for it. ``finite`` is False for a row whose maximum is not
     finite (NaN or +-inf): the caller takes the NumPy path for such chunks."""
@@ -241,10 +258,8 @@ def _index_rows(rows, target, weight, scale, u, lost_weight, grad, threads):
     per = (m + workers - 1) // workers
     for worker in prange(workers):
         workspace = _workspace(width)
-        forward = workspace[4]
         e = workspace[3]
         e_bits = e.view(np.int64)
-        filters = workspace[1]
         first = np.empty(_EXP_BLOCK)
         second = np.empty(_EXP_BLOCK)
         for r in range(worker * per, min(m, (worker + 1) * per)):
@@ -272,7 +287,6 @@ def _index_rows(rows, target, weight, scale, u, lost_weight, grad, threads):
                 for k in range(start, stop):
                     term = e[k]
                     running += term
-                    forward[k] = running
                     squares += term * term
                     if k == top:
                         continue
@@ -282,7 +296,6 @@ def _index_rows(rows, target, weight, scale, u, lost_weight, grad, threads):
                     else:
                         compensation += (term - t) + total
                     total = t
-                _mark(e_bits, start, stop, filters)  # while the block is in L1
             rest = total + compensation
             lse_r = np.log1p(rest)
             lse[r] = lse_r
@@ -301,13 +314,11 @@ def _index_rows(rows, target, weight, scale, u, lost_weight, grad, threads):
             shifted_y = np.float64(x[y]) - high
             nll[r] = lse_r - shifted_y
             p_target[r] = e[y] / denominator
-            if want_grad:
-                out = grad[r]
-                factor = weight[r] * scale[r] / denominator
-                for k in range(width):
-                    out[k] = e[k] * factor
-                out[y] = weight[r] * np.expm1(shifted_y - lse_r) * scale[r]
-            root_r, distinct[r] = _scaled_root(e, e_bits, forward, running, u, lost_weight, False, r + 1, workspace,
-                                               True)
+            if want_grad:  # the row, written by _scaled_root's pass, then its target element
+                root_r, distinct[r] = _scaled_root(e, e_bits, running, u, lost_weight, False, r + 1, workspace,
+                                                   grad[r], weight[r] * scale[r] / denominator)
+                grad[r, y] = weight[r] * np.expm1(shifted_y - lse_r) * scale[r]
+            else:
+                root_r, distinct[r] = _scaled_root(e, e_bits, running, u, lost_weight, False, r + 1, workspace)
             root[r] = root_r / denominator
     return lse, nll, p_target, root, rss, distinct, p_logp, tops, finite

@@ -37,7 +37,7 @@ import numpy as np
 
 from .dtypes import (FLOAT_DTYPES, compute_dtype, dtype_name, is_float, machine_epsilon, numpy_dtype, smallest_normal,
                      smallest_subnormal)
-from . import engine
+from . import buffers, engine
 from .errors import InvalidInputError, Rule
 from .gradient_elements import CANCELLING, GradientElements, exponential_relative
 from .outputs import Expectation, check_output_options, lse_output, requested
@@ -357,11 +357,13 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
     backward_relative = np.zeros(M)  # the error of the sum K, relative to K
     grad_input = grad_target = grad_input_scale = grad_target_scale = None
     if gradients:
-        dtype = object if A.exact else np.float64
-        grad_input = np.zeros(call.input.shape, dtype=dtype)
+        # every path below writes every gradient row (chunk by chunk), so float64 ones may be
+        # recycled memory (buffers: at vocabulary scale fresh pages cost as much as the judging)
+        new = (lambda shape: np.zeros(shape, dtype=object)) if A.exact else buffers.empty
+        grad_input = new(call.input.shape)
         grad_input_scale = np.zeros(M) if want_scale else None
         if call.mode == "probability":
-            grad_target = np.zeros(call.input.shape, dtype=dtype)
+            grad_target = new(call.input.shape)
             grad_target_scale = np.zeros(M) if want_scale else None
             grad_target_unscaled = np.zeros(M) if want_scale else None
 
