@@ -292,3 +292,26 @@ def test_torch_compile_budget_from_the_environment(torch, monkeypatch):
     monkeypatch.setenv("CE_TORCH_COMPILE_BUDGET", "soon")
     with pytest.raises(ConfigurationError, match="CE_TORCH_COMPILE_BUDGET"):
         adapters.load_adapter("torch-compile")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided", "offset"])
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_torch_adapter_sees_a_write_into_any_chunk_of_its_input(torch, monkeypatch, layout, where):
+    """The mutation check compares the input with the case's values chunk by chunk (no clone): a
+    write anywhere, in any memory layout, is seen, and an untouched input is not flagged."""
+    from ce_conformance.adapters import torch_adapter
+
+    monkeypatch.setattr(torch_adapter, "MUTATION_CHECK_ELEMENTS", 8)  # rows of 3 classes: chunks of 2 rows
+    rng = np.random.default_rng(0)
+    case = Case.cross_entropy(rng.standard_normal((7, 3)), rng.integers(0, 3, 7), dtype="bfloat16",
+                              memory_layout=layout)
+
+    def writes(input, target, **kwargs):
+        loss = torch.nn.functional.cross_entropy(input, target, **kwargs)
+        with torch.no_grad():
+            input[0 if where == "first" else -1, 1] += 1
+        return loss
+
+    written = torch_adapter.TorchAdapter(writes, name="writes").run(case)
+    assert written.mutated == ("input",)
+    assert torch_adapter.TorchAdapter(torch.nn.functional.cross_entropy).run(case).mutated == ()
