@@ -27,7 +27,7 @@ from hypothesis import assume
 from hypothesis import strategies as st
 
 from .case import Case
-from .cross_entropy import CROSS_ENTROPY
+from .cross_entropy import CROSS_ENTROPY, unnormalised
 from .dtypes import FLOAT_DTYPES
 from .errors import Rule
 from .values import (IGNORE_INDEX_KINDS, LOGIT_DISTRIBUTIONS, NONFINITE_DISTRIBUTIONS, NORMALIZER_KINDS,
@@ -423,7 +423,12 @@ def invalid_cases(draw, base: Case | None = None, rules: Sequence[Rule] = INVALI
     elif rule is Rule.INPUT_DTYPE:
         changes["tensors"] = {"input": _tensor(np.zeros(x.shape, dtype=np.int64), "int64"), "weight": None}
         if prob:
-            changes["tensors"]["target"] = _tensor(base.target, "float32")
+            target = base.target
+            if not unnormalised(target, class_axis, base.target_dtype) and unnormalised(target, class_axis, "float32"):
+                # a half-dtype distribution, judged in float32's rounding, would become an
+                # unnormalised target: a feature the run may have excluded
+                target = target / target.sum(axis=class_axis, keepdims=True)
+            changes["tensors"]["target"] = _tensor(target, "float32")
     else:  # TARGET_SHAPE: a batch-size mismatch, a wrong K-dim extent, or an extra target axis
         target = np.clip(base.target, 0, C - 1) if base.target.size else base.target
         if x.ndim == 1:

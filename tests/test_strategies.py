@@ -78,3 +78,20 @@ def test_distributions_cover_special_values():
 def test_one_hot_probabilities_are_normalised():
     t = find(probability_targets((3, 5), kinds=["one_hot"]), lambda v: True)
     np.testing.assert_array_equal(t.sum(axis=1), np.ones(3))
+
+
+def test_an_invalid_input_dtype_keeps_a_half_dtype_distribution_normalised():
+    """The INPUT_DTYPE breach declares a soft target float32: a bfloat16 distribution, summing to
+    1 only within bfloat16's rounding, must not turn into an (excluded) unnormalised target."""
+    from ce_conformance import Case
+    from ce_conformance.errors import Rule
+
+    base = Case.cross_entropy(np.array([[0.25, -1.0]]), np.array([[0.5625, 0.43554688]]), dtype="bfloat16")
+    assert "unnormalised_targets" not in base.features
+
+    @settings(max_examples=10, database=None)
+    @given(invalid_cases(base=base, rules=[Rule.INPUT_DTYPE]))
+    def check(case):
+        assert case.target_dtype == "float32" and "unnormalised_targets" not in case.features
+
+    check()
