@@ -73,7 +73,7 @@ class _Call:
     """A validated call, reduced to what the kernel needs."""
 
     mode: str  # "index" or "probability"
-    input: np.ndarray  # in its own dtype; converted chunk by chunk
+    input: np.ndarray  # in its own dtype, or float64 holding its values exactly (``grid``); converted chunk by chunk
     target: np.ndarray  # index: int64 positions (M,); probability: the target array
     weight: np.ndarray | None  # float64
     ignore_index: int
