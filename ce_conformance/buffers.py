@@ -2,14 +2,15 @@
 
 At vocabulary scale every evaluation returns a float64 gradient of N x C elements (1 GB at
 N = 1024, C = 128256). Fresh memory of that size comes from the kernel page by page, and on a
-virtual machine faulting it in costs as much as computing it: measured on this project's CI
-machines, 0.1 to 1.1 s per GB, varying from call to call with what the host did with the
-memory freed before (the reference took 0.95-2.75 s for the same case). Handing the same memory
-back out keeps those pages resident, which is what torch's caching allocators do for GPUs.
+virtual machine faulting it in costs as much as computing it: measured on the 2-core VMs this
+project develops and runs CI on, 0.1 to 1.1 s per GB, varying from call to call with what the
+host did with the memory freed before (the reference took 0.95-2.75 s for the same case).
+Handing the same memory back out keeps those pages resident, which is what torch's caching
+allocators do for GPUs.
 
 A buffer is free again when nothing references it any more: every array made from it (views
 included) keeps it as its base, so its reference count says whether it is in use, and nothing
-has to be given back by hand. Idle buffers are kept up to :data:`IDLE_LIMIT_VARIABLE` bytes
+has to be given back by hand. Idle buffers are kept up to ``$CE_BUFFER_IDLE_BYTES`` bytes
 (default 3 GiB; 0 turns recycling off); small arrays are not worth it and come from NumPy.
 
 >>> a = empty((1024, 1024))  # 8 MiB: below the threshold, a plain array
