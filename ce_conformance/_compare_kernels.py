@@ -220,6 +220,8 @@ def _position_figures(actual, expected, expected_bits, o, i, state, scale, terms
     # the relative sigma without the terms in log p: (log p + T)^2 + log p^2 >= T^2 / 2
     floor_root = np.sqrt(base + (u * u / 3) * (1.5 * total * total + 1))
     half_root = u_half / np.sqrt(3.0) if denominator > 0 else 0.0
+    y = target[o, i] if not probability else -1
+    y_coefficient = target_coefficient[o, i] if not probability else 0.0
     scratch[1] = denominator
     denominator_binade = _binade(scratch_bits[1])
     for c in range(classes):
@@ -237,8 +239,15 @@ def _position_figures(actual, expected, expected_bits, o, i, state, scale, terms
         m = row_m
         exact = True
         if wise:
-            q, parts = _subtracted(probability, targets, target, target_coefficient, smoothing, eps_c, weight[c],
-                                   o, c, i)
+            if probability:
+                q, parts = _subtracted(probability, targets, target, target_coefficient, smoothing, eps_c, weight[c],
+                                       o, c, i)
+            else:  # _subtracted's index-target branch, its per-position loads hoisted (the call was 40 %
+                # of the kernel's time at C = 128256: 11.3 -> 6.6 ns per element)
+                q = eps_c * weight[c] if smoothing > 0 else 0.0
+                if c == y:
+                    q += y_coefficient
+                parts = abs(q)
             proportional = abs(e + s * q)
             m = max(proportional, abs(s) * parts)
             exact = not np.isfinite(m)
