@@ -294,11 +294,23 @@ def test_torch_compile_budget_from_the_environment(torch, monkeypatch):
         adapters.load_adapter("torch-compile")
 
 
+@pytest.fixture(params=["fresh", "recycled"])
+def input_memory(request, monkeypatch):
+    """The torch adapter's tensors in fresh memory, or (as at vocabulary scale) in recycled buffers."""
+    from ce_conformance import buffers
+
+    if request.param == "recycled":
+        monkeypatch.setattr(buffers, "MIN_BYTES", 0)
+        monkeypatch.setattr(buffers, "_buffers", [])
+    return request.param
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided", "offset"])
 @pytest.mark.parametrize("where", ["first", "last"])
-def test_torch_adapter_sees_a_write_into_any_chunk_of_its_input(torch, monkeypatch, layout, where):
+def test_torch_adapter_sees_a_write_into_any_chunk_of_its_input(torch, monkeypatch, layout, where, input_memory):
     """The mutation check compares the input with the case's values chunk by chunk (no clone): a
-    write anywhere, in any memory layout, is seen, and an untouched input is not flagged."""
+    write anywhere, in any memory layout, fresh or recycled, is seen, and an untouched input is
+    not flagged."""
     from ce_conformance.adapters import torch_adapter
 
     monkeypatch.setattr(torch_adapter, "MUTATION_CHECK_ELEMENTS", 8)  # rows of 3 classes: chunks of 2 rows
@@ -315,3 +327,25 @@ def test_torch_adapter_sees_a_write_into_any_chunk_of_its_input(torch, monkeypat
     written = torch_adapter.TorchAdapter(writes, name="writes").run(case)
     assert written.mutated == ("input",)
     assert torch_adapter.TorchAdapter(torch.nn.functional.cross_entropy).run(case).mutated == ()
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
+def test_torch_adapter_on_recycled_memory_conforms_and_never_shares_it(torch, monkeypatch, dtype):
+    """Vocabulary-scale inputs come from recycled buffers: the values torch sees are the case's,
+    and a buffer a live tensor uses is never handed out again."""
+    from ce_conformance import buffers
+    from ce_conformance.adapters.torch_adapter import to_torch
+
+    monkeypatch.setattr(buffers, "MIN_BYTES", 0)
+    monkeypatch.setattr(buffers, "_buffers", [])
+    rng = np.random.default_rng(1)
+    case = Case.cross_entropy(rng.standard_normal((6, 5)) * 4, rng.integers(0, 5, 6), dtype=dtype,
+                              weight=rng.random(5), label_smoothing=0.1)
+    _assert_conforms(adapters.load_adapter("torch"), case)
+    first = to_torch(case.tensors["input"], "cpu")
+    second = to_torch(case.tensors["input"], "cpu")
+    assert first.data_ptr() != second.data_ptr()
+    assert torch.equal(first, second) and str(first.dtype) == f"torch.{dtype}"
+    address = first.data_ptr()
+    del first
+    assert to_torch(case.tensors["input"], "cpu").data_ptr() == address
