@@ -1,7 +1,8 @@
-"""Recycled memory for the judging pipeline's largest arrays (the reference's gradients).
+"""Recycled memory for the judging pipeline's largest arrays (the reference's gradients, the
+torch adapter's inputs).
 
 At vocabulary scale every evaluation returns a float64 gradient of N x C elements (1 GB at
-N = 1024, C = 128256). Fresh memory of that size comes from the kernel page by page, and on a
+N = 1024, C = 128256), and every torch call gets a fresh input tensor (0.5 GB in float32). Fresh memory of that size comes from the kernel page by page, and on a
 virtual machine faulting it in costs as much as computing it: measured on the 2-core VMs this
 project develops and runs CI on, 0.1 to 1.1 s per GB, varying from call to call with what the
 host did with the memory freed before (the reference took 0.95-2.75 s for the same case).
