@@ -238,15 +238,16 @@ def _device_unavailable(device: str) -> str | None:
 
 def _recycled(shape: tuple[int, ...], dtype: Any) -> Any:
     """A CPU tensor of ``shape`` and floating ``dtype`` in recycled memory
-    (:mod:`ce_conformance.buffers`), or None below its size threshold. The tensor keeps its
-    buffer busy for as long as it (or anything the function under test kept of it) lives."""
+    (:mod:`ce_conformance.buffers`), or None (below its size threshold, or another dtype). The
+    tensor keeps its buffer busy for as long as it (or anything the function under test kept of
+    it) lives."""
     import torch
 
     from ce_conformance import buffers
 
     storage = {torch.float64: np.float64, torch.float32: np.float32, torch.float16: np.float16,
-               torch.bfloat16: np.uint16}[dtype]  # same width: bfloat16 has no NumPy dtype
-    if math.prod(shape) * np.dtype(storage).itemsize < buffers.MIN_BYTES:
+               torch.bfloat16: np.uint16}.get(dtype)  # same width: bfloat16 has no NumPy dtype
+    if storage is None or math.prod(shape) * np.dtype(storage).itemsize < buffers.MIN_BYTES:
         return None
     return torch.from_numpy(buffers.empty(shape, storage)).view(dtype)
 
