@@ -947,11 +947,15 @@ def _case_call(case: Any) -> _Call:
 
 
 def _stand_in(tensor: Any) -> np.ndarray:
-    """What :func:`_validate` reads of a tensor: a floating one's dtype and shape only (a
-    zero-strided view, no memory), an integer one's values."""
-    if not is_float(tensor.dtype):
-        return tensor.as_numpy()
-    return np.broadcast_to(np.zeros((), dtype=numpy_dtype(tensor.dtype)), tensor.shape)
+    """What :func:`_validate` reads of a tensor: a floating one's dtype and shape only, an
+    integer one's values."""
+    return _typed_shape(tensor.dtype, tensor.shape) if is_float(tensor.dtype) else tensor.as_numpy()
+
+
+def _typed_shape(dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """An array of ``dtype`` and ``shape`` without memory (a zero-strided view): all that
+    :func:`_validate` reads of floating logits."""
+    return np.broadcast_to(np.zeros((), dtype=numpy_dtype(dtype)), shape)
 
 
 def output_shape(case: Any) -> tuple[int, ...]:
@@ -1079,8 +1083,7 @@ def logits_output_shape(shape: tuple[int, ...], target: Any, *, dtype: str, weig
 
 def _logits_call(shape: tuple[int, ...], target: Any, dtype: str, weight: Any, ignore_index: int, reduction: str,
                  label_smoothing: float) -> _Call:
-    typed = np.broadcast_to(np.zeros((), dtype=numpy_dtype(dtype)), shape)  # the checks read shape and dtype only
-    return _validate(typed, target, weight, None, ignore_index, None, reduction, label_smoothing)
+    return _validate(_typed_shape(dtype, shape), target, weight, None, ignore_index, None, reduction, label_smoothing)
 
 
 def _evaluate_call(call: _Call, dtype: str, grad_output: Any, gradients: bool) -> ReferenceResult:
