@@ -41,9 +41,10 @@ from . import buffers, engine
 from .errors import InvalidInputError, Rule
 from .gradient_elements import CANCELLING, GradientElements, exponential_relative
 from .outputs import Expectation, check_output_options, lse_output, requested
-from .summation import (EQUAL_TERM_LANES, LOST_WEIGHT, alike_subnormal_terms, equal_terms_bound, finite_row_max,
+from .summation import (EQUAL_TERM_LANES, LOST_WEIGHT, alike_subnormal_terms, any_order_bound, equal_terms_bound, finite_row_max,
                         flushed_pairs, flushed_products, near_equal, residue_groups, root_sum_squares,
                         subnormal_products, summation_root)
+from .tolerance import SIGMAS
 
 REDUCTIONS: Final = ("none", "mean", "sum")
 CHUNK_ELEMENTS: Final = 1 << 21
@@ -389,7 +390,8 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
             with np.errstate(invalid="ignore", over="ignore"):
                 main_terms[positions] = np.where(v, fused.weight * fused.nll, 0)
                 loss_mag[positions] = unscaled_mag[positions] = np.where(v, wy_abs * (fused.nll + 1), 0)
-                loss_sigma[positions] = np.where(v, wy_abs * lse_sigma[positions], 0)
+                loss_sigma[positions] = np.where(v, wy_abs * np.hypot(lse_sigma[positions], _row_roundings(
+                    u_c, u_t, fused.nll, fused.lse, call.weight is not None)), 0)
                 if call.weight is not None:  # w_y * nll: with subnormals flushed, a tiny product vanishes
                     flush_bound[positions] = np.where(v, flushed_pairs(wy_abs, fused.nll, compute), 0)
                 if gradients:
@@ -450,9 +452,19 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                         groups = residue_groups(rows, smooth_terms_abs, w_row, call.values_dtype, u_c)
                         sigma_smooth = (eps / C * u_c / np.sqrt(3.0)) * np.hypot(
                             summation_root(smooth_terms_abs, u_c, groups=groups), root_sum_squares(smooth_terms_abs))
+                        if u_t > u_c:  # torch's half log-softmax rounds every log p to the dtype
+                            sigma_smooth = np.hypot(sigma_smooth, eps / C * u_t / np.sqrt(3.0) * root_sum_squares(
+                                smooth_terms_abs))
+                        # the two parts scaled and added, per row (a fused kernel) or once reduced (torch)
+                        sigma_smooth = np.hypot(sigma_smooth, u_c / np.sqrt(3.0) * np.hypot(
+                            (1 - eps) * wy_abs * np.asarray(nll, dtype=np.float64),
+                            eps / C * np.abs(np.asarray(smooth_terms[positions], dtype=np.float64))))
                     else:
                         sigma_smooth = np.zeros(m)
-                    loss_sigma[positions] = np.where(v, np.hypot(sigma_smooth, coefficient * lse_sigma[positions]), 0)
+                    nll64 = np.asarray(nll, dtype=np.float64)
+                    loss_sigma[positions] = np.where(v, np.hypot(np.hypot(sigma_smooth, coefficient * np.hypot(
+                        lse_sigma[positions], _log_rounding(u_c, log_total[positions]))), (1 - eps) * wy_abs * _row_roundings(
+                        u_c, u_t, nll64, log_total[positions], call.weight is not None, log=False)), 0)
                 if gradients:
                     scale = upstream[positions]
                     p = ls.p
@@ -543,7 +555,8 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                     groups = residue_groups(rows, term_abs, abs_wt, call.values_dtype, u_c)
                     loss_sigma[positions] = np.hypot(np.hypot(u_c * summation_root(term_abs, u_c, groups=groups) / np.sqrt(3.0),
                                                               u_t * root_sum_squares(term_abs)),
-                                                     np.asarray(abs_wt, dtype=np.float64).sum(axis=1) * lse_sigma[positions])
+                                                     np.asarray(abs_wt, dtype=np.float64).sum(axis=1) * np.hypot(
+                                                         lse_sigma[positions], _log_rounding(u_c, log_total[positions])))
                     if w_abs is not None:  # t * w * log p: with subnormals flushed, tiny products vanish
                         flush_bound[positions] = flushed_products(
                             (np.broadcast_to(w_abs[None, :], rows.shape), partial_t, abs_logp), compute)
@@ -676,6 +689,39 @@ def _lse_rounding(u: float, lse_abs: np.ndarray, log_total: np.ndarray) -> np.nd
         return np.nan_to_num(np.minimum(u * lse_abs, np.abs(log_total))) / math.sqrt(3.0)
 
 
+LOG_ULPS: Final = 1.0
+"""How far libm's ``log`` may be from its correctly rounded result, in ulps (glibc, LLVM's and
+NumPy's SIMD logs are within one)."""
+
+
+def _log_rounding(u: float, log_total: np.ndarray) -> np.ndarray:
+    """Sigma of the rounding of ``log S`` (up to :data:`LOG_ULPS` ulps, ``2 u |log S|`` each). Every
+    log-probability of the row shares it, so it enters a loss times the row's whole coefficient."""
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num(2 * LOG_ULPS * u * np.abs(log_total)) / math.sqrt(3.0)
+
+
+def _row_roundings(u_c: float, u_t: float, nll: np.ndarray, log_total: np.ndarray, weighted: bool,
+                   log: bool = True) -> np.ndarray:
+    """Per position and unit weight, sigma of the roundings that make the target's ``-log p`` of
+    ``x_y``, the maximum and ``log S``: ``x_y - max`` (``|nll| - log S`` in size), the
+    subtraction (``|nll|``), ``log S`` itself where ``log``; torch's half log-softmax rounds
+    ``log p`` to the dtype, and a weight's product is one more rounding. Before model v2.5 the
+    base budget held them, as four ulps of the loss's magnitude whatever the batch; as roundings
+    of single positions they average out over a reduction, as every correct kernel's do."""
+    with np.errstate(invalid="ignore"):
+        nll = np.abs(np.nan_to_num(np.asarray(nll, dtype=np.float64), posinf=0.0))
+        log_s = np.abs(np.nan_to_num(np.asarray(log_total, dtype=np.float64), posinf=0.0))
+        squares = (u_c * np.maximum(nll - log_s, 0.0)) ** 2 + (u_c * nll) ** 2
+        if log:
+            squares = squares + (2 * LOG_ULPS * u_c * log_s) ** 2
+        if u_t > u_c:
+            squares = squares + (u_t * nll) ** 2
+        if weighted:
+            squares = squares + (max(u_t, u_c) * nll) ** 2
+        return np.sqrt(squares / 3.0)
+
+
 def _subtracted_rounding(u_t: float, eps: float, weighted: bool) -> float:
     """Relative sigma of the gradient's subtracted term ``s Q_c``, which torch forms in the dtype,
     one rounding per operation: ``s = g / D`` and its product, the weight, the smoothed target's
@@ -792,6 +838,7 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
     probability targets torch forms the products ``w * t * log p`` and their gradients in the
     dtype, one rounding of the dtype per term."""
     u_r = u_t if call.mode == "index" else u_c
+    reduction_dtype = dtype_name(call.dtype) if call.mode == "index" else compute_dtype(dtype_name(call.dtype))
     term_unit = u_t if call.mode == "probability" and u_t > u_c else 0.0
     relative_denominator = 0.0
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
@@ -806,10 +853,24 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
             # sum grows: group them at 16 significant bits, so that their errors add up linearly
             reduction_root = float(np.hypot.reduce([summation_root(near_equal(part)[None, :], u_r)[0]
                                                     for part in parts]))
-            rows_sigma = np.hypot(root_sum_squares(np.where(repetitive, 0.0, loss_sigma)[None, :])[0],
+            # for a few positions the bound over every order is tighter than SIGMAS of the random model
+            # (torch sums each part unscaled, then scales it)
+            order_free = (1 - eps) * any_order_bound(main_terms, reduction_dtype) + (
+                eps / C * any_order_bound(smooth_terms, reduction_dtype) if eps > 0 else 0.0)
+            reduction_sigma = min(u_r * reduction_root / math.sqrt(3), order_free / SIGMAS)
+            # positions of (nearly) equal losses, repeated rows above all, round alike: their errors add
+            # up linearly, within groups of losses equal to 16 significant bits, before the groups add in
+            # quadrature; so do rows of few distinct values (they round alike across rows)
+            per_position = np.abs(np.asarray(main_terms, dtype=np.float64)) * (1 - eps) + (
+                np.abs(np.asarray(smooth_terms, dtype=np.float64)) * (eps / C) if eps > 0 else 0.0)
+            rows_sigma = np.hypot(_grouped_root(np.where(repetitive, 0.0, loss_sigma), near_equal(per_position)),
                                   float(np.sum(np.where(repetitive, loss_sigma, 0.0))))
-            total_sigma = float(np.hypot(np.hypot(rows_sigma, u_r * reduction_root / math.sqrt(3)),
+            total_sigma = float(np.hypot(np.hypot(rows_sigma, reduction_sigma),
                                          float(flush_bound.sum()) / math.sqrt(3)))  # flushes all go toward zero
+            if eps > 0:  # torch scales the two reduced parts and adds them (the addition: the base's rounding)
+                total_sigma = math.hypot(total_sigma, u_r * math.hypot(
+                    (1 - eps) * float(np.sum(np.abs(np.asarray(main_terms, dtype=np.float64)))),
+                    eps / C * float(np.sum(np.abs(np.asarray(smooth_terms, dtype=np.float64))))) / math.sqrt(3))
             if call.reduction == "mean":
                 d = abs(float(denominator)) if denominator is not None else 0.0
                 weights = None if wy is None else np.abs(np.asarray(wy, dtype=np.float64))
@@ -821,6 +882,8 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
                     relative_denominator = u_r * float(summation_root(weights[None, :], u_r)[0]) / math.sqrt(3) / d
                 value = abs(float(loss)) if np.isfinite(float(loss)) else 0.0
                 total_sigma = total_sigma / d + value * relative_denominator if d > 0 else 0.0
+                if eps > 0:  # each part divided on its own before it is scaled
+                    total_sigma = math.hypot(total_sigma, u_r * value / math.sqrt(3))
             loss_out = np.asarray(total_sigma)
         relative = np.sqrt(lse_sigma ** 2 + relative_denominator ** 2)
         grad_input = None if grad_input_scale is None else \
@@ -839,6 +902,15 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
 
     return Sigmas(finite(loss_out), finite(grad_input), finite(grad_target), np.hypot(lse_sigma, term_unit),
                   float(relative_denominator))
+
+
+def _grouped_root(sigmas: np.ndarray, keys: np.ndarray) -> float:
+    """Root of the sum of squares of ``sigmas`` summed linearly within groups of equal ``keys``."""
+    sigmas = np.nan_to_num(np.asarray(sigmas, dtype=np.float64).ravel(), nan=0.0, posinf=np.finfo(np.float64).max)
+    if sigmas.size == 0:
+        return 0.0
+    _, group = np.unique(np.asarray(keys, dtype=np.float64).ravel(), return_inverse=True)
+    return float(root_sum_squares(np.bincount(group.ravel(), weights=sigmas)[None, :])[0])
 
 
 def _nan_rows(grad: np.ndarray, finite_rows: np.ndarray, A: Any) -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import Final
 import numpy as np
 
 from . import engine
-from .dtypes import dtype_name, round_to, ulp
+from .dtypes import dtype_name, machine_epsilon, round_to, ulp
 from .tolerance import SIGMAS
 
 LOST_WEIGHT = float(np.sqrt(3.0) / SIGMAS)
@@ -321,6 +321,31 @@ def flushed_pairs(a: np.ndarray, b: np.ndarray, compute_dtype: str) -> np.ndarra
     with np.errstate(over="ignore", invalid="ignore"):
         return normal * np.maximum.reduce([np.where(a * b < normal, 1.0, 0.0), np.where(a < normal, b, 0.0),
                                            np.where(b < normal, a, 0.0)])
+
+
+def any_order_bound(terms: np.ndarray, dtype: str) -> float:
+    """The largest rounding error a sum of ``terms`` can make in ``dtype`` in *any* order:
+    sequential, reversed, a tree, a cascade, blocks. Each addition errs by at most half an ulp of
+    its result, the sum of a subset of the terms; the chain that adds the magnitudes largest
+    first has, at every rank, the largest such subset sum, so its half ulps bound every order's.
+
+    For a few terms this bound is tighter than ``SIGMAS`` standard deviations of the random
+    model (a sum of 8 losses: 8 + 16 + 16 + 4 * 32 = 168 u for terms of 6.6 in float32, where
+    5 sigma of :func:`summation_root` is 270 u); the reduction over positions takes the smaller.
+
+    >>> any_order_bound(np.array([1.0, 1.0, 1.0, 1.0]), "float32") / 2.0**-24  # 2 + 3 + 4: (2 + 2 + 4) u
+    8.0
+    """
+    magnitudes = np.abs(np.asarray(terms, dtype=np.float64).ravel())
+    magnitudes = np.sort(magnitudes[np.isfinite(magnitudes)])[::-1]
+    if magnitudes.size < 2:
+        return 0.0
+    prefix = np.cumsum(magnitudes)[1:]
+    # a computed partial sum exceeds the exact one by the terms' own errors (a loss rounded to the
+    # dtype: u) and the additions' so far, and may cross into the next binade there
+    drift = 1.0 + np.arange(3, magnitudes.size + 2) * machine_epsilon(dtype) / 2
+    with np.errstate(over="ignore"):
+        return float(np.sum(ulp(prefix * drift, dtype)) / 2)
 
 
 def root_sum_squares(magnitudes: np.ndarray) -> np.ndarray:

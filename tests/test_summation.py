@@ -4,7 +4,8 @@ repeat, and that the model is not far looser than the arithmetic it describes.""
 import numpy as np
 import pytest
 
-from ce_conformance.summation import EQUAL_TERM_LANES, LOST_WEIGHT, equal_terms_bound, residue_groups, summation_root
+from ce_conformance.summation import (EQUAL_TERM_LANES, LOST_WEIGHT, any_order_bound, equal_terms_bound, residue_groups,
+                                     summation_root)
 from ce_conformance.tolerance import SIGMAS
 
 U32 = 2.0**-24
@@ -126,3 +127,45 @@ def test_equal_terms_bound_covers_a_kernel_that_scales_the_sum_instead_of_the_te
     unscaled = _realised_errors(first, eps / classes, classes - 1, np.float64)["target at 3/8"]
     assert unscaled > equal_terms_bound(eps / classes, classes - 1, first, "float64", (scale,))
     assert unscaled <= equal_terms_bound(eps / classes, classes - 1, first, "float64", (scale, 1.0))
+
+
+def _tree_sum(values: np.ndarray, dtype) -> float:
+    while values.size > 1:
+        if values.size % 2:
+            values = np.append(values, dtype(0))
+        values = (values[0::2] + values[1::2]).astype(dtype)
+    return float(values[0])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("count", [2, 3, 8, 64])
+def test_any_order_bound_holds_every_order_and_is_tighter_than_the_random_model_for_few_terms(dtype, count):
+    """The reduction over positions: every order (sequential, reversed, a tree, shuffled, largest
+    first) errs by less than any_order_bound, and for eight losses the bound is below SIGMAS
+    standard deviations of summation_root (which v2.4 charged), not above."""
+    import torch
+
+    torch_dtype = getattr(torch, dtype)
+    rng = np.random.default_rng([count, len(dtype)])
+    worst = 0.0
+    for _ in range(200):
+        terms = torch.tensor(rng.uniform(0.1, 10.0, count) * rng.choice([1.0, 1e-3], count)).to(torch_dtype)
+        exact = float(terms.double().sum())
+        bound = any_order_bound(terms.double().numpy(), dtype)
+        orders = [terms, terms.flip(0), terms[torch.from_numpy(rng.permutation(count))],
+                  terms.sort(descending=True).values, terms.sort().values]
+        for ordered in orders:
+            sequential = torch.zeros((), dtype=torch_dtype)
+            for value in ordered:
+                sequential = sequential + value  # rounded to the dtype after every addition
+            errors = [abs(float(sequential) - exact)]
+            if dtype == "float32":
+                errors.append(abs(_tree_sum(ordered.numpy(), np.float32) - exact))
+            worst = max(worst, max(errors) / bound if bound else 0.0)
+            assert max(errors) <= bound
+    assert worst > (0.3 if count <= 8 else 0.1)  # not vacuous: some order comes within a few times of it
+    if count == 8:
+        losses = np.full(8, 6.58)
+        u = 2.0 ** -24
+        random_model = SIGMAS * u * summation_root(losses[None, :] * (1 + np.arange(8) * 1e-3), u)[0] / np.sqrt(3)
+        assert any_order_bound(losses, "float32") < random_model
