@@ -41,8 +41,8 @@ from . import buffers, engine
 from .errors import InvalidInputError, Rule
 from .gradient_elements import CANCELLING, GradientElements, exponential_relative
 from .outputs import Expectation, check_output_options, lse_output, requested
-from .summation import (EQUAL_TERM_LANES, LOST_WEIGHT, alike_subnormal_terms, any_order_bound, equal_terms_bound, finite_row_max,
-                        flushed_pairs, flushed_products, near_equal, residue_groups, root_sum_squares,
+from .summation import (EQUAL_TERM_LANES, LOST_WEIGHT, alike_subnormal_terms, any_order_bound, equal_terms_bound,
+                        finite_row_max, flushed_pairs, flushed_products, near_equal, residue_groups, root_sum_squares,
                         subnormal_products, summation_root)
 from .tolerance import SIGMAS
 
@@ -461,10 +461,11 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                             eps / C * np.abs(np.asarray(smooth_terms[positions], dtype=np.float64))))
                     else:
                         sigma_smooth = np.zeros(m)
-                    nll64 = np.asarray(nll, dtype=np.float64)
-                    loss_sigma[positions] = np.where(v, np.hypot(np.hypot(sigma_smooth, coefficient * np.hypot(
-                        lse_sigma[positions], _log_rounding(u_c, log_total[positions]))), (1 - eps) * wy_abs * _row_roundings(
-                        u_c, u_t, nll64, log_total[positions], call.weight is not None, log=False)), 0)
+                    # log S's rounding is every log p's of the row: it goes with the whole coefficient
+                    shared = coefficient * np.hypot(lse_sigma[positions], _log_rounding(u_c, log_total[positions]))
+                    own = (1 - eps) * wy_abs * _row_roundings(u_c, u_t, np.asarray(nll, dtype=np.float64),
+                                                              log_total[positions], call.weight is not None, log=False)
+                    loss_sigma[positions] = np.where(v, np.hypot(np.hypot(sigma_smooth, shared), own), 0)
                 if gradients:
                     scale = upstream[positions]
                     p = ls.p

@@ -60,8 +60,8 @@ class Budget:
 
 
 BUDGETS: Final = {
-    "float64": Budget(loss=1.0, grad_input=2.0, grad_target=4.0),
-    "float32": Budget(loss=1.0, grad_input=2.0, grad_target=4.0),
+    "float64": Budget(loss=1.0, grad_input=4.0, grad_target=4.0),
+    "float32": Budget(loss=1.0, grad_input=4.0, grad_target=4.0),
     "bfloat16": Budget(loss=1.0, grad_input=3.0, grad_target=3.0),
     "float16": Budget(loss=1.0, grad_input=3.0, grad_target=3.0),
 }

@@ -31,8 +31,12 @@ def _paddle():
 
     half = (paddle.float16, paddle.bfloat16)
     up = lambda x: x.astype("float32") if x.dtype in half else x  # noqa: E731
-    # not paddle.nn.functional.log_softmax: on the CPU it clamps log-probabilities at -64
-    return _port(up, lambda x: x - paddle.logsumexp(x, axis=-1, keepdim=True),
+    def log_softmax(x):  # not paddle.nn.functional.log_softmax: on the CPU it clamps log p at -64
+        shape = list(x.shape)
+        rows = x.reshape([-1, shape[-1]]) if len(shape) > 2 else x  # paddle's logsumexp takes 4 axes at most
+        return x - paddle.logsumexp(rows, axis=-1, keepdim=True).reshape(shape[:-1] + [1])
+
+    return _port(up, log_softmax,
                  lambda t, lp: paddle.take_along_axis(lp, t.unsqueeze(-1), axis=-1).squeeze(-1),
                  lambda t, lp: (up(t) * lp).sum(-1), lambda v: v.sum(), lambda v: max(v.size, 1),
                  lambda v, x: v.astype(x.dtype))
