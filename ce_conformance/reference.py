@@ -450,11 +450,11 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                         coefficient = coefficient + (eps / C) * w_row.sum()
                         smooth_terms_abs = abs_logp * w_row
                         groups = residue_groups(rows, smooth_terms_abs, w_row, call.values_dtype, u_c)
+                        smooth_rss = root_sum_squares(smooth_terms_abs)
                         sigma_smooth = (eps / C * u_c / np.sqrt(3.0)) * np.hypot(
-                            summation_root(smooth_terms_abs, u_c, groups=groups), root_sum_squares(smooth_terms_abs))
+                            summation_root(smooth_terms_abs, u_c, groups=groups), smooth_rss)
                         if u_t > u_c:  # torch's half log-softmax rounds every log p to the dtype
-                            sigma_smooth = np.hypot(sigma_smooth, eps / C * u_t / np.sqrt(3.0) * root_sum_squares(
-                                smooth_terms_abs))
+                            sigma_smooth = np.hypot(sigma_smooth, eps / C * u_t / np.sqrt(3.0) * smooth_rss)
                         # the two parts scaled and added, per row (a fused kernel) or once reduced (torch)
                         sigma_smooth = np.hypot(sigma_smooth, u_c / np.sqrt(3.0) * np.hypot(
                             (1 - eps) * wy_abs * np.asarray(nll, dtype=np.float64),
@@ -862,16 +862,14 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
             # positions of (nearly) equal losses, repeated rows above all, round alike: their errors add
             # up linearly, within groups of losses equal to 16 significant bits, before the groups add in
             # quadrature; so do rows of few distinct values (they round alike across rows)
-            per_position = np.abs(np.asarray(main_terms, dtype=np.float64)) * (1 - eps) + (
-                np.abs(np.asarray(smooth_terms, dtype=np.float64)) * (eps / C) if eps > 0 else 0.0)
+            per_position = sum(parts)
             rows_sigma = np.hypot(_grouped_root(np.where(repetitive, 0.0, loss_sigma), near_equal(per_position)),
                                   float(np.sum(np.where(repetitive, loss_sigma, 0.0))))
             total_sigma = float(np.hypot(np.hypot(rows_sigma, reduction_sigma),
                                          float(flush_bound.sum()) / math.sqrt(3)))  # flushes all go toward zero
             if eps > 0:  # torch scales the two reduced parts and adds them (the addition: the base's rounding)
-                total_sigma = math.hypot(total_sigma, u_r * math.hypot(
-                    (1 - eps) * float(np.sum(np.abs(np.asarray(main_terms, dtype=np.float64)))),
-                    eps / C * float(np.sum(np.abs(np.asarray(smooth_terms, dtype=np.float64))))) / math.sqrt(3))
+                total_sigma = math.hypot(total_sigma, u_r * math.hypot(*(float(part.sum()) for part in parts))
+                                         / math.sqrt(3))
             if call.reduction == "mean":
                 d = abs(float(denominator)) if denominator is not None else 0.0
                 weights = None if wy is None else np.abs(np.asarray(wy, dtype=np.float64))
