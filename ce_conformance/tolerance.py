@@ -10,8 +10,8 @@ Every compared element gets an **allowed absolute error**
   other gradients: the largest term in the row), with the float16 :func:`underflow_floor`. The
   base budget covers the last few roundings every implementation makes (exp, log, the final
   rounding to the dtype): a handful of ulps, independent of the case's size. A loss's base is
-  its final rounding alone (half an ulp: v2.6; one ulp in v2.5, whose tolerance for the final rounding of
-  a correctly rounded result was twice what it can err): the reference counts the roundings of each
+  its final rounding alone (half an ulp in float32/float64 since v2.6, one in the half dtypes, whose
+  torch kernels round in the dtype on the way): the reference counts the roundings of each
   position's log-probability (``x_y - max``, ``log S``, the subtraction, a weight's product, a
   half dtype's log p) and of the smoothing's combination in ``sigma``, where they average out
   over a reduction as a correct kernel's do, instead of four ulps of the magnitude whatever
@@ -63,13 +63,17 @@ class Budget:
 BUDGETS: Final = {
     "float64": Budget(loss=0.5, grad_input=4.0, grad_target=4.0),
     "float32": Budget(loss=0.5, grad_input=4.0, grad_target=4.0),
-    "bfloat16": Budget(loss=0.5, grad_input=3.0, grad_target=3.0),
-    "float16": Budget(loss=0.5, grad_input=3.0, grad_target=3.0),
+    "bfloat16": Budget(loss=1.0, grad_input=3.0, grad_target=3.0),
+    "float16": Budget(loss=1.0, grad_input=3.0, grad_target=3.0),
 }
 """Base budgets per dtype, from the correct family's and torch's worst errors at small C
 (``benchmarks/sensitivity.py``, ``benchmarks/tolerance_survey.py``; figures in the README). The
 loss's is its final rounding, at most half an ulp: every rounding before it is in the reference's
-sigma (v2.5; v2.6 halved the base from one ulp)."""
+sigma (v2.5; v2.6 halved the base from one ulp). In the half dtypes it stays one ulp: torch's half
+kernels round in the dtype on the way (the log-softmax output, the weighted products, the
+smoothing's scaled parts and their sum), and with half an ulp torch's own arithmetic (the correct
+family's ``compiled`` member) was 0.53-0.76 ulps off against 0.51-0.64 allowed, on each of the
+nightly family's five seeds."""
 
 SIGMAS: Final = 5.0
 """How many standard deviations of a correct implementation's summation error a result may be
@@ -83,8 +87,8 @@ RELATIVE_ORACLE_MARGIN: Final = 2.0
 def base_budget(dtype: str, quantity: str) -> float:
     """The base budget in ULPs of ``dtype`` for ``quantity`` (loss, grad_input, grad_target).
 
-    >>> base_budget("bfloat16", "grad_input"), base_budget("bfloat16", "loss")
-    (3.0, 0.5)
+    >>> base_budget("bfloat16", "grad_input"), base_budget("bfloat16", "loss"), base_budget("float32", "loss")
+    (3.0, 1.0, 0.5)
     """
     return getattr(BUDGETS.get(dtype, BUDGETS["float64"]), quantity)
 
