@@ -355,7 +355,8 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
     terms_abs = np.zeros(M)  # their absolute sum
     log_total = np.zeros(M)  # log S = lse - max
     lse_abs = np.zeros(M)
-    backward_relative = np.zeros(M)  # the error of the sum K, relative to K
+    backward_relative = np.zeros(M)  # the error of the sum K, relative to K: random (distinct terms)
+    backward_bias = np.zeros(M)  # ... or a bias (equal terms eps / C: lost, or rounding alike)
     grad_input = grad_target = grad_input_scale = grad_target_scale = None
     if gradients:
         # every path below writes every gradient row (chunk by chunk), so float64 ones may be
@@ -525,8 +526,10 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                                 with np.errstate(divide="ignore", invalid="ignore"):
                                     flushed = np.nan_to_num(formed / np.abs(scale), posinf=0.0)
                                 upstream_root = np.hypot(upstream_root, flushed)
-                            backward_relative[positions] = np.where(v & (terms_abs[positions] > 0), upstream_root
-                                                                    / np.where(terms_abs[positions] > 0, terms_abs[positions], 1), 0)
+                            # C - 1 equal terms: lost below u times the partial sum, or rounding alike, so
+                            # the sum's error is a bias (gradient_elements adds it linearly)
+                            backward_bias[positions] = np.where(v & (terms_abs[positions] > 0), upstream_root
+                                                                / np.where(terms_abs[positions] > 0, terms_abs[positions], 1), 0)
                         if half_backward:
                             p_coefficient = (1 - eps) * wy_abs + ((eps / C) * w_row.sum() if eps > 0 else 0.0)
                             backward_sigma[positions] = np.hypot(backward_sigma[positions], np.where(
@@ -660,6 +663,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
         scale64 = np.asarray(upstream, dtype=np.float64)
         finite_rows = np.isfinite(lse_abs) & np.isfinite(log_total) & np.isfinite(scale64) & np.isfinite(terms_sum)
         elements = dict(scale=scale64, terms_sum=terms_sum, log_total=log_total, backward_relative=backward_relative,
+                        backward_bias=backward_bias,
                         absolute=_subnormal_sigma(call, scale64, terms_abs),
                         elementwise=finite_rows & valid & (terms_abs > 0)
                         & (np.abs(terms_sum) >= CANCELLING * terms_abs),
@@ -1195,12 +1199,13 @@ def _gradient_elements(call: _Call, out: _Output) -> GradientElements:
     def positions(values: Any) -> np.ndarray:
         return np.asarray(values, dtype=np.float64).reshape(grid)
 
-    # the error of K (backward_relative) is one number shared by every p_c of the row and mostly a
-    # bias (terms lost below u times the partial sum, equal terms' residues: one sign, held once by
-    # SIGMAS sigma, summation.LOST_WEIGHT); a bias adds to the exp sum's error linearly. In
+    # the error of K is one number shared by every p_c of the row. Smoothing's C - 1 equal terms eps / C
+    # make it a bias (terms lost below u times the partial sum, or rounding alike: one sign, held once
+    # by SIGMAS sigma, summation.LOST_WEIGHT), which adds to the exp sum's error linearly. In
     # quadrature it was short: torch's float32 K-dim gradient with smoothing 1e-6 reached 0.75 of its
-    # budget on random cases (0.98 for torch.compile, steered by hypothesis.target), 0.58 now
-    relative = out.sigmas.probability_relative + arrays["backward_relative"]
+    # budget on random cases (0.98 for torch.compile, steered by hypothesis.target), 0.58 now. A sum of
+    # distinct terms (soft targets) errs at random: in quadrature, as before.
+    relative = np.hypot(out.sigmas.probability_relative, arrays["backward_relative"]) + arrays["backward_bias"]
     probabilities = None
     if call.mode == "probability":
         target = np.asarray(call.target)
