@@ -717,14 +717,17 @@ def _row_roundings(u_c: float, u_t: float, nll: np.ndarray, log_total: np.ndarra
     with np.errstate(invalid="ignore"):
         nll = np.abs(np.nan_to_num(np.asarray(nll, dtype=np.float64), posinf=0.0))
         log_s = np.abs(np.nan_to_num(np.asarray(log_total, dtype=np.float64), posinf=0.0))
-        squares = (u_c * np.maximum(nll - log_s, 0.0)) ** 2 + (u_c * nll) ** 2
+        # hypot, not a sum of squares: logits near float64's top make nll 1e305, whose square
+        # overflows, and an infinite sigma times a zero coefficient (smoothing 1) was NaN, read as
+        # no sigma at all
+        root = np.hypot(u_c * np.maximum(nll - log_s, 0.0), u_c * nll)
         if log:
-            squares = squares + (2 * LOG_ULPS * u_c * log_s) ** 2
+            root = np.hypot(root, 2 * LOG_ULPS * u_c * log_s)
         if u_t > u_c:
-            squares = squares + (u_t * nll) ** 2
+            root = np.hypot(root, u_t * nll)
         if weighted:
-            squares = squares + (max(u_t, u_c) * nll) ** 2
-        return np.sqrt(squares / 3.0)
+            root = np.hypot(root, max(u_t, u_c) * nll)
+        return root / math.sqrt(3.0)
 
 
 def _subtracted_rounding(u_t: float, eps: float, weighted: bool) -> float:

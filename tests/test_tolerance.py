@@ -122,6 +122,18 @@ def test_a_mean_loss_is_judged_near_its_last_rounding():
     assert "loss_value" in verdicts(loss + 5 * float(ulp(loss, "float32")))
 
 
+def test_a_loss_of_smoothing_alone_near_the_top_of_float64_keeps_its_sigma():
+    """Logits of 4e304 make -log p 1e305: the squares of its roundings overflowed, and the infinite
+    sigma times the NLL's coefficient 1 - eps = 0 was NaN, read as no sigma, so with the loss's base
+    of half an ulp torch's float64 loss 1 ulp off failed (found by the shipped baseline's gate)."""
+    x = np.array([[4e304, -4e304, 1.0, 3e304]])
+    case = Case.cross_entropy(x, [1], dtype="float64", reduction="none", label_smoothing=1.0,
+                              weight=[0.5, 2.0, 0.25, 1.0])
+    result = reference.evaluate(case)
+    sigma = float(np.asarray(result.loss_sigma)[0])
+    assert np.isfinite(sigma) and sigma > 1e-17 * abs(float(np.asarray(result.loss)[0]))
+
+
 def test_sigmas_survive_values_near_the_top_of_float64():
     big = max_finite("float64") * 2.0**-12
     case = Case.cross_entropy([[big, -big, 1.0]], [[0.5, 0.25, 0.25]], dtype="float64", reduction="sum")
