@@ -457,13 +457,14 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                         if u_t > u_c:  # torch's half log-softmax rounds every log p to the dtype
                             sigma_smooth = np.hypot(sigma_smooth, eps / C * u_t / np.sqrt(3.0) * smooth_rss)
                         # the two parts scaled and added, per row (a fused kernel) or once reduced (torch);
-                        # torch's half kernels scale them, and round the smoothing sum, in the dtype
-                        # (v2.5 took float32's u here: torch's bfloat16 'none' loss with smoothing was
-                        # 1.07 ulps off against 1.06 allowed, found by hypothesis.target() in the CI gate)
+                        # unreduced, torch's half kernels scale them, and round the smoothing sum, in the
+                        # dtype (v2.5 took float32's u there: torch's bfloat16 'none' loss with smoothing
+                        # was 1.07 ulps off against 1.06 allowed, found by hypothesis.target() in the CI gate)
+                        in_dtype = call.reduction == "none" and u_t > u_c
                         smooth_part = eps / C * np.abs(np.asarray(smooth_terms[positions], dtype=np.float64))
-                        sigma_smooth = np.hypot(sigma_smooth, max(u_t, u_c) / np.sqrt(3.0) * np.hypot(np.hypot(
-                            (1 - eps) * wy_abs * np.asarray(nll, dtype=np.float64), smooth_part),
-                            smooth_part if u_t > u_c else 0.0))
+                        sigma_smooth = np.hypot(sigma_smooth, (u_t if in_dtype else u_c) / np.sqrt(3.0) * np.hypot(
+                            np.hypot((1 - eps) * wy_abs * np.asarray(nll, dtype=np.float64), smooth_part),
+                            smooth_part if in_dtype else 0.0))
                     else:
                         sigma_smooth = np.zeros(m)
                     # log S's rounding is every log p's of the row: it goes with the whole coefficient
