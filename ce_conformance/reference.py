@@ -531,8 +531,10 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                                 with np.errstate(divide="ignore", invalid="ignore"):
                                     flushed = np.nan_to_num(formed / np.abs(scale), posinf=0.0)
                                 upstream_root = np.hypot(upstream_root, flushed)
-                            # C - 1 equal terms: lost below u times the partial sum, or rounding alike, so
-                            # the sum's error is a bias (gradient_elements adds it linearly)
+                            # C - 1 terms eps / C (times a class weight): each lost below u times the partial
+                            # sum, or rounding alike where equal, so the sum's error is a bias that
+                            # gradient_elements adds linearly (with distinct weights partly random: linear
+                            # is then conservative, at most sqrt 2 of that part)
                             backward_bias[positions] = np.where(v & (terms_abs[positions] > 0), upstream_root
                                                                 / np.where(terms_abs[positions] > 0, terms_abs[positions], 1), 0)
                         if half_backward:
