@@ -108,9 +108,7 @@ def test_the_bias_of_a_sum_that_lost_the_smoothing_terms_adds_to_the_other_error
     x = rng.standard_normal((16, 100, 4, 3)) * rng.choice([1, 3, 10])
     y = rng.integers(0, 100, (16, 4, 3))
     y[rng.random(y.shape) < 0.3] = -2
-    eps = float(rng.choice([1e-6, 1e-7, 1e-5, 1e-3]))
-    assert eps == 1e-6
-    case = Case.cross_entropy(x, y, dtype="float32", label_smoothing=eps, ignore_index=-2)
+    case = Case.cross_entropy(x, y, dtype="float32", label_smoothing=1e-6, ignore_index=-2)
     adapter = user_adapter("tests/correct_family.py:autograd_order")
     comparison = compare(case, adapter.run(case), reference.evaluate(case), adapter.capabilities)
     assert comparison.max_ratio["grad_input"] < 0.68
