@@ -14,7 +14,7 @@ from ce_conformance.baseline import Baseline, resolve_baseline
 from ce_conformance.gate import run_gate
 from ce_conformance.runner import FuzzConfig
 
-from .correct_family import MEMBERS, NUMPY_MEMBERS, pairwise_sum, reversed_sum, sequential_sum, kahan_sum
+from .correct_family import MEMBERS, NUMPY_MEMBERS, kahan_loop, kahan_sum, pairwise_sum, reversed_sum, sequential_sum
 
 HERE = Path(__file__).parent
 SEEDS = range(5) if os.environ.get("CE_PROFILE") == "nightly" else range(1)
@@ -40,6 +40,17 @@ def test_summation_orders_really_differ():
     assert len(set(results.values())) >= 3, results
     exact = float(values.astype(np.float64).sum())
     assert abs(results["kahan_sum"] - exact) < abs(results["sequential_sum"] - exact)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_kahan_kernel_sums_bit_for_bit_as_its_loop(dtype):
+    rng = np.random.default_rng(2)
+    values = (rng.standard_normal((3, 4, 257)) * np.exp(rng.standard_normal((3, 4, 257)) * 8)).astype(dtype)
+    values[0, 1, 7], values[2, 3, 100], values[1, 0, 9] = np.inf, -np.inf, np.nan  # carries reset to 0
+    kernel, loop = kahan_sum(values), kahan_loop(values)
+    assert kernel.dtype == loop.dtype == dtype and kernel.shape == (3, 4)
+    assert np.array_equal(kernel, loop, equal_nan=True)
+    assert np.array_equal(kahan_sum(values[..., :0]), np.zeros((3, 4), dtype))
 
 
 @pytest.mark.parametrize("member", NUMPY_MEMBERS)
