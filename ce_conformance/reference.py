@@ -36,7 +36,7 @@ import mpmath
 import numpy as np
 
 from .dtypes import (FLOAT_DTYPES, compute_dtype, dtype_name, is_float, machine_epsilon, numpy_dtype, smallest_normal,
-                     smallest_subnormal)
+                     smallest_subnormal, ulp)
 from . import buffers, engine
 from .errors import InvalidInputError, Rule
 from .gradient_elements import CANCELLING, GradientElements, exponential_relative
@@ -387,7 +387,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
             terms_abs[positions] = np.abs(terms_sum[positions])
             log_total[positions] = fused.lse
             lse_abs[positions] = np.abs(fused.top + fused.lse)
-            lse_sigma[positions] = np.hypot(lse_sigma[positions], _lse_rounding(u_c, lse_abs[positions], fused.lse))
+            lse_sigma[positions] = np.hypot(lse_sigma[positions], _lse_rounding(compute, lse_abs[positions], fused.lse))
             with np.errstate(invalid="ignore", over="ignore"):
                 main_terms[positions] = np.where(v, fused.weight * fused.nll, 0)
                 loss_mag[positions] = unscaled_mag[positions] = np.where(v, wy_abs * (fused.nll + 1), 0)
@@ -416,7 +416,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                 p_logp = finite_row_max(p64 * abs_logp) if half_backward else None
                 log_total[positions] = np.asarray(ls.lse, dtype=np.float64)
                 lse_abs[positions] = np.abs(rows.max(axis=1) + log_total[positions])  # NaN or inf: a row-level row
-                lse_sigma[positions] = np.hypot(lse_sigma[positions], _lse_rounding(u_c, lse_abs[positions], log_total[positions]))
+                lse_sigma[positions] = np.hypot(lse_sigma[positions], _lse_rounding(compute, lse_abs[positions], log_total[positions]))
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             if call.mode == "index":
                 v = valid[positions]
@@ -602,8 +602,11 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                         k = np.asarray(wt.sum(axis=1), dtype=np.float64)
                         terms_sum[positions] = k
                         terms_abs[positions] = np.asarray(abs_wt, dtype=np.float64).sum(axis=1)
-                        # half dtypes: torch rounds each product w t to the dtype before summing K
-                        half_terms = u_t * terms_abs[positions] if u_t > u_c else 0.0
+                        # half dtypes: torch forms each upstream term (- g w t, the smoothed t) in the dtype,
+                        # one rounding per product, before the backward sums K; added linearly (terms that
+                        # round alike, a uniform target's, make a bias), each rounding a uniform one's sigma
+                        half_terms = _term_rounding(u_t, eps, w_abs is not None) * terms_abs[positions] \
+                            if u_t > u_c else 0.0
                         # a kernel that flushes subnormals (XLA on CPU) loses products w t s below the
                         # normal range whole, all toward zero: K's bias (JAX's float32 gradient with
                         # weights of 1.2e-38 on 255 soft targets: 12 % low)
@@ -692,13 +695,16 @@ def _flushed_sigma(first: Any, second: Any, scale: np.ndarray, compute: str) -> 
         return np.nan_to_num(lost / scale, nan=0.0, posinf=0.0) / np.sqrt(3.0)
 
 
-def _lse_rounding(u: float, lse_abs: np.ndarray, log_total: np.ndarray) -> np.ndarray:
+def _lse_rounding(compute: str, lse_abs: np.ndarray, log_total: np.ndarray) -> np.ndarray:
     """Sigma of the rounding of ``lse = max + log S`` where a kernel forms it as one number
     (``log p = x - lse``, ``p = exp(x - lse)``: flash-attention's and cut-cross-entropy's Triton
-    kernels): every log p shifts by up to ``u |lse|``, and by no more than ``log S`` (``max`` itself
-    is representable), so a confident row keeps its exact log-sum-exp."""
-    with np.errstate(invalid="ignore"):
-        return np.nan_to_num(np.minimum(u * lse_abs, np.abs(log_total))) / math.sqrt(3.0)
+    kernels): every log p shifts by up to half an ulp of ``lse`` in ``compute`` (sigma: the ulp over
+    sqrt 12), and by no more than ``log S`` (``max`` itself is representable), so a confident row
+    keeps its exact log-sum-exp. Until 2026-12-06 ``u |lse| / sqrt 3``, up to twice as much: a
+    float64 two-class gradient was allowed 8 times the correct family's largest error."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        half_ulp_sigma = ulp(lse_abs * (1 + 8 * machine_epsilon(compute)), compute) / math.sqrt(12.0)
+        return np.nan_to_num(np.minimum(half_ulp_sigma, np.abs(log_total) / math.sqrt(3.0)))
 
 
 LOG_ULPS: Final = 1.0
@@ -735,6 +741,32 @@ def _row_roundings(u_c: float, u_t: float, nll: np.ndarray, log_total: np.ndarra
         if weighted:
             root = np.hypot(root, max(u_t, u_c) * nll)
         return root / math.sqrt(3.0)
+
+
+def _rounding_sigma(value: float, dtype: str) -> float:
+    """Sigma of one rounding to nearest of a result of size ``|value|`` in ``dtype``: its ulp over
+    sqrt 12 (an error uniform within half an ulp either way), the ulp taken a little above
+    ``|value|`` (a computed result that crosses a power of two keeps its budget). ``u |value| / sqrt 3``
+    before 2026-12-06: the same at the bottom of a binade, twice as much at its top (a smoothed
+    float32 'mean' of two classes: 5 times the correct family's largest error).
+
+    >>> round(_rounding_sigma(1.0, "float32") / 2.0**-23, 4), round(_rounding_sigma(1.99, "float32") / 2.0**-23, 4)
+    (0.2887, 0.2887)
+    """
+    if not math.isfinite(value):
+        return abs(value)  # an overflowing part: no limit (inf); a NaN one: none needed (NaN, read as 0)
+    return float(ulp(abs(value) * (1 + 8 * machine_epsilon(dtype)), dtype)) / math.sqrt(12.0)
+
+
+def _term_rounding(u_t: float, eps: float, weighted: bool) -> float:
+    """Relative sigma of one upstream term ``g w_c t_c`` of a half-dtype probability-target
+    backward, which torch forms in the dtype: the product with ``g``, the weight's, the smoothed
+    target's two operations; each a rounding of at most ``u`` relative, sigma ``u / sqrt 3``. Until
+    2026-12-06 one whole ``u`` (a bound, not a sigma) for every term, and ``u`` more on every ``p_c``
+    (whose products torch's log-softmax backward forms in float32): the bfloat16 and float16
+    gradients of two-class soft targets were allowed 9 times the correct family's largest error."""
+    roundings = 1 + (1 if weighted else 0) + (2 if eps > 0 else 0)
+    return u_t * math.sqrt(roundings / 3.0)
 
 
 def _subtracted_rounding(u_t: float, eps: float, weighted: bool) -> float:
@@ -837,7 +869,7 @@ class Sigmas(NamedTuple):
     loss: np.ndarray
     grad_input: np.ndarray | None
     grad_target: np.ndarray | None
-    probability_relative: np.ndarray | None = None  # per position: of every p_c, from the exp sum (and half products)
+    probability_relative: np.ndarray | None = None  # per position: of every p_c, from the exp sum
     scale_relative: float = 0.0  # of the upstream scale s = g / D: the mean's denominator
 
 
@@ -881,11 +913,20 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
                                   float(np.sum(np.where(repetitive, loss_sigma, 0.0))))
             total_sigma = float(np.hypot(np.hypot(rows_sigma, reduction_sigma),
                                          float(flush_bound.sum()) / math.sqrt(3)))  # flushes all go toward zero
-            if eps > 0:  # torch scales the two reduced parts and adds them (the addition: the base's rounding)
-                total_sigma = math.hypot(total_sigma, u_r * math.hypot(*(float(part.sum()) for part in parts))
-                                         / math.sqrt(3))
+            d = abs(float(denominator)) if call.reduction == "mean" and denominator is not None else 0.0
+            finishing = 0.0
+            if eps > 0 and (d > 0 or call.reduction == "sum"):
+                # torch reduces the two parts (and divides each by D), scales each and adds them (the
+                # addition is the base's rounding): one rounding of each result, whose size is known
+                reduced = [abs(float(np.sum(np.asarray(terms, dtype=np.float64)))) for terms in (main_terms, smooth_terms)]
+                reduced = [r / d for r in reduced] if d > 0 else reduced
+                coefficients = (1 - eps, eps / C)
+                finishing = float(np.hypot.reduce([_rounding_sigma(c * r, reduction_dtype)
+                                                   for c, r in zip(coefficients, reduced)]))
+                if d > 0:
+                    finishing = float(np.hypot.reduce([finishing] + [c * _rounding_sigma(r, reduction_dtype)
+                                                                     for c, r in zip(coefficients, reduced)]))
             if call.reduction == "mean":
-                d = abs(float(denominator)) if denominator is not None else 0.0
                 weights = None if wy is None else np.abs(np.asarray(wy, dtype=np.float64))
                 # integer partial sums up to 2**p = 1 / u are exact (bfloat16: 256; the bound was 2 / u,
                 # and torch's bfloat16 total of 257 weights in {1, 2, 3} came out 1.3 % off)
@@ -895,9 +936,7 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
                     relative_denominator = u_r * float(summation_root(weights[None, :], u_r)[0]) / math.sqrt(3) / d
                 value = abs(float(loss)) if np.isfinite(float(loss)) else 0.0
                 total_sigma = total_sigma / d + value * relative_denominator if d > 0 else 0.0
-                if eps > 0:  # each part divided on its own before it is scaled
-                    total_sigma = math.hypot(total_sigma, u_r * value / math.sqrt(3))
-            loss_out = np.asarray(total_sigma)
+            loss_out = np.asarray(math.hypot(total_sigma, finishing))
         relative = np.sqrt(lse_sigma ** 2 + relative_denominator ** 2)
         grad_input = None if grad_input_scale is None else \
             np.hypot(grad_input_scale * exponential_relative(np.hypot(relative, term_unit)), backward_sigma)
@@ -913,8 +952,9 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
         return None if sigma is None else np.nan_to_num(np.asarray(sigma, dtype=np.float64), nan=0.0,
                                                         posinf=np.finfo(np.float64).max)
 
-    return Sigmas(finite(loss_out), finite(grad_input), finite(grad_target), np.hypot(lse_sigma, term_unit),
-                  float(relative_denominator))
+    # every p_c of a row shares the exp sum's error; torch's half backward forms K p_c in float32
+    # (its products w t in the dtype are K's error, backward_relative)
+    return Sigmas(finite(loss_out), finite(grad_input), finite(grad_target), lse_sigma, float(relative_denominator))
 
 
 def _grouped_root(sigmas: np.ndarray, keys: np.ndarray) -> float:

@@ -323,3 +323,24 @@ def test_an_integer_total_weight_is_exact_only_up_to_2_to_the_precision(rows, ex
     assert (expected.grad_input_elements.scale_relative == 0) == exact
     adapter = adapters.load_adapter("torch")
     assert compare(case, adapter.timed_run(case), expected, adapter.capabilities).max_ratio["grad_input"] < 1
+
+
+@pytest.mark.parametrize("dtype, off", [("float16", 2.0**-8), ("bfloat16", 2.0**-5)])
+def test_a_half_soft_target_gradient_whose_probabilities_are_off_fails_where_torch_passes(dtype, off, torch):
+    # torch's half backward forms the upstream terms g t (w) in the dtype, K p_c in float32: one
+    # rounding's sigma per product, none on p_c. Until 2026-12-06 the model charged a whole u for
+    # each (a bound taken for a sigma) and u more on every p_c: p_c 0.4 % (float16) or 3 % (bfloat16)
+    # off passed two-class rows, nine times the correct family's largest error
+    from ce_conformance.dtypes import round_to
+
+    rng = np.random.default_rng(0)
+    t = np.exp(rng.standard_normal((16, 2)))
+    case = Case.cross_entropy(rng.standard_normal((16, 2)) * 2, t / t.sum(axis=1, keepdims=True), dtype=dtype,
+                              reduction="none")
+    adapter = adapters.load_adapter("torch")
+    expected = reference.evaluate(case)
+    assert compare(case, adapter.timed_run(case), expected, adapter.capabilities).max_ratio["grad_input"] < 1
+    probabilities = expected.grad_input + case.target  # g = p sum(t) - t, sum(t) = 1
+    wrong = round_to(expected.grad_input + off * probabilities, dtype)
+    comparison = compare(case, _outcome(case, wrong), expected, CAPABILITIES)
+    assert [v.check for v in comparison.verdicts] == ["grad_input_value"]
