@@ -28,6 +28,12 @@ member                 arithmetic
                        and the backward's ``p = exp`` of them: ``F.nll_loss(F.log_softmax(x))`` as
                        eager autograd runs it in a half dtype (``log_softmax``'s output is what it
                        saves), and torch's own half kernels; in float32/float64 it is ``sequential``
+``dtype_positions``    index targets in a half dtype: each position's weighted NLL rounded to the dtype
+                       and summed sequentially in it, divided by the total weight summed in it, as
+                       torch's CPU ``nll_loss`` does; the smoothing's part reduced in float32, its
+                       mean rounded to the dtype; the parts scaled and added in the dtype. torch's
+                       own half reduction without the overflow of its unscaled smoothing sum
+                       (float16 at C = 4097 and 8 positions: inf). Elsewhere ``sequential``
 ``compiled``           ``torch.compile(F.cross_entropy)`` (aot_eager: no C compiler needed)
 =====================  ============================================================================
 
@@ -45,6 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ce_conformance.dtypes import numpy_dtype
 from ce_conformance.reference import resolve_reduction
 
 HALF = (torch.float16, torch.bfloat16)
@@ -132,7 +139,7 @@ def numpy_sum(values: np.ndarray) -> np.ndarray:
 SUMS = {"sequential": sequential_sum, "reversed": reversed_sum, "pairwise": pairwise_sum, "kahan": kahan_sum,
         "blocked_1024": pairwise_sum, "blocked_4096": pairwise_sum, "fp32_accumulate": numpy_sum,
         "fp64_upcast": pairwise_sum, "lse_form": pairwise_sum, "autograd_order": sequential_sum,
-        "saved_logp": sequential_sum}
+        "saved_logp": sequential_sum, "dtype_positions": sequential_sum}
 
 
 def _block(summation: str) -> int | None:
@@ -235,6 +242,10 @@ class _FamilyCrossEntropy(torch.autograd.Function):
                 parts = [(compute(1 - eps), losses), (compute(eps / C), smooth)]
             if reduction == "none":
                 out = sum(coefficient * part for coefficient, part in parts).astype(compute)
+            elif summation == "dtype_positions" and dtype in HALF and not probability:
+                out = _positions_in_dtype(parts, weights_of_rows, reduction, dtype, compute)
+                if reduction == "mean":  # the backward's 1 / D, as the other members form it
+                    denominator = position_add(weights_of_rows.astype(reduce_dtype)[None, :])[0]
             else:
                 if reduction == "mean" and denominator is None:
                     denominator = position_add(weights_of_rows.astype(reduce_dtype)[None, :])[0]
@@ -292,6 +303,23 @@ class _FamilyCrossEntropy(torch.autograd.Function):
         return grad_input, grad_t, None, None, None, None, None
 
 
+def _positions_in_dtype(parts, weights_of_rows, reduction: str, dtype: torch.dtype, compute):
+    """The reduced loss of the ``dtype_positions`` member (see the module table)."""
+    half = np.dtype(numpy_dtype(str(dtype).removeprefix("torch."))).type
+    (main_coefficient, main), *smoothing = parts
+    total_weight = sequential_sum(weights_of_rows.astype(half)[None, :])[0]
+    value = sequential_sum(main.astype(half)[None, :])[0]
+    if reduction == "mean":
+        value = half(value / total_weight)
+    out = half(half(main_coefficient) * value)
+    for coefficient, part in smoothing:
+        reduced = compute(sequential_sum(part.astype(compute)[None, :])[0])
+        if reduction == "mean":
+            reduced = compute(reduced / compute(total_weight))
+        out = half(out + half(half(coefficient) * half(reduced)))
+    return compute(out)
+
+
 def family_cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
                          reduction="mean", label_smoothing=0.0, *, summation="sequential"):
     """Correct cross-entropy with the arithmetic named by ``summation`` (see the module table)."""
@@ -320,6 +348,7 @@ fp64_upcast = _member("fp64_upcast")
 lse_form = _member("lse_form")
 autograd_order = _member("autograd_order")
 saved_logp = _member("saved_logp")
+dtype_positions = _member("dtype_positions")
 
 
 @functools.lru_cache(maxsize=None)
@@ -337,7 +366,7 @@ def compiled(input, target, weight=None, size_average=None, ignore_index=-100, r
 MEMBERS = {"sequential": sequential, "reversed_order": reversed_order, "pairwise": pairwise, "blocked_1024": blocked_1024,
            "blocked_4096": blocked_4096, "kahan": kahan, "fp32_accumulate": fp32_accumulate,
            "fp64_upcast": fp64_upcast, "lse_form": lse_form, "autograd_order": autograd_order,
-           "saved_logp": saved_logp, "compiled": compiled}
+           "saved_logp": saved_logp, "dtype_positions": dtype_positions, "compiled": compiled}
 """Every member by name: ``tests/correct_family.py:NAME`` is a valid ``--impl``."""
 
 NUMPY_MEMBERS = tuple(m for m in MEMBERS if m != "compiled")

@@ -53,6 +53,19 @@ def test_the_kahan_kernel_sums_bit_for_bit_as_its_loop(dtype):
     assert np.array_equal(kahan_sum(values[..., :0]), np.zeros((3, 4), dtype))
 
 
+def test_dtype_positions_rounds_the_half_position_sums_as_torch_does(torch):
+    # torch's CPU nll_loss sums positions in float16 (ulps of the sum, not of each position's loss):
+    # so does dtype_positions, where every other NumPy member sums them in float32
+    differ = 0
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        x = torch.tensor(rng.standard_normal((8, 127)) * 2, dtype=torch.float16)
+        y = torch.tensor(rng.integers(0, 127, 8))
+        differ += bool(MEMBERS["dtype_positions"](x, y) != MEMBERS["sequential"](x, y))
+        assert MEMBERS["dtype_positions"](x, y, reduction="none").equal(MEMBERS["sequential"](x, y, reduction="none"))
+    assert differ >= 2
+
+
 @pytest.mark.parametrize("member", NUMPY_MEMBERS)
 def test_member_computes_torch_semantics_in_float64(member, torch):
     rng = np.random.default_rng(1)
