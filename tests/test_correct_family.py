@@ -14,7 +14,8 @@ from ce_conformance.baseline import Baseline, resolve_baseline
 from ce_conformance.gate import run_gate
 from ce_conformance.runner import FuzzConfig
 
-from .correct_family import MEMBERS, NUMPY_MEMBERS, kahan_loop, kahan_sum, pairwise_sum, reversed_sum, sequential_sum
+from .correct_family import (MEMBERS, NUMPY_MEMBERS, cascade_sum, kahan_loop, kahan_sum, pairwise_sum, reversed_sum,
+                             sequential_sum)
 
 HERE = Path(__file__).parent
 SEEDS = range(5) if os.environ.get("CE_PROFILE") == "nightly" else range(1)
@@ -51,6 +52,35 @@ def test_the_kahan_kernel_sums_bit_for_bit_as_its_loop(dtype):
     assert kernel.dtype == loop.dtype == dtype and kernel.shape == (3, 4)
     assert np.array_equal(kernel, loop, equal_nan=True)
     assert np.array_equal(kahan_sum(values[..., :0]), np.zeros((3, 4), dtype))
+
+
+def _torch_nll_cascade(values):
+    """ATen's nll_loss_out_frame reduction (LossNLL.cpp), transcribed loop for loop."""
+    levels, n = 8, len(values)
+    power = max(4, (int(n - 1).bit_length() if n > 1 else 0) // 8)
+    mask = (1 << power) - 1
+    partial = [values.dtype.type(0)] * levels
+    for b in range(n):
+        partial[0] = values.dtype.type(partial[0] + values[b])
+        for j in range(levels - 1):
+            if b & (mask << (j * power)):
+                break
+            partial[j + 1] = values.dtype.type(partial[j + 1] + partial[j])
+            partial[j] = values.dtype.type(0)
+    total = values.dtype.type(0)
+    for p in partial:
+        total = values.dtype.type(total + p)
+    return total
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_the_cascade_sums_as_torchs_nll_loop_does(dtype):
+    from ce_conformance.dtypes import numpy_dtype
+
+    rng = np.random.default_rng(4)
+    for n in (0, 1, 2, 16, 17, 18, 256, 257, 300, 4097, 70000):
+        values = (rng.uniform(0.5, 12, n)).astype(numpy_dtype(dtype))
+        assert cascade_sum(values) == _torch_nll_cascade(values), n
 
 
 def test_dtype_positions_rounds_the_half_position_sums_as_torch_does(torch):
