@@ -703,8 +703,7 @@ def _lse_rounding(compute: str, lse_abs: np.ndarray, log_total: np.ndarray) -> n
     keeps its exact log-sum-exp. Until 2026-12-06 ``u |lse| / sqrt 3``, up to twice as much: a
     float64 two-class gradient was allowed 8 times the correct family's largest error."""
     with np.errstate(invalid="ignore", over="ignore"):
-        half_ulp_sigma = ulp(lse_abs * (1 + 8 * machine_epsilon(compute)), compute) / math.sqrt(12.0)
-        return np.nan_to_num(np.minimum(half_ulp_sigma, np.abs(log_total) / math.sqrt(3.0)))
+        return np.nan_to_num(np.minimum(_ulp_sigma(lse_abs, compute), np.abs(log_total) / math.sqrt(3.0)))
 
 
 LOG_ULPS: Final = 1.0
@@ -755,7 +754,13 @@ def _rounding_sigma(value: float, dtype: str) -> float:
     """
     if not math.isfinite(value):
         return abs(value)  # an overflowing part: no limit (inf); a NaN one: none needed (NaN, read as 0)
-    return float(ulp(abs(value) * (1 + 8 * machine_epsilon(dtype)), dtype)) / math.sqrt(12.0)
+    return float(_ulp_sigma(abs(value), dtype))
+
+
+def _ulp_sigma(magnitude: Any, dtype: str) -> np.ndarray:
+    """ulp / sqrt 12 of ``dtype`` a little above ``magnitude`` (elementwise): one rounding's sigma."""
+    with np.errstate(over="ignore"):
+        return ulp(np.asarray(magnitude, dtype=np.float64) * (1 + 8 * machine_epsilon(dtype)), dtype) / math.sqrt(12.0)
 
 
 def _term_rounding(u_t: float, eps: float, weighted: bool) -> float:

@@ -243,15 +243,13 @@ class _FamilyCrossEntropy(torch.autograd.Function):
                 parts = [(compute(1), losses)]
             else:  # torch reduces (and divides) the NLL and the smoothing sums separately: NaN rules
                 parts = [(compute(1 - eps), losses), (compute(eps / C), smooth)]
+            if reduction == "mean" and denominator is None:  # also the backward's 1 / D
+                denominator = position_add(weights_of_rows.astype(reduce_dtype)[None, :])[0]
             if reduction == "none":
                 out = sum(coefficient * part for coefficient, part in parts).astype(compute)
             elif summation == "dtype_positions" and dtype in HALF and not probability:
                 out = _positions_in_dtype(parts, weights_of_rows, valid, reduction, dtype, compute, weight is not None)
-                if reduction == "mean":  # the backward's 1 / D, as the other members form it
-                    denominator = position_add(weights_of_rows.astype(reduce_dtype)[None, :])[0]
             else:
-                if reduction == "mean" and denominator is None:
-                    denominator = position_add(weights_of_rows.astype(reduce_dtype)[None, :])[0]
                 out = compute(0)
                 for coefficient, part in parts:
                     total = compute(position_add(part.astype(reduce_dtype)[None, :])[0])
@@ -312,21 +310,16 @@ def cascade_sum(values: np.ndarray) -> np.generic:
     the first value carried straight to the top level, the levels added up last. A sequential sum
     in bfloat16 stalls (1600 positions: 3x off), which torch's cascade avoids."""
     dtype, n = values.dtype, values.size
-    levels, step = 8, 1 << max(4, (int(n - 1).bit_length() if n > 1 else 0) // 8)
-    partial = [dtype.type(0)] * levels
     if n == 0:
         return dtype.type(0)
-    partial[levels - 1] = values[0]
+    levels, step = 8, 1 << max(4, (int(n - 1).bit_length() if n > 1 else 0) // 8)
+    partial = [dtype.type(0)] * levels
     carried = values[1:]
     for level in range(levels - 1):
         full = (carried.size // step) * step
-        if full:  # each run of `step` lower sums is summed in order, then handed up a level
-            blocks = sequential_sum(carried[:full].reshape(-1, step))
-        else:
-            blocks = carried[:0]
-        partial[level] = sequential_sum(carried[full:][None, :])[0] if carried.size > full else dtype.type(0)
-        carried = blocks
-    partial[levels - 1] = sequential_sum(np.concatenate([[partial[levels - 1]], carried]).astype(dtype)[None, :])[0]
+        partial[level] = sequential_sum(carried[full:][None, :])[0]  # a run not yet handed up
+        carried = sequential_sum(carried[:full].reshape(-1, step))  # each full run, summed in order
+    partial[-1] = sequential_sum(np.concatenate([values[:1], carried])[None, :])[0]
     return sequential_sum(np.array(partial, dtype=dtype)[None, :])[0]
 
 
