@@ -344,3 +344,18 @@ def test_a_half_soft_target_gradient_whose_probabilities_are_off_fails_where_tor
     wrong = round_to(expected.grad_input + off * probabilities, dtype)
     comparison = compare(case, _outcome(case, wrong), expected, CAPABILITIES)
     assert [v.check for v in comparison.verdicts] == ["grad_input_value"]
+
+
+def test_a_log_sum_exp_a_few_ulps_off_fails_in_float64():
+    # lse = 6.19 shifted by 4e-16 relative (11 ulps of p): v2.6 passed it (0.9 of the budget: the lse
+    # rounding of kernels that form it charged u |lse| / sqrt 3, and a gradient base of 4); v2.7 charges
+    # that rounding ulp(lse) / sqrt 12 and the base 2, and fails it (1.28)
+    x = np.array([[6.191, 0.257], [0.715, -1.207]])
+    y = np.array([1, 0])
+    case = Case.cross_entropy(x, y, dtype="float64", label_smoothing=0.1)
+    lse = np.log(np.exp(x).sum(axis=1, keepdims=True))
+    q = np.full_like(x, 0.05)
+    q[np.arange(2), y] += 0.9
+    shifted = (np.exp(x - lse * (1 + 4e-16)) - q) / 2
+    comparison = compare(case, _outcome(case, shifted), reference.evaluate(case), CAPABILITIES)
+    assert [v.check for v in comparison.verdicts] == ["grad_input_value"]
