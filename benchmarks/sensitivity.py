@@ -1,7 +1,8 @@
 """Sensitivity of the tolerance model: the smallest error the gate detects, against what correct
 arithmetic costs on the same cases.
 
-For each dtype, class count C and layout it draws ``--seeds`` cases (default 20) of each of three
+For each dtype, class count C and layout it draws cases (``--seeds``; by default as many as
+:func:`cases_per_cell` affords: 1000 at C <= 127, 20 at vocabulary scale) of each of three
 configurations (index targets with 'mean', without and with label smoothing 0.1, probability
 targets with 'none'; logits 2 * standard normal), runs the correct family on them
 (tests/correct_family.py, every member: sequential, reversed, pairwise, blocked 1024/4096, Kahan,
@@ -26,8 +27,10 @@ variable (on float32 (8, 32000) 'mean' losses it ranged from 0.20 to 1.69 of the
 median 0.63, over 20 seeds); a budget within 4x of the luckiest draw would fail correct code on
 the next case, and a gate judges a thousand. The largest error over 20 cases is what correct
 arithmetic costs on the cases a short gate draws (over 5, the default until 2026-12-06, the float32
-C = 127 'mean' reduction cell read 6.2x; over 20, 3.0x, with the same budgets); ``--seeds 1`` gives
-the single-case figures. The multiple compares largest errors on both sides: the injected
+C = 127 'mean' reduction cell read 6.2x; over 20, 3.0x, with the same budgets), and where cases
+are cheap a cell draws as many as one gate judges (since 2026-12-06, session 8: at C = 2 a few
+roundings make the error, and their largest realisation needs hundreds of cases to show);
+``--seeds 1`` gives the single-case figures. The multiple compares largest errors on both sides: the injected
 implementation's over every element of the cases, at the smallest d any element fails.
 
     python benchmarks/sensitivity.py [--dtypes float32,...] [--classes 2,127,...] [--layouts nc,c,kdim] [--seeds N]
@@ -51,6 +54,11 @@ LAYOUTS = ("nc", "c", "kdim")
 STAGES = ("lse", "softmax", "gradient", "reduction")
 MAX_ELEMENTS = 1 << 19
 SEEDS = 20
+GATE_CASES = 1000
+"""A default gate's case budget: a cell never gets more cases than one gate judges."""
+CELL_ELEMENTS = 1 << 23
+"""Logits per cell that set its case count where :data:`SEEDS` cases are cheap (see
+:func:`cases_per_cell`)."""
 STEP = 1 / 16
 """Resolution of the bisection in log2(d): detected thresholds are at most 4 % above the true
 one (quarter steps, until 2026-12-05, inflated a multiple by up to 19 %)."""
@@ -71,6 +79,22 @@ def cases_for(dtype: str, C: int, layout: str, seed: int = 0):
     return [Case.cross_entropy(x, y, dtype=dtype, reduction="mean"),  # the configuration of LLM training
             Case.cross_entropy(x, y, dtype=dtype, reduction="mean", label_smoothing=0.1),
             Case.cross_entropy(x, t, dtype=dtype, reduction="none")]
+
+
+def cases_per_cell(C: int, layout: str) -> int:
+    """Cases a cell draws: :data:`CELL_ELEMENTS` logits' worth, at least :data:`SEEDS` and at most
+    :data:`GATE_CASES`. The budget a gate needs is set by the largest error correct arithmetic
+    makes over the thousand cases it judges; at C = 2 that error is a handful of roundings whose
+    largest realisation 20 cases rarely show (float64 two-class smoothed lse: 11.3x the family
+    over 20 cases, 3.8x over 200, the same budgets), so where cases are cheap a cell draws as many
+    as a gate does.
+
+    >>> [cases_per_cell(C, "nc") for C in (2, 127, 4097, 32000, 128256)]
+    [1000, 1000, 255, 32, 20]
+    """
+    rows = max(1, min(8, MAX_ELEMENTS // C))
+    logits = {"nc": rows * C, "c": C, "kdim": 2 * max(1, rows // 2) * C}[layout]
+    return int(min(GATE_CASES, max(SEEDS, CELL_ELEMENTS // logits)))
 
 
 def injected_outcome(case, stage: str, d: float):
@@ -162,7 +186,8 @@ def main() -> None:
     parser.add_argument("--classes", default=",".join(map(str, CLASSES)))
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
     parser.add_argument("--stages", default=",".join(STAGES))
-    parser.add_argument("--seeds", type=int, default=SEEDS, help=f"cases per cell (default {SEEDS})")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help=f"cases per cell (default: by cost, {SEEDS} to {GATE_CASES}; see cases_per_cell)")
     parser.add_argument("--csv", type=Path, help="also write the table here")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -180,8 +205,9 @@ def main() -> None:
     for dtype in args.dtypes.split(","):
         for C in map(int, args.classes.split(",")):
             for layout in args.layouts.split(","):
-                drawn = [cases_for(dtype, C, layout, seed) for seed in range(args.seeds)]
-                for kind_cases in zip(*drawn):  # one configuration, args.seeds cases of it
+                count = args.seeds or cases_per_cell(C, layout)
+                drawn = [cases_for(dtype, C, layout, seed) for seed in range(count)]
+                for kind_cases in zip(*drawn):  # one configuration, count cases of it
                     cases = list(kind_cases)
                     refs = [reference.evaluate(case) for case in cases]
                     first_case = cases[0]
@@ -196,7 +222,8 @@ def main() -> None:
                         # it is floored at half an ulp (a correctly rounded result's error)
                         quantity = errors.pop("_failing", "loss")
                         error = errors.get(quantity, np.nan) if np.isfinite(d) else np.inf  # never detected: a miss
-                        rows.append({"dtype": dtype, "C": C, "layout": layout, "case": kind, "stage": stage,
+                        rows.append({"dtype": dtype, "C": C, "layout": layout, "case": kind, "cases": count,
+                                     "stage": stage,
                                      "smallest d": d, "quantity": quantity, "detected at (ulp)": error,
                                      "family max (ulp)": fam.get(quantity, np.nan),
                                      "x family": error / max(fam.get(quantity, 0.0), 0.5),
@@ -210,7 +237,8 @@ def main() -> None:
     missed = int(np.isinf(multiples).sum())
     print(f"\nworst detection threshold: {multiples.max():.2f}x the correct family's largest error "
           f"(target <= 4); median {multiples.median():.2f}x; {(multiples <= 4).mean():.0%} of cells at most 4x; "
-          f"{missed} cells never detected (d up to 1/2); {len(table)} cells, {args.seeds} cases each, in "
+          f"{missed} cells never detected (d up to 1/2); {len(table)} cells, {table['cases'].min()} to "
+          f"{table['cases'].max()} cases each, in "
           f"{time.perf_counter() - started:.0f} s")
     for dtype, part in table.groupby("dtype", sort=False):
         print(f"  {dtype:9s} median {part['x family'].median():.2f}x, {(part['x family'] <= 4).mean():.0%} at most 4x, "

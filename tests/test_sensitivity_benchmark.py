@@ -1,0 +1,36 @@
+"""The sensitivity benchmark's own machinery (``benchmarks/sensitivity.py``): how many cases a
+cell draws. The measure itself runs for minutes and is recorded in the README, not asserted."""
+
+from __future__ import annotations
+
+import doctest
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "sensitivity.py"
+
+
+@pytest.fixture(scope="module")
+def sensitivity():
+    spec = importlib.util.spec_from_file_location("sensitivity_benchmark", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_docstring_examples(sensitivity):
+    assert doctest.testmod(sensitivity).failed == 0
+
+
+@pytest.mark.parametrize("layout", ["nc", "c", "kdim"])
+def test_cheap_cells_draw_as_many_cases_as_a_gate_and_costly_ones_at_least_twenty(sensitivity, layout):
+    counts = [sensitivity.cases_per_cell(C, layout) for C in sensitivity.CLASSES]
+    assert counts[0] == sensitivity.GATE_CASES  # two classes: a gate's worth
+    assert counts == sorted(counts, reverse=True)
+    assert all(sensitivity.SEEDS <= count <= sensitivity.GATE_CASES for count in counts)
+    for C, count in zip(sensitivity.CLASSES, counts):
+        logits = sensitivity.cases_for("float32", C, layout)[0].input.size
+        # no cell costs more than its logit budget, except where the floor of 20 cases says so
+        assert count == sensitivity.SEEDS or count * logits <= sensitivity.CELL_ELEMENTS
