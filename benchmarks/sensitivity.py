@@ -2,7 +2,7 @@
 arithmetic costs on the same cases.
 
 For each dtype, class count C and layout it draws cases (``--seeds``; by default as many as
-:func:`cases_per_cell` affords: 1000 at C <= 127, 20 at vocabulary scale) of each of three
+:func:`cases_per_cell` affords: in (N, C), 1000 at C <= 127, 20 at vocabulary scale) of each of three
 configurations (index targets with 'mean', without and with label smoothing 0.1, probability
 targets with 'none'; logits 2 * standard normal), runs the correct family on them
 (tests/correct_family.py, every member: sequential, reversed, pairwise, blocked 1024/4096, Kahan,
@@ -28,8 +28,8 @@ median 0.63, over 20 seeds); a budget within 4x of the luckiest draw would fail 
 the next case, and a gate judges a thousand. The largest error over 20 cases is what correct
 arithmetic costs on the cases a short gate draws (over 5, the default until 2026-12-06, the float32
 C = 127 'mean' reduction cell read 6.2x; over 20, 3.0x, with the same budgets), and where cases
-are cheap a cell draws as many as one gate judges (since 2026-12-06, session 8: at C = 2 a few
-roundings make the error, and their largest realisation needs hundreds of cases to show);
+are cheap a cell draws as many as one gate judges (since 2026-12-06: at C = 2 a few roundings
+make the error, and their largest realisation needs hundreds of cases to show);
 ``--seeds 1`` gives the single-case figures. The multiple compares largest errors on both sides: the injected
 implementation's over every element of the cases, at the smallest d any element fails.
 
@@ -86,8 +86,8 @@ def cases_per_cell(C: int, layout: str) -> int:
     :data:`GATE_CASES`. The budget a gate needs is set by the largest error correct arithmetic
     makes over the thousand cases it judges; at C = 2 that error is a handful of roundings whose
     largest realisation 20 cases rarely show (float64 two-class smoothed lse: 11.3x the family
-    over 20 cases, 3.8x over 200, the same budgets), so where cases are cheap a cell draws as many
-    as a gate does.
+    over 20 cases, 3.8x over 200, 1.5x over 1000, the same budgets), so where cases are cheap a
+    cell draws as many as a gate does.
 
     >>> [cases_per_cell(C, "nc") for C in (2, 127, 4097, 32000, 128256)]
     [1000, 1000, 255, 32, 20]
