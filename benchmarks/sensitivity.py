@@ -39,6 +39,7 @@ implementation's over every element of the cases, at the smallest d any element 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 import warnings
@@ -68,8 +69,7 @@ def cases_for(dtype: str, C: int, layout: str, seed: int = 0):
     from ce_conformance.case import Case
 
     rng = np.random.default_rng([seed, C, LAYOUTS.index(layout), DTYPES.index(dtype)])
-    rows = max(1, min(8, MAX_ELEMENTS // C))
-    shape = {"nc": (rows, C), "c": (C,), "kdim": (max(1, rows // 2), C, 2)}[layout]
+    shape = input_shape(C, layout)
     x = rng.standard_normal(shape) * 2.0
     class_axis = 0 if len(shape) == 1 else 1
     index_shape = () if len(shape) == 1 else (shape[0], *shape[2:])
@@ -92,9 +92,13 @@ def cases_per_cell(C: int, layout: str) -> int:
     >>> [cases_per_cell(C, "nc") for C in (2, 127, 4097, 32000, 128256)]
     [1000, 1000, 255, 32, 20]
     """
+    return int(min(GATE_CASES, max(SEEDS, CELL_ELEMENTS // math.prod(input_shape(C, layout)))))
+
+
+def input_shape(C: int, layout: str) -> tuple[int, ...]:
+    """The logits' shape of a cell's cases: up to 8 rows, at most :data:`MAX_ELEMENTS` logits."""
     rows = max(1, min(8, MAX_ELEMENTS // C))
-    logits = {"nc": rows * C, "c": C, "kdim": 2 * max(1, rows // 2) * C}[layout]
-    return int(min(GATE_CASES, max(SEEDS, CELL_ELEMENTS // logits)))
+    return {"nc": (rows, C), "c": (C,), "kdim": (max(1, rows // 2), C, 2)}[layout]
 
 
 def injected_outcome(case, stage: str, d: float):
