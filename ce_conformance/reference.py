@@ -728,7 +728,8 @@ def _row_roundings(u_c: float, u_t: float, nll: np.ndarray, log_total: np.ndarra
     of single positions they average out over a reduction, as every correct kernel's do.
 
     The half dtype's rounding of ``log p`` is one rounding to nearest of a known value: its ulp
-    over sqrt 12 (:func:`_rounding_sigma`). Until model v2.8 ``u |log p| / sqrt 3``, up to twice
+    over sqrt 12, as :func:`_rounding_sigma` charges a result in the dtype, but the ulp taken at
+    the float32 value the kernel rounds, not 8 of the dtype's eps above it. Until model v2.8 ``u |log p| / sqrt 3``, up to twice
     as much, beside a half base that already holds an ulp of the loss: the unbatched bfloat16 and
     float16 'mean' losses of two and 4097 classes were allowed 4.6-5.2 times the correct
     family's largest error."""
