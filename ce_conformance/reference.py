@@ -729,10 +729,10 @@ def _row_roundings(u_c: float, u_t: float, nll: np.ndarray, log_total: np.ndarra
 
     The half dtype's rounding of ``log p`` is one rounding to nearest of a known value: its ulp
     over sqrt 12, as :func:`_rounding_sigma` charges a result in the dtype, but the ulp taken at
-    the float32 value the kernel rounds, not 8 of the dtype's eps above it. Until model v2.8 ``u |log p| / sqrt 3``, up to twice
-    as much, beside a half base that already holds an ulp of the loss: the unbatched bfloat16 and
-    float16 'mean' losses of two and 4097 classes were allowed 4.6-5.2 times the correct
-    family's largest error."""
+    the float32 value the kernel rounds, not 8 of the dtype's eps above it. Until model v2.8
+    ``u |log p| / sqrt 3``, up to twice as much, beside a half base that already holds an ulp of
+    the loss: the unbatched bfloat16 and float16 'mean' losses of two and 4097 classes were
+    allowed 4.6-5.2 times the correct family's largest error."""
     with np.errstate(invalid="ignore"):
         nll = np.abs(np.nan_to_num(np.asarray(nll, dtype=np.float64), posinf=0.0))
         log_s = np.abs(np.nan_to_num(np.asarray(log_total, dtype=np.float64), posinf=0.0))
@@ -743,11 +743,9 @@ def _row_roundings(u_c: float, u_t: float, nll: np.ndarray, log_total: np.ndarra
         if log:
             root = np.hypot(root, 2 * LOG_ULPS * u_c * log_s)
         if u_t > u_c:  # in root's units (u |x|, a sigma once over sqrt 3): sqrt 3 times the sigma;
-            # the ulp of the value the kernel rounds, which its compute precision puts within a few
-            # u_c of its terms (not a few of the dtype's eps: bfloat16 log p = 1.9 would take 2's ulp)
-            with np.errstate(over="ignore"):
-                rounded = ulp(nll + 8 * u_c * (nll + log_s), dtype)
-            root = np.hypot(root, np.nan_to_num(rounded) / 2)
+            # the value the kernel rounds is within a few u_c of its terms (not a few of the dtype's
+            # eps: bfloat16 log p = 1.9 would take 2's ulp)
+            root = np.hypot(root, math.sqrt(3.0) * np.nan_to_num(_ulp_sigma(nll, dtype, slack=8 * u_c * (nll + log_s))))
         if weighted:
             root = np.hypot(root, max(u_t, u_c) * nll)
         return root / math.sqrt(3.0)
@@ -768,10 +766,14 @@ def _rounding_sigma(value: float, dtype: str) -> float:
     return float(_ulp_sigma(abs(value), dtype))
 
 
-def _ulp_sigma(magnitude: Any, dtype: str) -> np.ndarray:
-    """ulp / sqrt 12 of ``dtype`` a little above ``magnitude`` (elementwise): one rounding's sigma."""
+def _ulp_sigma(magnitude: Any, dtype: str, slack: Any = None) -> np.ndarray:
+    """ulp / sqrt 12 of ``dtype`` a little above ``magnitude`` (elementwise): one rounding's sigma.
+    ``slack``: how far above ``magnitude`` the value a kernel rounds may lie; by default 8 of the
+    dtype's eps relative (a result computed in the dtype), less for one computed more precisely."""
+    magnitude = np.asarray(magnitude, dtype=np.float64)
     with np.errstate(over="ignore"):
-        return ulp(np.asarray(magnitude, dtype=np.float64) * (1 + 8 * machine_epsilon(dtype)), dtype) / math.sqrt(12.0)
+        above = magnitude * (1 + 8 * machine_epsilon(dtype)) if slack is None else magnitude + slack
+        return ulp(above, dtype) / math.sqrt(12.0)
 
 
 def _term_rounding(u_t: float, eps: float, weighted: bool) -> float:

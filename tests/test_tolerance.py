@@ -95,31 +95,34 @@ def test_repeated_rows_add_their_roundings_linearly():
     assert copies.loss_sigma >= 0.99 * one.loss_sigma
 
 
+def _allowed_loss(result, dtype: str) -> float:
+    """The absolute error a scalar loss of ``result`` is allowed."""
+    return float(allowed_errors(ulp_units(result.loss, result.loss_scale, dtype), result.loss_sigma, dtype, "loss"))
+
+
+def _loss_checks_failed(case, result, value: float) -> set[str]:
+    """The checks a scalar loss of ``value`` (rounded to the case's dtype) fails against ``result``."""
+    from ce_conformance.adapters.base import Capabilities, Outcome
+    from ce_conformance.compare import compare
+    from ce_conformance.dtypes import round_to
+
+    outcome = Outcome(status="ok", loss=round_to(np.float64(value), case.dtype), loss_dtype=case.dtype, loss_shape=())
+    return {v.check for v in compare(case, outcome, result, Capabilities()).verdicts}
+
+
 def test_a_mean_loss_is_judged_near_its_last_rounding():
     """The sensitivity measure's reduction column: an (8, 127) float32 'mean' loss (logits 2 N(0, 1))
     is allowed 3.7 ulps of the loss (model v2.6: the final rounding, half an ulp, each position's
     roundings as random errors, the sum over the eight positions bounded over every order), where
     v2.5 allowed 4.2 (a whole ulp for the final rounding) and v2.4 8.4 (4 ulps of the loss's
     magnitude plus 5 sigma of a sequential sum); a loss 5 ulps off, which v2.4 and v2.5 passed, fails."""
-    from ce_conformance.adapters.base import Capabilities, Outcome
-    from ce_conformance.compare import compare
-    from ce_conformance.dtypes import round_to
-
     rng = np.random.default_rng(0)
     case = Case.cross_entropy(rng.standard_normal((8, 127)) * 2, rng.integers(0, 127, 8), dtype="float32")
     result = reference.evaluate(case)
     loss = float(result.loss)
-    allowed = float(allowed_errors(ulp_units(result.loss, result.loss_scale, "float32"), result.loss_sigma,
-                                   "float32", "loss"))
-    assert allowed / float(ulp(loss, "float32")) < 4
-
-    def verdicts(value):
-        outcome = Outcome(status="ok", loss=round_to(np.float64(value), "float32"), loss_dtype="float32",
-                          loss_shape=())
-        return {v.check for v in compare(case, outcome, result, Capabilities()).verdicts}
-
-    assert "loss_value" not in verdicts(loss + float(ulp(loss, "float32")))
-    assert "loss_value" in verdicts(loss + 5 * float(ulp(loss, "float32")))
+    assert _allowed_loss(result, "float32") / float(ulp(loss, "float32")) < 4
+    assert "loss_value" not in _loss_checks_failed(case, result, loss + float(ulp(loss, "float32")))
+    assert "loss_value" in _loss_checks_failed(case, result, loss + 5 * float(ulp(loss, "float32")))
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -129,25 +132,17 @@ def test_a_half_loss_charges_the_rounding_of_log_p_at_its_own_ulp(dtype):
     ulp's sigma there, and allowed an unbatched two-class 'mean' loss 4.76 ulps; v2.8 charges that
     ulp over sqrt 12 (taken at the value a float32 kernel rounds, not 6 % above it: bfloat16's
     8 eps would have taken 2's ulp) and allows 3.44, so a loss 4 ulps off fails."""
-    from ce_conformance.adapters.base import Capabilities, Outcome
-    from ce_conformance.compare import compare
     from ce_conformance.dtypes import round_to
 
     case = Case.cross_entropy(np.array([0.0, 1.75]), 0, dtype=dtype)
     result = reference.evaluate(case)
     loss = float(result.loss)
     step = float(ulp(loss, dtype))
-    allowed = float(allowed_errors(ulp_units(result.loss, result.loss_scale, dtype), result.loss_sigma, dtype, "loss"))
-    assert allowed / step < 3.5
-
-    def verdicts(value):
-        outcome = Outcome(status="ok", loss=round_to(np.float64(value), dtype), loss_dtype=dtype, loss_shape=())
-        return {v.check for v in compare(case, outcome, result, Capabilities()).verdicts}
-
+    assert _allowed_loss(result, dtype) / step < 3.5
     log_p = np.log(np.exp(np.float32(0)) / (np.exp(np.float32(0)) + np.exp(np.float32(1.75))))  # float32, as torch
-    assert "loss_value" not in verdicts(-float(round_to(np.float64(log_p), dtype)))
-    assert "loss_value" not in verdicts(loss + step)
-    assert "loss_value" in verdicts(loss + 4 * step)
+    assert "loss_value" not in _loss_checks_failed(case, result, -float(round_to(np.float64(log_p), dtype)))
+    assert "loss_value" not in _loss_checks_failed(case, result, loss + step)
+    assert "loss_value" in _loss_checks_failed(case, result, loss + 4 * step)
 
 
 def test_a_loss_of_smoothing_alone_near_the_top_of_float64_keeps_its_sigma():
