@@ -194,7 +194,8 @@ def compare(case: Case, outcome: Outcome, reference: ReferenceResult | None, cap
     if tuple(outcome.loss_shape or ()) != tuple(reference.output_shape):
         verdicts.append(Verdict("loss_shape", f"loss shape {list(outcome.loss_shape or ())}, "
                                               f"expected {list(reference.output_shape)}"))
-    _value_check("loss", outcome.loss, reference.loss, reference.loss_scale, dtype, comparison, exact_kind=True, n_classes=n_classes,
+    loss_floor = reference.loss_floor_classes if reference.loss_floor_classes is not None else n_classes
+    _value_check("loss", outcome.loss, reference.loss, reference.loss_scale, dtype, comparison, exact_kind=True, n_classes=loss_floor,
                  sigma=reference.loss_sigma, intermediate=reference.loss_intermediate,
                  budget_scale=budget_scale,
                  native=native.loss if native is not None and native.status == "ok" else None)

@@ -35,15 +35,15 @@ from typing import Any, Final, Mapping, NamedTuple
 import mpmath
 import numpy as np
 
-from .dtypes import (FLOAT_DTYPES, compute_dtype, dtype_name, is_float, machine_epsilon, numpy_dtype, smallest_normal,
-                     smallest_subnormal, ulp)
+from .dtypes import (FLOAT_DTYPES, compute_dtype, dtype_name, is_float, machine_epsilon, numpy_dtype, round_to,
+                     smallest_normal, smallest_subnormal, ulp)
 from . import buffers, engine
 from .errors import InvalidInputError, Rule
 from .gradient_elements import CANCELLING, GradientElements, exponential_relative
 from .outputs import Expectation, check_output_options, lse_output, requested
-from .summation import (EQUAL_TERM_LANES, LOST_WEIGHT, alike_subnormal_terms, any_order_bound, equal_terms_bound,
-                        finite_row_max, flushed_pairs, flushed_products, near_equal, residue_groups, root_sum_squares,
-                        subnormal_products, summation_root)
+from .summation import (EQUAL_TERM_LANES, LOST_WEIGHT, alike_root, alike_subnormal_terms, any_order_bound,
+                        equal_terms_bound, finite_row_max, flushed_pairs, flushed_products, near_equal, pair_keys,
+                        residue_groups, root_sum_squares, subnormal_products, summation_root)
 from .tolerance import SIGMAS
 
 REDUCTIONS: Final = ("none", "mean", "sum")
@@ -575,15 +575,26 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                         half_step = smallest_subnormal(dtype_name(call.dtype)) / 2
                         normal = smallest_normal(dtype_name(call.dtype))
                         w_factor = w_abs[None, :] if w_abs is not None else 1.0
+                        # such roundings are to nearest, alike for equal values, independent for distinct
+                        # ones (alike_root); they enter flush_bound as a uniform error of that size (until
+                        # 2026-12-06 one half step per term, added linearly: float16 rows of 262144 soft
+                        # targets, 190000 products below normal, were allowed 6.8 times the correct
+                        # family's largest loss error, ~300 times what torch's products realise)
                         if eps > 0:  # the smoothed target, formed in the dtype, times |log p|: float16
-                            # eps / C = 1.2e-8 becomes 0, times |log p| = 65505 (a 0.003 loss, seen)
+                            # eps / C = 1.2e-8 becomes 0, times |log p| = 65505 (a 0.003 loss, seen); equal
+                            # targets round alike
                             tiny = t_abs < normal
-                            flush_bound[positions] += (np.where(tiny, half_step, 0.0) * w_factor * abs_logp).sum(axis=1)
+                            flush_bound[positions] += half_step * alike_root(
+                                np.where(tiny, w_factor * abs_logp, 0.0), np.broadcast_to(t_abs, rows.shape))
                         else:  # a given target is exact: only a product t * log p below normal rounds, and
                             # nothing larger than w multiplies it (a bound of the first kind cost float16 rows of
-                            # 32000 soft targets 20x the error of every correct implementation)
+                            # 32000 soft targets 20x the error of every correct implementation); torch forms
+                            # t * log p of log p rounded to the dtype: equal products (and weights) round alike
                             tiny = t_abs * abs_logp < normal
-                            flush_bound[positions] += (np.where(tiny, half_step, 0.0) * w_factor).sum(axis=1)
+                            products = t_abs * np.asarray(round_to(abs_logp, dtype_name(call.dtype)), dtype=np.float64)
+                            flush_bound[positions] += half_step * alike_root(
+                                np.where(tiny, np.broadcast_to(w_factor, rows.shape), 0.0),
+                                pair_keys(products, np.broadcast_to(w_factor, rows.shape)))
                 if gradients:
                     scale = upstream[positions]
                     p = ls.p
@@ -927,8 +938,8 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
             # up linearly, within groups of losses equal to 16 significant bits, before the groups add in
             # quadrature; so do rows of few distinct values (they round alike across rows)
             per_position = sum(parts)
-            rows_sigma = np.hypot(_grouped_root(np.where(repetitive, 0.0, loss_sigma), near_equal(per_position)),
-                                  float(np.sum(np.where(repetitive, loss_sigma, 0.0))))
+            grouped = alike_root(np.where(repetitive, 0.0, loss_sigma).ravel()[None, :], near_equal(per_position).ravel()[None, :])
+            rows_sigma = np.hypot(float(grouped[0]), float(np.sum(np.where(repetitive, loss_sigma, 0.0))))
             total_sigma = float(np.hypot(np.hypot(rows_sigma, reduction_sigma),
                                          float(flush_bound.sum()) / math.sqrt(3)))  # flushes all go toward zero
             d = abs(float(denominator)) if call.reduction == "mean" and denominator is not None else 0.0
@@ -973,15 +984,6 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
     # every p_c of a row shares the exp sum's error; torch's half backward forms K p_c in float32
     # (its products w t in the dtype are K's error, backward_relative)
     return Sigmas(finite(loss_out), finite(grad_input), finite(grad_target), lse_sigma, float(relative_denominator))
-
-
-def _grouped_root(sigmas: np.ndarray, keys: np.ndarray) -> float:
-    """Root of the sum of squares of ``sigmas`` summed linearly within groups of equal ``keys``."""
-    sigmas = np.nan_to_num(np.asarray(sigmas, dtype=np.float64).ravel(), nan=0.0, posinf=np.finfo(np.float64).max)
-    if sigmas.size == 0:
-        return 0.0
-    _, group = np.unique(np.asarray(keys, dtype=np.float64).ravel(), return_inverse=True)
-    return float(root_sum_squares(np.bincount(group.ravel(), weights=sigmas)[None, :])[0])
 
 
 def _nan_rows(grad: np.ndarray, finite_rows: np.ndarray, A: Any) -> np.ndarray:
@@ -1068,6 +1070,8 @@ class ReferenceResult:
     grad_target_sigma: np.ndarray | None = None
     grad_target_intermediate: np.ndarray | None = None  # per position: largest w * log p before scaling
     grad_input_elements: GradientElements | None = None  # per-element budgets of grad_input (model v2.1)
+    #: terms of the loss whose subnormal roundings its unit's floor holds (None: one per class)
+    loss_floor_classes: int | None = None
     #: what the call returns beside the loss (ce_conformance.outputs), by name
     outputs: Mapping[str, Expectation] = field(default_factory=dict)
 
@@ -1255,7 +1259,24 @@ def _evaluate_call(call: _Call, dtype: str, grad_output: Any, gradients: bool) -
         grad_target_sigma=per_class(out.sigmas.grad_target) if gradients else None,
         grad_target_intermediate=per_class(out.grad_target_intermediate),
         grad_input_elements=_gradient_elements(call, out) if gradients and out.elements is not None else None,
+        loss_floor_classes=_loss_floor_classes(call),
     )
+
+
+def _loss_floor_classes(call: _Call) -> int | None:
+    """1 where every product a half dtype's loss forms below the normal range is in its sigma,
+    else None (the unit's floor: a subnormal step per class, :func:`~ce_conformance.tolerance.underflow_floor`).
+    Unweighted index targets form no per-class product in the dtype (the smoothing sum adds log p
+    itself); unweighted soft targets form ``t log p``, whose roundings ``_solve`` counts, grouped
+    where they repeat. Weights and smoothed targets add products (``w log p``, ``t (1 - eps)``)
+    the floor still holds. float32/float64 keep it: there it is the compute precision's smallest
+    normal per class, what a kernel flushing subnormals may lose. Until 2026-12-06 every loss had
+    the floor: float16 at C = 262144, 2 ulps of a loss of 14 (0.0156), beside a sigma of 0.08 ulps."""
+    if _unit_roundoff(call.dtype, internal=False) <= _unit_roundoff(call.dtype) or call.weight is not None:
+        return None
+    if call.mode == "probability" and call.smoothing > 0:
+        return None
+    return 1
 
 
 def _gradient_elements(call: _Call, out: _Output) -> GradientElements:

@@ -45,6 +45,20 @@ def near_equal(values: np.ndarray, bits: int = 16) -> np.ndarray:
         return np.where(values > 0, np.ceil(values / step) * step, values)
 
 
+RESIDUE_BINADES: Final = 6
+"""How many binades below the sum's last one :func:`residue_groups` keys residues at: terms alike
+modulo the last binade's ulp ``U`` may differ modulo ``U / 2``, and the additions of the partial
+sums below ``total / 2**6`` (where residues modulo a finer ulp decide) are too few and too small
+to matter even if all of them rounded alike (at most ~0.1 of a random walk's sigma at C = 262144)."""
+
+
+def _sum_ulp(terms: np.ndarray, u: float) -> np.ndarray:
+    """Per row, the ulp of the binade a (non-negative) sum of ``terms`` ends in."""
+    total = np.where(np.isfinite(terms), terms, 0).sum(axis=1)
+    with np.errstate(divide="ignore"):
+        return 2 * u * np.exp2(np.floor(np.log2(np.where(total > 0, total, 1.0))))
+
+
 def grid_aligned(rows: np.ndarray, terms: np.ndarray, dtype: np.dtype, u: float) -> np.ndarray:
     """Rows whose logits lie on a grid at least as coarse as the ulp of the sum of ``terms``
     (large offsets; half dtypes summed in float32): every log-probability is then a grid value
@@ -57,32 +71,80 @@ def grid_aligned(rows: np.ndarray, terms: np.ndarray, dtype: np.dtype, u: float)
     """
     x = np.abs(np.asarray(rows, dtype=np.float64))
     quantum = ulp(np.where(np.isfinite(x), x, 0).max(axis=1, initial=0), dtype_name(dtype))
-    total = np.where(np.isfinite(terms), terms, 0).sum(axis=1)
-    with np.errstate(divide="ignore"):
-        sum_ulp = 2 * u * np.exp2(np.floor(np.log2(np.where(total > 0, total, 1.0))))
-    return quantum >= sum_ulp
+    return quantum >= _sum_ulp(terms, u)
 
 
 def residue_groups(rows: np.ndarray, terms: np.ndarray, multipliers: np.ndarray, dtype: np.dtype,
                    u: float) -> np.ndarray | None:
     """``summation_root``'s ``groups`` for terms ``multipliers * |log p|`` (per row, or per class
-    for all rows): in :func:`grid_aligned` rows the terms of one multiplier round alike, so
-    their errors add up linearly within the multiplier's group (one group for the smoothing
-    sum of an unweighted row: the linear bound); distinct multipliers (random soft targets in
-    float32) give each product its own residue, a random walk. None where no row is aligned.
-    (v2.1 took the linear bound for every aligned row: 1000-2400 times the error of a
+    for all rows). In :func:`grid_aligned` rows a term is ``w (L - a_c)``, ``a_c = x_c - max`` on
+    the logits' grid and ``L`` the row's log-sum-exp, so what an addition rounds away depends on
+    ``w a_c`` modulo the partial sum's ulp: terms of one multiplier whose ``w a_c`` agree there
+    round alike and add up linearly (one group for the smoothing sum of an unweighted row on a
+    coarse grid: the linear bound), terms that differ there make a random walk. Keyed by the
+    multiplier and ``w a_c`` modulo the ulp :data:`RESIDUE_BINADES` binades below the sum's last
+    (where residues agree at a coarser ulp they agree at every finer one). Until 2026-12-06 keyed
+    by the multiplier alone: float16 soft targets (a few hundred distinct subnormal values at C =
+    262144) made groups of ~300 terms whose products' residues were all distinct, and their
+    loss was allowed 40 times a random walk, 6.8 times the correct family's largest error. Rows
+    not aligned keep their terms' values as keys (equal terms round alike). None where no row
+    is aligned. (v2.1 took the linear bound for every aligned row: 1000-2400 times the error of a
     sequential float32 sum of 128256-262144 random soft targets.)
 
     >>> rows = np.array([[9.0, 0.0, -9.0, 1.0]])
-    >>> residue_groups(rows, np.array([[0.1, 1.0, 2.0, 3.0]]), np.array([0.5, 0.5, 0.25, 0.5]), np.float32,
-    ...                2.0**-24).tolist()
-    [[0.5, 0.5, 0.25, 0.5]]
+    >>> groups = residue_groups(rows, np.array([[0.1, 1.0, 2.0, 3.0]]), np.array([0.5, 0.5, 0.25, 0.5]),
+    ...                         np.float32, 2.0**-24)
+    >>> bool(groups[0, 0] == groups[0, 1] == groups[0, 3] != groups[0, 2])
+    True
     """
     aligned = grid_aligned(rows, terms, dtype, u)
     if not aligned.any():
         return None
     keys = np.broadcast_to(np.asarray(multipliers, dtype=np.float64), np.shape(terms))
-    return np.where(aligned[:, None], np.where(np.isfinite(keys), keys, 0.0), terms)
+    keys = np.where(np.isfinite(keys), keys, 0.0) + 0.0  # no -0.0: its bits would make a group of their own
+    x = np.asarray(rows, dtype=np.float64)
+    finite = np.isfinite(x)
+    top = np.where(finite, x, -np.inf).max(axis=1, initial=-np.inf)
+    quantum = (_sum_ulp(terms, u) / 2.0 ** RESIDUE_BINADES)[:, None]
+    with np.errstate(invalid="ignore", over="ignore"):
+        offsets = np.where(finite & np.isfinite(top)[:, None], x - top[:, None], 0.0)
+        residues = np.nan_to_num(np.mod(keys * offsets, quantum) / quantum) + 0.0  # in [0, 1)
+    return np.where(aligned[:, None], pair_keys(keys, residues), terms)
+
+
+def pair_keys(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """One float64 key per pair of (finite, broadcastable) values: equal pairs give equal keys,
+    distinct pairs distinct ones but for a 52-bit hash's collisions, which merge two groups of
+    terms that round alike (more conservative, never less)."""
+    first, second = np.broadcast_arrays(*(np.ascontiguousarray(np.asarray(v, dtype=np.float64) + 0.0)
+                                          for v in (first, second)))
+    mixed = (np.ascontiguousarray(first).view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) \
+        ^ np.ascontiguousarray(second).view(np.uint64)
+    return ((mixed * np.uint64(0xBF58476D1CE4E5B9)) >> np.uint64(12)).astype(np.float64)
+
+
+def alike_root(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Per row, ``sqrt(sum over groups g of (sum_{c in g} values_c)**2)``, the groups being the
+    equal ``keys``: roundings of one value that repeat (a bias within a group) and differ between
+    groups (a random walk across them), as one rounding's ``values`` add up.
+
+    >>> alike_root(np.array([[1.0, 1.0, 1.0, 0.0]]), np.array([[5.0, 5.0, 7.0, 5.0]])).round(4).tolist()
+    [2.2361]
+    """
+    values = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0, posinf=np.finfo(np.float64).max)
+    rows = int(np.prod(values.shape[:-1]))
+    keys = np.broadcast_to(np.asarray(keys, dtype=np.float64), values.shape).reshape(rows, values.shape[-1])
+    flat = values.reshape(rows, values.shape[-1])
+    out = np.zeros(flat.shape[0])
+    for r in range(flat.shape[0]):
+        used = flat[r] != 0
+        if not used.any():
+            continue
+        _, group = np.unique(keys[r][used], return_inverse=True)
+        with np.errstate(over="ignore"):
+            sums = np.abs(np.bincount(group.ravel(), weights=flat[r][used]))
+        out[r] = root_sum_squares(np.minimum(sums, np.finfo(np.float64).max)[None, :])[0]
+    return out.reshape(values.shape[:-1])
 
 
 def summation_root(magnitudes: np.ndarray, u: float, repetitive: np.ndarray | None = None,

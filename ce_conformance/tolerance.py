@@ -112,7 +112,10 @@ def underflow_floor(dtype: str, n_classes: int) -> float:
     """Absolute error floor: products of tiny weights and probabilities underflow below the
     subnormal range (float16: 6e-8), each term losing up to one subnormal step; and a kernel that
     flushes subnormals to zero in its compute precision (XLA on CPU, fast-math GPU builds) loses
-    up to one smallest normal per term (float32: 1.2e-38, invisible at any normal magnitude)."""
+    up to one smallest normal per term (float32: 1.2e-38, invisible at any normal magnitude).
+    ``n_classes`` counts the terms: one for a gradient element (one product) and for a half
+    loss whose products below normal the reference counts in sigma
+    (``ReferenceResult.loss_floor_classes``), the class count otherwise."""
     return n_classes * max(smallest_subnormal(dtype), smallest_normal(compute_dtype(dtype)))
 
 

@@ -32,9 +32,10 @@ member                 arithmetic
                        and summed in it by torch's CPU ``nll_loss`` cascade (``cascade_sum``), divided
                        by the total weight summed so (or the count rounded to the dtype); the
                        smoothing's part reduced in float32, its mean rounded to the dtype; the parts
-                       scaled and added in the dtype. torch's own half reduction without the
-                       overflow of its unscaled smoothing sum (float16 at C = 4097 and 8 positions:
-                       inf). Elsewhere ``sequential``
+                       scaled and added in the dtype (scaled in float32 first where the mean
+                       itself overflows the dtype: float16, C >= 6300). torch's own half reduction
+                       without the overflow of its unscaled smoothing sums (float16 at C = 4097 and
+                       8 positions: inf). Elsewhere ``sequential``
 ``compiled``           ``torch.compile(F.cross_entropy)`` (aot_eager: no C compiler needed)
 =====================  ============================================================================
 
@@ -337,7 +338,13 @@ def _positions_in_dtype(parts, weights_of_rows, valid, reduction: str, dtype: to
         reduced = compute(sequential_sum(part.astype(compute)[None, :])[0])
         if reduction == "mean":
             reduced = compute(reduced / compute(total_weight))
-        out = half(out + half(half(coefficient) * half(reduced)))
+        unscaled = half(reduced)
+        if np.isinf(unscaled) and np.isfinite(reduced):
+            # torch's unscaled smoothing mean overflows the dtype (float16, C >= 6300: its loss is
+            # inf); scaled first, in float32, it does not, and the NLL part keeps torch's cascade
+            out = half(out + half(compute(coefficient) * reduced))
+        else:
+            out = half(out + half(half(coefficient) * unscaled))
     return compute(out)
 
 

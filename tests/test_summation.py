@@ -57,12 +57,45 @@ def test_the_exp_sum_model_bounds_a_sequential_float32_sum_within_a_few_times_it
     assert worst_ratio > tightness  # the budget is not an order of magnitude above the arithmetic
 
 
-def test_aligned_rows_group_their_terms_by_multiplier():
+def test_aligned_rows_group_their_terms_by_multiplier_and_residue():
     rows = np.array([[9.0, 0.0, -9.0, 1.0], [1e-3, 2e-3, 3e-3, 4e-3]])  # a coarse grid, then a fine one
     terms = np.array([[0.1, 1.0, 2.0, 3.0], [0.1, 1.0, 2.0, 3.0]])
     groups = residue_groups(rows, terms, np.array([[0.5, 0.5, 0.25, 0.5], [1.0, 1.0, 1.0, 1.0]]), np.float32, U32)
-    assert groups.tolist() == [[0.5, 0.5, 0.25, 0.5], [0.1, 1.0, 2.0, 3.0]]  # the fine row keeps its own terms
+    assert groups[0, 0] == groups[0, 1] == groups[0, 3] != groups[0, 2]  # by multiplier: w a_c are whole numbers
+    assert groups[1].tolist() == [0.1, 1.0, 2.0, 3.0]  # the fine row keeps its own terms
     assert residue_groups(rows[1:], terms[1:], np.ones(4), np.float32, U32) is None
+    # one multiplier: a small logit on a fine grid gives w a_c a residue modulo 2**-27 (the sum's ulp
+    # 2**-21, six binades down) that the others lack; a difference of 2**-22 is a multiple of it,
+    # and such terms round alike in every binade below 2**-22, so they stay in one group
+    quarter = np.full(4, 0.25)
+    split = residue_groups(np.array([[9.0, 2.0**-8 + 2.0**-30, 1.0, -7.0]]), terms[:1], quarter, np.float32, U32)
+    assert split[0, 0] == split[0, 2] == split[0, 3] != split[0, 1]
+    kept = residue_groups(np.array([[9.0, 9.0 - 2.0**-20, 1.0, -7.0]]), terms[:1], quarter, np.float32, U32)
+    assert len(set(kept[0].tolist())) == 1
+
+
+def test_float16_soft_targets_sum_as_a_random_walk_not_one_bias_per_target_value():
+    # float16 soft targets at C = 262144 take a few hundred subnormal values, ~300 classes each;
+    # their products with log p share no residue, and a float32 sum of them drifts as a random
+    # walk: keyed by the target alone the model allowed 170-210 times what the sum realised
+    rng = np.random.default_rng(262144)
+    C, ratios = 262144, []
+    for _ in range(2):
+        x = (2 * rng.standard_normal(C)).astype(np.float16).astype(np.float64)
+        t = np.exp(rng.standard_normal(C))
+        t = (t / t.sum()).astype(np.float16).astype(np.float64)
+        shifted = (x - x.max()).astype(np.float32)
+        log_s = np.float32(np.log(np.exp(shifted.astype(np.float64)).sum()))
+        terms32 = (t.astype(np.float32) * np.abs(shifted - log_s)).astype(np.float32)
+        exact = terms32.astype(np.float64).sum()
+        realised = max(abs(float(np.cumsum(order, dtype=np.float32)[-1]) - exact) for order in (terms32, terms32[::-1]))
+        terms = (t * np.abs(x - x.max() - float(log_s)))[None, :]
+        groups = residue_groups(x[None, :], terms, t[None, :], np.float16, U32)
+        allowed = SIGMAS * U32 * summation_root(terms, U32, groups=groups)[0] / np.sqrt(3.0)
+        by_target = SIGMAS * U32 * summation_root(terms, U32, groups=np.broadcast_to(t, terms.shape))[0] / np.sqrt(3.0)
+        assert realised < allowed < by_target / 5
+        ratios.append(realised / allowed)
+    assert max(ratios) > 1 / 40  # the budget is within reach of the arithmetic
 
 
 def test_random_multipliers_sum_as_a_random_walk_and_one_multiplier_linearly():

@@ -429,6 +429,46 @@ def test_half_products_below_normal_bias_a_soft_target_gradient(torch):
     assert comparison.passed, [v.message for v in comparison.verdicts]
 
 
+def test_float16_soft_target_products_below_normal_round_as_a_random_walk(torch):
+    # float16 'none' loss of 262144 soft targets (logits 2 N(0, 1)): 190000 products t log p fall
+    # below the normal range and torch rounds each to a subnormal step; distinct products round
+    # independently, and a float32 sum of the products shares no residue between targets of one
+    # value. Counted as one half step per product and one bias per target value, the loss was
+    # allowed 5.6 ulps where torch errs 0.17 (and the unit's floor, a subnormal step per class, made
+    # 2 ulps of every loss a whole unit); now 1.4: a base ulp and 5 sigma
+    import ce_conformance.adapters as adapters
+    from ce_conformance.compare import compare
+
+    rng = np.random.default_rng(262144)
+    x, t = rng.standard_normal(262144) * 2, np.exp(rng.standard_normal(262144))
+    case = Case.cross_entropy(x, t / t.sum(), reduction="none", dtype="float16")
+    result = reference.evaluate(case)
+    unit = float(ulp(abs(float(result.loss)), "float16"))
+    assert result.loss_floor_classes == 1  # every product below normal is in sigma
+    assert _allowed_loss(result, "float16") < 1.5 * unit
+    adapter = adapters.load_adapter("torch")
+    comparison = compare(case, adapter.run(case), result, adapter.capabilities)
+    assert comparison.passed, [v.message for v in comparison.verdicts]
+    assert "loss_value" in _loss_checks_failed(case, result, float(result.loss) + 2 * unit)
+
+
+@pytest.mark.parametrize("dtype, weighted, smoothing, floor", [
+    ("float16", False, 0.0, 1), ("bfloat16", False, 0.1, 1), ("float16", True, 0.0, None),
+    ("float32", False, 0.0, None)])
+@pytest.mark.parametrize("probability", [False, True])
+def test_the_loss_keeps_a_subnormal_step_per_class_where_products_are_not_modelled(dtype, weighted, smoothing,
+                                                                                  floor, probability):
+    # weights (w log p, w t log p) and smoothed soft targets form products in the dtype that the
+    # sigma does not count: their floor stays C subnormal steps; float32/float64: C smallest normals
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 5))
+    target = np.full((3, 5), 0.2) if probability else np.array([0, 4, 2])
+    case = Case.cross_entropy(x, target, weight=np.full(5, 0.5) if weighted else None, label_smoothing=smoothing,
+                              dtype=dtype)
+    expected = None if probability and smoothing > 0 else floor
+    assert reference.evaluate(case).loss_floor_classes == expected
+
+
 def test_an_overflowing_product_of_either_sign_may_make_the_loss_infinite():
     # float16 'none' loss of negative soft targets (-4.4) times log p = -65504: torch's products
     # overflow, the first infinity (-inf) sets the sign, where the true loss, +1.3e5, overflows too
