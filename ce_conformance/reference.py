@@ -575,21 +575,21 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                         half_step = smallest_subnormal(dtype_name(call.dtype)) / 2
                         normal = smallest_normal(dtype_name(call.dtype))
                         w_factor = w_abs[None, :] if w_abs is not None else 1.0
-                        # such roundings are to nearest, alike for equal values, independent for distinct
-                        # ones (alike_root); they enter flush_bound as a uniform error of that size (until
-                        # 2026-12-06 one half step per term, added linearly: float16 rows of 262144 soft
-                        # targets, 190000 products below normal, were allowed 6.8 times the correct
-                        # family's largest loss error, ~300 times what torch's products realise)
                         if eps > 0:  # the smoothed target, formed in the dtype, times |log p|: float16
-                            # eps / C = 1.2e-8 becomes 0, times |log p| = 65505 (a 0.003 loss, seen); equal
-                            # targets round alike
+                            # eps / C = 1.2e-8 becomes 0, times |log p| = 65505 (a 0.003 loss, seen). Alike for
+                            # every target, whatever its value: t (1 - eps) rounds to whole subnormal steps, to
+                            # which eps / C adds the same fraction of a step, rounded the same way (float16,
+                            # C = 262144, eps = 0.9: +0.4 steps on 3.4e-6, torch's loss 0.7 % high)
                             tiny = t_abs < normal
-                            flush_bound[positions] += half_step * alike_root(
-                                np.where(tiny, w_factor * abs_logp, 0.0), np.broadcast_to(t_abs, rows.shape))
+                            flush_bound[positions] += (np.where(tiny, half_step, 0.0) * w_factor * abs_logp).sum(axis=1)
                         else:  # a given target is exact: only a product t * log p below normal rounds, and
                             # nothing larger than w multiplies it (a bound of the first kind cost float16 rows of
-                            # 32000 soft targets 20x the error of every correct implementation); torch forms
-                            # t * log p of log p rounded to the dtype: equal products (and weights) round alike
+                            # 32000 soft targets 20x the error of every correct implementation). torch forms
+                            # t * log p of log p rounded to the dtype; such roundings are to nearest, alike for
+                            # equal products (and weights), independent for distinct ones (alike_root), and
+                            # enter flush_bound as a uniform error of that size (until 2026-12-06 half a step
+                            # per product, added linearly: float16 rows of 262144 soft targets, 190000 products
+                            # below normal, were allowed 6.8 times the correct family's largest loss error)
                             tiny = t_abs * abs_logp < normal
                             products = t_abs * np.asarray(round_to(abs_logp, dtype_name(call.dtype)), dtype=np.float64)
                             flush_bound[positions] += half_step * alike_root(
