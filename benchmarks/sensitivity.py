@@ -84,6 +84,12 @@ def cases_for(dtype: str, C: int, layout: str, seed: int = 0):
             Case.cross_entropy(x, t, dtype=dtype, reduction="none")]
 
 
+def configuration(case) -> str:
+    """The name of a case's configuration, as the table prints it and ``--configurations`` takes it."""
+    target = "probability" if case.is_probability_target else "index"
+    return f"{target}/{case.reduction}" + ("/smoothed" if case.label_smoothing > 0 else "")
+
+
 def cases_per_cell(C: int, layout: str) -> int:
     """Cases a cell draws: :data:`CELL_ELEMENTS` logits' worth, at least :data:`SEEDS` and at most
     :data:`GATE_CASES`. The budget a gate needs is set by the largest error correct arithmetic
@@ -219,8 +225,7 @@ def main() -> None:
                 for kind_cases in zip(*drawn):  # one configuration, count cases of it
                     cases = list(kind_cases)
                     first_case = cases[0]
-                    kind = f"{'probability' if first_case.is_probability_target else 'index'}/{first_case.reduction}" + (
-                        "/smoothed" if first_case.label_smoothing > 0 else "")
+                    kind = configuration(first_case)
                     if kind not in args.configurations.split(","):
                         continue
                     refs = [reference.evaluate(case) for case in cases]

@@ -1268,8 +1268,8 @@ def _loss_floor_classes(call: _Call) -> int | None:
     else None (the unit's floor: a subnormal step per class, :func:`~ce_conformance.tolerance.underflow_floor`).
     Unweighted index targets form no per-class product in the dtype (the smoothing sum adds log p
     itself); unweighted soft targets form ``t log p``, whose roundings ``_solve`` counts, grouped
-    where they repeat. Weights and smoothed targets add products (``w log p``, ``t (1 - eps)``)
-    the floor still holds. float32/float64 keep it: there it is the compute precision's smallest
+    where they repeat. Weights and smoothed soft targets add products (``w log p``, a smoothed
+    target's ``t log p``) that only the floor holds. float32/float64 keep it: there it is the compute precision's smallest
     normal per class, what a kernel flushing subnormals may lose. Until 2026-12-06 every loss had
     the floor: float16 at C = 262144, 2 ulps of a loss of 14 (0.0156), beside a sigma of 0.08 ulps."""
     if _unit_roundoff(call.dtype, internal=False) <= _unit_roundoff(call.dtype) or call.weight is not None:

@@ -34,3 +34,9 @@ def test_cheap_cells_draw_as_many_cases_as_a_gate_and_costly_ones_at_least_twent
         logits = sensitivity.cases_for("float32", C, layout)[0].input.size
         # no cell costs more than its logit budget, except where the floor of 20 cases says so
         assert count == sensitivity.SEEDS or count * logits <= sensitivity.CELL_ELEMENTS
+
+
+def test_each_configuration_is_named_as_the_option_takes_it(sensitivity):
+    # --configurations filters by these names: a name no case has would measure nothing
+    names = [sensitivity.configuration(case) for case in sensitivity.cases_for("float16", 127, "nc")]
+    assert names == list(sensitivity.CONFIGURATIONS)
