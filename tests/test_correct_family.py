@@ -96,6 +96,24 @@ def test_dtype_positions_rounds_the_half_position_sums_as_torch_does(torch):
     assert differ >= 2
 
 
+def test_dtype_positions_keeps_the_half_cascade_where_the_smoothing_mean_overflows(torch):
+    # float16, 8000 classes: the smoothing mean (|log p| summed over classes, ~72000) overflows the
+    # dtype, so torch's smoothed loss is inf; dtype_positions scales it first and still sums the
+    # NLL positions in float16, where every other member sums them in float32
+    import torch.nn.functional as F
+
+    differ = 0
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        x = torch.tensor(rng.standard_normal((8, 8000)) * 2, dtype=torch.float16)
+        y = torch.tensor(rng.integers(0, 8000, 8))
+        assert torch.isinf(F.cross_entropy(x, y, label_smoothing=0.1))
+        loss = MEMBERS["dtype_positions"](x, y, label_smoothing=0.1)
+        assert torch.isfinite(loss)
+        differ += bool(loss != MEMBERS["sequential"](x, y, label_smoothing=0.1))
+    assert differ >= 2
+
+
 @pytest.mark.parametrize("member", NUMPY_MEMBERS)
 def test_member_computes_torch_semantics_in_float64(member, torch):
     rng = np.random.default_rng(1)
