@@ -83,14 +83,19 @@ def test_the_cascade_sums_as_torchs_nll_loop_does(dtype):
         assert cascade_sum(values) == _torch_nll_cascade(values), n
 
 
+def _float16_batches(torch, classes: int):
+    """Ten (8, classes) float16 batches (logits 2 N(0, 1)) with index targets, seeds 0-9."""
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        yield (torch.tensor(rng.standard_normal((8, classes)) * 2, dtype=torch.float16),
+               torch.tensor(rng.integers(0, classes, 8)))
+
+
 def test_dtype_positions_rounds_the_half_position_sums_as_torch_does(torch):
     # torch's CPU nll_loss sums positions in float16 (ulps of the sum, not of each position's loss):
     # so does dtype_positions, where every other NumPy member sums them in float32
     differ = 0
-    for seed in range(10):
-        rng = np.random.default_rng(seed)
-        x = torch.tensor(rng.standard_normal((8, 127)) * 2, dtype=torch.float16)
-        y = torch.tensor(rng.integers(0, 127, 8))
+    for x, y in _float16_batches(torch, 127):
         differ += bool(MEMBERS["dtype_positions"](x, y) != MEMBERS["sequential"](x, y))
         assert MEMBERS["dtype_positions"](x, y, reduction="none").equal(MEMBERS["sequential"](x, y, reduction="none"))
     assert differ >= 2
@@ -103,10 +108,7 @@ def test_dtype_positions_keeps_the_half_cascade_where_the_smoothing_mean_overflo
     import torch.nn.functional as F
 
     differ = 0
-    for seed in range(10):
-        rng = np.random.default_rng(seed)
-        x = torch.tensor(rng.standard_normal((8, 8000)) * 2, dtype=torch.float16)
-        y = torch.tensor(rng.integers(0, 8000, 8))
+    for x, y in _float16_batches(torch, 8000):
         assert torch.isinf(F.cross_entropy(x, y, label_smoothing=0.1))
         loss = MEMBERS["dtype_positions"](x, y, label_smoothing=0.1)
         assert torch.isfinite(loss)
