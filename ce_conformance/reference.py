@@ -940,7 +940,8 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
             # up linearly, within groups of losses equal to 16 significant bits, before the groups add in
             # quadrature; so do rows of few distinct values (they round alike across rows)
             per_position = sum(parts)
-            grouped = alike_root(np.where(repetitive, 0.0, loss_sigma).ravel()[None, :], near_equal(per_position).ravel()[None, :])
+            grouped = alike_root(np.where(repetitive, 0.0, loss_sigma).ravel()[None, :],
+                                 near_equal(per_position).ravel()[None, :])
             rows_sigma = np.hypot(float(grouped[0]), float(np.sum(np.where(repetitive, loss_sigma, 0.0))))
             total_sigma = float(np.hypot(np.hypot(rows_sigma, reduction_sigma),
                                          float(flush_bound.sum()) / math.sqrt(3)))  # flushes all go toward zero
@@ -1267,13 +1268,14 @@ def _evaluate_call(call: _Call, dtype: str, grad_output: Any, gradients: bool) -
 
 def _loss_floor_classes(call: _Call) -> int | None:
     """1 where every product a half dtype's loss forms below the normal range is in its sigma,
-    else None (the unit's floor: a subnormal step per class, :func:`~ce_conformance.tolerance.underflow_floor`).
-    Unweighted index targets form no per-class product in the dtype (the smoothing sum adds log p
-    itself); unweighted soft targets form ``t log p``, whose roundings ``_solve`` counts, grouped
-    where they repeat. Weights and smoothed soft targets add products (``w log p``, a smoothed
-    target's ``t log p``) that only the floor holds. float32/float64 keep it: there it is the compute precision's smallest
-    normal per class, what a kernel flushing subnormals may lose. Until 2026-12-06 every loss had
-    the floor: float16 at C = 262144, 2 ulps of a loss of 14 (0.0156), beside a sigma of 0.08 ulps."""
+    else None (the unit's floor: a subnormal step per class,
+    :func:`~ce_conformance.tolerance.underflow_floor`). Unweighted index targets form no per-class
+    product in the dtype (the smoothing sum adds log p itself); unweighted soft targets form
+    ``t log p``, whose roundings ``_solve`` counts, grouped where they repeat. Weights and smoothed
+    soft targets add products (``w log p``, a smoothed target's ``t log p``) that only the floor
+    holds. float32/float64 keep it: there it is the compute precision's smallest normal per class,
+    what a kernel flushing subnormals may lose. Until 2026-12-06 every loss had the floor: float16
+    at C = 262144, 2 ulps of a loss of 14 (0.0156), beside a sigma of 0.08 ulps."""
     if _unit_roundoff(call.dtype, internal=False) <= _unit_roundoff(call.dtype) or call.weight is not None:
         return None
     if call.mode == "probability" and call.smoothing > 0:
