@@ -590,13 +590,13 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                             # enter flush_bound as a uniform error of that size (until 2026-12-06 half a step
                             # per product, added linearly: float16 rows of 262144 soft targets, 190000 products
                             # below normal, were allowed 6.8 times the correct family's largest loss error)
-                            products = t_abs * abs_logp
-                            tiny = (products < normal) & (products > 0)  # a zero target's 0 * log p is exact
+                            exact = t_abs * abs_logp
+                            tiny = (exact < normal) & (exact > 0)  # a zero target's 0 * log p is exact
                             if tiny.any():  # (bfloat16 products rarely are: its normal range is float32's)
-                                products = t_abs * np.asarray(round_to(abs_logp, dtype_name(call.dtype)), dtype=np.float64)
+                                formed = t_abs * np.asarray(round_to(abs_logp, dtype_name(call.dtype)), dtype=np.float64)
                                 flush_bound[positions] += half_step * alike_root(
                                     np.where(tiny, np.broadcast_to(w_factor, rows.shape), 0.0),
-                                    pair_keys(products, np.broadcast_to(w_factor, rows.shape)))
+                                    pair_keys(formed, np.broadcast_to(w_factor, rows.shape)))
                 if gradients:
                     scale = upstream[positions]
                     p = ls.p

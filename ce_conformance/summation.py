@@ -59,19 +59,18 @@ def _sum_ulp(terms: np.ndarray, u: float) -> np.ndarray:
         return 2 * u * np.exp2(np.floor(np.log2(np.where(total > 0, total, 1.0))))
 
 
-def grid_aligned(rows: np.ndarray, terms: np.ndarray, dtype: np.dtype, u: float) -> np.ndarray:
-    """Rows whose logits lie on a grid at least as coarse as the ulp of the sum of ``terms``
-    (large offsets; half dtypes summed in float32): every log-probability is then a grid value
-    minus the same log-sum-exp, and terms with one multiplier (a target, a weight) round away
+def grid_aligned(rows: np.ndarray, sum_ulp: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Rows whose logits lie on a grid at least as coarse as ``sum_ulp``, the ulp of a row's sum
+    of terms (large offsets; half dtypes summed in float32): every log-probability is then a grid
+    value minus the same log-sum-exp, and terms with one multiplier (a target, a weight) round away
     the same residue: see :func:`residue_groups`.
 
     >>> rows = np.array([[9.0, 0.0, -9.0, 1.0]])  # a grid of 2**-20 in float32: coarser than the sum's ulp
-    >>> bool(grid_aligned(rows, np.array([[0.1, 1.0, 2.0, 3.0]]), np.float32, 2.0**-24)[0])
+    >>> bool(grid_aligned(rows, _sum_ulp(np.array([[0.1, 1.0, 2.0, 3.0]]), 2.0**-24), np.float32)[0])
     True
     """
     x = np.abs(np.asarray(rows, dtype=np.float64))
-    quantum = ulp(np.where(np.isfinite(x), x, 0).max(axis=1, initial=0), dtype_name(dtype))
-    return quantum >= _sum_ulp(terms, u)
+    return ulp(np.where(np.isfinite(x), x, 0).max(axis=1, initial=0), dtype_name(dtype)) >= sum_ulp
 
 
 def residue_groups(rows: np.ndarray, terms: np.ndarray, multipliers: np.ndarray, dtype: np.dtype,
@@ -97,18 +96,19 @@ def residue_groups(rows: np.ndarray, terms: np.ndarray, multipliers: np.ndarray,
     >>> bool(groups[0, 0] == groups[0, 1] == groups[0, 3] != groups[0, 2])
     True
     """
-    aligned = grid_aligned(rows, terms, dtype, u)
+    sum_ulp = _sum_ulp(terms, u)
+    aligned = grid_aligned(rows, sum_ulp, dtype)
     if not aligned.any():
         return None
     keys = np.broadcast_to(np.asarray(multipliers, dtype=np.float64), np.shape(terms))
-    keys = np.where(np.isfinite(keys), keys, 0.0) + 0.0  # no -0.0: its bits would make a group of their own
+    keys = np.where(np.isfinite(keys), keys, 0.0)
     x = np.asarray(rows, dtype=np.float64)
     finite = np.isfinite(x)
     top = np.where(finite, x, -np.inf).max(axis=1, initial=-np.inf)
-    quantum = (_sum_ulp(terms, u) / 2.0 ** RESIDUE_BINADES)[:, None]
+    quantum = (sum_ulp / 2.0 ** RESIDUE_BINADES)[:, None]
     with np.errstate(invalid="ignore", over="ignore"):
         offsets = np.where(finite & np.isfinite(top)[:, None], x - top[:, None], 0.0)
-        residues = np.nan_to_num(np.mod(keys * offsets, quantum) / quantum) + 0.0  # in [0, 1)
+        residues = np.nan_to_num(np.mod(keys * offsets, quantum) / quantum)  # in [0, 1)
     return np.where(aligned[:, None], pair_keys(keys, residues), terms)
 
 
@@ -116,10 +116,10 @@ def pair_keys(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """One float64 key per pair of (finite, broadcastable) values: equal pairs give equal keys,
     distinct pairs distinct ones but for a 52-bit hash's collisions, which merge two groups of
     terms that round alike (more conservative, never less)."""
-    first, second = np.broadcast_arrays(*(np.ascontiguousarray(np.asarray(v, dtype=np.float64) + 0.0)
-                                          for v in (first, second)))
-    mixed = (np.ascontiguousarray(first).view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) \
-        ^ np.ascontiguousarray(second).view(np.uint64)
+    # + 0.0 makes each a new contiguous array, and -0.0 into 0.0 (its bits would be a key of their own)
+    first, second = (v + 0.0 for v in np.broadcast_arrays(np.asarray(first, dtype=np.float64),
+                                                           np.asarray(second, dtype=np.float64)))
+    mixed = (first.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ second.view(np.uint64)
     return ((mixed * np.uint64(0xBF58476D1CE4E5B9)) >> np.uint64(12)).astype(np.float64)
 
 
