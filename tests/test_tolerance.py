@@ -452,6 +452,18 @@ def test_float16_soft_target_products_below_normal_round_as_a_random_walk(torch)
     assert "loss_value" in _loss_checks_failed(case, result, float(result.loss) + 2 * unit)
 
 
+def test_a_zero_soft_target_costs_no_subnormal_rounding():
+    # float16, 65536 classes, four targets: the 65532 products 0 * log p are exact. Charged as
+    # products below normal (one group of equal keys, half a step each) they added 0.002 to the
+    # flush bound: the loss was allowed 3.34 ulps, now 3.22
+    rng = np.random.default_rng(3)
+    target = np.zeros(65536)
+    target[:4] = [0.4, 0.3, 0.2, 0.1]
+    case = Case.cross_entropy(rng.standard_normal(65536) * 2, target, reduction="none", dtype="float16")
+    result = reference.evaluate(case)
+    assert _allowed_loss(result, "float16") < 3.28 * float(ulp(abs(float(result.loss)), "float16"))
+
+
 def test_float16_smoothed_soft_targets_below_normal_round_alike_whatever_their_values(torch):
     # eps / C = 0.9 / 262144 is 57.6 subnormal steps, t (1 - eps) a whole number of them, so every
     # smoothed target rounds up by the same 0.4 steps, distinct targets or not: torch's loss 0.6 %
