@@ -41,25 +41,31 @@ def _row_root(values, keys, u, lost_weight, linear, stamp, workspace):
 def _scaled_root(scaled, bits, total, u, lost_weight, linear, stamp, workspace, out=None, factor=0.0):
     """``summation_root`` of one row of finite, non-negative ``scaled`` terms (their maximum 1,
     or all 0), given ``total``, their sum in order: sequential partial sums in both
-    orders, terms lost below u * partial sum, equal terms (equal ``bits``: their own bit patterns,
-    or keys) grouped.
+    orders, equal terms (equal ``bits``: their own bit patterns, or keys) grouped under the
+    continuous model (a term below u * partial sum lost), terms of their own under the stepped
+    one (``summation._stepped_statistics``, ``summation._stepped_root``).
 
     Grouping: a first pass marks, in a bit filter small enough for the L2 cache (16 bits per
     term), the hash buckets hit more than once; a term alone in its bucket is a group of its
     own. Only the others (``candidates``: a few percent, true repeats and bucket collisions) go
-    through an exact open-addressing table, whose slot is four words (key bits, stamp, forward
-    sum, backward sum) and whose stamp marks the slots this row uses, so it is never cleared.
-    The table's first power of two of slots above twice the candidates is all a row uses: a
-    region that stays in cache, where the whole table (two slots per term, 8 MB at C = 128256)
-    made each candidate a cache miss: a quarter of the reference kernel's time on rows of
-    distinct terms.
+    through an exact open-addressing table, whose slot is six words (key bits, stamp, count, the
+    first term and the two orders' partial sums: raw while the key has one term, a slot that ends
+    so being a term of its own, the sums of the kept ones once it has two) and whose stamp marks
+    the slots this row uses, so it is never cleared. The table's first power of two of slots above twice
+    the candidates is all a row uses: a region that stays in cache, where the whole table made
+    each candidate a cache miss (a quarter of the reference kernel's time on rows of distinct
+    terms). The stepped statistics of the terms of their own go to ``workspace[4]`` by bin and
+    cell, the cells used listed in ``workspace[5]``; a partial sum in the same bin as the last one
+    (the partial sums of one order are monotone) adds to a running register instead.
     The marking is a pass of its own (marking each block of terms as it was computed took
     longer: the filter competed with the row's streams for the cache). The forward partial
     sums are summed again in the caller's order (the same additions, so the same values; an
     array of them cost a write and a read of the row). ``out``: a row that gets ``scaled *
     factor`` on the way (the reference's gradient row; a pass over the terms saved)."""
     table, filters = workspace[0], workspace[1]
-    slots = workspace[2]
+    slots, statistics, touched, steps = workspace[2], workspace[4], workspace[5], workspace[7]
+    mantissa_bins = workspace[6][0]
+    size = statistics.shape[0] // 2  # one order's statistics: bins, cells' squares, cells' terms
     width = scaled.shape[0]
     half = filters.shape[0] // 2  # words of each filter: seen once, seen again
     filter_shift = np.uint64(64 - _log2(half * 64))
@@ -68,12 +74,17 @@ def _scaled_root(scaled, bits, total, u, lost_weight, linear, stamp, workspace, 
     region = 2
     while region < 2 * candidates:
         region *= 2
-    mask = min(region, table.shape[0] // 4) - 1
+    mask = min(region, table.shape[0] // 6) - 1
     lost_forward = lost_backward = sum_forward = sum_backward = 0.0
-    var_forward = var_backward = 0.0
     distinct = grouped = 0
+    grouped_lost_f = grouped_lost_b = 0.0
     inverse_u = 1.0 / u  # u is a power of two: t * inverse_u is t / u exactly
     forward = 0.0
+    # per order: the current bin's bounds, index and running sum of squares, the terms always lost,
+    # and how many cells it touched
+    low_f = high_f = low_b = high_b = run_f = run_b = always_f = always_b = 0.0
+    bin_f = bin_b = 0
+    touched_f = touched_b = 0
     for k in range(width):
         t = scaled[k]
         if out is not None:  # pruned at compile time where no row is given
@@ -81,48 +92,163 @@ def _scaled_root(scaled, bits, total, u, lost_weight, linear, stamp, workspace, 
         forward += t
         f = forward
         b = total - f + t
-        lost = t * inverse_u
-        if lost < f:
-            lost_forward += lost
-            f = 0.0
-        if lost < b:
-            lost_backward += lost
-            b = 0.0
-        sum_forward += f
-        sum_backward += b
+        term = t * inverse_u
         key = bits[k]
         bucket = (np.uint64(key) * _GOLDEN) >> filter_shift
-        if not filters[half + (bucket >> np.uint64(6))] & (np.uint64(1) << (bucket & np.uint64(63))):
-            var_forward += f * f  # alone in its bucket: a group of one
-            var_backward += b * b
+        alone = not filters[half + (bucket >> np.uint64(6))] & (np.uint64(1) << (bucket & np.uint64(63)))
+        if alone and not linear:  # a term of its own: the stepped model; the common cases inline
             distinct += 1
+            if term >= f and f < high_f:  # kept, in the current bin (forward partial sums never fall)
+                run_f += f * f
+            elif term < 0.5 * f:  # lost at every scale
+                always_f += term
+            else:
+                low_f, high_f, bin_f, run_f, always_f, touched_f = _step(
+                    f, term, low_f, high_f, bin_f, run_f, always_f, statistics, 0, touched, touched_f, mantissa_bins)
+            if term >= b and low_b <= b < high_b:
+                run_b += b * b
+            elif term < 0.5 * b:
+                always_b += term
+            else:
+                low_b, high_b, bin_b, run_b, always_b, touched_b = _step(
+                    b, term, low_b, high_b, bin_b, run_b, always_b, statistics, size, touched, touched_b,
+                    mantissa_bins)
             continue
+        # the continuous model: a term below u * partial sum lost whole
+        kept_f = 0.0 if term < f else f
+        kept_b = 0.0 if term < b else b
+        lost_f = term if term < f else 0.0
+        lost_b = term if term < b else 0.0
+        if linear:
+            lost_forward += lost_f
+            lost_backward += lost_b
+            sum_forward += kept_f
+            sum_backward += kept_b
+            if alone:
+                distinct += 1
+                continue
         slot = np.int64((np.uint64(key) * _GOLDEN) >> np.uint64(32)) & mask
         while True:
-            at = 4 * slot
-            if words[at + 1] != stamp:
+            at = 6 * slot
+            if words[at + 1] != stamp:  # a new key: its term and raw partial sums, in case it stays alone
                 words[at] = key
                 words[at + 1] = stamp
-                table[at + 2] = f
-                table[at + 3] = b
+                words[at + 2] = 1
+                table[at + 3] = term
+                table[at + 4] = f
+                table[at + 5] = b
                 slots[grouped] = at
                 grouped += 1
                 break
             if words[at] == key:
-                table[at + 2] += f
-                table[at + 3] += b
+                if words[at + 2] == 1:  # a group after all: its first term under the continuous model
+                    first = table[at + 3]
+                    grouped_lost_f += first if first < table[at + 4] else 0.0
+                    grouped_lost_b += first if first < table[at + 5] else 0.0
+                    table[at + 4] = 0.0 if first < table[at + 4] else table[at + 4]
+                    table[at + 5] = 0.0 if first < table[at + 5] else table[at + 5]
+                words[at + 2] += 1
+                table[at + 4] += kept_f
+                table[at + 5] += kept_b
+                grouped_lost_f += lost_f
+                grouped_lost_b += lost_b
                 break
             slot = (slot + 1) & mask
     filters[:] = 0
     if linear:
-        root = max(sum_forward, sum_backward)
-    else:
-        for i in range(grouped):
-            at = slots[i]
-            var_forward += table[at + 2] * table[at + 2]
-            var_backward += table[at + 3] * table[at + 3]
-        root = np.sqrt(max(var_forward, var_backward))
-    return root + lost_weight * max(lost_forward, lost_backward), distinct + grouped
+        return max(sum_forward, sum_backward) + lost_weight * max(lost_forward, lost_backward), distinct + grouped
+    var_f = var_b = 0.0
+    for i in range(grouped):
+        at = slots[i]
+        if words[at + 2] == 1:  # a term of its own after all (its bucket was shared)
+            low_f, high_f, bin_f, run_f, always_f, touched_f = _step(
+                table[at + 4], table[at + 3], low_f, high_f, bin_f, run_f, always_f, statistics, 0, touched,
+                touched_f, mantissa_bins)
+            low_b, high_b, bin_b, run_b, always_b, touched_b = _step(
+                table[at + 5], table[at + 3], low_b, high_b, bin_b, run_b, always_b, statistics, size, touched,
+                touched_b, mantissa_bins)
+        else:
+            var_f += table[at + 4] * table[at + 4]
+            var_b += table[at + 5] * table[at + 5]
+    touched_f = _flush(run_f, bin_f, statistics, 0, touched, touched_f)
+    touched_b = _flush(run_b, bin_b, statistics, size, touched, touched_b)
+    root = max(_stepped_order(statistics, 0, touched, touched_f, steps, mantissa_bins, var_f,
+                              grouped_lost_f + always_f, lost_weight, workspace[8]),
+               _stepped_order(statistics, size, touched, touched_b, steps, mantissa_bins, var_b,
+                              grouped_lost_b + always_b, lost_weight, workspace[8]))
+    return root, distinct + grouped
+
+
+@njit(cache=True, nogil=True)
+def _step(s, term, low, high, bin_, run, always, statistics, offset, touched, n_touched, mantissa_bins):
+    """One addition of a term of its own (``term = t / u``, partial sum ``s``) into its order's
+    stepped statistics (``summation._stepped_statistics``): a partial sum in the current bin
+    ``[low, high)`` of a kept term adds to ``run``; a term below half of ``u s`` to ``always``."""
+    if s <= 0.0:
+        return low, high, bin_, run, always, n_touched
+    if term < 0.5 * s:
+        return low, high, bin_, run, always + term, n_touched
+    if not (low <= s < high):
+        n_touched = _flush(run, bin_, statistics, offset, touched, n_touched)
+        run = 0.0
+        significand, exponent = math.frexp(s)
+        bin_ = int((2.0 * significand - 1.0) * mantissa_bins)
+        base = math.ldexp(1.0, exponent - 1)
+        low = base * (1.0 + bin_ / mantissa_bins)
+        high = base * (1.0 + (bin_ + 1) / mantissa_bins)
+    if term >= s:
+        return low, high, bin_, run + s * s, always, n_touched
+    cells = (statistics.shape[0] // 2 - mantissa_bins) // 2
+    bands = cells // mantissa_bins
+    band = min(int((term / s - 0.5) * (2 * bands)), bands - 1)
+    index = offset + mantissa_bins + bin_ * bands + band
+    if statistics[index] == 0.0 and statistics[index + cells] == 0.0:
+        touched[offset + n_touched] = index
+        n_touched += 1
+    statistics[index] += s * s
+    statistics[index + cells] += term
+    return low, high, bin_, run, always, n_touched
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _flush(run, bin_, statistics, offset, touched, n_touched):
+    """Add a running sum of squares to its bin's statistic."""
+    if run > 0.0:
+        index = offset + bin_
+        if statistics[index] == 0.0:
+            touched[offset + n_touched] = index
+            n_touched += 1
+        statistics[index] += run
+    return n_touched
+
+
+@njit(cache=True, nogil=True)
+def _stepped_order(statistics, offset, touched, n_touched, steps, mantissa_bins, variance, lost, lost_weight,
+                   scratch):
+    """``summation._stepped_root`` of one order: the largest ``sqrt(V_j) + lost_weight * L_j`` over
+    the scale steps ``j`` (the columns of ``steps``, ``summation.step_table``); clears the
+    statistics it read. ``scratch``: two rows of one float64 per step."""
+    cells = (statistics.shape[0] // 2 - mantissa_bins) // 2
+    n_steps = steps.shape[1]
+    variances, losts = scratch[0], scratch[1]
+    variances[:] = variance
+    losts[:] = lost
+    for n in range(n_touched):
+        index = touched[offset + n]
+        column = index - offset
+        value = statistics[index]
+        for j in range(n_steps):
+            variances[j] += value * steps[column, j]
+        statistics[index] = 0.0
+        if column >= mantissa_bins:
+            value = statistics[index + cells]
+            for j in range(n_steps):
+                losts[j] += value * steps[column + cells, j]
+            statistics[index + cells] = 0.0
+    best = 0.0
+    for j in range(n_steps):
+        best = max(best, np.sqrt(variances[j]) + lost_weight * losts[j])
+    return best
 
 
 @njit(cache=True, nogil=True)
@@ -154,21 +280,25 @@ def _log2(power):
 
 
 @njit(cache=True, nogil=True)
-def _workspace(width):
+def _workspace(width, steps, mantissa_bins):
     """One worker's buffers for :func:`_row_root` on rows of ``width`` terms: the hash table
     (at most half full, zeroed), two bit filters of at least 16 bits per term (zeroed, as uint64
-    words), the slots used, and the scaled terms."""
+    words), the slots used, the scaled terms, both orders' stepped statistics (zeroed) and the
+    cells they touched, ``mantissa_bins``, the ``steps`` table (``summation.step_table``) and
+    scratch for :func:`_stepped_order`."""
     size = 2
     while size < 2 * width:
         size *= 2
     words = 1
     while words * 64 < 16 * width:
         words *= 2
-    return (np.zeros(4 * size), np.zeros(2 * words, dtype=np.uint64), np.empty(width, dtype=np.int64),
-            np.empty(width))
+    columns = steps.shape[0]
+    return (np.zeros(6 * size), np.zeros(2 * words, dtype=np.uint64), np.empty(width, dtype=np.int64),
+            np.empty(width), np.zeros(2 * columns), np.empty(2 * columns, dtype=np.int64),
+            np.full(1, mantissa_bins, dtype=np.int64), steps, np.empty((2, steps.shape[1])))
 
 
-def _summation_roots(values, keys, u, lost_weight, linear, threads):
+def _summation_roots(values, keys, u, lost_weight, linear, steps, mantissa_bins, threads):
     """``summation_root`` of each row of a C-contiguous float64 (rows, width) array, with the
     number of distinct terms (or ``keys``, a C-contiguous array of the same shape, or of no
     rows: group by value) per row; rows are split into ``threads`` contiguous runs."""
@@ -179,7 +309,7 @@ def _summation_roots(values, keys, u, lost_weight, linear, threads):
     per = (rows + workers - 1) // workers
     no_keys = np.empty(0)
     for worker in prange(workers):
-        workspace = _workspace(width)
+        workspace = _workspace(width, steps, mantissa_bins)
         for r in range(worker * per, min(rows, (worker + 1) * per)):
             row_keys = keys[r] if keys.shape[0] else no_keys
             roots[r], distinct[r] = _row_root(values[r], row_keys, u, lost_weight, linear[r], r + 1, workspace)
@@ -230,7 +360,7 @@ def _exp_block(x, start, stop, high, out, first, second):
         out[start + j] = out[start + j] * first[j] * second[j]
 
 
-def _index_rows(rows, target, weight, scale, u, lost_weight, grad, threads):
+def _index_rows(rows, target, weight, scale, u, lost_weight, grad, steps, mantissa_bins, threads):
     """The reference's index-target rows without label smoothing: the log-sum-exp (``log1p`` of
     the sum without the maximal term, compensated), the NLL, the probability of the target, the
     summation model of the exp sum (``summation_root`` and root sum of squares of p), the
@@ -259,7 +389,7 @@ def _index_rows(rows, target, weight, scale, u, lost_weight, grad, threads):
     workers = max(1, min(m, threads))
     per = (m + workers - 1) // workers
     for worker in prange(workers):
-        workspace = _workspace(width)
+        workspace = _workspace(width, steps, mantissa_bins)
         e = workspace[3]
         e_bits = e.view(np.int64)
         first = np.empty(_EXP_BLOCK)

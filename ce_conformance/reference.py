@@ -41,9 +41,9 @@ from . import buffers, engine
 from .errors import InvalidInputError, Rule
 from .gradient_elements import CANCELLING, GradientElements, exponential_relative
 from .outputs import Expectation, check_output_options, lse_output, requested
-from .summation import (EQUAL_TERM_LANES, LOST_WEIGHT, alike_root, alike_subnormal_terms, any_order_bound,
-                        equal_terms_bound, finite_row_max, flushed_pairs, flushed_products, near_equal, pair_keys,
-                        residue_groups, root_sum_squares, subnormal_products, summation_root)
+from .summation import (EQUAL_TERM_LANES, LOST_WEIGHT, MANTISSA_BINS, alike_root, alike_subnormal_terms,
+                        any_order_bound, equal_terms_bound, finite_row_max, flushed_pairs, flushed_products, near_equal,
+                        pair_keys, residue_groups, root_sum_squares, step_table, subnormal_products, summation_root)
 from .tolerance import SIGMAS
 
 REDUCTIONS: Final = ("none", "mean", "sum")
@@ -880,7 +880,7 @@ def _fused_index_rows(rows: np.ndarray, target: np.ndarray, weight: np.ndarray, 
     lse, nll, p_target, root, rss, distinct, p_logp, top, finite = index_rows(
         rows if rows.dtype in (np.float32, np.float64) and rows.flags.c_contiguous else
         np.ascontiguousarray(rows, dtype=np.float64), np.ascontiguousarray(target, dtype=np.int64), weight, scale,
-        float(u), LOST_WEIGHT, grad, threads)
+        float(u), LOST_WEIGHT, grad, step_table(), MANTISSA_BINS, threads)
     if not finite.all():
         return None
     return _FusedRows(weight, scale, nll, p_target, root, rss, distinct, p_logp, grad, lse, top)

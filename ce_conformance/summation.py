@@ -152,13 +152,19 @@ def summation_root(magnitudes: np.ndarray, u: float, repetitive: np.ndarray | No
     """Per row, ``sqrt(V)`` where ``(u**2 / 3) * V`` is the rounding variance of a sequential sum of
     the (finite, non-negative) magnitudes, for the worse of the forward and the reverse order.
 
-    Each addition k errs by at most min(u * s_k, t_k): a term below u * s_k may be lost, not
-    more, and always toward zero, so lost terms add up linearly, as a bias
-    (:data:`LOST_WEIGHT`). Additions of *different*
-    values err independently (V = sum_k s_k**2); additions of the *same* value err alike
+    Each addition k errs by at most min(half ulp(s_k), t_k): a term below half an ulp of its
+    partial sum is lost, not more, and always toward zero, so lost terms add up linearly, as a
+    bias (:data:`LOST_WEIGHT`). Additions of *different* values err independently, each uniformly
+    within half an ulp (V = sum_k s_k**2 h_k, where half an ulp of s_k is ``u s_k sqrt(h_k)``,
+    ``1/4 < h_k <= 1`` by where s_k falls in its binade); additions of the *same* value err alike
     (within a binade the rounding of s + t repeats), so the partial sums of equal terms add up
-    before squaring: (sum_{k: t_k = v} s_k)**2 per distinct value v. All terms distinct gives the
-    random-rounding model, all equal the worst-case linear bound. Tree, blocked, compensated
+    before squaring: (sum_{k: t_k = v} s_k)**2 per distinct value v, with h = 1 and lost below
+    u s_k. All terms distinct gives the random-rounding model, all equal the worst-case linear
+    bound. Where a partial sum falls in its binade, and so what is lost, depends on the scale the
+    kernel sums in (``exp(x - max)``, a running maximum, ``exp2``): the row is judged at its worst
+    scale, in :data:`SCALE_STEPS` steps (:func:`step_table`); until v2.10 every ``h_k`` was 1 and
+    every term below ``u s_k`` lost, the worst place in the binade for every partial sum at once,
+    1.22 times the worst scale's sigma on rows of distinct terms. Tree, blocked, compensated
     and strided orders stay below the sequential ones. Computed on magnitudes scaled by their
     row maximum, so values near the dtype's top do not overflow. ``repetitive`` (optional, one
     flag per row) is set where a row holds fewer distinct values than half its length: such rows
@@ -174,7 +180,8 @@ def summation_root(magnitudes: np.ndarray, u: float, repetitive: np.ndarray | No
         keys = np.empty((0, flat.shape[1])) if groups is None else np.ascontiguousarray(
             np.broadcast_to(np.asarray(groups, dtype=np.float64), np.shape(magnitudes)).reshape(flat.shape)) + 0.0
         summation_roots, threads = engine.kernel("summation_roots", flat.size)
-        root, distinct = summation_roots(flat, keys, float(u), LOST_WEIGHT, flags, threads)
+        root, distinct = summation_roots(flat, keys, float(u), LOST_WEIGHT, flags, step_table(), MANTISSA_BINS,
+                                         threads)
         if repetitive is not None:
             repetitive[...] = (distinct < flat.shape[1] / 2).reshape(repetitive.shape)
         return root.reshape(np.shape(magnitudes)[:-1])
@@ -190,21 +197,15 @@ def _summation_root_numpy(magnitudes: np.ndarray, u: float, repetitive: np.ndarr
         return np.zeros(finite.shape[:-1])
     top = finite.max(axis=-1, keepdims=True)
     finite = finite / np.where(top > 0, top, 1.0)
-    forward = np.cumsum(finite, axis=-1)
-    backward = forward[..., -1:] - forward + finite
-    # a term below u * (partial sum) may be lost whole, always toward zero: such errors add up
-    # linearly (a long tail of tiny probabilities after a dominant one), not as a random walk
-    lost_forward, lost_backward = finite / u < forward, finite / u < backward
-    lost = np.maximum(np.where(lost_forward, finite / u, 0).sum(axis=-1),
-                      np.where(lost_backward, finite / u, 0).sum(axis=-1))
-    forward = np.where(lost_forward, 0.0, forward)
-    backward = np.where(lost_backward, 0.0, backward)
-    # groups of equal terms within a row: a per-row sort (SIMD in NumPy >= 2; a global
-    # np.unique over every element cost 10x more at vocabulary scale), then runs of equal values
     width = finite.shape[-1]
-    flat = finite.reshape(-1, width) if groups is None else \
-        np.broadcast_to(np.asarray(groups, dtype=np.float64), finite.shape).reshape(-1, width) + 0.0
-    rows = flat.shape[0]
+    rows = finite.size // width
+    finite = finite.reshape(rows, width)
+    forward = np.cumsum(finite, axis=-1)
+    backward = forward[:, -1:] - forward + finite
+    # groups of equal terms (or keys) within a row: a per-row sort (SIMD in NumPy >= 2; a global
+    # np.unique over every element cost 10x more at vocabulary scale), then runs of equal values
+    flat = finite if groups is None else \
+        np.broadcast_to(np.asarray(groups, dtype=np.float64), np.shape(magnitudes)).reshape(rows, width) + 0.0
     order = np.argsort(flat, axis=-1)
     ordered = np.take_along_axis(flat, order, axis=-1)
     starts = np.ones(ordered.shape, dtype=bool)
@@ -213,18 +214,130 @@ def _summation_root_numpy(magnitudes: np.ndarray, u: float, repetitive: np.ndarr
     distinct = starts.sum(axis=-1)
     group_starts = np.flatnonzero(starts)
     group_row = np.repeat(np.arange(rows), distinct)
+    sizes = np.diff(np.append(group_starts, rows * width))
     del starts
-
-    def grouped(partial: np.ndarray) -> np.ndarray:
-        sums = np.add.reduceat(np.take_along_axis(partial.reshape(rows, width), order, axis=-1).ravel(), group_starts)
-        return np.bincount(group_row, weights=sums * sums, minlength=rows).reshape(finite.shape[:-1])
-
+    alone = np.empty((rows, width), dtype=bool)  # terms whose value (or key) no other term of the row has
+    np.put_along_axis(alone, order, np.repeat(sizes == 1, sizes).reshape(rows, width), axis=-1)
+    several = sizes > 1
+    row_of = np.repeat(np.arange(rows)[:, None], width, axis=1)
     if repetitive is not None:
         repetitive[...] = (distinct < width / 2).reshape(repetitive.shape)
-    root = np.sqrt(np.maximum(grouped(forward), grouped(backward)))
+
+    def direction(partial: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """This order's stepped root, its continuous variance and lost terms (the linear rows')."""
+        # the continuous rule: a term below u * (partial sum) may be lost whole, always toward zero
+        # (a long tail of tiny probabilities after a dominant one adds up linearly, not as a walk)
+        lost = finite / u < partial
+        kept = np.where(lost, 0.0, partial)
+        lost_terms = np.where(lost, finite / u, 0.0)
+        sums = np.add.reduceat(np.take_along_axis(kept, order, axis=-1).ravel(), group_starts)
+        repeated = np.bincount(group_row[several], weights=sums[several] ** 2, minlength=rows)
+        repeated_lost = np.where(alone, 0.0, lost_terms).sum(axis=-1)
+        statistics, always = _stepped_statistics(partial[alone], (finite / u)[alone], row_of[alone], rows)
+        return _stepped_root(statistics, always, repeated, repeated_lost), kept.sum(axis=-1), lost_terms.sum(axis=-1)
+
+    (root_forward, linear_forward, lost_forward), (root_backward, linear_backward, lost_backward) = \
+        direction(forward), direction(backward)
+    root = np.maximum(root_forward, root_backward)
     if linear is not None and np.any(linear):  # correlated roundings: one group per row
-        root = np.where(linear, np.maximum(forward.sum(axis=-1), backward.sum(axis=-1)), root)
-    return (root + LOST_WEIGHT * lost) * top[..., 0]
+        linear = np.broadcast_to(linear, np.shape(magnitudes)[:-1]).reshape(rows)
+        root = np.where(linear, np.maximum(linear_forward, linear_backward)
+                        + LOST_WEIGHT * np.maximum(lost_forward, lost_backward), root)
+    return (root * top.reshape(rows)).reshape(np.shape(magnitudes)[:-1])
+
+
+SCALE_STEPS: Final = 32
+"""How finely the stepped model divides the binade of a kernel's scale (:func:`step_table`)."""
+
+MANTISSA_BINS: Final = 32
+"""How finely the stepped model places a partial sum within its binade: by the top five bits of
+its significand."""
+
+LOSS_BANDS: Final = 16
+"""How finely the stepped model divides the band ``u s / 2 <= t < u s`` where whether a term is lost
+depends on the kernel's scale."""
+
+_STEP_CELLS: Final = MANTISSA_BINS * LOSS_BANDS
+
+
+def _step_extremes(steps: int, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, bins)``: the largest and the smallest ``h = (half ulp(lambda s) / (u lambda s))**2``
+    for a kernel scale ``lambda`` in ``[2**(j/steps), 2**((j+1)/steps)]`` and a significand of ``s`` in
+    bin ``b``; ``h`` is 1 where ``lambda s`` is a power of two and falls towards 1/4 below the next."""
+    j = np.arange(steps)[:, None]
+    b = np.arange(bins)[None, :]
+    low = np.exp2(j / steps) * (1 + b / bins)
+    high = np.exp2((j + 1) / steps) * (1 + (b + 1) / bins)
+    binade = np.exp2(np.floor(np.log2(low)))
+    crosses = high >= 2 * binade * (1 - 2.0**-40)
+    return np.where(crosses, 1.0, (binade / low) ** 2), np.where(crosses, 0.25, (binade / high) ** 2)
+
+
+@functools.lru_cache(maxsize=None)
+def step_table() -> np.ndarray:
+    """``(MANTISSA_BINS + 2 * MANTISSA_BINS * LOSS_BANDS, SCALE_STEPS)``: the weights of a row's
+    stepped statistics (:func:`_stepped_statistics`) at each step ``j`` of the kernel's scale:
+    partial sums never lost by bin (``h``'s largest), those in a loss band by cell (where the term
+    may be kept at that scale ``h``'s largest, at most the band's top ``(t / (u s))**2``, else 0), and
+    their terms by cell (1 where the term may be lost at that scale, else 0: a cell that straddles
+    the threshold counts both ways).
+
+    >>> table = step_table()
+    >>> float(table[0, 0]), round(float(table[16, 0]), 3)  # s at 1 in the kernel's scale; s at 1.5: (1 / 1.5)**2
+    (1.0, 0.444)
+    """
+    largest, smallest = _step_extremes(SCALE_STEPS, MANTISSA_BINS)
+    band = np.arange(LOSS_BANDS)
+    low_ratio = (0.5 + band / (2 * LOSS_BANDS)) ** 2  # (t / (u s))**2 at a band's edges
+    high_ratio = (0.5 + (band + 1) / (2 * LOSS_BANDS)) ** 2
+    # kept at that scale means h <= (t / (u s))**2, so the band's top bounds h too
+    kept = np.where(high_ratio[None, None, :] >= smallest[:, :, None],
+                    np.minimum(largest[:, :, None], high_ratio[None, None, :]), 0.0)
+    lost = (low_ratio[None, None, :] < largest[:, :, None]).astype(np.float64)
+    table = np.concatenate([largest, kept.reshape(SCALE_STEPS, -1), lost.reshape(SCALE_STEPS, -1)], axis=1)
+    return np.ascontiguousarray(table.T)
+
+
+def _significand_bins(partials: np.ndarray) -> np.ndarray:
+    """The :data:`MANTISSA_BINS` bin of each (positive, normal) partial sum's significand."""
+    significand, _ = np.frexp(partials)
+    return ((2 * significand - 1) * MANTISSA_BINS).astype(np.int64)
+
+
+def _stepped_statistics(partials: np.ndarray, terms: np.ndarray, rows: np.ndarray, n_rows: int
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, what the stepped model needs of the additions that round on their own: the squared
+    partial sums ``s`` by significand bin (terms ``t >= u s``, never lost), by (bin, band) those whose
+    term is lost at some scales only (``u s / 2 <= t < u s``) and their terms in units of ``u``; and
+    the terms always lost (``t < u s / 2``: below half an ulp at every scale), in units of ``u``.
+    ``terms`` are ``t / u``."""
+    used = partials > 0
+    partials, terms, rows = partials[used], terms[used], rows[used]
+    bins = _significand_bins(partials)
+    kept = terms >= partials
+    always = terms < 0.5 * partials
+    band = np.clip(((terms / partials - 0.5) * (2 * LOSS_BANDS)).astype(np.int64), 0, LOSS_BANDS - 1)
+    cell = bins * LOSS_BANDS + band
+    width = MANTISSA_BINS + 2 * _STEP_CELLS
+    squares = partials * partials
+    banded = ~kept & ~always
+    columns = np.concatenate([rows[kept] * width + bins[kept], rows[banded] * width + MANTISSA_BINS + cell[banded],
+                              rows[banded] * width + MANTISSA_BINS + _STEP_CELLS + cell[banded]])
+    statistics = np.bincount(columns, weights=np.concatenate([squares[kept], squares[banded], terms[banded]]),
+                             minlength=n_rows * width)
+    return statistics.reshape(n_rows, width), np.bincount(rows[always], weights=terms[always], minlength=n_rows)
+
+
+def _stepped_root(statistics: np.ndarray, always_lost: np.ndarray, grouped_variance: np.ndarray,
+                 grouped_lost: np.ndarray) -> np.ndarray:
+    """Per row, ``max_j sqrt(V_j) + LOST_WEIGHT * L_j`` over the kernel's scale steps ``j``: the
+    stepped statistics weighted by :func:`step_table`, plus what the grouped terms add at every
+    scale (their roundings repeat, so they keep the continuous model)."""
+    table = step_table()
+    split = MANTISSA_BINS + _STEP_CELLS
+    variance = grouped_variance[:, None] + statistics[:, :split] @ table[:split]
+    lost = (grouped_lost + always_lost)[:, None] + statistics[:, split:] @ table[split:]
+    return (np.sqrt(variance) + LOST_WEIGHT * lost).max(axis=1)
 
 
 EQUAL_TERM_LANES: Final = 4096
