@@ -51,13 +51,15 @@ def _scaled_root(scaled, bits, total, u, lost_weight, linear, stamp, workspace, 
     through an exact open-addressing table, whose slot is six words (key bits, stamp, count, the
     first term and the two orders' partial sums: raw while the key has one term, a slot that ends
     so being a term of its own, the sums of the kept ones once it has two) and whose stamp marks
-    the slots this row uses, so it is never cleared. The table's first power of two of slots above twice
-    the candidates is all a row uses: a region that stays in cache, where the whole table made
+    the slots this row uses, so it is never cleared. The table's first power of two of slots above
+    twice the candidates is all a row uses: a region that stays in cache, where the whole table made
     each candidate a cache miss (a quarter of the reference kernel's time on rows of distinct
     terms). The stepped statistics of the terms of their own go to ``workspace[4]`` by bin and
     cell, the cells used listed in ``workspace[5]``; a partial sum in the same bin as the last one
-    (the partial sums of one order are monotone) adds to a running register instead.
-    The marking is a pass of its own (marking each block of terms as it was computed took
+    (the partial sums of one order are monotone) adds to a running register instead. Those
+    updates are written out in the loop, not called: a numba call that takes arrays counts their
+    references on every call, and as helpers they cost the kernel a quarter of its time (the
+    model's whole cost at vocabulary scale is now ~10 %). The marking is a pass of its own (marking each block of terms as it was computed took
     longer: the filter competed with the row's streams for the cache). The forward partial
     sums are summed again in the caller's order (the same additions, so the same values; an
     array of them cost a write and a read of the row). ``out``: a row that gets ``scaled *
@@ -85,6 +87,8 @@ def _scaled_root(scaled, bits, total, u, lost_weight, linear, stamp, workspace, 
     low_f = high_f = low_b = high_b = run_f = run_b = always_f = always_b = 0.0
     bin_f = bin_b = 0
     touched_f = touched_b = 0
+    cells = (size - mantissa_bins) // 2  # one order's (bin, band) cells
+    bands = cells // mantissa_bins
     for k in range(width):
         t = scaled[k]
         if out is not None:  # pruned at compile time where no row is given
@@ -102,17 +106,46 @@ def _scaled_root(scaled, bits, total, u, lost_weight, linear, stamp, workspace, 
                 run_f += f * f
             elif term < 0.5 * f:  # lost at every scale
                 always_f += term
-            else:
-                low_f, high_f, bin_f, run_f, always_f, touched_f = _step(
-                    f, term, low_f, high_f, bin_f, run_f, always_f, statistics, 0, touched, touched_f, mantissa_bins)
+            elif f > 0.0:  # a new bin, or a term lost at some scales only (numba calls with arrays cost)
+                if not (low_f <= f < high_f):
+                    if run_f > 0.0:
+                        if statistics[bin_f] == 0.0:
+                            touched[touched_f] = bin_f
+                            touched_f += 1
+                        statistics[bin_f] += run_f
+                    run_f = 0.0
+                    low_f, high_f, bin_f = _bin_bounds(f, mantissa_bins)
+                if term >= f:
+                    run_f += f * f
+                else:
+                    index = mantissa_bins + bin_f * bands + min(int((term / f - 0.5) * (2 * bands)), bands - 1)
+                    if statistics[index] == 0.0 and statistics[index + cells] == 0.0:
+                        touched[touched_f] = index
+                        touched_f += 1
+                    statistics[index] += f * f
+                    statistics[index + cells] += term
             if term >= b and low_b <= b < high_b:
                 run_b += b * b
             elif term < 0.5 * b:
                 always_b += term
-            else:
-                low_b, high_b, bin_b, run_b, always_b, touched_b = _step(
-                    b, term, low_b, high_b, bin_b, run_b, always_b, statistics, size, touched, touched_b,
-                    mantissa_bins)
+            elif b > 0.0:
+                if not (low_b <= b < high_b):
+                    if run_b > 0.0:
+                        if statistics[size + bin_b] == 0.0:
+                            touched[size + touched_b] = size + bin_b
+                            touched_b += 1
+                        statistics[size + bin_b] += run_b
+                    run_b = 0.0
+                    low_b, high_b, bin_b = _bin_bounds(b, mantissa_bins)
+                if term >= b:
+                    run_b += b * b
+                else:
+                    index = size + mantissa_bins + bin_b * bands + min(int((term / b - 0.5) * (2 * bands)), bands - 1)
+                    if statistics[index] == 0.0 and statistics[index + cells] == 0.0:
+                        touched[size + touched_b] = index
+                        touched_b += 1
+                    statistics[index] += b * b
+                    statistics[index + cells] += term
             continue
         # the continuous model: a term below u * partial sum lost whole
         kept_f = 0.0 if term < f else f
@@ -158,15 +191,47 @@ def _scaled_root(scaled, bits, total, u, lost_weight, linear, stamp, workspace, 
     if linear:
         return max(sum_forward, sum_backward) + lost_weight * max(lost_forward, lost_backward), distinct + grouped
     var_f = var_b = 0.0
+    shift = 52 - _log2(mantissa_bins)  # the significand's top bits
     for i in range(grouped):
         at = slots[i]
         if words[at + 2] == 1:  # a term of its own after all (its bucket was shared)
-            low_f, high_f, bin_f, run_f, always_f, touched_f = _step(
-                table[at + 4], table[at + 3], low_f, high_f, bin_f, run_f, always_f, statistics, 0, touched,
-                touched_f, mantissa_bins)
-            low_b, high_b, bin_b, run_b, always_b, touched_b = _step(
-                table[at + 5], table[at + 3], low_b, high_b, bin_b, run_b, always_b, statistics, size, touched,
-                touched_b, mantissa_bins)
+            term = table[at + 3]
+            for direction in range(2):
+                s = table[at + 4 + direction]
+                if s <= 0.0:
+                    continue
+                if term < 0.5 * s:
+                    if direction == 0:
+                        always_f += term
+                    else:
+                        always_b += term
+                    continue
+                s_bits = words[at + 4 + direction]
+                if (s_bits >> 52) & 0x7FF:
+                    bin_ = np.int64((s_bits >> shift) & (mantissa_bins - 1))
+                else:  # subnormal: the significand's bits are not its top bits
+                    significand, _ = math.frexp(s)
+                    bin_ = int((2.0 * significand - 1.0) * mantissa_bins)
+                offset = direction * size
+                if term >= s:
+                    if s * s == 0.0:  # adds nothing (and must not list its bin again)
+                        continue
+                    index = offset + bin_
+                    second = -1
+                else:  # term >= s / 2 > 0: the cell's term sum is positive once listed
+                    band = min(int((term / s - 0.5) * (2 * bands)), bands - 1)
+                    index = offset + mantissa_bins + bin_ * bands + band
+                    second = index + cells
+                if statistics[index] == 0.0 and (second < 0 or statistics[second] == 0.0):
+                    if direction == 0:
+                        touched[touched_f] = index
+                        touched_f += 1
+                    else:
+                        touched[offset + touched_b] = index
+                        touched_b += 1
+                statistics[index] += s * s
+                if second >= 0:
+                    statistics[second] += term
         else:
             var_f += table[at + 4] * table[at + 4]
             var_b += table[at + 5] * table[at + 5]
@@ -180,34 +245,12 @@ def _scaled_root(scaled, bits, total, u, lost_weight, linear, stamp, workspace, 
 
 
 @njit(cache=True, nogil=True)
-def _step(s, term, low, high, bin_, run, always, statistics, offset, touched, n_touched, mantissa_bins):
-    """One addition of a term of its own (``term = t / u``, partial sum ``s``) into its order's
-    stepped statistics (``summation._stepped_statistics``): a partial sum in the current bin
-    ``[low, high)`` of a kept term adds to ``run``; a term below half of ``u s`` to ``always``."""
-    if s <= 0.0:
-        return low, high, bin_, run, always, n_touched
-    if term < 0.5 * s:
-        return low, high, bin_, run, always + term, n_touched
-    if not (low <= s < high):
-        n_touched = _flush(run, bin_, statistics, offset, touched, n_touched)
-        run = 0.0
-        significand, exponent = math.frexp(s)
-        bin_ = int((2.0 * significand - 1.0) * mantissa_bins)
-        base = math.ldexp(1.0, exponent - 1)
-        low = base * (1.0 + bin_ / mantissa_bins)
-        high = base * (1.0 + (bin_ + 1) / mantissa_bins)
-    if term >= s:
-        return low, high, bin_, run + s * s, always, n_touched
-    cells = (statistics.shape[0] // 2 - mantissa_bins) // 2
-    bands = cells // mantissa_bins
-    band = min(int((term / s - 0.5) * (2 * bands)), bands - 1)
-    index = offset + mantissa_bins + bin_ * bands + band
-    if statistics[index] == 0.0 and statistics[index + cells] == 0.0:
-        touched[offset + n_touched] = index
-        n_touched += 1
-    statistics[index] += s * s
-    statistics[index + cells] += term
-    return low, high, bin_, run, always, n_touched
+def _bin_bounds(s, mantissa_bins):
+    """The bounds ``[low, high)`` and index of the significand bin of a positive ``s``."""
+    significand, exponent = math.frexp(s)
+    bin_ = int((2.0 * significand - 1.0) * mantissa_bins)
+    base = math.ldexp(1.0, exponent - 1)
+    return base * (1.0 + bin_ / mantissa_bins), base * (1.0 + (bin_ + 1) / mantissa_bins), bin_
 
 
 @njit(cache=True, nogil=True, inline="always")
