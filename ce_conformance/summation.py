@@ -220,6 +220,7 @@ def _summation_root_numpy(magnitudes: np.ndarray, u: float, repetitive: np.ndarr
     np.put_along_axis(alone, order, np.repeat(sizes == 1, sizes).reshape(rows, width), axis=-1)
     several = sizes > 1
     row_of = np.repeat(np.arange(rows)[:, None], width, axis=1)
+    terms = finite / u  # u is a power of two: exact
     if repetitive is not None:
         repetitive[...] = (distinct < width / 2).reshape(repetitive.shape)
 
@@ -227,13 +228,13 @@ def _summation_root_numpy(magnitudes: np.ndarray, u: float, repetitive: np.ndarr
         """This order's stepped root, its continuous variance and lost terms (the linear rows')."""
         # the continuous rule: a term below u * (partial sum) may be lost whole, always toward zero
         # (a long tail of tiny probabilities after a dominant one adds up linearly, not as a walk)
-        lost = finite / u < partial
+        lost = terms < partial
         kept = np.where(lost, 0.0, partial)
-        lost_terms = np.where(lost, finite / u, 0.0)
+        lost_terms = np.where(lost, terms, 0.0)
         sums = np.add.reduceat(np.take_along_axis(kept, order, axis=-1).ravel(), group_starts)
         repeated = np.bincount(group_row[several], weights=sums[several] ** 2, minlength=rows)
         repeated_lost = np.where(alone, 0.0, lost_terms).sum(axis=-1)
-        statistics, always = _stepped_statistics(partial[alone], (finite / u)[alone], row_of[alone], rows)
+        statistics, always = _stepped_statistics(partial[alone], terms[alone], row_of[alone], rows)
         return _stepped_root(statistics, always, repeated, repeated_lost), kept.sum(axis=-1), lost_terms.sum(axis=-1)
 
     (root_forward, linear_forward, lost_forward), (root_backward, linear_backward, lost_backward) = \
@@ -329,7 +330,7 @@ def _stepped_statistics(partials: np.ndarray, terms: np.ndarray, rows: np.ndarra
 
 
 def _stepped_root(statistics: np.ndarray, always_lost: np.ndarray, grouped_variance: np.ndarray,
-                 grouped_lost: np.ndarray) -> np.ndarray:
+                  grouped_lost: np.ndarray) -> np.ndarray:
     """Per row, ``max_j sqrt(V_j) + LOST_WEIGHT * L_j`` over the kernel's scale steps ``j``: the
     stepped statistics weighted by :func:`step_table`, plus what the grouped terms add at every
     scale (their roundings repeat, so they keep the continuous model)."""
