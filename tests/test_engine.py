@@ -64,6 +64,19 @@ def test_summation_root_kernel_matches_the_numpy_specification(numpy_engine, var
         assert flags_kernel[-1]  # one value throughout
 
 
+def test_summation_root_kernel_matches_the_specification_where_partial_sums_are_subnormal(numpy_engine, variant):
+    # terms far below their row's maximum: once scaled by it, the partial sums of the reverse order
+    # are subnormal (their significand bins from frexp, not from their bits; their squares 0), and
+    # the stepped statistics list each bin and cell once
+    rng = np.random.default_rng(3)
+    values = rng.random((3, 5000)) * 1e-310
+    values[:, 0] = 1.0
+    values[1, 1000:] = 0.0
+    values[2, ::7] = values[2, 1]  # repeats among them: the grouped path
+    np.testing.assert_allclose(summation.summation_root(values, 2.0**-24),
+                               numpy_engine(summation.summation_root, values, 2.0**-24), rtol=RTOL)
+
+
 def test_summation_root_keeps_leading_shape_and_zero_width(numpy_engine):
     values = np.random.default_rng(0).random((2, 3, 50))
     np.testing.assert_allclose(summation.summation_root(values, 2.0**-11),
