@@ -33,8 +33,8 @@ def _row_root(values, keys, u, lost_weight, linear, stamp, workspace):
         scaled[k] = t
         total += t
     bits = scaled.view(np.int64) if keys.shape[0] == 0 else keys.view(np.int64)
-    root, distinct = _scaled_root(scaled, bits, total, u, lost_weight, linear, stamp, workspace)
-    return root * top, distinct
+    root, distinct, lost = _scaled_root(scaled, bits, total, u, lost_weight, linear, stamp, workspace)
+    return root * top, distinct, lost * top
 
 
 @njit(cache=True, nogil=True)
@@ -63,7 +63,9 @@ def _scaled_root(scaled, bits, total, u, lost_weight, linear, stamp, workspace, 
     longer: the filter competed with the row's streams for the cache). The forward partial
     sums are summed again in the caller's order (the same additions, so the same values; an
     array of them cost a write and a read of the row). ``out``: a row that gets ``scaled *
-    factor`` on the way (the reference's gradient row; a pass over the terms saved)."""
+    factor`` on the way (the reference's gradient row; a pass over the terms saved). Returns the
+    root, the distinct terms and the root's bias part, ``lost_weight`` times the most the lost
+    terms weigh at any scale in either order (at most the root)."""
     table, filters = workspace[0], workspace[1]
     slots, statistics, touched, steps = workspace[2], workspace[4], workspace[5], workspace[7]
     mantissa_bins = workspace[6][0]
@@ -189,7 +191,8 @@ def _scaled_root(scaled, bits, total, u, lost_weight, linear, stamp, workspace, 
             slot = (slot + 1) & mask
     filters[:] = 0
     if linear:
-        return max(sum_forward, sum_backward) + lost_weight * max(lost_forward, lost_backward), distinct + grouped
+        lost = lost_weight * max(lost_forward, lost_backward)
+        return max(sum_forward, sum_backward) + lost, distinct + grouped, lost
     var_f = var_b = 0.0
     shift = 52 - _log2(mantissa_bins)  # the significand's top bits
     for i in range(grouped):
@@ -237,11 +240,11 @@ def _scaled_root(scaled, bits, total, u, lost_weight, linear, stamp, workspace, 
             var_b += table[at + 5] * table[at + 5]
     touched_f = _flush(run_f, bin_f, statistics, 0, touched, touched_f)
     touched_b = _flush(run_b, bin_b, statistics, size, touched, touched_b)
-    root = max(_stepped_order(statistics, 0, touched, touched_f, steps, mantissa_bins, var_f,
-                              grouped_lost_f + always_f, lost_weight, workspace[8]),
-               _stepped_order(statistics, size, touched, touched_b, steps, mantissa_bins, var_b,
-                              grouped_lost_b + always_b, lost_weight, workspace[8]))
-    return root, distinct + grouped
+    root_f, lost_f = _stepped_order(statistics, 0, touched, touched_f, steps, mantissa_bins, var_f,
+                                    grouped_lost_f + always_f, lost_weight, workspace[8])
+    root_b, lost_b = _stepped_order(statistics, size, touched, touched_b, steps, mantissa_bins, var_b,
+                                    grouped_lost_b + always_b, lost_weight, workspace[8])
+    return max(root_f, root_b), distinct + grouped, max(lost_f, lost_b)
 
 
 @njit(cache=True, nogil=True)
@@ -269,8 +272,9 @@ def _flush(run, bin_, statistics, offset, touched, n_touched):
 def _stepped_order(statistics, offset, touched, n_touched, steps, mantissa_bins, variance, lost, lost_weight,
                    scratch):
     """``summation._stepped_root`` of one order: the largest ``sqrt(V_j) + lost_weight * L_j`` over
-    the scale steps ``j`` (the columns of ``steps``, ``summation.step_table``); clears the
-    statistics it read. ``scratch``: two rows of one float64 per step."""
+    the scale steps ``j`` (the columns of ``steps``, ``summation.step_table``) and the largest
+    ``lost_weight * L_j``; clears the statistics it read. ``scratch``: two rows of one float64 per
+    step."""
     cells = (statistics.shape[0] // 2 - mantissa_bins) // 2
     n_steps = steps.shape[1]
     variances, losts = scratch[0], scratch[1]
@@ -288,10 +292,11 @@ def _stepped_order(statistics, offset, touched, n_touched, steps, mantissa_bins,
             for j in range(n_steps):
                 losts[j] += value * steps[column + cells, j]
             statistics[index + cells] = 0.0
-    best = 0.0
+    best = most_lost = 0.0
     for j in range(n_steps):
         best = max(best, np.sqrt(variances[j]) + lost_weight * losts[j])
-    return best
+        most_lost = max(most_lost, lost_weight * losts[j])
+    return best, most_lost
 
 
 @njit(cache=True, nogil=True)
@@ -344,9 +349,11 @@ def _workspace(width, steps, mantissa_bins):
 def _summation_roots(values, keys, u, lost_weight, linear, steps, mantissa_bins, threads):
     """``summation_root`` of each row of a C-contiguous float64 (rows, width) array, with the
     number of distinct terms (or ``keys``, a C-contiguous array of the same shape, or of no
-    rows: group by value) per row; rows are split into ``threads`` contiguous runs."""
+    rows: group by value) and the root's bias part per row; rows are split into ``threads``
+    contiguous runs."""
     rows, width = values.shape
     roots = np.zeros(rows)
+    losts = np.zeros(rows)
     distinct = np.zeros(rows, dtype=np.int64)
     workers = max(1, min(rows, threads))
     per = (rows + workers - 1) // workers
@@ -355,8 +362,9 @@ def _summation_roots(values, keys, u, lost_weight, linear, steps, mantissa_bins,
         workspace = _workspace(width, steps, mantissa_bins)
         for r in range(worker * per, min(rows, (worker + 1) * per)):
             row_keys = keys[r] if keys.shape[0] else no_keys
-            roots[r], distinct[r] = _row_root(values[r], row_keys, u, lost_weight, linear[r], r + 1, workspace)
-    return roots, distinct
+            roots[r], distinct[r], losts[r] = _row_root(values[r], row_keys, u, lost_weight, linear[r], r + 1,
+                                                        workspace)
+    return roots, distinct, losts
 
 
 _LOG2E = 1.4426950408889634
@@ -406,7 +414,7 @@ def _exp_block(x, start, stop, high, out, first, second):
 def _index_rows(rows, target, weight, scale, u, lost_weight, grad, steps, mantissa_bins, threads):
     """The reference's index-target rows without label smoothing: the log-sum-exp (``log1p`` of
     the sum without the maximal term, compensated), the NLL, the probability of the target, the
-    summation model of the exp sum (``summation_root`` and root sum of squares of p), the
+    summation model of the exp sum (``summation_root``, its bias part, and root sum of squares of p), the
     largest p |log p|, the row's maximum and, where ``grad`` has rows, the gradient row
     ``p * w_y * scale`` with ``w_y * expm1(log p_y) * scale`` at the target.
 
@@ -423,6 +431,7 @@ def _index_rows(rows, target, weight, scale, u, lost_weight, grad, steps, mantis
     nll = np.zeros(m)
     p_target = np.zeros(m)
     root = np.zeros(m)
+    root_lost = np.zeros(m)
     rss = np.zeros(m)
     distinct = np.zeros(m, dtype=np.int64)
     p_logp = np.zeros(m)
@@ -490,10 +499,12 @@ def _index_rows(rows, target, weight, scale, u, lost_weight, grad, steps, mantis
             nll[r] = lse_r - shifted_y
             p_target[r] = e[y] / denominator
             if want_grad:  # the row, written by _scaled_root's pass, then its target element
-                root_r, distinct[r] = _scaled_root(e, e_bits, running, u, lost_weight, False, r + 1, workspace,
-                                                   grad[r], weight[r] * scale[r] / denominator)
+                root_r, distinct[r], lost_r = _scaled_root(e, e_bits, running, u, lost_weight, False, r + 1,
+                                                           workspace, grad[r], weight[r] * scale[r] / denominator)
                 grad[r, y] = weight[r] * np.expm1(shifted_y - lse_r) * scale[r]
             else:
-                root_r, distinct[r] = _scaled_root(e, e_bits, running, u, lost_weight, False, r + 1, workspace)
+                root_r, distinct[r], lost_r = _scaled_root(e, e_bits, running, u, lost_weight, False, r + 1,
+                                                           workspace)
             root[r] = root_r / denominator
-    return lse, nll, p_target, root, rss, distinct, p_logp, tops, finite
+            root_lost[r] = lost_r / denominator
+    return lse, nll, p_target, root, root_lost, rss, distinct, p_logp, tops, finite

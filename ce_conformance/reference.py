@@ -41,7 +41,7 @@ from . import buffers, engine
 from .errors import InvalidInputError, Rule
 from .gradient_elements import CANCELLING, GradientElements, exponential_relative
 from .outputs import Expectation, check_output_options, lse_output, requested
-from .summation import (EQUAL_TERM_LANES, LOST_WEIGHT, MANTISSA_BINS, alike_root, alike_subnormal_terms,
+from .summation import (EQUAL_TERM_LANES, LOST_WEIGHT, MANTISSA_BINS, alike_root, alike_subnormal_bound,
                         any_order_bound, equal_terms_bound, finite_row_max, flushed_pairs, flushed_products, near_equal,
                         pair_keys, residue_groups, root_sum_squares, step_table, subnormal_products, summation_root)
 from .tolerance import SIGMAS
@@ -342,11 +342,13 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
     u_c = _unit_roundoff(call.dtype)
     u_t = _unit_roundoff(call.dtype, internal=False)
     lse_sigma = np.zeros(M)  # absolute error of log-sum-exp (= relative error of the exp sum)
+    lse_bias = np.zeros(M)  # ... its part from terms lost (toward zero in every row), as a sigma
     half_backward = gradients and u_t > u_c  # torch's half backward: p = exp(log p rounded to the dtype)
     flush_bound = np.zeros(M)  # what flushing subnormal partial products to zero may lose, per position
     compute = compute_dtype(dtype_name(call.dtype))
     repetitive = np.zeros(M, dtype=bool)  # rows of few distinct values: their errors add up linearly
     loss_sigma = np.zeros(M)
+    loss_bias = np.zeros(M)  # loss_sigma's part from lse_bias: the reduction adds it linearly
     grad_target_coefficient = np.zeros(M)  # |d grad_target / d lse| per position
     grad_target_underflow = np.zeros(M)  # largest error of a subnormal partial product in w * log p * scale
     backward_sigma = np.zeros(M)  # error of the backward's sum of upstream terms over classes, times max p
@@ -382,6 +384,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
             v = valid[positions]
             wy_abs = np.abs(fused.weight)
             lse_sigma[positions] = u_c * np.hypot(fused.root, fused.rss) / np.sqrt(3.0)
+            lse_bias[positions] = u_c * fused.root_lost / np.sqrt(3.0)
             repetitive[positions] = fused.distinct < C / 2
             terms_sum[positions] = np.where(v, fused.weight, 0)
             terms_abs[positions] = np.abs(terms_sum[positions])
@@ -393,6 +396,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                 loss_mag[positions] = unscaled_mag[positions] = np.where(v, wy_abs * (fused.nll + 1), 0)
                 loss_sigma[positions] = np.where(v, wy_abs * np.hypot(lse_sigma[positions], _row_roundings(
                     u_c, u_t, fused.nll, fused.lse, call.weight is not None, dtype_name(call.dtype))), 0)
+                loss_bias[positions] = np.where(v, wy_abs * lse_bias[positions], 0)
                 if call.weight is not None:  # w_y * nll: with subnormals flushed, a tiny product vanishes
                     flush_bound[positions] = np.where(v, flushed_pairs(wy_abs, fused.nll, compute), 0)
                 if gradients:
@@ -410,8 +414,9 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
         if want_scale:
             with np.errstate(invalid="ignore", over="ignore"):
                 p64 = np.where(ls.finite_rows[:, None], ls.p, 0.0)
-                lse_sigma[positions] = u_c * np.hypot(summation_root(p64, u_c, repetitive[positions]),
-                                                      root_sum_squares(p64)) / np.sqrt(3.0)
+                root, root_lost = summation_root(p64, u_c, repetitive[positions], bias=True)
+                lse_sigma[positions] = u_c * np.hypot(root, root_sum_squares(p64)) / np.sqrt(3.0)
+                lse_bias[positions] = u_c * root_lost / np.sqrt(3.0)
                 abs_logp = np.abs(np.where(np.isfinite(ls.logp), ls.logp, 0.0))
                 p_logp = finite_row_max(p64 * abs_logp) if half_backward else None
                 log_total[positions] = np.asarray(ls.lse, dtype=np.float64)
@@ -472,6 +477,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                     own = (1 - eps) * wy_abs * _row_roundings(u_c, u_t, np.asarray(nll, dtype=np.float64), log_total[positions],
                                                               call.weight is not None, dtype_name(call.dtype), log=False)
                     loss_sigma[positions] = np.where(v, np.hypot(np.hypot(sigma_smooth, shared), own), 0)
+                    loss_bias[positions] = np.where(v, coefficient * lse_bias[positions], 0)
                 if gradients:
                     scale = upstream[positions]
                     p = ls.p
@@ -505,6 +511,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                             # equal terms' residues below, which hold wherever the target sits in the sum
                             strided = np.full(m, call.input.ndim > 2)
                             upstream_root = u_c * summation_root(upstream_terms, u_c, linear=strided) / np.sqrt(3.0)
+                            bias_root = upstream_root  # backward_bias's: a sigma whose SIGMAS hold each bias once
                             # a kernel may sum the upstream terms scaled (g / N * eps / C) or scale their sum
                             scales = np.unique(np.append(np.abs(np.asarray(scale, dtype=np.float64)[v]), 1.0))
                             if w_abs is None and scales.size <= 9:  # 1 and at most 8 upstream scales
@@ -514,11 +521,18 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                                 residues = equal_terms_bound(eps / C, C - 1, (1 - eps) + eps / C, compute_dtype(name),
                                                              tuple(scales), name if u_t > u_c else None)
                                 combined = (math.log2(EQUAL_TERM_LANES) + 1) * u_c * terms_abs[positions]
+                                # both are bounds over the orders: the row's sigma (in quadrature with random
+                                # errors) takes them as a uniform error's; the elements' bias, added linearly,
+                                # holds them once (until 2026-12-06 2.9 times: float32 C = 128256 smoothed
+                                # softmax, 4.19x the family's largest error, whose sequential sum realised 0.75
+                                # of the bound)
                                 upstream_root = np.minimum(upstream_root, np.hypot(residues, combined) / np.sqrt(3.0))
+                                bias_root = np.minimum(bias_root, (residues + combined) / SIGMAS)
                             if w_abs is not None:  # tiny weights: what a flushing kernel loses of K (the
                                 # probability path's note); all toward zero, so a bias
                                 upstream_root = np.hypot(upstream_root, _flushed_sigma(
                                     np.full(upstream_terms.shape, eps / C), w_abs[None, :], scale, compute))
+                                bias_root = upstream_root
                             backward_sigma[positions] = np.where(v, np.abs(scale) * p64.max(axis=1, initial=0)
                                                                  * upstream_root, 0)
                             if u_t > u_c:
@@ -526,16 +540,19 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                                 # normal range each errs by up to half a subnormal step, all alike: a bias of K
                                 # (float16, C = 32000, eps = 0.1, 8 rows: 3.9e-7 rounds to 4.2e-7, torch's K 0.7 %
                                 # high, and its gradient with it)
-                                formed = alike_subnormal_terms(np.abs(scale)[:, None] * upstream_terms,
+                                # — a bound, held once beside the residues (until 2026-12-06 as a uniform error's
+                                # sigma in quadrature, 2.9 times: float16 C >= 128256 smoothed softmax 4.4-5.5x the
+                                # family, torch realising a quarter of it)
+                                formed = alike_subnormal_bound(np.abs(scale)[:, None] * upstream_terms,
                                                                dtype_name(call.dtype))
                                 with np.errstate(divide="ignore", invalid="ignore"):
                                     flushed = np.nan_to_num(formed / np.abs(scale), posinf=0.0)
-                                upstream_root = np.hypot(upstream_root, flushed)
+                                bias_root = bias_root + flushed / SIGMAS
                             # C - 1 terms eps / C (times a class weight): each lost below u times the partial
                             # sum, or rounding alike where equal, so the sum's error is a bias that
                             # gradient_elements adds linearly (with distinct weights partly random: linear
                             # is then conservative, at most sqrt 2 of that part)
-                            backward_bias[positions] = np.where(v & (terms_abs[positions] > 0), upstream_root
+                            backward_bias[positions] = np.where(v & (terms_abs[positions] > 0), bias_root
                                                                 / np.where(terms_abs[positions] > 0, terms_abs[positions], 1), 0)
                         if half_backward:
                             p_coefficient = (1 - eps) * wy_abs + ((eps / C) * w_row.sum() if eps > 0 else 0.0)
@@ -568,6 +585,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                                                               u_t * root_sum_squares(term_abs)),
                                                      np.asarray(abs_wt, dtype=np.float64).sum(axis=1) * np.hypot(
                                                          lse_sigma[positions], _log_rounding(u_c, log_total[positions])))
+                    loss_bias[positions] = np.asarray(abs_wt, dtype=np.float64).sum(axis=1) * lse_bias[positions]
                     if w_abs is not None:  # t * w * log p: with subnormals flushed, tiny products vanish
                         flush_bound[positions] = flushed_products(
                             (np.broadcast_to(w_abs[None, :], rows.shape), partial_t, abs_logp), compute)
@@ -630,7 +648,8 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                             # up to half a subnormal step, and such terms are alike, so they round alike: a
                             # bias, added whole (float16 weights of 1e-3 on 16096 soft targets of 6e-5:
                             # products of 1.5 steps, torch's K and so its gradient 1.8 % off)
-                            half_terms = np.hypot(half_terms, alike_subnormal_terms(abs_wt, dtype_name(call.dtype)))
+                            half_terms = np.hypot(half_terms, alike_subnormal_bound(abs_wt, dtype_name(call.dtype))
+                                                  / np.sqrt(3.0))
                         with np.errstate(divide="ignore", invalid="ignore"):
                             backward_relative[positions] = np.nan_to_num(np.hypot(upstream_root, half_terms) / np.abs(k),
                                                                          posinf=0.0)
@@ -678,7 +697,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
         else:
             intermediate = None
     sigmas = _reduced_sigmas(call, A, eps, C, u_c, u_t, main_terms, smooth_terms, loss, wy_all if call.mode == "index" else None,
-                             denominator, lse_sigma, loss_sigma, grad_input_scale, grad_target_coefficient,
+                             denominator, lse_sigma, loss_sigma, loss_bias, grad_input_scale, grad_target_coefficient,
                              grad_target_underflow, flush_bound,
                              grad_target_scale, repetitive, backward_sigma) if want_scale else None
     elements = None
@@ -836,7 +855,7 @@ def _subnormal_sigma(call: _Call, scale: np.ndarray, terms_abs: np.ndarray) -> n
             # torch's half backward forms the element's own upstream term s eps / C w_c (and
             # s (1 - eps) w_y) in the dtype: a subnormal first product, times the largest remaining
             # factor (float16 'none', upstream 0.1, eps / C = 2^-20: 1.66 steps became 2, times w = 64,
-            # 22 ulps; K's sum of such terms is alike_subnormal_terms' bias)
+            # 22 ulps; K's sum of such terms is alike_subnormal_bound's bias)
             sigma = np.hypot(sigma, smallest_subnormal(name) / 2 * np.maximum(1.0, np.maximum(np.abs(scale), w_max)))
         return np.nan_to_num(sigma / math.sqrt(3.0), posinf=np.finfo(np.float64).max)
 
@@ -861,6 +880,7 @@ class _FusedRows(NamedTuple):
     distinct: np.ndarray  # distinct probabilities per row
     p_logp: np.ndarray  # max over classes of p |log p|
     grad: np.ndarray  # gradient rows (empty when not requested)
+    root_lost: np.ndarray  # root's bias part (summation_root(..., bias=True))
     lse: np.ndarray  # log S = log-sum-exp - max
     top: np.ndarray  # the row's maximum
 
@@ -877,13 +897,13 @@ def _fused_index_rows(rows: np.ndarray, target: np.ndarray, weight: np.ndarray, 
     scale = np.ascontiguousarray(scale, dtype=np.float64)
     grad = (out if out is not None else np.empty(rows.shape)) if gradients else np.empty((0, rows.shape[1]))
     index_rows, threads = engine.kernel("index_rows", rows.size)
-    lse, nll, p_target, root, rss, distinct, p_logp, top, finite = index_rows(
+    lse, nll, p_target, root, root_lost, rss, distinct, p_logp, top, finite = index_rows(
         rows if rows.dtype in (np.float32, np.float64) and rows.flags.c_contiguous else
         np.ascontiguousarray(rows, dtype=np.float64), np.ascontiguousarray(target, dtype=np.int64), weight, scale,
         float(u), LOST_WEIGHT, grad, step_table(), MANTISSA_BINS, threads)
     if not finite.all():
         return None
-    return _FusedRows(weight, scale, nll, p_target, root, rss, distinct, p_logp, grad, lse, top)
+    return _FusedRows(weight, scale, nll, p_target, root, rss, distinct, p_logp, grad, root_lost, lse, top)
 
 
 def _unit_roundoff(dtype: Any, internal: bool = True) -> float:
@@ -906,7 +926,8 @@ class Sigmas(NamedTuple):
 
 def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: float, main_terms: np.ndarray,
                     smooth_terms: np.ndarray, loss: Any, wy: np.ndarray | None, denominator: Any,
-                    lse_sigma: np.ndarray, loss_sigma: np.ndarray, grad_input_scale: np.ndarray | None,
+                    lse_sigma: np.ndarray, loss_sigma: np.ndarray, loss_bias: np.ndarray,
+                    grad_input_scale: np.ndarray | None,
                     grad_target_coefficient: np.ndarray, grad_target_underflow: np.ndarray, flush_bound: np.ndarray,
                     grad_target_scale: np.ndarray | None, repetitive: np.ndarray, backward_sigma: np.ndarray) -> Sigmas:
     """Propagate the per-position error scales through the reduction over positions.
@@ -940,11 +961,17 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
             # up linearly, within groups of losses equal to 16 significant bits, before the groups add in
             # quadrature; so do rows of few distinct values (they round alike across rows)
             per_position = sum(parts)
-            grouped = alike_root(np.where(repetitive, 0.0, loss_sigma).ravel()[None, :],
+            # the exp sums' lost terms make every row's log-sum-exp low: those parts of the rows' sigmas
+            # add up linearly, the rest in quadrature (a float32 sequential sum of 190442 exp terms of
+            # logits with a deviation of 6 lost 1100 u in every row, and the 'mean' over 8 rows was
+            # 1.54 times its budget until 2026-12-06: the bias had entered at 1 / sqrt 8)
+            bias = np.where(repetitive, 0.0, np.minimum(loss_bias, loss_sigma))
+            grouped = alike_root(np.where(repetitive, 0.0, loss_sigma - bias).ravel()[None, :],
                                  near_equal(per_position).ravel()[None, :])
             rows_sigma = np.hypot(float(grouped[0]), float(np.sum(np.where(repetitive, loss_sigma, 0.0))))
             total_sigma = float(np.hypot(np.hypot(rows_sigma, reduction_sigma),
-                                         float(flush_bound.sum()) / math.sqrt(3)))  # flushes all go toward zero
+                                         float(flush_bound.sum()) / math.sqrt(3))) \
+                + float(bias.sum())  # flushes all go toward zero
             d = abs(float(denominator)) if call.reduction == "mean" and denominator is not None else 0.0
             finishing = 0.0
             if eps > 0 and (d > 0 or call.reduction == "sum"):

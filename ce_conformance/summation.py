@@ -148,7 +148,8 @@ def alike_root(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 
 def summation_root(magnitudes: np.ndarray, u: float, repetitive: np.ndarray | None = None,
-                   linear: np.ndarray | None = None, groups: np.ndarray | None = None) -> np.ndarray:
+                   linear: np.ndarray | None = None, groups: np.ndarray | None = None, *, bias: bool = False
+                   ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Per row, ``sqrt(V)`` where ``(u**2 / 3) * V`` is the rounding variance of a sequential sum of
     the (finite, non-negative) magnitudes, for the worse of the forward and the reverse order.
 
@@ -172,7 +173,10 @@ def summation_root(magnitudes: np.ndarray, u: float, repetitive: np.ndarray | No
     ``linear`` (one flag per row) makes a row one group. ``groups`` (optional, the shape of
     ``magnitudes``) groups the terms by these keys instead of by their values: terms whose
     roundings repeat for another reason (:func:`grid_aligned`: equal multipliers of log-probabilities
-    that share one residue)."""
+    that share one residue). With ``bias``, also the root's bias part: ``LOST_WEIGHT`` times the most
+    the lost terms weigh at any scale, in either order (at most the root). Lost terms err toward
+    zero in every row, so a sum over rows (the reduction over positions) adds these parts
+    linearly where the rest of the roots add in quadrature."""
     if engine.available() and np.ndim(magnitudes) >= 1 and np.size(magnitudes) > 0:
         flat = np.ascontiguousarray(np.asarray(magnitudes, dtype=np.float64).reshape(-1, np.shape(magnitudes)[-1]))
         flags = np.zeros(flat.shape[0], dtype=bool) if linear is None else \
@@ -180,21 +184,25 @@ def summation_root(magnitudes: np.ndarray, u: float, repetitive: np.ndarray | No
         keys = np.empty((0, flat.shape[1])) if groups is None else np.ascontiguousarray(
             np.broadcast_to(np.asarray(groups, dtype=np.float64), np.shape(magnitudes)).reshape(flat.shape)) + 0.0
         summation_roots, threads = engine.kernel("summation_roots", flat.size)
-        root, distinct = summation_roots(flat, keys, float(u), LOST_WEIGHT, flags, step_table(), MANTISSA_BINS,
-                                         threads)
+        root, distinct, lost = summation_roots(flat, keys, float(u), LOST_WEIGHT, flags, step_table(),
+                                               MANTISSA_BINS, threads)
         if repetitive is not None:
             repetitive[...] = (distinct < flat.shape[1] / 2).reshape(repetitive.shape)
-        return root.reshape(np.shape(magnitudes)[:-1])
-    return _summation_root_numpy(magnitudes, u, repetitive, linear, groups)
+        shape = np.shape(magnitudes)[:-1]
+        return (root.reshape(shape), lost.reshape(shape)) if bias else root.reshape(shape)
+    root, lost = _summation_root_numpy(magnitudes, u, repetitive, linear, groups)
+    return (root, lost) if bias else root
 
 
 def _summation_root_numpy(magnitudes: np.ndarray, u: float, repetitive: np.ndarray | None,
-                          linear: np.ndarray | None, groups: np.ndarray | None = None) -> np.ndarray:
-    """:func:`summation_root` in vectorised NumPy: the readable specification of the numba kernel
-    (a per-row sort groups the equal terms), and the engine where numba is missing."""
+                          linear: np.ndarray | None, groups: np.ndarray | None = None
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`summation_root` (the root and its bias part) in vectorised NumPy: the readable
+    specification of the numba kernel (a per-row sort groups the equal terms), and the engine where
+    numba is missing."""
     finite = np.where(np.isfinite(magnitudes), magnitudes, 0.0)
     if finite.shape[-1] == 0 or finite.size == 0:
-        return np.zeros(finite.shape[:-1])
+        return np.zeros(finite.shape[:-1]), np.zeros(finite.shape[:-1])
     top = finite.max(axis=-1, keepdims=True)
     finite = finite / np.where(top > 0, top, 1.0)
     width = finite.shape[-1]
@@ -224,8 +232,9 @@ def _summation_root_numpy(magnitudes: np.ndarray, u: float, repetitive: np.ndarr
     if repetitive is not None:
         repetitive[...] = (distinct < width / 2).reshape(repetitive.shape)
 
-    def direction(partial: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """This order's stepped root, its continuous variance and lost terms (the linear rows')."""
+    def direction(partial: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
+        """This order's stepped root and bias part, its continuous variance and lost terms (the
+        linear rows')."""
         # the continuous rule: a term below u * (partial sum) may be lost whole, always toward zero
         # (a long tail of tiny probabilities after a dominant one adds up linearly, not as a walk)
         lost = terms < partial
@@ -237,14 +246,17 @@ def _summation_root_numpy(magnitudes: np.ndarray, u: float, repetitive: np.ndarr
         statistics, always = _stepped_statistics(partial[alone], terms[alone], row_of[alone], rows)
         return _stepped_root(statistics, always, repeated, repeated_lost), kept.sum(axis=-1), lost_terms.sum(axis=-1)
 
-    (root_forward, linear_forward, lost_forward), (root_backward, linear_backward, lost_backward) = \
-        direction(forward), direction(backward)
+    ((root_forward, bias_forward), linear_forward, lost_forward), \
+        ((root_backward, bias_backward), linear_backward, lost_backward) = direction(forward), direction(backward)
     root = np.maximum(root_forward, root_backward)
+    bias = np.maximum(bias_forward, bias_backward)
     if linear is not None and np.any(linear):  # correlated roundings: one group per row
         linear = np.broadcast_to(linear, np.shape(magnitudes)[:-1]).reshape(rows)
-        root = np.where(linear, np.maximum(linear_forward, linear_backward)
-                        + LOST_WEIGHT * np.maximum(lost_forward, lost_backward), root)
-    return (root * top.reshape(rows)).reshape(np.shape(magnitudes)[:-1])
+        linear_bias = LOST_WEIGHT * np.maximum(lost_forward, lost_backward)
+        root = np.where(linear, np.maximum(linear_forward, linear_backward) + linear_bias, root)
+        bias = np.where(linear, linear_bias, bias)
+    shape = np.shape(magnitudes)[:-1]
+    return (root * top.reshape(rows)).reshape(shape), (bias * top.reshape(rows)).reshape(shape)
 
 
 SCALE_STEPS: Final = 32
@@ -330,20 +342,22 @@ def _stepped_statistics(partials: np.ndarray, terms: np.ndarray, rows: np.ndarra
 
 
 def _stepped_root(statistics: np.ndarray, always_lost: np.ndarray, grouped_variance: np.ndarray,
-                  grouped_lost: np.ndarray) -> np.ndarray:
+                  grouped_lost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row, ``max_j sqrt(V_j) + LOST_WEIGHT * L_j`` over the kernel's scale steps ``j``: the
     stepped statistics weighted by :func:`step_table`, plus what the grouped terms add at every
-    scale (their roundings repeat, so they keep the continuous model)."""
+    scale (their roundings repeat, so they keep the continuous model); and the bias part,
+    ``max_j LOST_WEIGHT * L_j``."""
     table = step_table()
     split = MANTISSA_BINS + _STEP_CELLS
     variance = grouped_variance[:, None] + statistics[:, :split] @ table[:split]
     lost = (grouped_lost + always_lost)[:, None] + statistics[:, split:] @ table[split:]
-    return (np.sqrt(variance) + LOST_WEIGHT * lost).max(axis=1)
+    return (np.sqrt(variance) + LOST_WEIGHT * lost).max(axis=1), LOST_WEIGHT * lost.max(axis=1)
 
 
 EQUAL_TERM_LANES: Final = 4096
-"""The most interleaved running sums (SIMD lanes, GPU threads, a Triton block) and the largest
-tree-summed block :func:`equal_terms_bound` considers: powers of two up to it."""
+"""The most running sums (SIMD lanes, GPU threads, a Triton block, chunks of a split reduction:
+any count up to it) and the largest tree-summed block (powers of two up to it)
+:func:`equal_terms_bound` considers."""
 
 
 def _addition_errors(start: float, value: float, count: int, dtype: np.dtype) -> np.ndarray:
@@ -371,7 +385,7 @@ def equal_terms_bound(value: float, count: int, first: float, dtype: str, scales
     """A bound on the rounding error of ``first + value + value + ...`` (``count`` equal terms,
     as the backward's sum of a smoothed row's upstream terms ``eps / C``), in units of the
     unscaled terms, over the orders kernels sum in: one running sum; ``L`` interleaved running
-    sums (``L`` a power of two up to :data:`EQUAL_TERM_LANES`), ``first`` met anywhere in its sum
+    sums or chunks (any ``L`` up to :data:`EQUAL_TERM_LANES`: 48 cores split a row in 48), ``first`` met anywhere in its sum
     (the residues before it are those of a sum from zero, after it those of a sum from ``first``,
     each at most their whole path's: a K-dim kernel meets the target at its class index); blocks
     of ``B`` terms summed as a tree (exact for equal terms, ``B`` a power of two)
@@ -403,11 +417,9 @@ def equal_terms_bound(value: float, count: int, first: float, dtype: str, scales
                 sums = -(-count // block)
                 from_zero = _addition_errors(0.0, term * block, sums, compute)
                 from_first = _addition_errors(first * scale, term * block, sums, compute)
-                lanes = 1
-                while lanes <= min(sums, EQUAL_TERM_LANES):
-                    each = -(-sums // lanes)
-                    worst = max(worst, (lanes * from_zero[each] + from_first[each]) / scale)
-                    lanes *= 2
+                lanes = np.arange(1, min(sums, EQUAL_TERM_LANES) + 1)
+                each = -(-sums // lanes)  # the longest lane's additions; the others' paths are its prefixes
+                worst = max(worst, float((lanes * from_zero[each] + from_first[each]).max()) / scale)
                 block *= 2
     return float(worst)
 
@@ -440,20 +452,21 @@ def subnormal_products(factors: tuple[np.ndarray, np.ndarray, np.ndarray], dtype
     return 0.5 * smallest_subnormal(dtype) * remainders.max(axis=-1)
 
 
-def alike_subnormal_terms(terms: np.ndarray, dtype: str) -> np.ndarray:
-    """Per row, the sigma of what a sum of ``terms`` formed in ``dtype`` loses where they fall below
+def alike_subnormal_bound(terms: np.ndarray, dtype: str) -> np.ndarray:
+    """Per row, a bound on what a sum of ``terms`` formed in ``dtype`` loses where they fall below
     its normal range: each errs by up to half a subnormal step, and such terms are alike, so they
-    round alike — a bias, added whole (as a uniform error's sigma, bound / sqrt 3). float16
-    upstream terms ``s eps / C`` of 3.9e-7 all became 4.2e-7 (torch's K 0.7 % high).
+    round alike — a bias, which the caller holds whole (once, beside a bias; as a uniform error's
+    sigma, bound / sqrt 3, where it joins random errors in quadrature). float16 upstream terms
+    ``s eps / C`` of 3.9e-7 all became 4.2e-7 (torch's K 0.7 % high).
 
-    >>> round(float(alike_subnormal_terms(np.array([[3.9e-7, 3.9e-7, 0.5]]), "float16")[0]) / 2.0**-25, 3)
-    1.155
+    >>> round(float(alike_subnormal_bound(np.array([[3.9e-7, 3.9e-7, 0.5]]), "float16")[0]) / 2.0**-25, 3)
+    2.0
     """
     from .dtypes import smallest_normal, smallest_subnormal
 
     magnitudes = np.abs(np.asarray(terms, dtype=np.float64))
     tiny = np.count_nonzero((magnitudes > 0) & (magnitudes < smallest_normal(dtype)), axis=-1)
-    return smallest_subnormal(dtype) / 2 * tiny / np.sqrt(3.0)
+    return smallest_subnormal(dtype) / 2 * tiny
 
 
 def flushed_products(factors: tuple[np.ndarray, np.ndarray, np.ndarray], compute_dtype: str) -> np.ndarray:

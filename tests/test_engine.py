@@ -60,6 +60,12 @@ def test_summation_root_kernel_matches_the_numpy_specification(numpy_engine, var
     groups = np.round(rng.random((5, width)) * 3) - 0.0 * values  # a few keys, -0.0 among them
     np.testing.assert_allclose(summation.summation_root(values, 2.0**-24, groups=groups),
                                numpy_engine(summation.summation_root, values, 2.0**-24, groups=groups), rtol=RTOL)
+    # the bias part (lost terms), which the reduction over positions adds linearly
+    root, bias = summation.summation_root(values, 2.0**-24, linear=linear, bias=True)
+    np.testing.assert_allclose(root, fast, rtol=RTOL)
+    np.testing.assert_allclose(bias, numpy_engine(summation.summation_root, values, 2.0**-24, linear=linear,
+                                                  bias=True)[1], rtol=RTOL, atol=1e-300)
+    assert np.all(bias <= root) and np.all(bias >= 0)
     if repeats and width > 2:
         assert flags_kernel[-1]  # one value throughout
 
@@ -73,8 +79,8 @@ def test_summation_root_kernel_matches_the_specification_where_partial_sums_are_
     values[:, 0] = 1.0
     values[1, 1000:] = 0.0
     values[2, ::7] = values[2, 1]  # repeats among them: the grouped path
-    np.testing.assert_allclose(summation.summation_root(values, 2.0**-24),
-                               numpy_engine(summation.summation_root, values, 2.0**-24), rtol=RTOL)
+    np.testing.assert_allclose(summation.summation_root(values, 2.0**-24, bias=True),
+                               numpy_engine(summation.summation_root, values, 2.0**-24, bias=True), rtol=RTOL)
 
 
 def test_summation_root_keeps_leading_shape_and_zero_width(numpy_engine):

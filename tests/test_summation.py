@@ -187,10 +187,16 @@ def _realised_errors(first: float, term: float, count: int, dtype) -> dict[str, 
     def target_at(position):  # a sequential sum over the class axis meets the target at its index
         return np.cumsum(np.insert(terms[1:], position, terms[0]), dtype=dtype)[-1]
 
+    def chunks(values, size):  # an online softmax's blocks, each summed from zero, then the block sums
+        sums = [np.cumsum(values[k:k + size], dtype=dtype)[-1] for k in range(0, len(values), size)]
+        return np.cumsum(np.array(sums, dtype=dtype), dtype=dtype)[-1]
+
     return {"sequential": error(np.cumsum(terms, dtype=dtype)[-1]),
             "target last": error(np.cumsum(terms[::-1], dtype=dtype)[-1]),
             **{f"target at {k}/8": error(target_at(count * k // 8)) for k in range(1, 8)},
             "8 lanes": error(lanes(terms, 8)), "256 lanes": error(lanes(terms, 256)),
+            "48 lanes": error(lanes(terms, 48)), "3 chunks": error(chunks(terms, -(-len(terms) // 3))),
+            "blocks of 1024": error(chunks(terms, 1024)), "blocks of 1000": error(chunks(terms, 1000)),
             "np.sum": error(terms.sum(dtype=dtype))}
 
 
