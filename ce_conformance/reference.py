@@ -457,8 +457,8 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                         smooth_terms_abs = abs_logp * w_row
                         groups = residue_groups(rows, smooth_terms_abs, w_row, call.values_dtype, u_c)
                         smooth_rss = root_sum_squares(smooth_terms_abs)
-                        sigma_smooth = (eps / C * u_c / np.sqrt(3.0)) * np.hypot(
-                            summation_root(smooth_terms_abs, u_c, groups=groups), smooth_rss)
+                        smooth_root, smooth_lost = summation_root(smooth_terms_abs, u_c, groups=groups, bias=True)
+                        sigma_smooth = (eps / C * u_c / np.sqrt(3.0)) * np.hypot(smooth_root, smooth_rss)
                         if u_t > u_c:  # torch's half log-softmax rounds every log p to the dtype
                             sigma_smooth = np.hypot(sigma_smooth, eps / C * u_t / np.sqrt(3.0) * smooth_rss)
                         # the two parts scaled and added, per row (a fused kernel) or once reduced (torch);
@@ -477,7 +477,8 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                     own = (1 - eps) * wy_abs * _row_roundings(u_c, u_t, np.asarray(nll, dtype=np.float64), log_total[positions],
                                                               call.weight is not None, dtype_name(call.dtype), log=False)
                     loss_sigma[positions] = np.where(v, np.hypot(np.hypot(sigma_smooth, shared), own), 0)
-                    loss_bias[positions] = np.where(v, coefficient * lse_bias[positions], 0)
+                    loss_bias[positions] = np.where(v, coefficient * lse_bias[positions] + (
+                        eps / C * u_c / np.sqrt(3.0) * smooth_lost if eps > 0 else 0.0), 0)
                 if gradients:
                     scale = upstream[positions]
                     p = ls.p
@@ -581,11 +582,14 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                     term_abs = np.asarray(abs_wt, dtype=np.float64) * abs_logp
                     # half dtypes: torch rounds log-probabilities and products to the dtype (u_t) per term
                     groups = residue_groups(rows, term_abs, abs_wt, call.values_dtype, u_c)
-                    loss_sigma[positions] = np.hypot(np.hypot(u_c * summation_root(term_abs, u_c, groups=groups) / np.sqrt(3.0),
+                    term_root, term_lost = summation_root(term_abs, u_c, groups=groups, bias=True)
+                    loss_sigma[positions] = np.hypot(np.hypot(u_c * term_root / np.sqrt(3.0),
                                                               u_t * root_sum_squares(term_abs)),
                                                      np.asarray(abs_wt, dtype=np.float64).sum(axis=1) * np.hypot(
                                                          lse_sigma[positions], _log_rounding(u_c, log_total[positions])))
-                    loss_bias[positions] = np.asarray(abs_wt, dtype=np.float64).sum(axis=1) * lse_bias[positions]
+                    # the products' sum loses its small terms toward zero in every row, as the exp sum does
+                    loss_bias[positions] = np.asarray(abs_wt, dtype=np.float64).sum(axis=1) * lse_bias[positions] \
+                        + u_c * term_lost / np.sqrt(3.0)
                     if w_abs is not None:  # t * w * log p: with subnormals flushed, tiny products vanish
                         flush_bound[positions] = flushed_products(
                             (np.broadcast_to(w_abs[None, :], rows.shape), partial_t, abs_logp), compute)

@@ -31,8 +31,10 @@ LOGIT_DISTRIBUTIONS: Final = ("small_integers", "standard", "wide", "offset", "t
 subnormal magnitudes, ``nan`` a few NaNs (their propagation must match torch's)."""
 
 NONFINITE_DISTRIBUTIONS: Final = frozenset({"neg_inf", "nan"})
-PROBABILITY_KINDS: Final = ("softmax", "one_hot", "sparse", "unnormalised", "negative")
-DISTRIBUTION_KINDS: Final = ("softmax", "one_hot")
+PROBABILITY_KINDS: Final = ("softmax", "one_hot", "sparse", "unnormalised", "negative", "teacher")
+"""``teacher``: a distillation target, the softmax of a model's logits (a deviation of 4): peaked,
+with a long tail of tiny probabilities that a sequential sum of ``t log p`` loses in every row."""
+DISTRIBUTION_KINDS: Final = ("softmax", "one_hot", "teacher")
 """The probability kinds that always sum to 1 at every position ("sparse" can leave one all zero):
 what is drawn when a run excludes ``unnormalised_targets``."""
 
@@ -175,8 +177,8 @@ def probability_values(kind: str, rng: np.random.Generator, input_shape: tuple[i
                            size=np.delete(np.array(input_shape), class_axis).tolist() or None)
         values = (np.arange(input_shape[class_axis]).reshape([-1 if a == class_axis else 1 for a in range(len(input_shape))])
                   == np.expand_dims(np.asarray(hot), class_axis)).astype(np.float64)
-    elif kind in ("softmax", "sparse"):
-        raw = np.exp(rng.standard_normal(input_shape))
+    elif kind in ("softmax", "sparse", "teacher"):
+        raw = np.exp(rng.standard_normal(input_shape) * (4.0 if kind == "teacher" else 1.0))
         if kind == "sparse":
             raw[rng.random(input_shape) < 0.5] = 0.0
         total = raw.sum(axis=class_axis, keepdims=True)
