@@ -89,7 +89,9 @@ def value_difference(name: str, a: np.ndarray, b: np.ndarray, dtype: str, check:
     wide_a, wide_b = a.astype(np.float64), b.astype(np.float64)
     both_nan = np.isnan(wide_a) & np.isnan(wide_b)
     if unsigned is not None:
-        differs = np.ascontiguousarray(a).view(unsigned) != np.ascontiguousarray(b).view(unsigned)
+        # np.require keeps a 0-d loss 0-d (ascontiguousarray makes it 1-d, and its index then
+        # did not fit the loss: a kernel whose scalar loss alone varied crashed the check)
+        differs = np.require(a, requirements="C").view(unsigned) != np.require(b, requirements="C").view(unsigned)
     else:
         differs = ~((wide_a == wide_b) | both_nan)
     with np.errstate(invalid="ignore"):

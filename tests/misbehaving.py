@@ -46,10 +46,12 @@ _calls = [0]
 
 
 def nondeterministic_loss(input, target, **options):
-    """Within budget on every call, but every other call's float32 loss is 2 ulps higher: the
-    signature of a reduction whose order depends on which thread finishes first."""
+    """Within budget on every call, but every other call's float32 loss is an ulp or two higher
+    (its gradients untouched): the signature of a reduction whose order depends on which thread
+    finishes first. (Scaling the whole loss by 1 + 2^-22 scaled the gradients too, 2-4 ulps on
+    top of torch's own error: a teacher-target case's grad_target went over its 4.9-ulp budget.)"""
     loss = F.cross_entropy(input, target, **options)
     _calls[0] += 1
     if _calls[0] % 2 and loss.dtype.is_floating_point and loss.dtype.itemsize == 4:
-        return loss * (1 + 2.0**-22)
+        return loss + (loss * 2.0**-23).detach()
     return loss

@@ -36,6 +36,13 @@ def test_identical_runs_agree_and_any_differing_bit_is_named():
     assert "1 of 1" in repeat_verdict(_outcome([np.nan]), _outcome(payload)).message
 
 
+def test_a_scalar_loss_that_alone_differs_is_named():
+    # a 0-d loss: its differing element has no index (the check once indexed it as 1-d and crashed)
+    moved = repeat_verdict(_outcome([0.5], loss=0.5), _outcome([0.5], loss=0.50390625))
+    assert moved.check == "nondeterministic"
+    assert "loss in 1 of 1 element(s), most at []" in moved.message and "(1 bfloat16 ulp apart)" in moved.message
+
+
 def test_a_different_status_shape_or_output_set_is_a_difference():
     first = _outcome([0.5, -0.5])
     raised = Outcome(status="error", error=RaisedError("RuntimeError", "CUDA error: an illegal memory access", "forward"))
