@@ -583,13 +583,13 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                     # half dtypes: torch rounds log-probabilities and products to the dtype (u_t) per term
                     groups = residue_groups(rows, term_abs, abs_wt, call.values_dtype, u_c)
                     term_root, term_lost = summation_root(term_abs, u_c, groups=groups, bias=True)
+                    weights_total = np.asarray(abs_wt, dtype=np.float64).sum(axis=1)
                     loss_sigma[positions] = np.hypot(np.hypot(u_c * term_root / np.sqrt(3.0),
                                                               u_t * root_sum_squares(term_abs)),
-                                                     np.asarray(abs_wt, dtype=np.float64).sum(axis=1) * np.hypot(
+                                                     weights_total * np.hypot(
                                                          lse_sigma[positions], _log_rounding(u_c, log_total[positions])))
                     # the products' sum loses its small terms toward zero in every row, as the exp sum does
-                    loss_bias[positions] = np.asarray(abs_wt, dtype=np.float64).sum(axis=1) * lse_bias[positions] \
-                        + u_c * term_lost / np.sqrt(3.0)
+                    loss_bias[positions] = weights_total * lse_bias[positions] + u_c * term_lost / np.sqrt(3.0)
                     if w_abs is not None:  # t * w * log p: with subnormals flushed, tiny products vanish
                         flush_bound[positions] = flushed_products(
                             (np.broadcast_to(w_abs[None, :], rows.shape), partial_t, abs_logp), compute)
@@ -983,7 +983,7 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
             rows_sigma = np.hypot(float(grouped[0]), float(np.sum(np.where(repetitive, loss_sigma, 0.0))))
             total_sigma = float(np.hypot(np.hypot(rows_sigma, reduction_sigma),
                                          float(flush_bound.sum()) / math.sqrt(3))) \
-                + float(bias.sum())  # flushes all go toward zero
+                + float(bias.sum())  # (flushes all go toward zero too: their sum is one bound)
             d = abs(float(denominator)) if call.reduction == "mean" and denominator is not None else 0.0
             finishing = 0.0
             if eps > 0 and (d > 0 or call.reduction == "sum"):

@@ -385,11 +385,11 @@ def equal_terms_bound(value: float, count: int, first: float, dtype: str, scales
     """A bound on the rounding error of ``first + value + value + ...`` (``count`` equal terms,
     as the backward's sum of a smoothed row's upstream terms ``eps / C``), in units of the
     unscaled terms, over the orders kernels sum in: one running sum; ``L`` interleaved running
-    sums or chunks (any ``L`` up to :data:`EQUAL_TERM_LANES`: 48 cores split a row in 48), ``first`` met anywhere in its sum
-    (the residues before it are those of a sum from zero, after it those of a sum from ``first``,
-    each at most their whole path's: a K-dim kernel meets the target at its class index); blocks
-    of ``B`` terms summed as a tree (exact for equal terms, ``B`` a power of two)
-    whose sums are accumulated likewise. Each addition of one value to a partial sum in one binade
+    sums or chunks (any ``L`` up to :data:`EQUAL_TERM_LANES`: 48 cores split a row in 48),
+    ``first`` met anywhere in its sum (the residues before it are those of a sum from zero, after
+    it those of a sum from ``first``, each at most their whole path's: a K-dim kernel meets the
+    target at its class index); blocks of ``B`` terms summed as a tree (exact for equal terms,
+    ``B`` a power of two) whose sums are accumulated likewise. Each addition of one value to a partial sum in one binade
     rounds away the same residue, so the error is the sum of those residues along the partial
     sums' path — realised here for each order (``|residue|`` summed, so it bounds the order
     whatever the signs), not the linear bound ``u * sum of partial sums``, which holds the worst
