@@ -172,3 +172,31 @@ def test_torch_passes_where_every_smoothed_target_rounds_alike(torch):
     comparison = compare(case, adapter.timed_run(case), reference.evaluate(case), adapter.capabilities)
     assert comparison.passed and comparison.max_ratio["loss"] < 0.8, comparison.max_ratio
     assert comparison.max_ulp["loss"] > 1  # torch's error is really beyond the final rounding
+
+
+def test_the_equal_term_residues_are_held_once(torch):
+    # the backward's sum of the upstream terms eps / C, met at the target first (class 0): the
+    # autograd_order member realises the bound's worst path, so its gradient error is most of the
+    # budget once the bound is held once (0.95-0.98); held 2.9 times (until v2.11) it read 0.35
+    from ce_conformance.compare import compare
+
+    rng = np.random.default_rng(0)
+    case = Case.cross_entropy(rng.standard_normal((2, 4097, 2)) * 2.0, np.zeros((2, 2), dtype=int), dtype="float32",
+                              reduction="sum", label_smoothing=0.1)
+    adapter = adapters.user_adapter(f"{HERE}/correct_family.py:autograd_order")
+    comparison = compare(case, adapter.timed_run(case), reference.evaluate(case), adapter.capabilities)
+    assert comparison.passed and 0.6 < comparison.max_ratio["grad_input"] < 1, comparison.max_ratio
+
+
+def test_the_half_subnormal_upstream_terms_are_held_once(torch):
+    # float16, C = 32000, smoothing 0.1, 'mean' over 8: torch forms s eps / C = 3.9e-7 in the dtype,
+    # a subnormal rounded alike in every class; its gradient realises most of that bound (0.78-0.9
+    # of the budget once it is held once; 2.9 times until v2.11, about a third)
+    from ce_conformance.compare import compare
+
+    rng = np.random.default_rng(0)
+    case = Case.cross_entropy(rng.standard_normal((8, 32000)) * 2.0, rng.integers(0, 32000, 8), dtype="float16",
+                              label_smoothing=0.1)
+    adapter = adapters.load_adapter("torch")
+    comparison = compare(case, adapter.timed_run(case), reference.evaluate(case), adapter.capabilities)
+    assert comparison.passed and 0.6 < comparison.max_ratio["grad_input"] < 1, comparison.max_ratio
