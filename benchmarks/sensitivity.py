@@ -63,6 +63,10 @@ GATE_CASES = 1000
 CELL_ELEMENTS = 1 << 23
 """Logits per cell that set its case count where :data:`SEEDS` cases are cheap (see
 :func:`cases_per_cell`)."""
+WIDE = np.longdouble
+"""The precision of the injected implementation for float64 cases: x86's 80-bit extended (64-bit
+significand; 11 bits more than float64). Where ``long double`` is float64 (MSVC, Apple silicon) the
+float64 cells are float64's, as before 2026-12-06."""
 STEP = 1 / 16
 """Resolution of the bisection in log2(d): detected thresholds are at most 4 % above the true
 one (quarter steps, until 2026-12-05, inflated a multiple by up to 19 %)."""
@@ -111,27 +115,33 @@ def input_shape(C: int, layout: str) -> tuple[int, ...]:
 
 
 def injected_outcome(case, stage: str, d: float):
-    """Outputs of a float64-exact implementation with a relative error d in one stage, rounded
-    to the case's dtype."""
+    """Outputs of an implementation exact to well below the case's ulp, with a relative error d
+    in one stage, rounded to the case's dtype. Float64 cases are computed in extended precision
+    (:data:`WIDE`): in float64 a d below its unit roundoff vanished in ``1 + d`` and the smallest
+    injection was an ulp of ``lse``, on top of the float64 arithmetic's own roundings, so every
+    float64 two-class ``lse`` cell read the error of that ulp (up to 10 ulps of a loss whose ``lse``
+    is 20 times larger), not the gate's threshold (4.0-4.55 until 2026-12-06)."""
     from ce_conformance.adapters.base import Outcome
     from ce_conformance.dtypes import round_to
 
-    x = case.input
+    wide = WIDE if case.dtype == "float64" else np.float64
+    factor = wide(1) + wide(d)
+    x = np.asarray(case.input, dtype=wide)
     class_axis = 0 if x.ndim == 1 else 1
     rows = np.moveaxis(x, class_axis, -1).reshape(-1, x.shape[class_axis])
     top = rows.max(axis=1, keepdims=True)
     lse = top + np.log(np.exp(rows - top).sum(axis=1, keepdims=True))
     if stage == "lse":
-        lse = lse * (1 + d)
+        lse = lse * factor
     logp = rows - lse
-    p = np.exp(logp) * ((1 + d) if stage == "softmax" else 1.0)
+    p = np.exp(logp) * (factor if stage == "softmax" else 1)
     eps, C = case.label_smoothing, rows.shape[1]
     if case.is_probability_target:
-        t = np.moveaxis(case.target, class_axis, -1).reshape(rows.shape)
+        t = np.moveaxis(np.asarray(case.target, dtype=wide), class_axis, -1).reshape(rows.shape)
         t = t * (1 - eps) + eps / C if eps > 0 else t
         per = -(t * logp).sum(axis=1)
         grad_rows = p * t.sum(axis=1, keepdims=True) - t
-        scale = np.ones(len(per))
+        scale = np.ones(len(per), dtype=wide)
     else:
         y = case.target.reshape(-1)
         r = np.arange(len(y))
@@ -139,12 +149,12 @@ def injected_outcome(case, stage: str, d: float):
         grad_rows = p.copy()
         grad_rows[r, y] -= 1 - eps
         grad_rows -= eps / C
-        scale = np.full(len(per), 1.0 / len(per))
+        scale = np.full(len(per), wide(1) / len(per))
     if case.reduction == "none":
-        loss = per.reshape(x.shape[:class_axis] + x.shape[class_axis + 1:]) * ((1 + d) if stage == "reduction" else 1)
+        loss = per.reshape(x.shape[:class_axis] + x.shape[class_axis + 1:]) * (factor if stage == "reduction" else 1)
     else:
-        loss = np.float64(per.mean() if case.reduction == "mean" else per.sum()) * ((1 + d) if stage == "reduction" else 1)
-    grad_rows = grad_rows * scale[:, None] * ((1 + d) if stage == "gradient" else 1)
+        loss = (per.mean() if case.reduction == "mean" else per.sum()) * (factor if stage == "reduction" else 1)
+    grad_rows = grad_rows * scale[:, None] * (factor if stage == "gradient" else 1)
     moved = grad_rows.reshape(tuple(np.delete(np.array(x.shape), class_axis)) + (C,))
     grad = np.moveaxis(moved, -1, class_axis) if x.ndim > 1 else moved.reshape(x.shape)
     grad_target = None

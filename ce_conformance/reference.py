@@ -349,6 +349,9 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
     repetitive = np.zeros(M, dtype=bool)  # rows of few distinct values: their errors add up linearly
     loss_sigma = np.zeros(M)
     loss_bias = np.zeros(M)  # loss_sigma's part from lse_bias: the reduction adds it linearly
+    lse_rounding = np.zeros(M)  # lse_sigma's part that is one rounding (of lse, where a kernel forms it)
+    # loss_sigma's parts that are one rounding to nearest each, bounded by half an ulp: a half dtype's log p_y, lse
+    loss_rounding = np.zeros((M, 2))
     grad_target_coefficient = np.zeros(M)  # |d grad_target / d lse| per position
     grad_target_underflow = np.zeros(M)  # largest error of a subnormal partial product in w * log p * scale
     backward_sigma = np.zeros(M)  # error of the backward's sum of upstream terms over classes, times max p
@@ -390,13 +393,16 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
             terms_abs[positions] = np.abs(terms_sum[positions])
             log_total[positions] = fused.lse
             lse_abs[positions] = np.abs(fused.top + fused.lse)
-            lse_sigma[positions] = np.hypot(lse_sigma[positions], _lse_rounding(compute, lse_abs[positions], fused.lse))
+            lse_rounding[positions] = _lse_rounding(compute, lse_abs[positions], fused.lse)
+            lse_sigma[positions] = np.hypot(lse_sigma[positions], lse_rounding[positions])
             with np.errstate(invalid="ignore", over="ignore"):
                 main_terms[positions] = np.where(v, fused.weight * fused.nll, 0)
                 loss_mag[positions] = unscaled_mag[positions] = np.where(v, wy_abs * (fused.nll + 1), 0)
                 loss_sigma[positions] = np.where(v, wy_abs * np.hypot(lse_sigma[positions], _row_roundings(
                     u_c, u_t, fused.nll, fused.lse, call.weight is not None, dtype_name(call.dtype))), 0)
                 loss_bias[positions] = np.where(v, wy_abs * lse_bias[positions], 0)
+                loss_rounding[positions] = np.where(v[:, None], wy_abs[:, None] * np.stack([_dtype_rounding(
+                    u_c, u_t, fused.nll, fused.lse, dtype_name(call.dtype)), lse_rounding[positions]], axis=1), 0)
                 if call.weight is not None:  # w_y * nll: with subnormals flushed, a tiny product vanishes
                     flush_bound[positions] = np.where(v, flushed_pairs(wy_abs, fused.nll, compute), 0)
                 if gradients:
@@ -421,7 +427,8 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                 p_logp = finite_row_max(p64 * abs_logp) if half_backward else None
                 log_total[positions] = np.asarray(ls.lse, dtype=np.float64)
                 lse_abs[positions] = np.abs(rows.max(axis=1) + log_total[positions])  # NaN or inf: a row-level row
-                lse_sigma[positions] = np.hypot(lse_sigma[positions], _lse_rounding(compute, lse_abs[positions], log_total[positions]))
+                lse_rounding[positions] = _lse_rounding(compute, lse_abs[positions], log_total[positions])
+                lse_sigma[positions] = np.hypot(lse_sigma[positions], lse_rounding[positions])
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             if call.mode == "index":
                 v = valid[positions]
@@ -479,6 +486,9 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                     loss_sigma[positions] = np.where(v, np.hypot(np.hypot(sigma_smooth, shared), own), 0)
                     loss_bias[positions] = np.where(v, coefficient * lse_bias[positions] + (
                         eps / C * u_c / np.sqrt(3.0) * smooth_lost if eps > 0 else 0.0), 0)
+                    loss_rounding[positions] = np.where(v[:, None], np.stack([(1 - eps) * wy_abs * _dtype_rounding(
+                        u_c, u_t, np.asarray(nll, dtype=np.float64), log_total[positions], dtype_name(call.dtype)),
+                        coefficient * lse_rounding[positions]], axis=1), 0)
                 if gradients:
                     scale = upstream[positions]
                     p = ls.p
@@ -590,6 +600,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                                                          lse_sigma[positions], _log_rounding(u_c, log_total[positions])))
                     # the products' sum loses its small terms toward zero in every row, as the exp sum does
                     loss_bias[positions] = weights_total * lse_bias[positions] + u_c * term_lost / np.sqrt(3.0)
+                    loss_rounding[positions, 1] = weights_total * lse_rounding[positions]
                     if w_abs is not None:  # t * w * log p: with subnormals flushed, tiny products vanish
                         flush_bound[positions] = flushed_products(
                             (np.broadcast_to(w_abs[None, :], rows.shape), partial_t, abs_logp), compute)
@@ -709,7 +720,8 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
         else:
             intermediate = None
     sigmas = _reduced_sigmas(call, A, eps, C, u_c, u_t, main_terms, smooth_terms, loss, wy_all if call.mode == "index" else None,
-                             denominator, lse_sigma, loss_sigma, loss_bias, grad_input_scale, grad_target_coefficient,
+                             denominator, lse_sigma, loss_sigma, loss_bias, loss_rounding, grad_input_scale,
+                             grad_target_coefficient,
                              grad_target_underflow, flush_bound,
                              grad_target_scale, repetitive, backward_sigma) if want_scale else None
     elements = None
@@ -786,13 +798,26 @@ def _row_roundings(u_c: float, u_t: float, nll: np.ndarray, log_total: np.ndarra
         root = np.hypot(u_c * np.maximum(nll - log_s, 0.0), u_c * nll)
         if log:
             root = np.hypot(root, 2 * LOG_ULPS * u_c * log_s)
-        if u_t > u_c:  # in root's units (u |x|, a sigma once over sqrt 3): sqrt 3 times the sigma;
-            # the value the kernel rounds is within a few u_c of its terms (not a few of the dtype's
-            # eps: bfloat16 log p = 1.9 would take 2's ulp)
-            root = np.hypot(root, math.sqrt(3.0) * np.nan_to_num(_ulp_sigma(nll, dtype, slack=8 * u_c * (nll + log_s))))
+        if u_t > u_c:  # in root's units (u |x|, a sigma once over sqrt 3): sqrt 3 times the sigma
+            root = np.hypot(root, math.sqrt(3.0) * _dtype_rounding(u_c, u_t, nll, log_total, dtype))
         if weighted:
             root = np.hypot(root, max(u_t, u_c) * nll)
         return root / math.sqrt(3.0)
+
+
+def _dtype_rounding(u_c: float, u_t: float, nll: np.ndarray, log_total: np.ndarray, dtype: str) -> np.ndarray:
+    """Per position and unit weight, sigma of a half dtype's rounding of the target's ``log p``
+    (torch's half log-softmax output; 0 where the kernel computes in the dtype itself). One
+    rounding to nearest: its error is at most half an ulp, ``sqrt 3`` sigma, which
+    :func:`_reduced_sigmas` charges where that is less than ``SIGMAS`` sigma in quadrature. The
+    value the kernel rounds is within a few ``u_c`` of its terms (not a few of the dtype's eps:
+    bfloat16 ``log p = 1.9`` would take 2's ulp)."""
+    if u_t <= u_c:
+        return np.zeros(np.shape(nll))
+    with np.errstate(invalid="ignore"):
+        nll = np.abs(np.nan_to_num(np.asarray(nll, dtype=np.float64), posinf=0.0))
+        log_s = np.abs(np.nan_to_num(np.asarray(log_total, dtype=np.float64), posinf=0.0))
+        return np.nan_to_num(_ulp_sigma(nll, dtype, slack=8 * u_c * (nll + log_s)))
 
 
 def _rounding_sigma(value: float, dtype: str) -> float:
@@ -938,7 +963,7 @@ class Sigmas(NamedTuple):
 
 def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: float, main_terms: np.ndarray,
                     smooth_terms: np.ndarray, loss: Any, wy: np.ndarray | None, denominator: Any,
-                    lse_sigma: np.ndarray, loss_sigma: np.ndarray, loss_bias: np.ndarray,
+                    lse_sigma: np.ndarray, loss_sigma: np.ndarray, loss_bias: np.ndarray, loss_rounding: np.ndarray,
                     grad_input_scale: np.ndarray | None,
                     grad_target_coefficient: np.ndarray, grad_target_underflow: np.ndarray, flush_bound: np.ndarray,
                     grad_target_scale: np.ndarray | None, repetitive: np.ndarray, backward_sigma: np.ndarray) -> Sigmas:
@@ -955,7 +980,9 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         if call.reduction == "none":
             # a one-sided bound B (flushed products) enters as a uniform error's sigma, B / sqrt 3
-            loss_out = np.hypot(loss_sigma, flush_bound / math.sqrt(3)).reshape(call.output_shape)
+            loss_out = np.hypot(loss_sigma, flush_bound / math.sqrt(3))
+            rest, bound = _without_rounding(loss_sigma, loss_rounding)
+            loss_out = np.fmin(loss_out, np.hypot(rest, flush_bound / math.sqrt(3)) + bound).reshape(call.output_shape)
         else:
             parts = [np.abs(np.asarray(main_terms, dtype=np.float64)) * (1 - eps)]
             if eps > 0:
@@ -977,13 +1004,20 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
             # add up linearly, the rest in quadrature (a float32 sequential sum of 190442 exp terms of
             # logits with a deviation of 6 lost 1100 u in every row, and the 'mean' over 8 rows was
             # 1.54 times its budget until 2026-12-06: the bias had entered at 1 / sqrt 8)
-            bias = np.where(repetitive, 0.0, np.minimum(loss_bias, loss_sigma))
-            grouped = alike_root(np.where(repetitive, 0.0, loss_sigma - bias).ravel()[None, :],
-                                 near_equal(per_position).ravel()[None, :])
-            rows_sigma = np.hypot(float(grouped[0]), float(np.sum(np.where(repetitive, loss_sigma, 0.0))))
-            total_sigma = float(np.hypot(np.hypot(rows_sigma, reduction_sigma),
-                                         float(flush_bound.sum()) / math.sqrt(3))) \
-                + float(bias.sum())  # (flushes all go toward zero too: their sum is one bound)
+            groups = near_equal(per_position).ravel()[None, :]
+
+            def rows_total(sigma: np.ndarray) -> float:
+                bias = np.where(repetitive, 0.0, np.minimum(loss_bias, sigma))
+                grouped = alike_root(np.where(repetitive, 0.0, sigma - bias).ravel()[None, :], groups)
+                rows_sigma = np.hypot(float(grouped[0]), float(np.sum(np.where(repetitive, sigma, 0.0))))
+                return float(np.hypot(np.hypot(rows_sigma, reduction_sigma), float(flush_bound.sum()) / math.sqrt(3))) \
+                    + float(bias.sum())  # (flushes all go toward zero too: their sum is one bound)
+
+            total_sigma = rows_total(loss_sigma)
+            if loss_rounding.any():  # few positions: their roundings to the dtype held by their bound
+                rest, bound = _without_rounding(loss_sigma, loss_rounding)
+                few = rows_total(rest) + float(bound.sum())
+                total_sigma = few if few < total_sigma else total_sigma
             d = abs(float(denominator)) if call.reduction == "mean" and denominator is not None else 0.0
             finishing = 0.0
             if eps > 0 and (d > 0 or call.reduction == "sum"):
@@ -1026,6 +1060,21 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
     # every p_c of a row shares the exp sum's error; torch's half backward forms K p_c in float32
     # (its products w t in the dtype are K's error, backward_relative)
     return Sigmas(finite(loss_out), finite(grad_input), finite(grad_target), lse_sigma, float(relative_denominator))
+
+
+def _without_rounding(sigma: np.ndarray, rounding: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per position, ``sigma`` without its parts ``rounding[:, k]`` (roundings to nearest, each
+    composed in quadrature), and the sum of those roundings' bounds, half an ulp each, as a sigma
+    that ``SIGMAS`` turn into the bound. Where one or two such roundings make an error, their
+    bound is less than ``SIGMAS`` sigma in quadrature (one rounding: sqrt 3 against 5 sigma, 2.9
+    times). Until 2026-12-06 only in quadrature: one float16 loss of 262144 classes, torch's
+    ``log p_y`` rounded once, was allowed 2.54 ulps, 4.7 times the correct family's largest error
+    (0.54); a float64 two-class loss whose ``lse`` is 10 times the loss (a kernel that forms
+    ``lse`` rounds it by up to 5 ulps of the loss) was allowed 10.3 ulps, 4.6 times that error."""
+    sigma = np.asarray(sigma, dtype=np.float64).ravel()
+    with np.errstate(invalid="ignore", over="ignore"):
+        rest = np.sqrt(np.maximum(sigma * sigma - (rounding * rounding).sum(axis=1), 0.0))
+        return np.where(np.isfinite(rest), rest, sigma), math.sqrt(3.0) * rounding.sum(axis=1) / SIGMAS
 
 
 def _nan_rows(grad: np.ndarray, finite_rows: np.ndarray, A: Any) -> np.ndarray:

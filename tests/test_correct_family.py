@@ -200,3 +200,50 @@ def test_the_half_subnormal_upstream_terms_are_held_once(torch):
     adapter = adapters.load_adapter("torch")
     comparison = compare(case, adapter.timed_run(case), reference.evaluate(case), adapter.capabilities)
     assert comparison.passed and 0.6 < comparison.max_ratio["grad_input"] < 1, comparison.max_ratio
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("reduction, shape", [("mean", (4097,)), ("none", (8, 4097))])
+def test_one_rounding_of_a_half_log_p_is_charged_its_bound(dtype, reduction, shape, torch):
+    # torch's half log-softmax rounds each log p_y to the dtype once: at most half an ulp, which
+    # the budget held as 5 sigma of a uniform rounding (1.44 ulps beside the base of one) until
+    # 2026-12-06; a lone position (unbatched 'mean', each element of 'none') nothing averages
+    from ce_conformance.compare import compare
+    from ce_conformance.dtypes import ulp
+
+    members = [adapters.load_adapter("torch")] + [adapters.user_adapter(f"{HERE}/correct_family.py:{name}")
+                                                  for name in ("saved_logp", "dtype_positions", "lse_form")]
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        case = Case.cross_entropy(rng.standard_normal(shape) * 2.0, rng.integers(0, shape[-1], size=shape[:-1]),
+                                  dtype=dtype, reduction=reduction)
+        ref = reference.evaluate(case)
+        sigmas = 5 * np.asarray(ref.loss_sigma) / ulp(np.abs(ref.loss), dtype)
+        assert np.max(sigmas) < 0.6, sigmas  # half an ulp and a little of the float32 arithmetic
+        for adapter in members:
+            comparison = compare(case, adapter.timed_run(case), ref, adapter.capabilities)
+            assert comparison.passed, (adapter.name, seed, comparison.max_ratio)
+
+
+def test_a_formed_lse_is_charged_half_its_ulp(torch):
+    # float64 two-class rows whose lse (10 to 1000) is 25 to 2500 times the loss: a kernel that
+    # forms lse rounds it by up to half its ulp, hundreds of the loss's ulps; the budget held that
+    # as 5 sigma of a uniform rounding (1.44 ulps of lse) until 2026-12-06, so a kernel whose lse
+    # was off by a whole ulp more than its rounding passed
+    from ce_conformance.adapters.base import Outcome
+    from ce_conformance.compare import compare
+    from ce_conformance.dtypes import ulp
+
+    rng = np.random.default_rng(0)
+    top = rng.uniform(10, 1000, 64)
+    x = np.stack([top, top - rng.uniform(0.2, 3, 64)], axis=1)
+    case = Case.cross_entropy(x, np.zeros(64, dtype=int), dtype="float64", reduction="none")
+    ref = reference.evaluate(case)
+    for adapter in (adapters.user_adapter(f"{HERE}/correct_family.py:lse_form"), adapters.load_adapter("torch")):
+        comparison = compare(case, adapter.timed_run(case), ref, adapter.capabilities)
+        assert comparison.passed, (adapter.name, comparison.max_ratio)
+        assert adapter.name == "torch" or comparison.max_ratio["loss"] > 0.5  # the rounding is really there
+    lse = np.logaddexp(x[:, 0], x[:, 1])
+    off = Outcome(loss=ref.loss + 0.8 * ulp(lse, "float64"), loss_dtype="float64", loss_shape=ref.output_shape,
+                  grad_input=ref.grad_input.copy(), grad_input_dtype="float64", grad_input_shape=x.shape)
+    assert not compare(case, off, ref, adapters.load_adapter("torch").capabilities).passed

@@ -7,6 +7,7 @@ import doctest
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "sensitivity.py"
@@ -40,3 +41,21 @@ def test_each_configuration_is_named_as_the_option_takes_it(sensitivity):
     # --configurations filters by these names: a name no case has would measure nothing
     names = [sensitivity.configuration(case) for case in sensitivity.cases_for("float16", 127, "nc")]
     assert names == list(sensitivity.CONFIGURATIONS)
+
+
+@pytest.mark.skipif(np.finfo(np.longdouble).nmant <= np.finfo(np.float64).nmant,
+                    reason="long double is float64 on this platform: no wider injection")
+@pytest.mark.parametrize("stage", ["lse", "reduction"])
+def test_a_float64_injection_below_its_unit_roundoff_is_not_lost(sensitivity, stage):
+    # in float64, 1 + d is 1 for d below 2**-53, so the smallest injection was an ulp of lse and
+    # the float64 lse cells read the error of that ulp, not the gate's threshold
+    from ce_conformance import Case, reference
+
+    case = Case.cross_entropy(np.array([[40.0, 39.3], [0.25, -1.5]]), np.array([0, 1]), dtype="float64", reduction="none")
+    exact = reference.evaluate(case).loss
+    clean = sensitivity.injected_outcome(case, stage, 0.0).loss
+    shifted = sensitivity.injected_outcome(case, stage, 2.0 ** -56).loss
+    assert np.all(np.abs(clean - exact) <= np.spacing(np.abs(exact)))  # exact to the final rounding
+    # lse = 40.4 moves by 2**-56 * 40.4 = 5.6e-16, 8 ulps of the loss 0.40: the injection really lands
+    moved = np.abs(shifted - clean) / np.spacing(np.abs(exact))
+    assert (moved[0] >= 6) if stage == "lse" else (moved.max() <= 1)
