@@ -16,7 +16,8 @@ import types
 from numba import njit
 
 from ._compare_kernels import _element_bounds, _element_figures, _error_summary
-from ._reference_kernels import _EXP_BLOCK, _exp_block, _index_rows, _summation_roots, _workspace  # noqa: F401
+from ._reference_kernels import (_EXP_BLOCK, _exp_block, _index_rows, _order_biases, _summation_roots,  # noqa: F401
+                                 _workspace)
 
 
 def _variants(function):
@@ -34,3 +35,4 @@ error_summary, error_summary_serial = _variants(_error_summary)
 index_rows, index_rows_serial = _variants(_index_rows)
 element_bounds, element_bounds_serial = _variants(_element_bounds)
 element_figures, element_figures_serial = _variants(_element_figures)
+order_biases, order_biases_serial = _variants(_order_biases)

@@ -367,6 +367,65 @@ def _summation_roots(values, keys, u, lost_weight, linear, steps, mantissa_bins,
     return roots, distinct, losts
 
 
+@njit(cache=True, nogil=True)
+def _binade_bias(x, cumulative, reach, mantissa_bits, min_exponent, lanes_max):
+    """``summation._binade_bias`` of one row's sorted positive terms."""
+    top = math.floor(math.log2(reach))
+    bottom = max(math.floor(math.log2(x[0])), top - 200)
+    count = top - bottom + 1
+    means = np.zeros(count)
+    capacities = np.zeros(count)
+    for slot in range(count):
+        e = bottom + slot
+        low = math.ldexp(1.0, e)
+        step = math.ldexp(1.0, max(e - mantissa_bits, min_exponent))
+        staying = np.searchsorted(x, low)
+        if staying == 0:
+            continue
+        lost = np.searchsorted(x, step / 2)
+        error = -cumulative[lost - 1] if lost > 0 else 0.0
+        for i in range(lost, staying):
+            error += np.rint(x[i] / step) * step - x[i]
+        lanes = min(lanes_max, math.floor(reach / low))
+        width = (min(reach, 2 * low) - low) * lanes
+        means[slot] = abs(error) / staying
+        capacities[slot] = np.searchsorted(cumulative, width, side="right") + lanes
+    bias = 0.0
+    left = float(x.shape[0])
+    for slot in np.argsort(-means, kind="mergesort"):
+        taken = min(capacities[slot], left)
+        bias += taken * means[slot]
+        left -= taken
+        if left <= 0:
+            break
+    return bias
+
+
+def _order_biases(values, mantissa_bits, min_exponent, lanes_max, threads):
+    """``summation.order_bias`` of each row of a C-contiguous float64 (rows, width) array, in a
+    dtype of ``mantissa_bits`` whose smallest step is ``2**min_exponent``."""
+    rows = values.shape[0]
+    bias = np.zeros(rows)
+    workers = max(1, min(rows, threads))
+    per = (rows + workers - 1) // workers
+    for worker in prange(workers):
+        for r in range(worker * per, min(rows, (worker + 1) * per)):
+            row = values[r]
+            keep = np.isfinite(row) & (row > 0)
+            x = np.sort(row[keep])
+            if x.shape[0] < 2:
+                continue
+            cumulative = np.cumsum(x)
+            reach = cumulative[-1]
+            for _ in range(2):
+                bias[r] = _binade_bias(x, cumulative, reach, mantissa_bits, min_exponent, lanes_max)
+                beyond = cumulative[-1] + bias[r]
+                if math.floor(math.log2(beyond)) == math.floor(math.log2(reach)):
+                    break
+                reach = beyond
+    return bias
+
+
 _LOG2E = 1.4426950408889634
 _LN2_HIGH = 6.93147180369123816490e-01  # ln 2 in 32 bits (fdlibm's split): k * _LN2_HIGH is exact
 _LN2_LOW = 1.90821492927058770002e-10

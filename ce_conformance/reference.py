@@ -42,7 +42,7 @@ from .errors import InvalidInputError, Rule
 from .gradient_elements import CANCELLING, GradientElements, exponential_relative
 from .outputs import Expectation, check_output_options, lse_output, requested
 from .summation import (EQUAL_TERM_LANES, LOST_WEIGHT, MANTISSA_BINS, alike_root, alike_subnormal_bound,
-                        any_order_bound, equal_terms_bound, finite_row_max, flushed_pairs, flushed_products, near_equal,
+                        any_order_bound, order_bias, equal_terms_bound, finite_row_max, flushed_pairs, flushed_products, near_equal,
                         pair_keys, residue_groups, root_sum_squares, step_table, subnormal_products, summation_root)
 from .tolerance import SIGMAS
 
@@ -600,6 +600,12 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                                                          lse_sigma[positions], _log_rounding(u_c, log_total[positions])))
                     # the products' sum loses its small terms toward zero in every row, as the exp sum does
                     loss_bias[positions] = weights_total * lse_bias[positions] + u_c * term_lost / np.sqrt(3.0)
+                    # products of concentrated residues (a teacher's tail times log p: 1.1 ulps of the partial
+                    # sums, give or take 15 %) round alike: a bias, held once (summation.order_bias)
+                    ordered = _ordered_bias(term_abs, compute, dtype_name(call.dtype) if u_t > u_c else None,
+                                            np.ones(m)) / SIGMAS
+                    loss_sigma[positions] += ordered
+                    loss_bias[positions] += ordered
                     loss_rounding[positions, 1] = weights_total * lse_rounding[positions]
                     if w_abs is not None:  # t * w * log p: with subnormals flushed, tiny products vanish
                         flush_bound[positions] = flushed_products(
@@ -673,6 +679,13 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                             # products of 1.5 steps, torch's K and so its gradient 1.8 % off)
                             half_terms = np.hypot(half_terms, alike_subnormal_bound(abs_wt, dtype_name(call.dtype))
                                                   / np.sqrt(3.0))
+                        # terms whose residues concentrate (a smoothed target's eps / C where t is tiny) round
+                        # alike: a bias of K, held once by the elements (summation.order_bias)
+                        ordered = _ordered_bias(abs_wt, compute, dtype_name(call.dtype) if u_t > u_c else None, scale)
+                        backward_sigma[positions] = np.hypot(backward_sigma[positions], abs_scale * np.nan_to_num(
+                            np.asarray(p, dtype=np.float64)).max(axis=1, initial=0) * ordered / np.sqrt(3.0))
+                        with np.errstate(divide="ignore", invalid="ignore"):
+                            backward_bias[positions] = np.nan_to_num(ordered / SIGMAS / np.abs(k), posinf=0.0)
                         with np.errstate(divide="ignore", invalid="ignore"):
                             backward_relative[positions] = np.nan_to_num(np.hypot(upstream_root, half_terms) / np.abs(k),
                                                                          posinf=0.0)
@@ -843,6 +856,21 @@ def _ulp_sigma(magnitude: Any, dtype: str, slack: Any = None) -> np.ndarray:
     with np.errstate(over="ignore"):
         above = magnitude * (1 + 8 * machine_epsilon(dtype)) if slack is None else magnitude + slack
         return ulp(above, dtype) / math.sqrt(12.0)
+
+
+def _ordered_bias(terms: np.ndarray, compute: str, term_dtype: str | None, scale: np.ndarray) -> np.ndarray:
+    """Per row, :func:`summation.order_bias` of the terms as a kernel forms them (in ``compute``,
+    or in ``term_dtype`` for torch's half kernels) and sums them, unscaled or times the row's
+    upstream scale (a kernel that sums ``g / N * t``), the larger."""
+    terms = np.abs(np.asarray(terms, dtype=np.float64))
+    scale = np.abs(np.asarray(scale, dtype=np.float64)).reshape(-1, 1)
+    worst = np.zeros(terms.shape[0])
+    for formed_in in dict.fromkeys(filter(None, (compute, term_dtype))):
+        worst = np.maximum(worst, order_bias(round_to(terms, formed_in), compute))
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            scaled = order_bias(round_to(terms * scale, formed_in), compute) / scale[:, 0]
+        worst = np.maximum(worst, np.nan_to_num(scaled, nan=0.0, posinf=0.0))
+    return worst
 
 
 def _term_rounding(u_t: float, eps: float, weighted: bool) -> float:

@@ -16,6 +16,7 @@ version below is its specification and the fallback.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Final
 
 import numpy as np
@@ -422,6 +423,82 @@ def equal_terms_bound(value: float, count: int, first: float, dtype: str, scales
                 worst = max(worst, float((lanes * from_zero[each] + from_first[each]).max()) / scale)
                 block *= 2
     return float(worst)
+
+
+def order_bias(magnitudes: np.ndarray, dtype: str) -> np.ndarray:
+    """Per row, the rounding bias of a sequential sum of the (finite, non-negative) terms in
+    ``dtype``, in the worst order that does not pick terms by their residues.
+
+    An addition of ``x`` to a partial sum in binade ``e`` (ulp ``U``) errs by ``round(x / U) U - x``;
+    where the terms' residues modulo ``U`` spread evenly these errors average out, but where they
+    concentrate — terms near one value (a soft target smoothed as ``t (1 - eps) + eps / C``, ``t``
+    tiny: ``eps / C``) or near one size compared with ``U`` (a distillation teacher's tail times
+    ``log p``: 1.1 ``U`` give or take 15 %) — they average to ``mu_e``, alike in every addition. An
+    order puts ``n_e`` additions in binade ``e``: at most the smallest terms that fit in its width,
+    times the running sums that reach it (lanes, up to :data:`EQUAL_TERM_LANES`); the worst order
+    puts them where ``|mu_e|`` is largest, the bias ``sum_e n_e |mu_e|``. Summing terms in
+    descending order realises it (within 0.1 % on 128256 smoothed teacher targets); forward and
+    reverse index orders reach a third to two thirds of it. Until 2026-12-07 the random model
+    alone: a float32 sequential sum of such targets was 3226-7650 ulps off (of its total), 4-8
+    times 5 sigma of that model, and torch's K-dim gradient of 4097 of them 1.02 of its budget.
+
+    >>> x = np.full((1, 4096), 1.1 * 2.0**-24)  # each 1.1 ulp of the partial sums in [0.5, 1)
+    >>> bias = order_bias(np.concatenate([[[0.5]], x], axis=1), "float32")[0]
+    >>> round(bias / 2.0**-24)  # 4096 additions, each 0.1 ulp off, all one way
+    410
+    """
+    rows = np.asarray(magnitudes, dtype=np.float64)
+    rows = rows.reshape(-1, rows.shape[-1]) if rows.ndim else rows.reshape(1, 1)
+    compute = np.dtype(dtype)
+    if engine.available() and rows.size:
+        info = np.finfo(compute)
+        order_biases, threads = engine.kernel("order_biases", rows.size)
+        bias = order_biases(np.ascontiguousarray(rows), int(info.nmant), int(math.log2(float(info.smallest_subnormal))),
+                            EQUAL_TERM_LANES, threads)
+        return bias.reshape(np.shape(magnitudes)[:-1]) if np.ndim(magnitudes) > 1 else bias
+    bias = np.zeros(rows.shape[0])
+    for row_index, row in enumerate(rows):
+        x = np.sort(row[np.isfinite(row) & (row > 0)])
+        if x.size < 2:
+            continue
+        cumulative = np.cumsum(x)
+        reach = float(cumulative[-1])
+        # the partial sums reach the total, and past it by the bias itself (the second pass, where
+        # that crosses into the next binade)
+        for _ in range(2):
+            bias[row_index] = _binade_bias(x, cumulative, reach, compute)
+            beyond = float(cumulative[-1]) + bias[row_index]
+            if math.floor(math.log2(beyond)) == math.floor(math.log2(reach)):
+                break
+            reach = beyond
+    return bias.reshape(np.shape(magnitudes)[:-1]) if np.ndim(magnitudes) > 1 else bias
+
+
+def _binade_bias(x: np.ndarray, cumulative: np.ndarray, reach: float, compute: np.dtype) -> float:
+    """:func:`order_bias` of one row's sorted terms, whose partial sums stay below ``reach``."""
+    top = math.floor(math.log2(reach))
+    slots = []
+    for e in range(max(math.floor(math.log2(x[0])), top - 200), top + 1):
+        low = 2.0 ** e
+        step = float(np.spacing(compute.type(low)))
+        staying = int(np.searchsorted(x, low))  # larger terms leave the binade at once
+        if staying == 0:
+            continue
+        lost = int(np.searchsorted(x, step / 2))  # below half an ulp: lost whole (a tie: either way)
+        rounded = x[lost:staying]
+        error = -float(cumulative[lost - 1]) if lost else 0.0
+        error += float(np.sum(np.round(rounded / step) * step - rounded))
+        lanes = min(EQUAL_TERM_LANES, math.floor(reach / low))
+        width = (min(reach, 2 * low) - low) * lanes
+        slots.append((abs(error) / staying, int(np.searchsorted(cumulative, width, side="right")) + lanes))
+    bias, left = 0.0, x.size
+    for mean_error, capacity in sorted(slots, reverse=True):
+        taken = min(capacity, left)
+        bias += taken * mean_error
+        left -= taken
+        if left <= 0:
+            break
+    return bias
 
 
 def _underflow_remainders(factors: tuple[np.ndarray, np.ndarray, np.ndarray], normal: float) -> np.ndarray:

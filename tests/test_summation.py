@@ -4,7 +4,7 @@ repeat, and that the model is not far looser than the arithmetic it describes.""
 import numpy as np
 import pytest
 
-from ce_conformance.summation import (EQUAL_TERM_LANES, LOSS_BANDS, LOST_WEIGHT, any_order_bound, equal_terms_bound,
+from ce_conformance.summation import (EQUAL_TERM_LANES, LOSS_BANDS, LOST_WEIGHT, any_order_bound, equal_terms_bound, order_bias,
                                      residue_groups, summation_root)
 from ce_conformance.tolerance import SIGMAS
 
@@ -269,3 +269,28 @@ def test_any_order_bound_holds_every_order_and_is_tighter_than_the_random_model_
         u = 2.0 ** -24
         random_model = SIGMAS * u * summation_root(losses[None, :] * (1 + np.arange(8) * 1e-3), u)[0] / np.sqrt(3)
         assert any_order_bound(losses, "float32") < random_model
+
+
+@pytest.mark.parametrize("classes, eps", [(4097, 0.1), (32000, 0.5), (128256, 0.01)])
+def test_order_bias_holds_the_orders_that_do_not_pick_terms_by_their_residues(classes, eps):
+    """Smoothed teacher targets ``t (1 - eps) + eps / C``: where t is tiny the terms sit near eps / C,
+    and their additions round alike (K, the backward's sum), and so do their products with
+    ``log p`` near one ulp of the partial sums (the loss): the descending order realises
+    order_bias, forward and reverse orders stay below it, and the random model alone is short."""
+    from ce_conformance.values import probability_values
+
+    rng = np.random.default_rng(classes)
+    t = probability_values("teacher", rng, (1, classes), "float32")[0]
+    logits = rng.standard_normal(classes) * 2.0
+    log_p = logits - np.log(np.exp(logits).sum())
+    smoothed = (t.astype(np.float32) * np.float32(1 - eps) + np.float32(eps / classes)).astype(np.float64)
+    short = False
+    for terms in (smoothed, (smoothed * -log_p).astype(np.float32).astype(np.float64)):
+        exact = terms.sum()
+        bias = order_bias(terms[None, :], "float32")[0]
+        random_model = SIGMAS * U32 * summation_root(terms[None, :], U32)[0] / np.sqrt(3)
+        errors = [abs(_sequential_error(ordered) * exact) for ordered in (terms, terms[::-1], np.sort(terms)[::-1])]
+        assert max(errors) <= bias + random_model  # what the budget holds: the bias once, beside the walk
+        assert errors[2] >= 0.5 * bias  # mostly realised by the descending order: not a loose bound
+        short = short or max(errors) > random_model
+    assert short  # the case the bias exists for: the random model alone was below a realised error
