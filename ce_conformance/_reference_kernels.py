@@ -401,9 +401,9 @@ def _binade_bias(x, cumulative, reach, mantissa_bits, min_exponent, lanes_max):
     return bias
 
 
-def _order_biases(values, mantissa_bits, min_exponent, lanes_max, threads):
+def _order_biases(values, mantissa_bits, min_exponent, largest, lanes_max, threads):
     """``summation.order_bias`` of each row of a C-contiguous float64 (rows, width) array, in a
-    dtype of ``mantissa_bits`` whose smallest step is ``2**min_exponent``."""
+    dtype of ``mantissa_bits`` whose smallest step is ``2**min_exponent`` and largest value ``largest``."""
     rows = values.shape[0]
     bias = np.zeros(rows)
     workers = max(1, min(rows, threads))
@@ -417,10 +417,12 @@ def _order_biases(values, mantissa_bits, min_exponent, lanes_max, threads):
                 continue
             cumulative = np.cumsum(x)
             reach = cumulative[-1]
+            if not reach <= largest:  # a sum that overflows has no budget to bias
+                continue
             for _ in range(2):
                 bias[r] = _binade_bias(x, cumulative, reach, mantissa_bits, min_exponent, lanes_max)
                 beyond = cumulative[-1] + bias[r]
-                if math.floor(math.log2(beyond)) == math.floor(math.log2(reach)):
+                if not np.isfinite(beyond) or math.floor(math.log2(beyond)) == math.floor(math.log2(reach)):
                     break
                 reach = beyond
     return bias

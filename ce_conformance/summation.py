@@ -454,7 +454,7 @@ def order_bias(magnitudes: np.ndarray, dtype: str) -> np.ndarray:
         info = np.finfo(compute)
         order_biases, threads = engine.kernel("order_biases", rows.size)
         bias = order_biases(np.ascontiguousarray(rows), int(info.nmant), int(math.log2(float(info.smallest_subnormal))),
-                            EQUAL_TERM_LANES, threads)
+                            float(info.max), EQUAL_TERM_LANES, threads)
         return bias.reshape(np.shape(magnitudes)[:-1]) if np.ndim(magnitudes) > 1 else bias
     bias = np.zeros(rows.shape[0])
     for row_index, row in enumerate(rows):
@@ -463,12 +463,14 @@ def order_bias(magnitudes: np.ndarray, dtype: str) -> np.ndarray:
             continue
         cumulative = np.cumsum(x)
         reach = float(cumulative[-1])
+        if not reach <= float(np.finfo(compute).max):  # a sum that overflows has no budget to bias
+            continue
         # the partial sums reach the total, and past it by the bias itself (the second pass, where
         # that crosses into the next binade)
         for _ in range(2):
             bias[row_index] = _binade_bias(x, cumulative, reach, compute)
             beyond = float(cumulative[-1]) + bias[row_index]
-            if math.floor(math.log2(beyond)) == math.floor(math.log2(reach)):
+            if not math.isfinite(beyond) or math.floor(math.log2(beyond)) == math.floor(math.log2(reach)):
                 break
             reach = beyond
     return bias.reshape(np.shape(magnitudes)[:-1]) if np.ndim(magnitudes) > 1 else bias
