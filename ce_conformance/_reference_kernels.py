@@ -368,7 +368,7 @@ def _summation_roots(values, keys, u, lost_weight, linear, steps, mantissa_bins,
 
 
 @njit(cache=True, nogil=True)
-def _binade_bias(x, cumulative, reach, mantissa_bits, min_exponent, lanes_max):
+def _binade_bias(x, cumulative, reach, mantissa_bits, min_exponent, lanes_max, noise_sigmas):
     """``summation._binade_bias`` of one row's sorted positive terms."""
     top = math.floor(math.log2(reach))
     bottom = max(math.floor(math.log2(x[0])), top - 200)
@@ -383,12 +383,17 @@ def _binade_bias(x, cumulative, reach, mantissa_bits, min_exponent, lanes_max):
         if staying == 0:
             continue
         lost = np.searchsorted(x, step / 2)
-        error = -cumulative[lost - 1] if lost > 0 else 0.0
-        for i in range(lost, staying):
-            error += np.rint(x[i] / step) * step - x[i]
-        lanes = min(lanes_max, math.floor(reach / low))
+        error = 0.0
+        squares = 0.0
+        for i in range(staying):
+            term_error = -x[i] if i < lost else np.rint(x[i] / step) * step - x[i]
+            error += term_error
+            squares += term_error * term_error
+        mean = error / staying
+        noise = noise_sigmas * math.sqrt(max(squares / staying - mean * mean, 0.0) / staying)
+        lanes = min(float(lanes_max), np.floor(reach / low))  # a float: reach / low may pass 2**63
         width = (min(reach, 2 * low) - low) * lanes
-        means[slot] = abs(error) / staying
+        means[slot] = max(abs(mean) - noise, 0.0)
         capacities[slot] = np.searchsorted(cumulative, width, side="right") + lanes
     bias = 0.0
     left = float(x.shape[0])
@@ -401,7 +406,7 @@ def _binade_bias(x, cumulative, reach, mantissa_bits, min_exponent, lanes_max):
     return bias
 
 
-def _order_biases(values, mantissa_bits, min_exponent, largest, lanes_max, threads):
+def _order_biases(values, mantissa_bits, min_exponent, largest, lanes_max, noise_sigmas, threads):
     """``summation.order_bias`` of each row of a C-contiguous float64 (rows, width) array, in a
     dtype of ``mantissa_bits`` whose smallest step is ``2**min_exponent`` and largest value ``largest``."""
     rows = values.shape[0]
@@ -420,7 +425,7 @@ def _order_biases(values, mantissa_bits, min_exponent, largest, lanes_max, threa
             if not reach <= largest:  # a sum that overflows has no budget to bias
                 continue
             for _ in range(2):
-                bias[r] = _binade_bias(x, cumulative, reach, mantissa_bits, min_exponent, lanes_max)
+                bias[r] = _binade_bias(x, cumulative, reach, mantissa_bits, min_exponent, lanes_max, noise_sigmas)
                 beyond = cumulative[-1] + bias[r]
                 if not np.isfinite(beyond) or math.floor(math.log2(beyond)) == math.floor(math.log2(reach)):
                     break

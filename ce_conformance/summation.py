@@ -425,6 +425,11 @@ def equal_terms_bound(value: float, count: int, first: float, dtype: str, scales
     return float(worst)
 
 
+BIAS_NOISE: Final = 3.0
+"""Standard errors of a binade's mean rounding error that :func:`order_bias` takes as chance (a
+row's residues spread evenly: the random model's part), not as a bias."""
+
+
 def order_bias(magnitudes: np.ndarray, dtype: str) -> np.ndarray:
     """Per row, the rounding bias of a sequential sum of the (finite, non-negative) terms in
     ``dtype``, in the worst order that does not pick terms by their residues.
@@ -454,7 +459,7 @@ def order_bias(magnitudes: np.ndarray, dtype: str) -> np.ndarray:
         info = np.finfo(compute)
         order_biases, threads = engine.kernel("order_biases", rows.size)
         bias = order_biases(np.ascontiguousarray(rows), int(info.nmant), int(math.log2(float(info.smallest_subnormal))),
-                            float(info.max), EQUAL_TERM_LANES, threads)
+                            float(info.max), EQUAL_TERM_LANES, BIAS_NOISE, threads)
         return bias.reshape(np.shape(magnitudes)[:-1]) if np.ndim(magnitudes) > 1 else bias
     bias = np.zeros(rows.shape[0])
     for row_index, row in enumerate(rows):
@@ -477,7 +482,9 @@ def order_bias(magnitudes: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def _binade_bias(x: np.ndarray, cumulative: np.ndarray, reach: float, compute: np.dtype) -> float:
-    """:func:`order_bias` of one row's sorted terms, whose partial sums stay below ``reach``."""
+    """:func:`order_bias` of one row's sorted terms, whose partial sums stay below ``reach``.
+    Each binade's mean error counts beyond :data:`BIAS_NOISE` standard errors only: the mean of
+    residues spread evenly is that much off zero by chance, which the random model holds."""
     top = math.floor(math.log2(reach))
     slots = []
     for e in range(max(math.floor(math.log2(x[0])), top - 200), top + 1):
@@ -488,11 +495,12 @@ def _binade_bias(x: np.ndarray, cumulative: np.ndarray, reach: float, compute: n
             continue
         lost = int(np.searchsorted(x, step / 2))  # below half an ulp: lost whole (a tie: either way)
         rounded = x[lost:staying]
-        error = -float(cumulative[lost - 1]) if lost else 0.0
-        error += float(np.sum(np.round(rounded / step) * step - rounded))
-        lanes = min(EQUAL_TERM_LANES, math.floor(reach / low))
+        errors = np.concatenate([-x[:lost], np.round(rounded / step) * step - rounded])
+        mean = float(np.sum(errors)) / staying
+        noise = BIAS_NOISE * math.sqrt(max(float(np.sum(errors * errors)) / staying - mean * mean, 0.0) / staying)
+        lanes = min(float(EQUAL_TERM_LANES), math.floor(reach / low))
         width = (min(reach, 2 * low) - low) * lanes
-        slots.append((abs(error) / staying, int(np.searchsorted(cumulative, width, side="right")) + lanes))
+        slots.append((max(abs(mean) - noise, 0.0), int(np.searchsorted(cumulative, width, side="right")) + lanes))
     bias, left = 0.0, x.size
     for mean_error, capacity in sorted(slots, reverse=True):
         taken = min(capacity, left)
