@@ -8,8 +8,9 @@ targets with 'none'; logits 2 * standard normal), runs the correct family on the
 (tests/correct_family.py, every member: sequential, reversed, pairwise, blocked 1024/4096, Kahan,
 np.sum, lse formed as one number, autograd's order, log-probabilities saved in the dtype, fp64
 upcast, torch.compile) and torch, and records each one's largest error in ulps of the dtype. Then
-it injects a relative error d into one stage of an otherwise float64-exact implementation, rounds
-its outputs to the dtype and asks the comparison whether it fails on any of the cases:
+it injects a relative error d into one stage of an otherwise exact implementation (float64;
+extended precision for float64 cases), rounds its outputs to the dtype and asks the comparison
+whether it fails on any of the cases:
 
 - ``lse``        the log-sum-exp (shifts the loss and, through p = exp(x - lse), the gradient)
 - ``softmax``    the probabilities of the backward pass

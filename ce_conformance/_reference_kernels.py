@@ -385,15 +385,16 @@ def _binade_bias(x, cumulative, reach, mantissa_bits, min_exponent, lanes_max, n
         lost = np.searchsorted(x, step / 2)
         error = 0.0
         squares = 0.0
-        for i in range(staying):
-            term_error = -x[i] if i < lost else np.rint(x[i] / step) * step - x[i]
+        for i in range(staying):  # in ulps: the squares stay finite near the dtype's top
+            units = x[i] / step
+            term_error = -units if i < lost else np.rint(units) - units
             error += term_error
             squares += term_error * term_error
         mean = error / staying
-        noise = noise_sigmas * math.sqrt(max(squares / staying - mean * mean, 0.0) / staying)
+        noise = noise_sigmas * math.sqrt(max(squares / staying - mean * mean, 1 / 12) / staying)
         lanes = min(float(lanes_max), np.floor(reach / low))  # a float: reach / low may pass 2**63
         width = (min(reach, 2 * low) - low) * lanes
-        means[slot] = max(abs(mean) - noise, 0.0)
+        means[slot] = max(abs(mean) - noise, 0.0) * step
         capacities[slot] = np.searchsorted(cumulative, width, side="right") + lanes
     bias = 0.0
     left = float(x.shape[0])

@@ -350,8 +350,10 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
     loss_sigma = np.zeros(M)
     loss_bias = np.zeros(M)  # loss_sigma's part from lse_bias: the reduction adds it linearly
     lse_rounding = np.zeros(M)  # lse_sigma's part that is one rounding (of lse, where a kernel forms it)
-    # loss_sigma's parts that are one rounding to nearest each, bounded by half an ulp: a half dtype's log p_y, lse
-    loss_rounding = np.zeros((M, 2))
+    # loss_sigma's parts (sigmas in quadrature) that are roundings to nearest of known size: a half dtype's
+    # log p_y, lse (one rounding each, half an ulp), the probability path's products t log p (a few each)
+    loss_rounding = np.zeros((M, 3))
+    rounding_bound = np.zeros(M)  # ... and the most they err by together
     grad_target_coefficient = np.zeros(M)  # |d grad_target / d lse| per position
     grad_target_underflow = np.zeros(M)  # largest error of a subnormal partial product in w * log p * scale
     backward_sigma = np.zeros(M)  # error of the backward's sum of upstream terms over classes, times max p
@@ -401,8 +403,9 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                 loss_sigma[positions] = np.where(v, wy_abs * np.hypot(lse_sigma[positions], _row_roundings(
                     u_c, u_t, fused.nll, fused.lse, call.weight is not None, dtype_name(call.dtype))), 0)
                 loss_bias[positions] = np.where(v, wy_abs * lse_bias[positions], 0)
-                loss_rounding[positions] = np.where(v[:, None], wy_abs[:, None] * np.stack([_dtype_rounding(
+                loss_rounding[positions, :2] = np.where(v[:, None], wy_abs[:, None] * np.stack([_dtype_rounding(
                     u_c, u_t, fused.nll, fused.lse, dtype_name(call.dtype)), lse_rounding[positions]], axis=1), 0)
+                rounding_bound[positions] = math.sqrt(3.0) * loss_rounding[positions].sum(axis=1)
                 if call.weight is not None:  # w_y * nll: with subnormals flushed, a tiny product vanishes
                     flush_bound[positions] = np.where(v, flushed_pairs(wy_abs, fused.nll, compute), 0)
                 if gradients:
@@ -486,9 +489,10 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                     loss_sigma[positions] = np.where(v, np.hypot(np.hypot(sigma_smooth, shared), own), 0)
                     loss_bias[positions] = np.where(v, coefficient * lse_bias[positions] + (
                         eps / C * u_c / np.sqrt(3.0) * smooth_lost if eps > 0 else 0.0), 0)
-                    loss_rounding[positions] = np.where(v[:, None], np.stack([(1 - eps) * wy_abs * _dtype_rounding(
+                    loss_rounding[positions, :2] = np.where(v[:, None], np.stack([(1 - eps) * wy_abs * _dtype_rounding(
                         u_c, u_t, np.asarray(nll, dtype=np.float64), log_total[positions], dtype_name(call.dtype)),
                         coefficient * lse_rounding[positions]], axis=1), 0)
+                    rounding_bound[positions] = math.sqrt(3.0) * loss_rounding[positions].sum(axis=1)
                 if gradients:
                     scale = upstream[positions]
                     p = ls.p
@@ -607,6 +611,14 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                     loss_sigma[positions] += ordered
                     loss_bias[positions] += ordered
                     loss_rounding[positions, 1] = weights_total * lse_rounding[positions]
+                    # each product t log p: log p's roundings (x - max and the subtraction in float32, within
+                    # 2 u_c |log p|; a half dtype's rounding of it), the products with t and w, each within u
+                    # of its result; sigma u_t |term| in quadrature, at most their sum (two-class soft targets:
+                    # 5 sigma of two terms was 1.8 times that bound)
+                    loss_rounding[positions, 2] = u_t * root_sum_squares(term_abs)
+                    per_term = (2 * u_c + u_t if u_t > u_c else 2 * u_c) + max(u_t, u_c) * (2 if w_abs is not None else 1)
+                    rounding_bound[positions] = math.sqrt(3.0) * loss_rounding[positions, 1] + per_term * (1 + 4 * u_t) * \
+                        np.asarray(term_abs, dtype=np.float64).sum(axis=1)
                     if w_abs is not None:  # t * w * log p: with subnormals flushed, tiny products vanish
                         flush_bound[positions] = flushed_products(
                             (np.broadcast_to(w_abs[None, :], rows.shape), partial_t, abs_logp), compute)
@@ -733,7 +745,7 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
         else:
             intermediate = None
     sigmas = _reduced_sigmas(call, A, eps, C, u_c, u_t, main_terms, smooth_terms, loss, wy_all if call.mode == "index" else None,
-                             denominator, lse_sigma, loss_sigma, loss_bias, loss_rounding, grad_input_scale,
+                             denominator, lse_sigma, loss_sigma, loss_bias, loss_rounding, rounding_bound, grad_input_scale,
                              grad_target_coefficient,
                              grad_target_underflow, flush_bound,
                              grad_target_scale, repetitive, backward_sigma) if want_scale else None
@@ -866,11 +878,11 @@ def _ordered_bias(terms: np.ndarray, compute: str, term_dtype: str | None, scale
     scale = np.abs(np.asarray(scale, dtype=np.float64)).reshape(-1, 1)
     worst = np.zeros(terms.shape[0])
     for formed_in in dict.fromkeys(filter(None, (compute, term_dtype))):
-        worst = np.maximum(worst, order_bias(round_to(terms, formed_in), compute))
+        worst = np.fmax(worst, order_bias(round_to(terms, formed_in), compute))
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             scaled = order_bias(round_to(terms * scale, formed_in), compute) / scale[:, 0]
-        worst = np.maximum(worst, np.nan_to_num(scaled, nan=0.0, posinf=0.0))
-    return worst
+        worst = np.fmax(worst, np.nan_to_num(scaled, nan=0.0, posinf=0.0))
+    return np.nan_to_num(worst, nan=0.0, posinf=0.0)
 
 
 def _term_rounding(u_t: float, eps: float, weighted: bool) -> float:
@@ -992,6 +1004,7 @@ class Sigmas(NamedTuple):
 def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: float, main_terms: np.ndarray,
                     smooth_terms: np.ndarray, loss: Any, wy: np.ndarray | None, denominator: Any,
                     lse_sigma: np.ndarray, loss_sigma: np.ndarray, loss_bias: np.ndarray, loss_rounding: np.ndarray,
+                    rounding_bound: np.ndarray,
                     grad_input_scale: np.ndarray | None,
                     grad_target_coefficient: np.ndarray, grad_target_underflow: np.ndarray, flush_bound: np.ndarray,
                     grad_target_scale: np.ndarray | None, repetitive: np.ndarray, backward_sigma: np.ndarray) -> Sigmas:
@@ -1009,7 +1022,7 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
         if call.reduction == "none":
             # a one-sided bound B (flushed products) enters as a uniform error's sigma, B / sqrt 3
             loss_out = np.hypot(loss_sigma, flush_bound / math.sqrt(3))
-            rest, bound = _without_rounding(loss_sigma, loss_rounding)
+            rest, bound = _without_rounding(loss_sigma, loss_rounding, rounding_bound)
             loss_out = np.fmin(loss_out, np.hypot(rest, flush_bound / math.sqrt(3)) + bound).reshape(call.output_shape)
         else:
             parts = [np.abs(np.asarray(main_terms, dtype=np.float64)) * (1 - eps)]
@@ -1043,7 +1056,7 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
 
             total_sigma = rows_total(loss_sigma)
             if loss_rounding.any():  # few positions: their roundings to the dtype held by their bound
-                rest, bound = _without_rounding(loss_sigma, loss_rounding)
+                rest, bound = _without_rounding(loss_sigma, loss_rounding, rounding_bound)
                 few = rows_total(rest) + float(bound.sum())
                 total_sigma = few if few < total_sigma else total_sigma
             d = abs(float(denominator)) if call.reduction == "mean" and denominator is not None else 0.0
@@ -1090,11 +1103,11 @@ def _reduced_sigmas(call: _Call, A: Any, eps: float, C: int, u_c: float, u_t: fl
     return Sigmas(finite(loss_out), finite(grad_input), finite(grad_target), lse_sigma, float(relative_denominator))
 
 
-def _without_rounding(sigma: np.ndarray, rounding: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per position, ``sigma`` without its parts ``rounding[:, k]`` (roundings to nearest, each
-    composed in quadrature), and the sum of those roundings' bounds, half an ulp each, as a sigma
-    that ``SIGMAS`` turn into the bound. Where one or two such roundings make an error, their
-    bound is less than ``SIGMAS`` sigma in quadrature (one rounding: sqrt 3 against 5 sigma, 2.9
+def _without_rounding(sigma: np.ndarray, rounding: np.ndarray, bound: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per position, ``sigma`` without its parts ``rounding[:, k]`` (roundings to nearest composed
+    in quadrature), and ``bound``, the most those roundings err by together (half an ulp for one),
+    as a sigma that ``SIGMAS`` turn into the bound. Where few roundings make an error, their bound
+    is less than ``SIGMAS`` sigma in quadrature (one rounding: sqrt 3 against 5 sigma, 2.9
     times). Until 2026-12-06 only in quadrature: one float16 loss of 262144 classes, torch's
     ``log p_y`` rounded once, was allowed 2.54 ulps, 4.7 times the correct family's largest error
     (0.54); a float64 two-class loss whose ``lse`` is 10 times the loss (a kernel that forms
@@ -1102,7 +1115,7 @@ def _without_rounding(sigma: np.ndarray, rounding: np.ndarray) -> tuple[np.ndarr
     sigma = np.asarray(sigma, dtype=np.float64).ravel()
     with np.errstate(invalid="ignore", over="ignore"):
         rest = np.sqrt(np.maximum(sigma * sigma - (rounding * rounding).sum(axis=1), 0.0))
-        return np.where(np.isfinite(rest), rest, sigma), math.sqrt(3.0) * rounding.sum(axis=1) / SIGMAS
+        return np.where(np.isfinite(rest), rest, sigma), np.asarray(bound, dtype=np.float64).ravel() / SIGMAS
 
 
 def _nan_rows(grad: np.ndarray, finite_rows: np.ndarray, A: Any) -> np.ndarray:

@@ -483,8 +483,9 @@ def order_bias(magnitudes: np.ndarray, dtype: str) -> np.ndarray:
 
 def _binade_bias(x: np.ndarray, cumulative: np.ndarray, reach: float, compute: np.dtype) -> float:
     """:func:`order_bias` of one row's sorted terms, whose partial sums stay below ``reach``.
-    Each binade's mean error counts beyond :data:`BIAS_NOISE` standard errors only: the mean of
-    residues spread evenly is that much off zero by chance, which the random model holds."""
+    Each binade's mean error counts beyond :data:`BIAS_NOISE` standard errors only (of the errors'
+    spread, and at least a uniform rounding's, ``U / sqrt 12``): the mean of residues spread evenly,
+    or of a few terms, is that much off zero by chance, which the random model holds."""
     top = math.floor(math.log2(reach))
     slots = []
     for e in range(max(math.floor(math.log2(x[0])), top - 200), top + 1):
@@ -494,13 +495,14 @@ def _binade_bias(x: np.ndarray, cumulative: np.ndarray, reach: float, compute: n
         if staying == 0:
             continue
         lost = int(np.searchsorted(x, step / 2))  # below half an ulp: lost whole (a tie: either way)
-        rounded = x[lost:staying]
-        errors = np.concatenate([-x[:lost], np.round(rounded / step) * step - rounded])
+        units = x[:staying] / step  # errors in ulps: their squares stay finite near the dtype's top
+        errors = np.concatenate([-units[:lost], np.round(units[lost:]) - units[lost:]])
         mean = float(np.sum(errors)) / staying
-        noise = BIAS_NOISE * math.sqrt(max(float(np.sum(errors * errors)) / staying - mean * mean, 0.0) / staying)
+        spread = max(float(np.sum(errors * errors)) / staying - mean * mean, 1 / 12)  # at least a uniform one's
+        noise = BIAS_NOISE * math.sqrt(spread / staying)
         lanes = min(float(EQUAL_TERM_LANES), math.floor(reach / low))
         width = (min(reach, 2 * low) - low) * lanes
-        slots.append((max(abs(mean) - noise, 0.0), int(np.searchsorted(cumulative, width, side="right")) + lanes))
+        slots.append((max(abs(mean) - noise, 0.0) * step, int(np.searchsorted(cumulative, width, side="right")) + lanes))
     bias, left = 0.0, x.size
     for mean_error, capacity in sorted(slots, reverse=True):
         taken = min(capacity, left)
