@@ -42,8 +42,9 @@ from .errors import InvalidInputError, Rule
 from .gradient_elements import CANCELLING, GradientElements, exponential_relative
 from .outputs import Expectation, check_output_options, lse_output, requested
 from .summation import (EQUAL_TERM_LANES, LOST_WEIGHT, MANTISSA_BINS, alike_root, alike_subnormal_bound,
-                        any_order_bound, order_bias, equal_terms_bound, finite_row_max, flushed_pairs, flushed_products, near_equal,
-                        pair_keys, residue_groups, root_sum_squares, step_table, subnormal_products, summation_root)
+                        any_order_bound, equal_terms_bound, finite_row_max, flushed_pairs, flushed_products, near_equal,
+                        order_bias, pair_keys, residue_groups, root_sum_squares, step_table, subnormal_products,
+                        summation_root)
 from .tolerance import SIGMAS
 
 REDUCTIONS: Final = ("none", "mean", "sum")
@@ -1113,8 +1114,9 @@ def _without_rounding(sigma: np.ndarray, rounding: np.ndarray, bound: np.ndarray
     (0.54); a float64 two-class loss whose ``lse`` is 10 times the loss (a kernel that forms
     ``lse`` rounds it by up to 5 ulps of the loss) was allowed 10.3 ulps, 4.6 times that error."""
     sigma = np.asarray(sigma, dtype=np.float64).ravel()
-    with np.errstate(invalid="ignore", over="ignore"):
-        rest = np.sqrt(np.maximum(sigma * sigma - (rounding * rounding).sum(axis=1), 0.0))
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        share = np.where(sigma[:, None] > 0, rounding / sigma[:, None], 0.0)  # relative: no square overflows near the top
+        rest = sigma * np.sqrt(np.maximum(1 - (share * share).sum(axis=1), 0.0))
         return np.where(np.isfinite(rest), rest, sigma), np.asarray(bound, dtype=np.float64).ravel() / SIGMAS
 
 
