@@ -617,9 +617,10 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
                     # of its result; sigma u_t |term| in quadrature, at most their sum (two-class soft targets:
                     # 5 sigma of two terms was 1.8 times that bound)
                     loss_rounding[positions, 2] = u_t * root_sum_squares(term_abs)
-                    per_term = (2 * u_c + u_t if u_t > u_c else 2 * u_c) + max(u_t, u_c) * (2 if w_abs is not None else 1)
-                    rounding_bound[positions] = math.sqrt(3.0) * loss_rounding[positions, 1] + per_term * (1 + 4 * u_t) * \
-                        np.asarray(term_abs, dtype=np.float64).sum(axis=1)
+                    per_term = (2 * u_c + (u_t if u_t > u_c else 0.0)  # log p's roundings
+                                + max(u_t, u_c) * (2 if w_abs is not None else 1))  # the products'
+                    rounding_bound[positions] = math.sqrt(3.0) * loss_rounding[positions, 1] \
+                        + per_term * (1 + 4 * u_t) * np.asarray(term_abs, dtype=np.float64).sum(axis=1)
                     if w_abs is not None:  # t * w * log p: with subnormals flushed, tiny products vanish
                         flush_bound[positions] = flushed_products(
                             (np.broadcast_to(w_abs[None, :], rows.shape), partial_t, abs_logp), compute)
@@ -746,8 +747,8 @@ def _solve(call: _Call, A: Any, *, gradients: bool, grad_output: Any = None) -> 
         else:
             intermediate = None
     sigmas = _reduced_sigmas(call, A, eps, C, u_c, u_t, main_terms, smooth_terms, loss, wy_all if call.mode == "index" else None,
-                             denominator, lse_sigma, loss_sigma, loss_bias, loss_rounding, rounding_bound, grad_input_scale,
-                             grad_target_coefficient,
+                             denominator, lse_sigma, loss_sigma, loss_bias, loss_rounding, rounding_bound,
+                             grad_input_scale, grad_target_coefficient,
                              grad_target_underflow, flush_bound,
                              grad_target_scale, repetitive, backward_sigma) if want_scale else None
     elements = None
@@ -1115,7 +1116,8 @@ def _without_rounding(sigma: np.ndarray, rounding: np.ndarray, bound: np.ndarray
     ``lse`` rounds it by up to 5 ulps of the loss) was allowed 10.3 ulps, 4.6 times that error."""
     sigma = np.asarray(sigma, dtype=np.float64).ravel()
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        share = np.where(sigma[:, None] > 0, rounding / sigma[:, None], 0.0)  # relative: no square overflows near the top
+        # relative: no square overflows near the dtype's top
+        share = np.where(sigma[:, None] > 0, rounding / sigma[:, None], 0.0)
         rest = sigma * np.sqrt(np.maximum(1 - (share * share).sum(axis=1), 0.0))
         return np.where(np.isfinite(rest), rest, sigma), np.asarray(bound, dtype=np.float64).ravel() / SIGMAS
 

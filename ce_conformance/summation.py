@@ -442,15 +442,15 @@ def order_bias(magnitudes: np.ndarray, dtype: str) -> np.ndarray:
     order puts ``n_e`` additions in binade ``e``: at most the smallest terms that fit in its width,
     times the running sums that reach it (lanes, up to :data:`EQUAL_TERM_LANES`); the worst order
     puts them where ``|mu_e|`` is largest, the bias ``sum_e n_e |mu_e|``. Summing terms in
-    descending order realises it (within 0.1 % on 128256 smoothed teacher targets); forward and
+    descending order realises it (within 3 % on 128256 smoothed teacher targets); forward and
     reverse index orders reach a third to two thirds of it. Until 2026-12-07 the random model
     alone: a float32 sequential sum of such targets was 3226-7650 ulps off (of its total), 4-8
     times 5 sigma of that model, and torch's K-dim gradient of 4097 of them 1.02 of its budget.
 
     >>> x = np.full((1, 4096), 1.1 * 2.0**-24)  # each 1.1 ulp of the partial sums in [0.5, 1)
     >>> bias = order_bias(np.concatenate([[[0.5]], x], axis=1), "float32")[0]
-    >>> round(bias / 2.0**-24)  # 4096 additions, each 0.1 ulp off, all one way
-    410
+    >>> bool(380 < bias / 2.0**-24 <= 410)  # 4096 additions, each 0.1 ulp off, all one way (less chance's share)
+    True
     """
     rows = np.asarray(magnitudes, dtype=np.float64)
     rows = rows.reshape(-1, rows.shape[-1]) if rows.ndim else rows.reshape(1, 1)
@@ -502,7 +502,8 @@ def _binade_bias(x: np.ndarray, cumulative: np.ndarray, reach: float, compute: n
         noise = BIAS_NOISE * math.sqrt(spread / staying)
         lanes = min(float(EQUAL_TERM_LANES), math.floor(reach / low))
         width = (min(reach, 2 * low) - low) * lanes
-        slots.append((max(abs(mean) - noise, 0.0) * step, int(np.searchsorted(cumulative, width, side="right")) + lanes))
+        capacity = int(np.searchsorted(cumulative, width, side="right")) + lanes
+        slots.append((max(abs(mean) - noise, 0.0) * step, capacity))
     bias, left = 0.0, x.size
     for mean_error, capacity in sorted(slots, reverse=True):
         taken = min(capacity, left)

@@ -51,7 +51,8 @@ def test_a_float64_injection_below_its_unit_roundoff_is_not_lost(sensitivity, st
     # the float64 lse cells read the error of that ulp, not the gate's threshold
     from ce_conformance import Case, reference
 
-    case = Case.cross_entropy(np.array([[40.0, 39.3], [0.25, -1.5]]), np.array([0, 1]), dtype="float64", reduction="none")
+    case = Case.cross_entropy(np.array([[40.0, 39.3], [0.25, -1.5]]), np.array([0, 1]), dtype="float64",
+                              reduction="none")
     exact = reference.evaluate(case).loss
     clean = sensitivity.injected_outcome(case, stage, 0.0).loss
     shifted = sensitivity.injected_outcome(case, stage, 2.0 ** -56).loss

@@ -4,8 +4,8 @@ repeat, and that the model is not far looser than the arithmetic it describes.""
 import numpy as np
 import pytest
 
-from ce_conformance.summation import (EQUAL_TERM_LANES, LOSS_BANDS, LOST_WEIGHT, any_order_bound, equal_terms_bound, order_bias,
-                                     residue_groups, summation_root)
+from ce_conformance.summation import (EQUAL_TERM_LANES, LOSS_BANDS, LOST_WEIGHT, any_order_bound, equal_terms_bound,
+                                     order_bias, residue_groups, summation_root)
 from ce_conformance.tolerance import SIGMAS
 
 U32 = 2.0**-24
