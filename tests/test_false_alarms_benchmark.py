@@ -5,21 +5,16 @@ findings are in the README."""
 from __future__ import annotations
 
 import doctest
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "false_alarms.py"
+from .benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def sweep():
-    spec = importlib.util.spec_from_file_location("false_alarms_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("false_alarms")
 
 
 def test_docstring_examples(sweep):

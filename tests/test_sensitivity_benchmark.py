@@ -4,21 +4,16 @@ cell draws. The measure itself runs for minutes and is recorded in the README, n
 from __future__ import annotations
 
 import doctest
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "sensitivity.py"
+from .benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def sensitivity():
-    spec = importlib.util.spec_from_file_location("sensitivity_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("sensitivity")
 
 
 def test_docstring_examples(sensitivity):
