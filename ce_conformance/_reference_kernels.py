@@ -60,10 +60,11 @@ def _scaled_root(scaled, bits, total, u, lost_weight, linear, stamp, workspace, 
     updates are written out in the loop, not called: a numba call that takes arrays counts their
     references on every call, and as helpers they cost the kernel a quarter of its time (the
     model's whole cost at vocabulary scale is now ~10 %). The marking is a pass of its own
-    (marking each block of terms as it was computed took longer: the filter competed with the row's streams for the cache). The forward partial
-    sums are summed again in the caller's order (the same additions, so the same values; an
-    array of them cost a write and a read of the row). ``out``: a row that gets ``scaled *
-    factor`` on the way (the reference's gradient row; a pass over the terms saved). Returns the
+    (marking each block of terms as it was computed took longer: the filter competed with the
+    row's streams for the cache). The forward partial sums are summed again in the caller's order
+    (the same additions, so the same values; an array of them cost a write and a read of the row).
+    ``out``: a row that gets ``scaled * factor`` on the way (the reference's gradient row; a pass
+    over the terms saved). Returns the
     root, the distinct terms and the root's bias part, ``lost_weight`` times the most the lost
     terms weigh at any scale in either order (at most the root)."""
     table, filters = workspace[0], workspace[1]

@@ -879,11 +879,13 @@ def _ordered_bias(terms: np.ndarray, compute: str, term_dtype: str | None, scale
     terms = np.abs(np.asarray(terms, dtype=np.float64))
     scale = np.abs(np.asarray(scale, dtype=np.float64)).reshape(-1, 1)
     worst = np.zeros(terms.shape[0])
+    scaled_apart = not np.all(scale == 1)  # (unit scales: the same terms, the same bias)
     for formed_in in dict.fromkeys(filter(None, (compute, term_dtype))):
         worst = np.fmax(worst, order_bias(round_to(terms, formed_in), compute))
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            scaled = order_bias(round_to(terms * scale, formed_in), compute) / scale[:, 0]
-        worst = np.fmax(worst, np.nan_to_num(scaled, nan=0.0, posinf=0.0))
+        if scaled_apart:
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                scaled = order_bias(round_to(terms * scale, formed_in), compute) / scale[:, 0]
+            worst = np.fmax(worst, np.nan_to_num(scaled, nan=0.0, posinf=0.0))
     return np.nan_to_num(worst, nan=0.0, posinf=0.0)
 
 

@@ -390,9 +390,9 @@ def equal_terms_bound(value: float, count: int, first: float, dtype: str, scales
     ``first`` met anywhere in its sum (the residues before it are those of a sum from zero, after
     it those of a sum from ``first``, each at most their whole path's: a K-dim kernel meets the
     target at its class index); blocks of ``B`` terms summed as a tree (exact for equal terms,
-    ``B`` a power of two) whose sums are accumulated likewise. Each addition of one value to a partial sum in one binade
-    rounds away the same residue, so the error is the sum of those residues along the partial
-    sums' path — realised here for each order (``|residue|`` summed, so it bounds the order
+    ``B`` a power of two) whose sums are accumulated likewise. Each addition of one value to a
+    partial sum in one binade rounds away the same residue, so the error is the sum of those
+    residues along the partial sums' path — realised here for each order (``|residue|`` summed, so it bounds the order
     whatever the signs), not the linear bound ``u * sum of partial sums``, which holds the worst
     residue of every binade (179 times the family's error on float64 C = 4097, smoothing 0.1).
     The terms are taken as given and times each of ``scales`` (a kernel summing ``g / N *
@@ -462,13 +462,14 @@ def order_bias(magnitudes: np.ndarray, dtype: str) -> np.ndarray:
                             float(info.max), EQUAL_TERM_LANES, BIAS_NOISE, threads)
         return bias.reshape(np.shape(magnitudes)[:-1]) if np.ndim(magnitudes) > 1 else bias
     bias = np.zeros(rows.shape[0])
+    largest = float(np.finfo(compute).max)
     for row_index, row in enumerate(rows):
         x = np.sort(row[np.isfinite(row) & (row > 0)])
         if x.size < 2:
             continue
         cumulative = np.cumsum(x)
         reach = float(cumulative[-1])
-        if not reach <= float(np.finfo(compute).max):  # a sum that overflows has no budget to bias
+        if not reach <= largest:  # a sum that overflows has no budget to bias
             continue
         # the partial sums reach the total, and past it by the bias itself (the second pass, where
         # that crosses into the next binade)
