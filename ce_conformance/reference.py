@@ -1210,6 +1210,9 @@ class ReferenceResult:
     grad_input_elements: GradientElements | None = None  # per-element budgets of grad_input (model v2.1)
     #: terms of the loss whose subnormal roundings its unit's floor holds (None: one per class)
     loss_floor_classes: int | None = None
+    #: every rounding a kernel makes before the loss's last is charged in its sigma
+    #: (:func:`_plain_loss`): the loss's base budget is that last rounding's half ulp
+    plain_loss: bool = False
     #: what the call returns beside the loss (ce_conformance.outputs), by name
     outputs: Mapping[str, Expectation] = field(default_factory=dict)
 
@@ -1398,7 +1401,18 @@ def _evaluate_call(call: _Call, dtype: str, grad_output: Any, gradients: bool) -
         grad_target_intermediate=per_class(out.grad_target_intermediate),
         grad_input_elements=_gradient_elements(call, out) if gradients and out.elements is not None else None,
         loss_floor_classes=_loss_floor_classes(call),
+        plain_loss=_plain_loss(call),
     )
+
+
+def _plain_loss(call: _Call) -> bool:
+    """Index targets without class weights or smoothing: torch's half kernels round such a loss in
+    the dtype only where the sigma charges it (each position's log-softmax output, by its bound;
+    the cascade over positions, by its bound over every order) and at the end. Class weights add
+    a product in the dtype per position, smoothing its scaled parts and their sum, soft targets
+    their products: roundings the half dtypes' base of one ulp holds
+    (:data:`~ce_conformance.tolerance.BUDGETS`)."""
+    return call.mode == "index" and call.weight is None and call.smoothing == 0
 
 
 def _loss_floor_classes(call: _Call) -> int | None:
