@@ -11,7 +11,8 @@ Every compared element gets an **allowed absolute error**
   base budget covers the last few roundings every implementation makes (exp, log, the final
   rounding to the dtype): a handful of ulps, independent of the case's size. A loss's base is
   its final rounding alone (half an ulp in float32/float64 since v2.6, one in the half dtypes, whose
-  torch kernels round in the dtype on the way): the reference counts the roundings of each
+  torch kernels round in the dtype on the way, but half an ulp there too for a plain loss since
+  v2.13, :data:`BUDGETS`): the reference counts the roundings of each
   position's log-probability (``x_y - max``, ``log S``, the subtraction, a weight's product, a
   half dtype's log p) and of the smoothing's combination in ``sigma``, where they average out
   over a reduction as a correct kernel's do, instead of four ulps of the magnitude whatever
