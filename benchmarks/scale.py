@@ -6,7 +6,8 @@ two; so is every stage, with the numba engine's kernels loaded first), the torch
 the whole differential (adapter + reference + comparison), each as a ratio to the native call
 (issue targets: reference <= 2x, adapter <= 1.5x, differential <= 3x), with the reference's
 peak allocation (recycled gradient memory included) as a multiple of the float64 logits
-(target <= 2).
+(target <= 2), and the reference's first call on the shape (fresh memory for its gradient, after
+the adapter's torch calls: what a run pays for each new vocabulary-scale shape).
 
     python benchmarks/scale.py [--rows N] [--classes C]
 """
@@ -55,7 +56,9 @@ def figures(rows: int, classes: int, dtype: str) -> dict:
     # the engine's kernels load (or compile, in a fresh environment) on first use: a one-off per
     # process, like torch's first-call allocations, so a small case takes it before timing
     evaluate(Case.cross_entropy(case.input[:2], case.target[:2], dtype=dtype))
-    evaluate(case)  # and its gradient memory is recycled from the previous case in a run (buffers.py)
+    # its first call on this shape takes fresh memory for its gradient, as a run's first case of a
+    # shape does; later calls recycle it (buffers.py)
+    out["first reference"] = _best(lambda: evaluate(case), repeat=1)[0]
     out["reference"], reference = _best(lambda: evaluate(case))
     tracemalloc.start()
     before = buffers.held()
@@ -84,12 +87,13 @@ def main() -> None:
     print(f"N = {args.rows}, C = {args.classes}: float64 logits = {args.rows * args.classes * 8 / 2**20:.0f} MiB; "
           f"engine {engine.name()}")
     print(f"{'dtype':9} {'native':>8} {'adapter':>13} {'reference':>13} {'compare':>13} {'differential':>14} "
-          f"{'ref. peak':>10}")
+          f"{'ref. peak':>10} {'first reference':>16}")
     for dtype in ("float32", "bfloat16"):
         f = figures(args.rows, args.classes, dtype)
         cells = [f"{f[k]:5.2f}s {f[k] / f['native']:5.1f}x" for k in ("adapter", "reference", "compare")]
         print(f"{dtype:9} {f['native']:7.2f}s " + " ".join(f"{c:>13}" for c in cells)
               + f" {f['differential']:6.2f}s {f['differential'] / f['native']:5.1f}x {f['peak']:8.2f}x"
+              + f" {f['first reference']:5.2f}s {f['first reference'] / f['native']:5.1f}x"
               + ("" if f["passed"] else "  (torch FAILED the comparison)"))
     print("targets: adapter <= 1.5x, reference <= 2x, differential <= 3x the native call; peak <= 2x the "
           "float64 logits")

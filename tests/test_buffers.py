@@ -89,3 +89,20 @@ def test_the_reference_writes_every_gradient_element_of_recycled_memory(case):
         assert (a is None) == (b is None), name
         if a is not None:
             np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_numpys_huge_page_advice_is_off_unless_its_variable_is_set(monkeypatch):
+    # after large torch calls, faults of madvised memory compacted memory first: the reference's
+    # first calls on fresh memory took 4-7 times as long (buffers.avoid_hugepage_stalls)
+    advice = getattr(getattr(np, "_core", None) or np.core, "multiarray")._set_madvise_hugepage
+    assert advice(False) is False  # turned off when ce_conformance was imported
+    try:
+        advice(True)
+        monkeypatch.setenv(buffers.HUGEPAGE_VARIABLE, "1")
+        assert buffers.avoid_hugepage_stalls() is False
+        assert advice(True) is True  # the user's choice stands
+        monkeypatch.delenv(buffers.HUGEPAGE_VARIABLE)
+        assert buffers.avoid_hugepage_stalls() is True
+        assert advice(False) is False
+    finally:
+        advice(False)
