@@ -6,8 +6,8 @@ two; so is every stage, with the numba engine's kernels loaded first), the torch
 the whole differential (adapter + reference + comparison), each as a ratio to the native call
 (issue targets: reference <= 2x, adapter <= 1.5x, differential <= 3x), with the reference's
 peak allocation (recycled gradient memory included) as a multiple of the float64 logits
-(target <= 2), and the reference's first call on the shape (fresh memory for its gradient, after
-the adapter's torch calls: what a run pays for each new vocabulary-scale shape).
+(target <= 2), and the reference's first call on the case (fresh memory for its gradient, after
+the adapter's torch calls: what a run pays where no idle buffer fits, its first case of a size).
 
     python benchmarks/scale.py [--rows N] [--classes C]
 """
@@ -56,8 +56,8 @@ def figures(rows: int, classes: int, dtype: str) -> dict:
     # the engine's kernels load (or compile, in a fresh environment) on first use: a one-off per
     # process, like torch's first-call allocations, so a small case takes it before timing
     evaluate(Case.cross_entropy(case.input[:2], case.target[:2], dtype=dtype))
-    # its first call on this shape takes fresh memory for its gradient, as a run's first case of a
-    # shape does; later calls recycle it (buffers.py)
+    # its first call takes fresh memory for its gradient, as a run's first case of this size does;
+    # later calls recycle it (buffers.py)
     out["first reference"] = _best(lambda: evaluate(case), repeat=1)[0]
     out["reference"], reference = _best(lambda: evaluate(case))
     tracemalloc.start()

@@ -53,7 +53,8 @@ def avoid_hugepage_stalls() -> bool:
     N = 1024, C = 128256 float32 case on fresh memory, right after two torch calls, took 5.6 s
     and 9.4 s (6.9 s and 12.4 s of system time) with the advice and 1.4 s and 1.3 s without it;
     on recycled memory 1.04 s either way (2026-12-07, this project's 2-core VM). Recycling
-    (above) hides it only where shapes repeat; a run's vocabulary-scale cases differ in shape."""
+    (above) hides it only where an idle buffer fits: a run's first case of a size, and every
+    array NumPy allocates outside this module, still take fresh memory."""
     if os.environ.get(HUGEPAGE_VARIABLE) is not None:
         return os.environ[HUGEPAGE_VARIABLE].strip() == "0"
     core = getattr(np, "_core", None) or getattr(np, "core", None)
