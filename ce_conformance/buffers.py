@@ -57,12 +57,16 @@ def avoid_hugepage_stalls() -> bool:
     array NumPy allocates outside this module, still take fresh memory."""
     if os.environ.get(HUGEPAGE_VARIABLE) is not None:
         return os.environ[HUGEPAGE_VARIABLE].strip() == "0"
-    core = getattr(np, "_core", None) or getattr(np, "core", None)
-    setter = getattr(getattr(core, "multiarray", None), "_set_madvise_hugepage", None)
-    if setter is None:  # a NumPy without the advice (non-Linux builds): nothing to turn off
-        return True
-    setter(False)
+    switch = numpy_hugepage_switch()
+    if switch is not None:  # None: a NumPy without the advice, nothing to turn off
+        switch(False)
     return True
+
+
+def numpy_hugepage_switch() -> Any:
+    """NumPy's ``_set_madvise_hugepage(enabled)`` (it returns the previous setting), or None."""
+    core = getattr(np, "_core", None) or getattr(np, "core", None)
+    return getattr(getattr(core, "multiarray", None), "_set_madvise_hugepage", None)
 
 
 avoid_hugepage_stalls()

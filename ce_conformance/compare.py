@@ -197,7 +197,7 @@ def compare(case: Case, outcome: Outcome, reference: ReferenceResult | None, cap
     loss_floor = reference.loss_floor_classes if reference.loss_floor_classes is not None else n_classes
     _value_check("loss", outcome.loss, reference.loss, reference.loss_scale, dtype, comparison, exact_kind=True, n_classes=loss_floor,
                  sigma=reference.loss_sigma, intermediate=reference.loss_intermediate,
-                 budget_scale=budget_scale, quantity="plain_loss" if reference.plain_loss else "loss",
+                 budget_scale=budget_scale, quantity=reference.loss_quantity,
                  native=native.loss if native is not None and native.status == "ok" else None)
     if capabilities.gradients and reference.grad_input is not None:
         if outcome.grad_input is None:

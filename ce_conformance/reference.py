@@ -1216,6 +1216,11 @@ class ReferenceResult:
     #: what the call returns beside the loss (ce_conformance.outputs), by name
     outputs: Mapping[str, Expectation] = field(default_factory=dict)
 
+    @property
+    def loss_quantity(self) -> str:
+        """The row of the base budgets (:data:`~ce_conformance.tolerance.BUDGETS`) the loss is judged by."""
+        return "plain_loss" if self.plain_loss else "loss"
+
 
 def _case_call(case: Any) -> _Call:
     """torch's checks on the case's declared dtypes and shapes, with floating inputs and targets

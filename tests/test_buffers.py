@@ -94,7 +94,7 @@ def test_the_reference_writes_every_gradient_element_of_recycled_memory(case):
 def test_numpys_huge_page_advice_is_off_unless_its_variable_is_set(monkeypatch):
     # after large torch calls, faults of madvised memory compacted memory first: the reference's
     # first calls on fresh memory took 4-7 times as long (buffers.avoid_hugepage_stalls)
-    advice = getattr(getattr(np, "_core", None) or np.core, "multiarray")._set_madvise_hugepage
+    advice = buffers.numpy_hugepage_switch()
     assert advice(False) is False  # turned off when ce_conformance was imported
     try:
         advice(True)
