@@ -16,8 +16,8 @@ import types
 from numba import njit
 
 from ._compare_kernels import _element_bounds, _element_figures, _error_summary
-from ._reference_kernels import (_EXP_BLOCK, _exp_block, _index_rows, _order_biases, _summation_roots,  # noqa: F401
-                                 _workspace)
+from ._reference_kernels import (_exp_row, _index_rows, _order_biases, _row_max,  # noqa: F401
+                                 _summation_roots, _workspace)
 
 
 def _variants(function):

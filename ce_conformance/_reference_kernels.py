@@ -9,6 +9,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from ._bitcast import bits_float, float_bits
+
 _GOLDEN: np.uint64 = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing of the terms' bit patterns
 
 
@@ -38,7 +40,7 @@ def _row_root(values, keys, u, lost_weight, linear, stamp, workspace):
 
 
 @njit(cache=True, nogil=True)
-def _scaled_root(scaled, bits, total, u, lost_weight, linear, stamp, workspace, out=None, factor=0.0):
+def _scaled_root(scaled, bits, total, u, lost_weight, linear, stamp, workspace, out=None, factor=0.0, marked=-1):
     """``summation_root`` of one row of finite, non-negative ``scaled`` terms (their maximum 1,
     or all 0), given ``total``, their sum in order: sequential partial sums in both
     orders, equal terms (equal ``bits``: their own bit patterns, or keys) grouped under the
@@ -59,9 +61,9 @@ def _scaled_root(scaled, bits, total, u, lost_weight, linear, stamp, workspace, 
     (the partial sums of one order are monotone) adds to a running register instead. Those
     updates are written out in the loop, not called: a numba call that takes arrays counts their
     references on every call, and as helpers they cost the kernel a quarter of its time (the
-    model's whole cost at vocabulary scale is now ~10 %). The marking is a pass of its own
-    (marking each block of terms as it was computed took longer: the filter competed with the
-    row's streams for the cache). The forward partial sums are summed again in the caller's order
+    model's whole cost at vocabulary scale is now ~10 %). The marking is :func:`_mark`'s pass,
+    or the caller's: ``marked`` >= 0 says the filter is marked already and how many candidates it
+    found (``_index_rows`` marks in its summing loop, which waits on its additions anyway). The forward partial sums are summed again in the caller's order
     (the same additions, so the same values; an array of them cost a write and a read of the row).
     ``out``: a row that gets ``scaled * factor`` on the way (the reference's gradient row; a pass
     over the terms saved). Returns the
@@ -74,7 +76,7 @@ def _scaled_root(scaled, bits, total, u, lost_weight, linear, stamp, workspace, 
     width = scaled.shape[0]
     half = filters.shape[0] // 2  # words of each filter: seen once, seen again
     filter_shift = np.uint64(64 - _log2(half * 64))
-    candidates = _mark(bits, filters)
+    candidates = _mark(bits, filters) if marked < 0 else marked
     words = table.view(np.int64)
     region = 2
     while region < 2 * candidates:
@@ -440,43 +442,61 @@ _LN2_HIGH = 6.93147180369123816490e-01  # ln 2 in 32 bits (fdlibm's split): k * 
 _LN2_LOW = 1.90821492927058770002e-10
 _ROUNDER = 6755399441055744.0  # 1.5 * 2**52: adding and subtracting it rounds to an integer
 _ROUNDER_BITS = np.int64(0x4338000000000000)
-_EXPONENT_BIAS = 1023.0 + _ROUNDER
 _TAYLOR = tuple(1.0 / math.factorial(k) for k in range(14))
-_EXP_BLOCK = 512
 
 
 @njit(cache=True, nogil=True)
-def _exp_block(x, start, stop, high, out, first, second):
-    """``out[k] = exp(x[k] - high)`` for k in [start, stop), at most ``_EXP_BLOCK`` of them, in
-    float64 and vectorised (libm's exp is a call per element: most of the reference's time at
-    vocabulary scale). ``x - high = k ln 2 + r`` with ``|r| <= ln 2 / 2``, ``exp(r)`` by its Taylor
-    polynomial of degree 13 (truncation below 1e-17) in Estrin's scheme, and ``2^k`` as two
-    factors built from their exponent bits, so results down to the subnormal range round once.
-    At most 2 float64 ulps from the correctly rounded value (``tests/test_engine.py``);
-    ``x - high <= 0`` (the row's maximum subtracted), ``-inf`` gives 0. ``first`` and
-    ``second`` are scratch of ``_EXP_BLOCK`` float64s."""
-    first_bits = first.view(np.int64)
-    second_bits = second.view(np.int64)
-    n = stop - start
+def _row_max(x):
+    """The largest of a row and whether it holds a NaN (then the largest is meaningless). Eight
+    running maxima: one ``max`` chain waits on each comparison (1 ns per element), and LLVM does
+    not vectorise a float maximum that must see NaN; NumPy's SIMD ``max`` is as fast but runs
+    in one thread."""
+    n = x.shape[0]
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = -np.inf
+    nan = False
+    j = 0
+    while j + 8 <= n:
+        v0, v1, v2, v3 = np.float64(x[j]), np.float64(x[j + 1]), np.float64(x[j + 2]), np.float64(x[j + 3])
+        v4, v5, v6, v7 = np.float64(x[j + 4]), np.float64(x[j + 5]), np.float64(x[j + 6]), np.float64(x[j + 7])
+        a0, a1, a2, a3 = max(a0, v0), max(a1, v1), max(a2, v2), max(a3, v3)
+        a4, a5, a6, a7 = max(a4, v4), max(a5, v5), max(a6, v6), max(a7, v7)
+        nan |= (v0 != v0) | (v1 != v1) | (v2 != v2) | (v3 != v3) | (v4 != v4) | (v5 != v5) | (v6 != v6) | (v7 != v7)
+        j += 8
+    while j < n:
+        v = np.float64(x[j])
+        a0 = max(a0, v)
+        nan |= v != v
+        j += 1
+    return max(max(max(a0, a1), max(a2, a3)), max(max(a4, a5), max(a6, a7))), nan
+
+
+@njit(cache=True, nogil=True)
+def _exp_row(x, high, out):
+    """``out[k] = exp(x[k] - high)`` for a row ``x``, in float64 and vectorised (libm's exp
+    is a call per element: most of the reference's time at vocabulary scale). ``x - high = k ln 2
+    + r`` with ``|r| <= ln 2 / 2``, ``exp(r)`` by its Taylor polynomial of degree 13 (truncation
+    below 1e-17) in Estrin's scheme, and ``2^k`` as two factors built from their exponent bits,
+    so results down to the subnormal range round once. At most 2 float64 ulps from the correctly
+    rounded value (``tests/test_engine.py``); ``x - high <= 0`` (the row's maximum subtracted),
+    ``-inf`` gives 0. One loop over the whole row with the bits cast in registers
+    (:mod:`._bitcast`): through scratch arrays it took three loops, and called on blocks of the
+    row the same loop took 1.8 times as long."""
     c2, c3, c4, c5, c6, c7 = _TAYLOR[2], _TAYLOR[3], _TAYLOR[4], _TAYLOR[5], _TAYLOR[6], _TAYLOR[7]
     c8, c9, c10, c11, c12, c13 = _TAYLOR[8], _TAYLOR[9], _TAYLOR[10], _TAYLOR[11], _TAYLOR[12], _TAYLOR[13]
-    for j in range(n):
-        t = max(np.float64(x[start + j]) - high, -1400.0)  # exp(-1400) is 0: keeps 2^k's halves normal
-        k = (t * _LOG2E + _ROUNDER) - _ROUNDER
+    for j in range(x.shape[0]):
+        t = max(np.float64(x[j]) - high, -1400.0)  # exp(-1400) is 0: keeps 2^k's halves normal
+        rounded = t * _LOG2E + _ROUNDER  # k in the low bits of its significand
+        k = rounded - _ROUNDER
         r = (t - k * _LN2_HIGH) - k * _LN2_LOW
         r2 = r * r
         r4 = r2 * r2
         low = (1.0 + r) + (c2 + c3 * r) * r2 + ((c4 + c5 * r) + (c6 + c7 * r) * r2) * r4
         high_part = (c8 + c9 * r) + (c10 + c11 * r) * r2 + (c12 + c13 * r) * r4
-        out[start + j] = low + high_part * (r4 * r4)
-        half = (k * 0.5 + _ROUNDER) - _ROUNDER
-        first[j] = half + _EXPONENT_BIAS  # the integer k / 2 + 1023 in the low bits
-        second[j] = (k - half) + _EXPONENT_BIAS
-    for j in range(n):
-        first_bits[j] = (first_bits[j] - _ROUNDER_BITS) << 52  # 2^(k/2) as a float64
-        second_bits[j] = (second_bits[j] - _ROUNDER_BITS) << 52
-    for j in range(n):
-        out[start + j] = out[start + j] * first[j] * second[j]
+        power = float_bits(rounded) - _ROUNDER_BITS  # k as an integer
+        half = power >> 1  # floor(k / 2)
+        first = bits_float((half + 1023) << 52)  # 2^floor(k/2) and 2^ceil(k/2): both normal
+        second = bits_float((power - half + 1023) << 52)
+        out[j] = (low + high_part * (r4 * r4)) * first * second
 
 
 def _index_rows(rows, target, weight, scale, u, lost_weight, grad, steps, mantissa_bins, threads):
@@ -486,9 +506,11 @@ def _index_rows(rows, target, weight, scale, u, lost_weight, grad, steps, mantis
     largest p |log p|, the row's maximum and, where ``grad`` has rows, the gradient row
     ``p * w_y * scale`` with ``w_y * expm1(log p_y) * scale`` at the target.
 
-    Two passes over a row's C logits and two over the exp terms: the maximum, the terms
-    ``e = exp(x - max)`` (:func:`_exp_block`) with their compensated sum, their plain sum and
-    their sum of squares, then :func:`_scaled_root` on the terms themselves (their maximum is 1:
+    Two passes over a row's C logits and two over the exp terms: the maximum (:func:`_row_max`),
+    the terms ``e = exp(x - max)`` (:func:`_exp_row`) with their compensated sum, their plain
+    sum, their sum of squares and the marking of the grouping's bit filter (``_mark``'s pass,
+    done here where the loop waits on its sums' additions anyway: a quarter less time than a pass
+    of its own), then :func:`_scaled_root` on the terms themselves (their maximum is 1:
     they are ``p / max p``; its marking pass and its summing pass), writing the gradient row on
     the way. ``p |log p| = e (max - x + lse)
     / S`` is largest at the maximal term where ``lse >= 1`` (it decreases in ``max - x`` there),
@@ -512,17 +534,13 @@ def _index_rows(rows, target, weight, scale, u, lost_weight, grad, steps, mantis
         workspace = _workspace(width, steps, mantissa_bins)
         e = workspace[3]
         e_bits = e.view(np.int64)
-        first = np.empty(_EXP_BLOCK)
-        second = np.empty(_EXP_BLOCK)
+        filters = workspace[1]
+        half = filters.shape[0] // 2
+        filter_shift = np.uint64(64 - _log2(half * 64))
         for r in range(worker * per, min(m, (worker + 1) * per)):
             x = rows[r]  # float32 (holding float32 or half values exactly) or float64
-            high = np.float64(x[0])
-            ok = not np.isnan(high)
-            for k in range(1, width):
-                v = np.float64(x[k])
-                ok = ok and not np.isnan(v)
-                high = max(high, v)
-            if not ok or not np.isfinite(high):
+            high, has_nan = _row_max(x)
+            if has_nan or not np.isfinite(high):
                 finite[r] = False
                 continue
             top = 0
@@ -533,21 +551,27 @@ def _index_rows(rows, target, weight, scale, u, lost_weight, grad, steps, mantis
             compensation = 0.0
             running = 0.0  # plain sum of every term, for the partial-sum model
             squares = 0.0
-            for start in range(0, width, _EXP_BLOCK):
-                stop = min(width, start + _EXP_BLOCK)
-                _exp_block(x, start, stop, high, e, first, second)
-                for k in range(start, stop):
-                    term = e[k]
-                    running += term
-                    squares += term * term
-                    if k == top:
-                        continue
-                    t = total + term
-                    if abs(total) >= abs(term):
-                        compensation += (total - t) + term
-                    else:
-                        compensation += (term - t) + total
-                    total = t
+            marked = 0
+            _exp_row(x, high, e)
+            for k in range(width):
+                term = e[k]
+                bucket = (np.uint64(e_bits[k]) * _GOLDEN) >> filter_shift
+                word, bit = bucket >> np.uint64(6), np.uint64(1) << (bucket & np.uint64(63))
+                if filters[word] & bit:
+                    marked += 1 if filters[half + word] & bit else 2
+                    filters[half + word] |= bit
+                else:
+                    filters[word] |= bit
+                running += term
+                squares += term * term
+                if k == top:
+                    continue
+                t = total + term
+                if abs(total) >= abs(term):
+                    compensation += (total - t) + term
+                else:
+                    compensation += (term - t) + total
+                total = t
             rest = total + compensation
             lse_r = np.log1p(rest)
             lse[r] = lse_r
@@ -568,11 +592,11 @@ def _index_rows(rows, target, weight, scale, u, lost_weight, grad, steps, mantis
             p_target[r] = e[y] / denominator
             if want_grad:  # the row, written by _scaled_root's pass, then its target element
                 root_r, distinct[r], lost_r = _scaled_root(e, e_bits, running, u, lost_weight, False, r + 1,
-                                                           workspace, grad[r], weight[r] * scale[r] / denominator)
+                                                           workspace, grad[r], weight[r] * scale[r] / denominator, marked)
                 grad[r, y] = weight[r] * np.expm1(shifted_y - lse_r) * scale[r]
             else:
                 root_r, distinct[r], lost_r = _scaled_root(e, e_bits, running, u, lost_weight, False, r + 1,
-                                                           workspace)
+                                                           workspace, None, 0.0, marked)
             root[r] = root_r / denominator
             root_lost[r] = lost_r / denominator
     return lse, nll, p_target, root, root_lost, rss, distinct, p_logp, tops, finite

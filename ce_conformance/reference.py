@@ -978,9 +978,10 @@ def _fused_index_rows(rows: np.ndarray, target: np.ndarray, weight: np.ndarray, 
     scale = np.ascontiguousarray(scale, dtype=np.float64)
     grad = (out if out is not None else np.empty(rows.shape)) if gradients else np.empty((0, rows.shape[1]))
     index_rows, threads = engine.kernel("index_rows", rows.size)
+    if not (rows.dtype in (np.float32, np.float64) and rows.flags.c_contiguous):
+        rows = np.ascontiguousarray(rows, dtype=np.float64)
     lse, nll, p_target, root, root_lost, rss, distinct, p_logp, top, finite = index_rows(
-        rows if rows.dtype in (np.float32, np.float64) and rows.flags.c_contiguous else
-        np.ascontiguousarray(rows, dtype=np.float64), np.ascontiguousarray(target, dtype=np.int64), weight, scale,
+        rows, np.ascontiguousarray(target, dtype=np.int64), weight, scale,
         float(u), LOST_WEIGHT, grad, step_table(), MANTISSA_BINS, threads)
     if not finite.all():
         return None

@@ -187,6 +187,22 @@ def test_fused_reference_declines_rows_with_a_nonfinite_maximum(numpy_engine):
     _assert_same_result(fast, numpy_engine(reference.evaluate, case))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_row_maximum_sees_every_element_and_every_nan(dtype):
+    # eight running maxima and a tail loop: the largest element and a NaN must count at every
+    # position modulo eight, in both tails
+    from ce_conformance import _kernels
+
+    for width in (1, 7, 8, 9, 23):
+        for position in range(width):
+            row = np.linspace(-3.0, -1.0, width).astype(dtype)
+            row[position] = 2.5
+            assert _kernels._row_max(row) == (2.5, False)
+            row[position] = np.nan
+            assert _kernels._row_max(row)[1]
+    assert _kernels._row_max(np.array([-np.inf, -np.inf], dtype=dtype)) == (-np.inf, False)
+
+
 def test_the_engine_is_chosen_by_the_environment():
     def engine_in(value):
         env = {**os.environ, "CE_CONFORMANCE_ENGINE": value}
@@ -208,9 +224,8 @@ def test_the_vectorised_exp_is_within_two_ulps_down_to_the_subnormal_range():
     high = 3.5
     x = np.concatenate([high - np.linspace(0, 760, 200_001), high - rng.exponential(20, 100_000),
                         [high, -np.inf, high - 1e-300, high - 708.4, high - 745.1, high - 745.2, high - 1e4]])
-    out, first, second = np.empty(x.size), np.empty(_kernels._EXP_BLOCK), np.empty(_kernels._EXP_BLOCK)
-    for start in range(0, x.size, _kernels._EXP_BLOCK):
-        _kernels._exp_block(x, start, min(x.size, start + _kernels._EXP_BLOCK), high, out, first, second)
+    out = np.empty(x.size)
+    _kernels._exp_row(x, high, out)
     exact = np.exp(x - high)  # libm: correctly rounded or within half an ulp of it
     spacing = np.spacing(np.abs(exact))
     ulps = np.abs(out - exact) / np.where(spacing > 0, spacing, 5e-324)
