@@ -198,6 +198,13 @@ class GradientElements:
         the worst (the vocabulary-scale comparison: about a third of the two passes' time); None
         where it does not apply (NumPy engine, a small block, a NaN or inf anywhere, a row whose
         own figures are not finite): then the caller takes the two passes."""
+        judged = self.one_pass(actual, expected, start, stop, dtype=dtype, quantity=quantity, scale=scale, native=native)
+        return None if judged is None else kernel_figures(judged[0], np.shape(expected))
+
+    def one_pass(self, actual: np.ndarray, expected: np.ndarray, start: int, stop: int, *, dtype: str, quantity: str,
+                 scale: float = 1.0, native: np.ndarray | None = None) -> tuple[tuple, int] | None:
+        """:meth:`figures` as the kernel gives them (its raw tuple), with how many rows it judged
+        element by element (the others its row screen settled), or None where it does not apply."""
         e = np.asarray(expected)
         if not engine.available() or e.size < KERNEL_MIN_ELEMENTS:
             return None
@@ -211,12 +218,14 @@ class GradientElements:
             a = a.astype(np.float64, copy=False)
         element_figures, threads = engine.kernel("element_figures", e.size)
         top, floor, spacings, min_exponent, base = kernel_units(dtype, quantity, FLOOR_CLASSES)
-        canonical = self.canonical(np.asarray(e, dtype=np.float64))
+        # C-contiguous: the kernel reads a position's classes as a row
+        canonical = np.ascontiguousarray(self.canonical(np.asarray(e, dtype=np.float64)))
         figures = element_figures(
-            self.canonical(a), canonical, *self._kernel_model(start, stop, canonical.shape[0]),
-            canonical if native is None else self.canonical(np.asarray(native, dtype=np.float64)), native is not None,
+            np.ascontiguousarray(self.canonical(a)), canonical, *self._kernel_model(start, stop, canonical.shape[0]),
+            canonical if native is None else np.ascontiguousarray(self.canonical(np.asarray(native, dtype=np.float64))),
+            native is not None,
             top, floor, spacings, min_exponent, base, float(scale), RELATIVE_ORACLE_MARGIN, threads)
-        return kernel_figures(figures, e.shape)
+        return figures[:7], int(figures[7])
 
     def blocks(self):
         """(start, stop, part, first) for outer rows [start, stop) of about :data:`BLOCK_ELEMENTS`

@@ -11,7 +11,7 @@ import ce_conformance.gradient_elements as gradient_elements
 from ce_conformance import Case, reference
 from ce_conformance.adapters.base import Capabilities, Outcome
 from ce_conformance.compare import compare
-from ce_conformance.tolerance import allowed_errors, error_figures, ulp_units
+from ce_conformance.tolerance import allowed_errors, error_figures, kernel_figures, ulp_units
 
 CAPABILITIES = Capabilities(gradients=True, target_gradients=True)
 
@@ -359,3 +359,84 @@ def test_a_log_sum_exp_a_few_ulps_off_fails_in_float64():
     shifted = (np.exp(x - lse * (1 + 4e-16)) - q) / 2
     comparison = compare(case, _outcome(case, shifted), reference.evaluate(case), CAPABILITIES)
     assert [v.check for v in comparison.verdicts] == ["grad_input_value"]
+
+
+def _screened_gradient(kind, monkeypatch):
+    """A case of ``kind`` judged by the one-pass kernel in one worker, its element budgets and
+    units, and a gradient off by a hundredth of each element's budget where row 0 holds every
+    record: 0.9 of the budget at one element (the worst ratio, unless a record below is worse),
+    and the largest absolute error and ulps, each at the element of row 0 with the most budget
+    in those terms. Every later row is then settled by the screen unless its bound is some 90
+    times loose."""
+    from ce_conformance import engine
+
+    monkeypatch.setattr(engine, "PARALLEL_MIN_ELEMENTS", 1 << 62)  # one worker: one running figure
+    monkeypatch.setattr(gradient_elements, "KERNEL_MIN_ELEMENTS", 1)
+    case = _kind_case(kind)
+    result = reference.evaluate(case)
+    elements, expected = result.grad_input_elements, result.grad_input
+    magnitude, sigma = elements.bounds(expected, 0, elements.outer)
+    unit = ulp_units(expected, magnitude, case.dtype, gradient_elements.FLOOR_CLASSES)
+    budget = allowed_errors(unit, sigma, case.dtype, "grad_input")
+    budget = np.where(np.isfinite(budget), budget, 0.0)
+    error = 0.01 * budget * np.random.default_rng(3).choice([-1.0, 1.0], expected.shape)
+    first = (slice(0, 1),)  # row 0 of the gradient (its first axis)
+    error[first][..., 7] = 0.9 * budget[first][..., 7]
+    for per_unit in (False, True):
+        scaled = np.abs(error) / unit if per_unit else np.abs(error)
+        room = (budget / unit if per_unit else budget)[first]
+        at = np.unravel_index(np.argmax(room), room.shape)
+        needed = 1.5 * scaled[1:].max() * (unit[first][at] if per_unit else 1.0)
+        error[first][at] = max(0.9 * budget[first][at], needed)
+    return case, elements, expected, expected + error, magnitude, sigma, budget, unit
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if not k.endswith("kdim")])
+def test_the_row_screen_settles_every_row_that_changes_no_figure(kind, monkeypatch):
+    # the screen is what makes the one-pass comparison fast at vocabulary scale: a row that cannot
+    # change the running figures (worst ratio, ulps, absolute error) is settled in a vectorised
+    # loop, and only the others are judged element by element. Its bound must be tight enough to
+    # settle every row far within its budget; the figures stay the two passes' exactly
+    _numba_engine()
+    case, elements, expected, actual, magnitude, sigma, budget, unit = _screened_gradient(kind, monkeypatch)
+    figures, judged = elements.one_pass(actual, expected, 0, elements.outer, dtype=case.dtype, quantity="grad_input")
+    assert judged == 1, judged
+    spec = error_figures(actual, expected, magnitude, sigma, case.dtype, "grad_input", gradient_elements.FLOOR_CLASSES)
+    fused = elements.figures(actual, expected, 0, elements.outer, dtype=case.dtype, quantity="grad_input")
+    assert fused.worst_index == spec.worst_index
+    np.testing.assert_allclose(fused[:2] + fused[3:], spec[:2] + spec[3:], rtol=1e-12)
+
+
+@pytest.mark.parametrize("planted", ["ratio", "absolute", "ulps", "nan"])
+def test_the_row_screen_hands_on_a_late_row_that_changes_the_figures(planted, monkeypatch):
+    # a row after the first that holds the worst ratio, the largest absolute error or ulps (each
+    # record alone), or a NaN must reach the element-by-element loop, not be settled by the screen
+    _numba_engine()
+    case, elements, expected, actual, magnitude, sigma, budget, unit = _screened_gradient("index", monkeypatch)
+    row = elements.outer - 1
+    if planted == "ratio":
+        actual[row, 123] = expected[row, 123] + 0.95 * budget[row, 123]
+    elif planted == "nan":
+        actual[row, 123] = np.nan
+    else:  # a record of one figure alone: row 0 holds a worse ratio (50) and the other record
+        actual[0, 7] = expected[0, 7] + 50 * budget[0, 7]
+        error = np.abs(actual - expected)
+        if planted == "absolute":
+            needed = np.full(unit[row].shape, 1.5 * error.max())
+            alone = needed / unit[row] < (error / unit).max()
+        else:
+            needed = 1.5 * (error / unit).max() * unit[row]
+            alone = needed < error.max()
+        alone &= needed < 50 * budget[row]
+        assert alone.any()
+        column = np.argmax(alone)
+        actual[row, column] = expected[row, column] + needed[column]
+    judged = elements.one_pass(actual, expected, 0, elements.outer, dtype=case.dtype, quantity="grad_input")
+    if planted == "nan":
+        assert kernel_figures(judged[0], expected.shape) is None
+        return
+    assert judged[1] == 2
+    spec = error_figures(actual, expected, magnitude, sigma, case.dtype, "grad_input", gradient_elements.FLOOR_CLASSES)
+    figures = kernel_figures(judged[0], expected.shape)
+    assert figures.worst_index == spec.worst_index
+    np.testing.assert_allclose(figures[:2] + figures[3:], spec[:2] + spec[3:], rtol=1e-12)
