@@ -400,6 +400,8 @@ def _element_figures(actual, expected, scale, terms_sum, log_total, relative, ab
                     elementwise, row_magnitude, row_sigma, scale_relative, subtracted_relative, u, u_half, sigmas,
                     probability, targets, target, target_coefficient, smoothing, eps_c, weight, native, use_native,
                     top_binade, floor, spacings, min_exponent, base_ulps, budget_scale, margin, roots)
+            if not state[6]:  # an element not finite: the caller takes the NumPy path, so stop here
+                break
         best_ratio[worker], best_index[worker], best_ulps[worker], best_budget[worker] = state[0], state[1], \
             state[2], state[3]
         worst_ulps[worker], worst_error[worker], finite[worker] = state[4], state[5], state[6]
