@@ -15,7 +15,7 @@ import types
 
 from numba import njit
 
-from ._compare_kernels import _element_bounds, _element_figures, _error_summary
+from ._compare_kernels import _element_bounds, _element_figures, _error_summary, _floor_roots  # noqa: F401
 from ._reference_kernels import (_exp_row, _index_rows, _order_biases, _row_max,  # noqa: F401
                                  _summation_roots, _workspace)
 

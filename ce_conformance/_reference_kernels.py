@@ -312,14 +312,22 @@ def _mark(bits, filters):
     filter_shift = np.uint64(64 - _log2(half * 64))
     joined = 0
     for k in range(bits.shape[0]):
-        bucket = (np.uint64(bits[k]) * _GOLDEN) >> filter_shift
-        word, bit = bucket >> np.uint64(6), np.uint64(1) << (bucket & np.uint64(63))
-        if filters[word] & bit:
-            joined += 1 if filters[half + word] & bit else 2
-            filters[half + word] |= bit
-        else:
-            filters[word] |= bit
+        joined += _mark_one(bits[k], filters, half, filter_shift)
     return joined
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _mark_one(key, filters, half, filter_shift):
+    """:func:`_mark` of one key: how many terms it adds to the candidates (0, or 2 for a bucket's
+    second term, 1 for a later one). Inlined in numba's IR, where its callers' loops need it."""
+    bucket = (np.uint64(key) * _GOLDEN) >> filter_shift
+    word, bit = bucket >> np.uint64(6), np.uint64(1) << (bucket & np.uint64(63))
+    if filters[word] & bit:
+        joined = 1 if filters[half + word] & bit else 2
+        filters[half + word] |= bit
+        return joined
+    filters[word] |= bit
+    return 0
 
 
 @njit(cache=True, nogil=True)
@@ -555,13 +563,7 @@ def _index_rows(rows, target, weight, scale, u, lost_weight, grad, steps, mantis
             _exp_row(x, high, e)
             for k in range(width):
                 term = e[k]
-                bucket = (np.uint64(e_bits[k]) * _GOLDEN) >> filter_shift
-                word, bit = bucket >> np.uint64(6), np.uint64(1) << (bucket & np.uint64(63))
-                if filters[word] & bit:
-                    marked += 1 if filters[half + word] & bit else 2
-                    filters[half + word] |= bit
-                else:
-                    filters[word] |= bit
+                marked += _mark_one(e_bits[k], filters, half, filter_shift)
                 running += term
                 squares += term * term
                 if k == top:

@@ -440,3 +440,29 @@ def test_the_row_screen_hands_on_a_late_row_that_changes_the_figures(planted, mo
     figures = kernel_figures(judged[0], expected.shape)
     assert figures.worst_index == spec.worst_index
     np.testing.assert_allclose(figures[:2] + figures[3:], spec[:2] + spec[3:], rtol=1e-12)
+
+
+def test_the_floor_roots_bound_every_relative_root_from_below():
+    # the screens skip an element's sigma where a lower bound of it cannot reach the worst ratio:
+    # each level b must stay below the relative root of every p < 2^-b, whatever T, u and u_half
+    _numba_engine()
+    from ce_conformance import _kernels
+
+    rng = np.random.default_rng(5)
+    roots = np.empty(64)
+    for _ in range(200):
+        base = rng.choice([0.0, 1e-20, 1e-12]) * rng.random()
+        total = rng.choice([-3.0, 0.0, 1.0, 12.0, 40.0]) * rng.random()
+        u, u_half = 2.0 ** -rng.choice([24, 53]), rng.choice([0.0, 2.0 ** -8, 2.0 ** -11])
+        levels = _kernels._floor_roots(roots, base, total, u, u_half, 300)
+        assert levels == 37  # 300 classes // 8
+        b = rng.integers(0, levels, 50)
+        log_p = -(b * np.log(2) + rng.exponential(3.0, 50))  # |log p| above b ln 2
+        exact = np.sqrt(base + (u * u / 3) * ((log_p + total) ** 2 + total ** 2 + log_p ** 2 + 1)
+                        + (u_half * u_half / 3) * log_p ** 2)
+        assert (roots[b] <= exact * (1 + 1e-15)).all()
+        tight = -(b * np.log(2))  # and the bound is met where |log p| sits on its level and above T / 2
+        at_level = np.sqrt(base + (u * u / 3) * ((tight + total) ** 2 + total ** 2 + tight ** 2 + 1)
+                           + (u_half * u_half / 3) * tight ** 2)
+        on = b * np.log(2) > total / 2
+        np.testing.assert_allclose(roots[b][on], at_level[on], rtol=1e-12)
