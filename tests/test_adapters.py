@@ -1,5 +1,7 @@
 """Built-in and user adapters: correct translations, honest capabilities, compile reuse."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -218,6 +220,15 @@ def test_jax_port_keeps_label_smoothing_exact_in_half_dtypes():
     x = np.zeros(64)
     x[54] = -8.0
     _assert_conforms(JAX, Case.cross_entropy(x, np.array(54), dtype="bfloat16", label_smoothing=0.966796875))
+
+
+def test_jax_port_multiplies_soft_targets_in_torchs_order():
+    # drawn by test_jax_port_conforms: the port formed weight * target first, which with class
+    # weights of 1e-4 rounds into float16's subnormals (1 % off) where torch's -(logp * target *
+    # weight) stays normal; the loss was 1.02 of its budget (2.62 ulps), torch's order 0.24
+    pytest.importorskip("jax")
+    case = Case.load(Path(__file__).parent / "cases" / "float16_soft_tiny_weights_jax_port_order.json")
+    _assert_conforms(JAX, case)
 
 
 def test_jax_port_sum_with_zero_total_weight_has_zero_gradient():
