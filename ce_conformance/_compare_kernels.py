@@ -222,6 +222,23 @@ def _floor_roots(roots, base, total, u, u_half, classes):
 
 
 @njit(cache=True, nogil=True)
+def _denominator_binade(denominator):
+    """The binade of a position's ``|s K|``, for :func:`_floor_level`; 2000 where it is not normal
+    (its bits' binade would be above its own, so no level is claimed)."""
+    return _binade(float_bits(denominator)) if denominator >= 2.2250738585072014e-308 else 2000
+
+
+@njit(cache=True, nogil=True)
+def _floor_level(denominator_binade, proportional, levels):
+    """The :func:`_floor_roots` level of an element: ``p = proportional / denominator`` is below
+    2^(binade difference + 1), so ``|log p|`` is above that many ln 2 (no division: the binades),
+    at most the last level filled. Scalars only: a helper that takes arrays counts their
+    references on every call, which keeps the screen's loop from vectorising."""
+    below = denominator_binade - _binade(float_bits(proportional)) - 1 if proportional > 0 else 0
+    return min(max(below, 0), levels - 1)
+
+
+@njit(cache=True, nogil=True)
 def _row_screen(actual, expected, native, o, ratio_best, ulps_worst, error_worst, wise, row_m, row_s, s, denominator,
                 lost, roots, levels, scale_relative, subtracted_relative, probability, targets, target_row, y,
                 y_coefficient, smoothing, eps_c, weight, use_native, top_binade, floor, spacings, min_exponent,
@@ -238,7 +255,7 @@ def _row_screen(actual, expected, native, o, ratio_best, ulps_worst, error_worst
     no running maximum: LLVM vectorises it (about a third of the one-by-one loop's time), where
     with the figures' maxima in it, it did not."""
     classes = expected.shape[1]
-    denominator_binade = _binade(float_bits(denominator)) if denominator >= 2.2250738585072014e-308 else 2000
+    denominator_binade = _denominator_binade(denominator)
     # error > ratio_best * budget_scale * (base_ulps * unit + sigmas * sigma), with sigma^2 >= low^2:
     # error * reach - base_ulps * unit > 0 and its square above sigmas^2 low^2
     reach = 1.0 / (ratio_best * budget_scale * _SCREEN) if ratio_best > 0 else np.inf
@@ -255,8 +272,7 @@ def _row_screen(actual, expected, native, o, ratio_best, ulps_worst, error_worst
         m = max(proportional, abs(s) * parts) if wise else row_m
         error = abs(a - e)
         unit = _unit(e, float_bits(e), m, _binade(float_bits(m)), top_binade, spacings, min_exponent, floor)
-        below = denominator_binade - _binade(float_bits(proportional)) - 1 if proportional > 0 else 0
-        a_part = proportional * roots[min(max(below, 0), levels - 1)]
+        a_part = proportional * roots[_floor_level(denominator_binade, proportional, levels)]
         b_part = abs(e) * scale_relative
         c_part = abs(s) * parts * subtracted_relative
         low_sq = a_part * a_part + b_part * b_part + c_part * c_part + lost * lost if wise else row_s * row_s
@@ -290,9 +306,7 @@ def _position_figures(actual, expected, expected_bits, o, i, state, scale, terms
     levels = _floor_roots(roots, base, total, u, u_half, classes)
     y = target[o, i] if not probability else -1
     y_coefficient = target_coefficient[o, i] if not probability else 0.0
-    # |log p| from the binades (p < 2^(binade difference + 1)): none where the denominator is
-    # not normal (its bits' binade is then above its own)
-    denominator_binade = _binade(float_bits(denominator)) if denominator >= 2.2250738585072014e-308 else 2000
+    denominator_binade = _denominator_binade(denominator)
     for c in range(classes):
         a = actual[o, c, i]
         e = expected[o, c, i]
@@ -322,8 +336,7 @@ def _position_figures(actual, expected, expected_bits, o, i, state, scale, terms
             ulps_worst = error / unit
         error_worst = max(error_worst, error)
         if not exact:  # a lower bound of the allowed error first
-            below = denominator_binade - _binade(float_bits(proportional)) - 1 if proportional > 0 else 0
-            root = roots[min(max(below, 0), levels - 1)]
+            root = roots[_floor_level(denominator_binade, proportional, levels)]
             least = max(proportional * root, abs(e) * scale_relative,
                         abs(s) * parts * subtracted_relative, lost)
             bound = budget_scale * (base_ulps * unit + sigmas * least) * _SCREEN
