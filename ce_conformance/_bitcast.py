@@ -1,4 +1,4 @@
-"""Bit casts between float64 and int64 for the numba kernels (:mod:`ce_conformance._kernels`).
+"""Bit casts between floats and integers of their width for the numba kernels (:mod:`ce_conformance._kernels`).
 
 A kernel that reads a computed float's bits through a one-element array view (store, then load)
 stops LLVM from vectorising its loop, and a loop split in two around a scratch array of bits
@@ -27,3 +27,11 @@ def bits_float(typingctx, bits):
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.DoubleType())
     return types.float64(types.int64), codegen
+
+
+@intrinsic
+def float32_bits(typingctx, value):
+    """The IEEE-754 bits of a float32, as an int32 (``np.float32(x).view(np.int32)``)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.int32(types.float32), codegen

@@ -1,6 +1,6 @@
 """numba kernels of the judging pipeline (imported lazily through :mod:`ce_conformance.engine`):
 the reference's and the summation model's in :mod:`._reference_kernels`, the comparison's in
-:mod:`._compare_kernels`.
+:mod:`._compare_kernels`, the adapters' input check in :mod:`._adapter_kernels`.
 
 Each kernel mirrors a vectorised NumPy function that is its specification; the tests check
 that the two agree. Compiled code is cached on disk (``cache=True``), so only the first use in
@@ -15,6 +15,7 @@ import types
 
 from numba import njit
 
+from ._adapter_kernels import _holds_bits  # noqa: F401
 from ._compare_kernels import _element_bounds, _element_figures, _error_summary, _floor_roots  # noqa: F401
 from ._reference_kernels import (_exp_row, _index_rows, _order_biases, _row_max,  # noqa: F401
                                  _summation_roots, _workspace)
@@ -36,3 +37,4 @@ index_rows, index_rows_serial = _variants(_index_rows)
 element_bounds, element_bounds_serial = _variants(_element_bounds)
 element_figures, element_figures_serial = _variants(_element_figures)
 order_biases, order_biases_serial = _variants(_order_biases)
+holds_bits, holds_bits_serial = _variants(_holds_bits)

@@ -203,6 +203,36 @@ def test_the_row_maximum_sees_every_element_and_every_nan(dtype):
     assert _kernels._row_max(np.array([-np.inf, -np.inf], dtype=dtype)) == (-np.inf, False)
 
 
+_WIDTH_INTEGERS = {"float64": np.int64, "float32": np.int32, "bfloat16": np.int16, "float16": np.int16}
+
+
+@pytest.mark.parametrize("dtype", list(_WIDTH_INTEGERS))
+def test_the_input_check_kernel_holds_exactly_the_converted_bits(variant, dtype):
+    # its specification: the values converted by NumPy (ml_dtypes for bfloat16), viewed as
+    # integers; every special value of the dtype, subnormals included, and a flipped bit anywhere
+    from ce_conformance.adapters.base import holds_case_values
+    from ce_conformance.dtypes import numpy_dtype
+
+    rng = np.random.default_rng(3)
+    info = np.finfo(numpy_dtype(dtype))
+    specials = [0.0, -0.0, np.inf, -np.inf, float(info.tiny), -float(info.tiny), float(info.smallest_subnormal),
+                -float(info.smallest_subnormal), float(info.max), -float(info.max), 1.0, -2.5]
+    drawn = rng.standard_normal(997) * np.exp2(rng.integers(info.minexp - info.nmant, info.maxexp, 997))
+    values = np.concatenate([specials, drawn]).astype(numpy_dtype(dtype)).astype(np.float64)
+    bits = values.astype(numpy_dtype(dtype)).view(_WIDTH_INTEGERS[dtype])
+    assert holds_case_values(bits, values, dtype)
+    assert holds_case_values(bits.reshape(-1, 1), values.reshape(-1, 1), dtype)
+    for position in (0, 1, 5, len(values) - 1, int(rng.integers(len(values)))):
+        for bit in (0, 8 * bits.itemsize - 1, int(rng.integers(8 * bits.itemsize))):
+            flipped = bits.copy()
+            flipped[position] ^= flipped.dtype.type(1) << flipped.dtype.type(bit)
+            assert not holds_case_values(flipped, values, dtype), (position, bit)
+    with_nan = values.copy()
+    with_nan[3] = np.nan  # a NaN's payload may change in conversion: never shown here
+    assert not holds_case_values(with_nan.astype(numpy_dtype(dtype)).view(bits.dtype), with_nan, dtype)
+    assert not holds_case_values(bits[::2], values[::2], dtype)  # not contiguous: the caller's way
+
+
 def test_the_engine_is_chosen_by_the_environment():
     def engine_in(value):
         env = {**os.environ, "CE_CONFORMANCE_ENGINE": value}

@@ -208,3 +208,31 @@ def same_values(a: np.ndarray, b: np.ndarray) -> bool:
         unsigned = np.dtype(f"u{a.dtype.itemsize}")
         return bool(np.array_equal(np.ascontiguousarray(a).view(unsigned), np.ascontiguousarray(b).view(unsigned)))
     return bool(np.array_equal(a, b))
+
+
+_BIT_KINDS: Final = {"float64": (0, np.int64), "float32": (1, np.int32), "bfloat16": (2, np.int16),
+                     "float16": (3, np.int16)}
+
+
+def holds_case_values(bits: np.ndarray, values: np.ndarray, dtype: str) -> bool:
+    """Whether ``bits`` (the raw bits of a C-contiguous array in ``dtype``, as integers of its
+    width) hold a case's exact float64 ``values`` bit for bit: the fast half of a mutation check,
+    one threaded pass without converting the values (numba engine, float dtypes). False means
+    "not shown": a difference, a NaN (whose payload a conversion may change), or no kernel here;
+    the caller then compares its own way. Never True for bits that differ.
+
+    >>> import numpy as np
+    >>> values = np.array([1.5, -0.0, np.inf])
+    >>> from ce_conformance import engine
+    >>> holds_case_values(values.astype(np.float32).view(np.int32), values, "float32") == engine.available()
+    True
+    """
+    from ce_conformance import engine
+
+    kind = _BIT_KINDS.get(dtype)
+    if kind is None or not engine.available() or bits.dtype != kind[1] or bits.shape != values.shape:
+        return False
+    if not (bits.flags.c_contiguous and values.flags.c_contiguous):
+        return False
+    holds_bits, threads = engine.kernel("holds_bits", values.size)
+    return bool(holds_bits(bits.reshape(-1), values.reshape(-1), kind[0], threads))

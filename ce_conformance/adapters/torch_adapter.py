@@ -16,7 +16,7 @@ from ce_conformance.case import Case, Tensor
 from ce_conformance.errors import ConfigurationError
 from ce_conformance.outputs import requested, split_result
 
-from .base import Adapter, Capabilities, Outcome, float64_copy
+from .base import Adapter, Capabilities, Outcome, float64_copy, holds_case_values
 from .framework import Bridge
 
 def torch_dtype(name: str) -> Any:
@@ -268,13 +268,20 @@ MUTATION_CHECK_ELEMENTS = 1 << 20
 
 def _still_holds(tensor: Any, source: Tensor, device: str) -> bool:
     """Whether a tensor :func:`to_torch` made of ``source`` still holds its values bit for bit:
+    on CPU first by :func:`~ce_conformance.adapters.base.holds_case_values` (one threaded pass; at
+    vocabulary scale torch's comparison below took 0.22 s, 40 % of the native call), else
     compared with a fresh conversion, a chunk of leading-axis slices at a time. A clone taken
-    before the call did the same with a full copy: at vocabulary scale half a GB of new memory
-    and a quarter of the adapter's overhead."""
+    before the call did the same with a full copy: half a GB of new memory at vocabulary scale."""
+    import torch
+
     dtype = torch_dtype(source.dtype)
     if tuple(tensor.shape) != source.shape or tensor.dtype != dtype:
         return False
     values = source.values
+    if tensor.device.type == "cpu" and tensor.is_floating_point() and tensor.is_contiguous():
+        integer = {2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()]
+        if holds_case_values(tensor.view(integer).numpy(), values, source.dtype):
+            return True  # shown in one threaded pass; otherwise torch's comparison below decides
     if tensor.dim() == 0:
         return _bitwise_equal(tensor, _read_only_view(values).to(device, dtype))
     step = max(1, MUTATION_CHECK_ELEMENTS // max(1, math.prod(source.shape[1:])))
