@@ -314,6 +314,10 @@ def _numpy(tensor: Any) -> np.ndarray:
     tensor = tensor.detach().cpu()
     if tensor.is_floating_point():
         wide = torch.float64 if tensor.dtype == torch.float64 else torch.float32
+        if tensor.dtype != wide:  # a half gradient widened: at vocabulary scale into recycled pages
+            out = _recycled(tuple(tensor.shape), wide)  # (fresh ones cost 0.13 s of 0.35 s in bfloat16)
+            if out is not None:
+                return out.copy_(tensor).numpy()
         return tensor.to(wide).numpy()
     return tensor.to(torch.int64).numpy()
 
