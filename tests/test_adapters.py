@@ -342,11 +342,13 @@ def test_torch_adapter_sees_a_write_into_any_chunk_of_its_input(torch, monkeypat
 
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
 def test_torch_adapter_shows_an_untouched_input_in_one_pass(torch, monkeypatch, dtype):
-    """On CPU a contiguous input the function left alone is shown to hold the case's values by the
-    engine's one-pass kernel: torch's chunk-by-chunk comparison (40 % of the native call at
-    vocabulary scale) runs only where that pass cannot show it."""
+    """On CPU a large contiguous input the function left alone is shown to hold the case's values
+    by the engine's one-pass kernel: torch's chunk-by-chunk comparison (40 % of the native call
+    at vocabulary scale) runs only where that pass cannot show it. Small inputs never use the
+    engine (a worker process would load it within a case's time limit)."""
     from ce_conformance import engine
     from ce_conformance.adapters import torch_adapter
+    from ce_conformance.adapters.base import holds_case_values as holds
 
     if not engine.available():
         pytest.skip("the numba engine is not available here: torch's comparison is the only one")
@@ -354,8 +356,14 @@ def test_torch_adapter_shows_an_untouched_input_in_one_pass(torch, monkeypatch, 
     case = Case.cross_entropy(rng.standard_normal((5, 4)), rng.integers(0, 4, 5), dtype=dtype)
     compared = []
     monkeypatch.setattr(torch_adapter, "_bitwise_equal", lambda a, b: compared.append(a.dtype) or torch.equal(a, b))
+    one_pass = []
+    monkeypatch.setattr(torch_adapter, "holds_case_values", lambda *args: one_pass.append(args) or holds(*args))
     assert torch_adapter.TorchAdapter(torch.nn.functional.cross_entropy).run(case).mutated == ()
-    assert compared == [torch.int64]  # the target only: integers are torch's to compare
+    assert one_pass == [] and len(compared) == 2  # below the threshold: torch compares input and target
+    compared.clear()
+    monkeypatch.setattr(torch_adapter, "ONE_PASS_MIN_ELEMENTS", 20)
+    assert torch_adapter.TorchAdapter(torch.nn.functional.cross_entropy).run(case).mutated == ()
+    assert len(one_pass) == 1 and compared == [torch.int64]  # the target only: integers are torch's
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
