@@ -50,7 +50,22 @@ def test_optax_conforms_away_from_large_offsets(case):
     pytest.importorskip("optax")
     if np.abs(case.input[np.isfinite(case.input)]).max(initial=0) > 100:
         return  # optax's integer-label loss cancels at large offsets: a real finding, see README
+    if case.options["label_smoothing"] == 1.0 and np.isneginf(case.input).any():
+        return  # a -inf target logit at smoothing 1: torch's 0 * inf is NaN, optax's inf (README)
     _assert_conforms(OPTAX, case)
+
+
+def test_optax_returns_inf_where_torch_forms_zero_times_inf():
+    """The known optax finding the property test above steps around: smoothing 1 and a -inf
+    target logit (drawn by that test on 2026-12-07)."""
+    pytest.importorskip("optax")
+    logits = np.array([[0.5, -np.inf, 1.0, -0.25]])
+    case = Case.cross_entropy(logits, np.array([1]), dtype="float32", label_smoothing=1.0)
+    assert np.isnan(reference.evaluate(case).loss)
+    outcome = OPTAX.run(case)
+    assert outcome.status == "ok" and np.isposinf(outcome.loss)
+    assert [v.check for v in compare(case, outcome, reference.evaluate(case), OPTAX.capabilities).verdicts] == [
+        "loss_nonfinite"]
 
 
 JAX = adapters.load_adapter("jax")
