@@ -17,21 +17,22 @@ from ._bitcast import float32_bits, float_bits
 FLOAT64, FLOAT32, BFLOAT16, FLOAT16 = 0, 1, 2, 3
 """The ``kind`` codes of :func:`_holds_bits`."""
 
-_CHUNK = 1 << 16
+_CHUNK = 1 << 16  # the fewest elements worth a thread
 
 
 def _holds_bits(bits, values, kind, threads):
     """Whether every element of ``bits`` (a flat integer array of the dtype's width: the tensor's
     bits) is the bit pattern of the same element of ``values`` (flat float64, each exact in the
     dtype ``kind``). False also wherever a value is NaN, whose payload a conversion may change:
-    the caller then compares the slow way. Never True for a tensor that differs."""
+    the caller then compares the slow way. Never True for a tensor that differs. The elements
+    are split into ``threads`` contiguous runs."""
     n = values.shape[0]
-    chunks = (n + _CHUNK - 1) // _CHUNK
-    differs = np.zeros(max(chunks, 1), dtype=np.bool_)
-    for chunk in prange(chunks):
-        stop = min(n, (chunk + 1) * _CHUNK)
+    workers = max(1, min(threads, (n + _CHUNK - 1) // _CHUNK))
+    per = (n + workers - 1) // workers
+    differs = np.zeros(workers, dtype=np.bool_)
+    for worker in prange(workers):
         bad = False
-        for i in range(chunk * _CHUNK, stop):
+        for i in range(worker * per, min(n, (worker + 1) * per)):
             v = values[i]
             if kind == FLOAT64:
                 expected = float_bits(v)
@@ -45,7 +46,7 @@ def _holds_bits(bits, values, kind, threads):
                 else:
                     expected = _half_bits(single)
             bad |= (v != v) | (np.int64(bits[i]) != expected)
-        differs[chunk] = bad
+        differs[worker] = bad
     return not differs.any()
 
 

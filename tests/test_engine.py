@@ -231,6 +231,12 @@ def test_the_input_check_kernel_holds_exactly_the_converted_bits(variant, dtype)
     with_nan[3] = np.nan  # a NaN's payload may change in conversion: never shown here
     assert not holds_case_values(with_nan.astype(numpy_dtype(dtype)).view(bits.dtype), with_nan, dtype)
     assert not holds_case_values(bits[::2], values[::2], dtype)  # not contiguous: the caller's way
+    many, many_bits = np.tile(values, 150), np.tile(bits, 150)  # above a thread's share: split in runs
+    assert holds_case_values(many_bits, many, dtype)
+    for position in (0, len(many) // 2 + 1, len(many) - 1):
+        flipped = many_bits.copy()
+        flipped[position] ^= flipped.dtype.type(1)
+        assert not holds_case_values(flipped, many, dtype), position
 
 
 def test_the_engine_is_chosen_by_the_environment():
