@@ -212,6 +212,8 @@ def same_values(a: np.ndarray, b: np.ndarray) -> bool:
 
 _BIT_KINDS: Final = {"float64": (0, np.int64), "float32": (1, np.int32), "bfloat16": (2, np.int16),
                      "float16": (3, np.int16)}
+"""A dtype's ``kind`` code in ``_adapter_kernels`` (its FLOAT64 ... FLOAT16: that module needs
+numba, this one must not) and the integers of its width."""
 
 
 def holds_case_values(bits: np.ndarray, values: np.ndarray, dtype: str) -> bool:

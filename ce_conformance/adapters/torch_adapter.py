@@ -279,16 +279,13 @@ def _still_holds(tensor: Any, source: Tensor, device: str) -> bool:
     scale torch's comparison below took 0.22 s, 40 % of the native call), else
     compared with a fresh conversion, a chunk of leading-axis slices at a time. A clone taken
     before the call did the same with a full copy: half a GB of new memory at vocabulary scale."""
-    import torch
-
     dtype = torch_dtype(source.dtype)
     if tuple(tensor.shape) != source.shape or tensor.dtype != dtype:
         return False
     values = source.values
     if (tensor.device.type == "cpu" and tensor.is_floating_point() and tensor.is_contiguous()
             and tensor.numel() >= ONE_PASS_MIN_ELEMENTS):
-        integer = {2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()]
-        if holds_case_values(tensor.view(integer).numpy(), values, source.dtype):
+        if holds_case_values(_bits(tensor).numpy(), values, source.dtype):
             return True  # shown in one threaded pass; otherwise torch's comparison below decides
     if tensor.dim() == 0:
         return _bitwise_equal(tensor, _read_only_view(values).to(device, dtype))
@@ -304,9 +301,15 @@ def _bitwise_equal(a: Any, b: Any) -> bool:
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
     if a.is_floating_point():
-        integer = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
-        return bool(torch.equal(a.contiguous().view(integer), b.contiguous().view(integer)))
+        return bool(torch.equal(_bits(a), _bits(b)))
     return bool(torch.equal(a, b))
+
+
+def _bits(tensor: Any) -> Any:
+    """A float tensor's bits as integers of its width (a view where it is contiguous)."""
+    import torch
+
+    return tensor.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()])
 
 
 def _numpy(tensor: Any) -> np.ndarray:
