@@ -27,11 +27,3 @@ def bits_float(typingctx, bits):
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.DoubleType())
     return types.float64(types.int64), codegen
-
-
-@intrinsic
-def float32_bits(typingctx, value):
-    """The IEEE-754 bits of a float32, as an int32 (``np.float32(x).view(np.int32)``)."""
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-    return types.int32(types.float32), codegen

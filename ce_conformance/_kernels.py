@@ -15,7 +15,7 @@ import types
 
 from numba import njit
 
-from ._adapter_kernels import _holds_bits  # noqa: F401
+from ._adapter_kernels import _fingerprint  # noqa: F401
 from ._compare_kernels import _element_bounds, _element_figures, _error_summary, _floor_roots  # noqa: F401
 from ._reference_kernels import (_exp_row, _index_rows, _order_biases, _row_max,  # noqa: F401
                                  _summation_roots, _workspace)
@@ -37,4 +37,4 @@ index_rows, index_rows_serial = _variants(_index_rows)
 element_bounds, element_bounds_serial = _variants(_element_bounds)
 element_figures, element_figures_serial = _variants(_element_figures)
 order_biases, order_biases_serial = _variants(_order_biases)
-holds_bits, holds_bits_serial = _variants(_holds_bits)
+fingerprint, fingerprint_serial = _variants(_fingerprint)

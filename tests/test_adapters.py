@@ -333,12 +333,20 @@ def input_memory(request, monkeypatch):
 
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided", "offset"])
 @pytest.mark.parametrize("where", ["first", "last"])
-def test_torch_adapter_sees_a_write_into_any_chunk_of_its_input(torch, monkeypatch, layout, where, input_memory):
-    """The mutation check compares the input with the case's values chunk by chunk (no clone): a
-    write anywhere, in any memory layout, fresh or recycled, is seen, and an untouched input is
-    not flagged."""
+@pytest.mark.parametrize("check", ["compared", "fingerprinted"])
+def test_torch_adapter_sees_a_write_into_any_chunk_of_its_input(torch, monkeypatch, layout, where, input_memory,
+                                                                 check):
+    """The mutation check compares the input with the case's values chunk by chunk (no clone), or
+    (large contiguous inputs) compares its fingerprints before and after the call: a write
+    anywhere, in any memory layout, fresh or recycled, is seen, and an untouched input is not
+    flagged."""
+    from ce_conformance import engine
     from ce_conformance.adapters import torch_adapter
 
+    if check == "fingerprinted":
+        if not engine.available():
+            pytest.skip("the numba engine is not available here: inputs are compared, never fingerprinted")
+        monkeypatch.setattr(torch_adapter, "FINGERPRINT_MIN_ELEMENTS", 1)
     monkeypatch.setattr(torch_adapter, "MUTATION_CHECK_ELEMENTS", 8)  # rows of 3 classes: chunks of 2 rows
     rng = np.random.default_rng(0)
     case = Case.cross_entropy(rng.standard_normal((7, 3)), rng.integers(0, 3, 7), dtype="bfloat16",
@@ -356,14 +364,13 @@ def test_torch_adapter_sees_a_write_into_any_chunk_of_its_input(torch, monkeypat
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
-def test_torch_adapter_shows_an_untouched_input_in_one_pass(torch, monkeypatch, dtype):
-    """On CPU a large contiguous input the function left alone is shown to hold the case's values
-    by the engine's one-pass kernel: torch's chunk-by-chunk comparison (40 % of the native call
-    at vocabulary scale) runs only where that pass cannot show it. Small inputs never use the
-    engine (a worker process would load it within a case's time limit)."""
+def test_torch_adapter_fingerprints_only_large_contiguous_inputs(torch, monkeypatch, dtype):
+    """On CPU a large contiguous float input is checked by its fingerprints before and after the
+    call, one read of the tensor each: torch's chunk-by-chunk comparison with the case's values
+    (40 % of the native call at vocabulary scale) is for everything else. Small inputs never use
+    the engine (a worker process would load it within a case's time limit)."""
     from ce_conformance import engine
-    from ce_conformance.adapters import torch_adapter
-    from ce_conformance.adapters.base import holds_case_values as holds
+    from ce_conformance.adapters import base, torch_adapter
 
     if not engine.available():
         pytest.skip("the numba engine is not available here: torch's comparison is the only one")
@@ -371,14 +378,16 @@ def test_torch_adapter_shows_an_untouched_input_in_one_pass(torch, monkeypatch, 
     case = Case.cross_entropy(rng.standard_normal((5, 4)), rng.integers(0, 4, 5), dtype=dtype)
     compared = []
     monkeypatch.setattr(torch_adapter, "_bitwise_equal", lambda a, b: compared.append(a.dtype) or torch.equal(a, b))
-    one_pass = []
-    monkeypatch.setattr(torch_adapter, "holds_case_values", lambda *args: one_pass.append(args) or holds(*args))
+    taken = []
+    monkeypatch.setattr(torch_adapter, "fingerprint",
+                        lambda bits, **kwargs: taken.append(bits.dtype) or base.fingerprint(bits, **kwargs))
     assert torch_adapter.TorchAdapter(torch.nn.functional.cross_entropy).run(case).mutated == ()
-    assert one_pass == [] and len(compared) == 2  # below the threshold: torch compares input and target
+    assert taken == [] and len(compared) == 2  # below the threshold: torch compares input and target
     compared.clear()
-    monkeypatch.setattr(torch_adapter, "ONE_PASS_MIN_ELEMENTS", 20)
+    monkeypatch.setattr(torch_adapter, "FINGERPRINT_MIN_ELEMENTS", 20)
     assert torch_adapter.TorchAdapter(torch.nn.functional.cross_entropy).run(case).mutated == ()
-    assert len(one_pass) == 1 and compared == [torch.int64]  # the target only: integers are torch's
+    width = {"float64": np.int64, "float32": np.int32}.get(dtype, np.int16)
+    assert taken == [np.dtype(width)] * 2 and compared == [torch.int64]  # before, after; the target is torch's
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])

@@ -16,7 +16,7 @@ from ce_conformance.case import Case, Tensor
 from ce_conformance.errors import ConfigurationError
 from ce_conformance.outputs import requested, split_result
 
-from .base import Adapter, Capabilities, Outcome, float64_copy, holds_case_values
+from .base import Adapter, Capabilities, Outcome, fingerprint, float64_copy
 from .framework import Bridge
 
 def torch_dtype(name: str) -> Any:
@@ -137,6 +137,7 @@ class TorchAdapter(Adapter):
         spec = case.spec
         tensors = {name: to_torch(tensor, self.device, case.memory_layout if name == "input" else "contiguous")
                    for name, tensor in case.tensors.items() if name != "grad_output"}
+        before = {name: _fingerprint_before(tensor) for name, tensor in tensors.items()}
         x = tensors["input"]
         wants_grad = self.capabilities.gradients and x.is_floating_point()
         # the input, the family's parameters (a linear head's weight and bias), a probability target
@@ -152,8 +153,8 @@ class TorchAdapter(Adapter):
                                             if name != "grad_output" and (name in tensors or name == "weight")}}
 
         def mutated() -> tuple[str, ...]:
-            return tuple(k for k, tensor in tensors.items() if not _still_holds(tensor.detach(), case.tensors[k],
-                                                                                self.device))
+            return tuple(k for k, tensor in tensors.items()
+                         if not _still_holds(tensor.detach(), case.tensors[k], self.device, before[k]))
 
         try:
             loss, returned = split_result(self.fn(*positional, **kwargs), requested(case.options))
@@ -263,30 +264,41 @@ def _read_only_view(values: np.ndarray) -> Any:
 
 
 MUTATION_CHECK_ELEMENTS = 1 << 20
-"""Elements per chunk of :func:`_still_holds`."""
+"""Elements per chunk of :func:`_still_holds`'s comparison."""
 
-ONE_PASS_MIN_ELEMENTS = 1 << 25
-"""Inputs at least this large are checked by the engine's one-pass kernel first: there torch's
-comparison costs 0.05 s and more (0.22 s at N = 1024, C = 128256). Smaller ones never load the
-engine into a worker process, where loading it (0.7 s, a few seconds in a fresh environment)
-would count against the first case's time limit."""
+FINGERPRINT_MIN_ELEMENTS = 1 << 25
+"""Inputs at least this large are checked by fingerprints (:func:`_fingerprint_before`): there
+torch's comparison costs 0.05 s and more (0.22 s at N = 1024, C = 128256). Smaller ones never
+load the engine into a worker process, where loading it (0.7 s, a few seconds in a fresh
+environment) would count against the first case's time limit."""
 
 
-def _still_holds(tensor: Any, source: Tensor, device: str) -> bool:
-    """Whether a tensor :func:`to_torch` made of ``source`` still holds its values bit for bit:
-    on CPU, from :data:`ONE_PASS_MIN_ELEMENTS` on, first by
-    :func:`~ce_conformance.adapters.base.holds_case_values` (one threaded pass; at vocabulary
-    scale torch's comparison below took 0.22 s, 40 % of the native call), else
-    compared with a fresh conversion, a chunk of leading-axis slices at a time. A clone taken
-    before the call did the same with a full copy: half a GB of new memory at vocabulary scale."""
+def _fingerprint_before(tensor: Any) -> int | None:
+    """The fingerprint (:func:`~ce_conformance.adapters.base.fingerprint`) of a large contiguous
+    CPU float tensor fresh from :func:`to_torch`, for :func:`_still_holds` after the call; None for
+    any other tensor, or where the numba engine is not in use (its NumPy body would cost more
+    than the comparison it saves)."""
+    if (tensor.device.type != "cpu" or not tensor.is_floating_point() or not tensor.is_contiguous()
+            or tensor.numel() < FINGERPRINT_MIN_ELEMENTS):
+        return None
+    return fingerprint(_bits(tensor.detach()).numpy(), engine_only=True)
+
+
+def _still_holds(tensor: Any, source: Tensor, device: str, before: int | None = None) -> bool:
+    """Whether a tensor :func:`to_torch` made of ``source`` still holds its values bit for bit.
+    Given ``before``, its fingerprint fresh from the conversion, and still contiguous on CPU: by
+    its fingerprint now (one read of the tensor, 0.03 s at N = 1024, C = 128256, where comparing
+    it with the case's float64 values read three times the bytes and cost 0.13 s, and torch's
+    comparison below 0.22 s); a changed element is always seen, several changed ones but for a
+    chance of about 2^-64. Otherwise compared with a fresh conversion, a chunk of leading-axis
+    slices at a time (a clone taken before the call did the same with a full copy: half a GB of
+    new memory at vocabulary scale)."""
     dtype = torch_dtype(source.dtype)
     if tuple(tensor.shape) != source.shape or tensor.dtype != dtype:
         return False
     values = source.values
-    if (tensor.device.type == "cpu" and tensor.is_floating_point() and tensor.is_contiguous()
-            and tensor.numel() >= ONE_PASS_MIN_ELEMENTS):
-        if holds_case_values(_bits(tensor).numpy(), values, source.dtype):
-            return True  # shown in one threaded pass; otherwise torch's comparison below decides
+    if before is not None and tensor.device.type == "cpu" and tensor.is_contiguous():
+        return fingerprint(_bits(tensor).numpy()) == before
     if tensor.dim() == 0:
         return _bitwise_equal(tensor, _read_only_view(values).to(device, dtype))
     step = max(1, MUTATION_CHECK_ELEMENTS // max(1, math.prod(source.shape[1:])))
