@@ -5,8 +5,8 @@ At vocabulary scale torch's own bitwise comparison against a fresh conversion of
 values, chunk by chunk, cost 0.22 s beside a 0.5 s forward + backward: most of the adapter's
 overhead; a comparison of the tensor with the case's float64 values in one threaded pass still
 read 1.5 GB and cost 0.13 s. A fingerprint of the tensor taken before the call and again after
-it (:func:`_fingerprint`) reads the tensor alone: 0.03 s a pass.
-"""
+it (:func:`_fingerprint`) reads the tensor alone: 0.017 s a pass with AVX-512 (0.044 s with AVX2
+alone, which multiplies 64-bit integers in three steps)."""
 
 from __future__ import annotations
 
