@@ -209,8 +209,9 @@ def test_the_fingerprint_kernel_is_its_numpy_specification_and_sees_any_changed_
 
     rng = np.random.default_rng(3)
     info = np.iinfo(width)
-    # negative integers (a float's sign bit) sign-extend; above a thread's share, split in runs
-    bits = rng.integers(info.min, info.max, 3 * (1 << 16) + 4, dtype=width)  # a thread's least share: 2^16
+    # negative integers (a float's sign bit) sign-extend; three times a thread's least share
+    # (2^16 elements), so the threaded kernel splits it in runs, each counting its positions on
+    bits = rng.integers(info.min, info.max, 3 * (1 << 16) + 4, dtype=width)
     kernel = fingerprint(bits)
     with monkeypatch.context() as numpy_engine:
         numpy_engine.setattr(engine, "kernels", lambda: None)
