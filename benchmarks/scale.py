@@ -8,6 +8,8 @@ the whole differential (adapter + reference + comparison), each as a ratio to th
 peak allocation (recycled gradient memory included) as a multiple of the float64 logits
 (target <= 2), and the reference's first call on the case (fresh memory for its gradient, after
 the adapter's torch calls: what a run pays where no idle buffer fits, its first case of a size).
+Its header names the vector instructions numba compiled for and torch's kernels use: the ratios
+depend on them.
 
     python benchmarks/scale.py [--rows N] [--classes C]
 """
@@ -76,6 +78,25 @@ def figures(rows: int, classes: int, dtype: str) -> dict:
     return out
 
 
+def instruction_sets() -> str:
+    """The vector instructions the stages run on: the same code compiled for AVX2 alone ran the
+    comparison 1.5x slower than with AVX-512 (README, *Performance*), so the ratios depend on them."""
+    import torch
+
+    from ce_conformance import engine
+
+    kernels = "NumPy"
+    if engine.available():
+        import llvmlite.binding as llvm
+        import numba
+
+        llvm.initialize_native_target()
+        features = (numba.config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()).split(",")
+        vector = "AVX-512" if "+avx512f" in features else "AVX2" if "+avx2" in features else "neither AVX2 nor AVX-512"
+        kernels = f"numba for {numba.config.CPU_NAME or llvm.get_host_cpu_name()} ({vector})"
+    return f"kernels: {kernels}; torch's CPU kernels: {torch.backends.cpu.get_cpu_capability()}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1024)
@@ -86,6 +107,7 @@ def main() -> None:
 
     print(f"N = {args.rows}, C = {args.classes}: float64 logits = {args.rows * args.classes * 8 / 2**20:.0f} MiB; "
           f"engine {engine.name()}")
+    print(instruction_sets())
     print(f"{'dtype':9} {'native':>8} {'adapter':>13} {'reference':>13} {'compare':>13} {'differential':>14} "
           f"{'ref. peak':>10} {'first reference':>16}")
     for dtype in ("float32", "bfloat16"):
