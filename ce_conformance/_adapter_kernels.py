@@ -13,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from .adapters.base import SPLITMIX64
+
 _CHUNK = 1 << 16  # the fewest elements worth a thread
 
-_GAMMA = np.uint64(0x9E3779B97F4A7C15)  # splitmix64's constants (Steele, Lea, Flood 2014)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
+_GAMMA, _MIX1, _MIX2 = SPLITMIX64  # the NumPy specification's constants
 
 
 def _fingerprint(bits, threads):

@@ -210,7 +210,10 @@ def same_values(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.array_equal(a, b))
 
 
-_GAMMA, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+SPLITMIX64: Final = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+"""splitmix64's increment and its finaliser's two multipliers (Steele, Lea, Flood 2014): the
+constants of :func:`fingerprint`, which its numba kernel (``_adapter_kernels``) reads from here."""
+_GAMMA, _MIX1, _MIX2 = SPLITMIX64
 
 
 def fingerprint(bits: np.ndarray, *, engine_only: bool = False) -> int | None:
